@@ -1,0 +1,112 @@
+"""Datasets as in-memory tensors, and the registry that names them.
+
+``load_dataset(name, data_dir)`` returns a :class:`Dataset` whose images are float32 tensors in
+[0, 1] shaped (N, C, H, W) and labels int64 (N,). Normalisation and augmentation happen per batch
+(:mod:`driftscope.data.transforms`), so the whole set stays on one device with no DataLoader.
+
+Registry (``DATASETS``):
+
+========== ============================================== ============================
+name       source                                         default augmentation
+========== ============================================== ============================
+digits     scikit-learn's handwritten digits (embedded)   none
+mnist      torchvision MNIST in ``data_cache/``           none
+fashion_mnist  torchvision FashionMNIST                   none
+cifar10    torchvision CIFAR-10 (45k train / 5k val)      crop 32 pad 4 + flip
+cifar100   torchvision CIFAR-100 (45k train / 5k val)     crop 32 pad 4 + flip
+========== ============================================== ============================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from driftscope.errors import DataError
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A classification dataset held in memory.
+
+    ``train_x``/``test_x``: float32 (N, C, H, W) in [0, 1]; ``train_y``/``test_y``: int64 (N,).
+    ``mean``/``std``: per-channel normalisation applied per batch. ``augment``: whether random
+    crop (with ``crop_padding``) and horizontal flip apply to training batches by default.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool = False
+    crop_padding: int = 4
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train_x.shape[1:]
+        return int(c), int(h), int(w)
+
+
+def default_data_dir() -> Path:
+    """``$DRIFTSCOPE_DATA`` if set, else ``./data_cache``."""
+    return Path(os.environ.get("DRIFTSCOPE_DATA", "data_cache"))
+
+
+def _digits(data_dir: Path) -> Dataset:
+    from driftscope.data.digits import load_digits
+
+    return load_digits()
+
+
+def _torchvision(name: str) -> Callable[[Path], Dataset]:
+    def load(data_dir: Path) -> Dataset:
+        from driftscope.data.torchvision_sets import load_raw, num_classes
+
+        train_x, train_y = load_raw(name, data_dir, train=True)
+        test_x, test_y = load_raw(name, data_dir, train=False)
+        train_x = train_x.float().div_(255.0)
+        test_x = test_x.float().div_(255.0)
+        if name.startswith("cifar"):
+            # The paper's split: first 45,000 training images train, last 5,000 validate.
+            train_x, train_y = train_x[:45000], train_y[:45000]
+            mean, std, augment = CIFAR_MEAN, CIFAR_STD, True
+        else:
+            mean, std, augment = (float(train_x.mean()),), (float(train_x.std()),), False
+        return Dataset(
+            name, train_x, train_y, test_x, test_y, num_classes(name), mean, std, augment
+        )
+
+    return load
+
+
+# CIFAR-10 statistics used by the FedPVR reference code for both CIFAR datasets.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+DATASETS: dict[str, Callable[[Path], Dataset]] = {
+    "digits": _digits,
+    "mnist": _torchvision("mnist"),
+    "fashion_mnist": _torchvision("fashion_mnist"),
+    "cifar10": _torchvision("cifar10"),
+    "cifar100": _torchvision("cifar100"),
+}
+
+
+def check_dataset_name(name: str) -> None:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """Load a registered dataset into memory (see the module docstring for names)."""
+    check_dataset_name(name)
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    return DATASETS[name](root)

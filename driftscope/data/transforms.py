@@ -1,0 +1,35 @@
+"""Per-batch normalisation and augmentation on tensors (no PIL, no DataLoader).
+
+``augment_batch`` reproduces torchvision's ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip``
+independently per sample, drawing from an explicit ``torch.Generator`` so that batches repeat
+exactly for a given seed. Padding is applied to the un-normalised image with zeros, as torchvision
+does before ``Normalize``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """x: (B, C, H, W) in [0, 1]; mean, std: (1, C, 1, 1). Returns a new tensor."""
+    return (x - mean) / std
+
+
+def augment_batch(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop back to (H, W) from a zero-padded image, then a random horizontal flip.
+
+    x: (B, C, H, W). Each sample gets its own offsets and flip, drawn from ``generator``.
+    """
+    b, c, h, w = x.shape
+    if padding > 0:
+        padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+        top = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        left = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        rows = (top[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (left[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
+        batch_idx = torch.arange(b)[:, None, None, None]
+        chan_idx = torch.arange(c)[None, :, None, None]
+        x = padded[batch_idx, chan_idx, rows, cols]
+    flip = torch.rand(b, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
