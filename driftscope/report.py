@@ -90,7 +90,7 @@ def format_inspect(run: Run) -> str:
     ds = run.describe_datasets()
     lines.append(f"  datasets ({len(ds)}, {ds['bytes'].sum() / 1e6:.2f} MB stored):")
     groups = ds.assign(top=ds["dataset"].str.split("/").str[:2].str.join("/"))
-    for top, sub in groups.groupby("top", sort=False):
+    for _, sub in groups.groupby("top", sort=False):
         first = sub.iloc[0]
         extra = f" (+{len(sub) - 1} more like it)" if len(sub) > 1 else ""
         lines.append(

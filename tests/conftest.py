@@ -1,0 +1,48 @@
+"""Shared fixtures: the embedded digits dataset and small, fast runs written to run files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/fakedata.py
+
+from driftscope import RunConfig, train
+from driftscope.data import load_dataset
+
+SMALL = {
+    "train.rounds": 3,
+    "train.local_epochs": 1,
+    "record.probe_size": 64,
+    "record.updates_every": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+def small_config(**overrides) -> RunConfig:
+    """The default config shrunk for tests: 3 rounds, 1 local epoch, 64 probe inputs.
+    Keyword overrides use double underscores for dots: ``train__algorithm="scaffold"``."""
+    values = dict(SMALL)
+    values.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return RunConfig().replace(values)
+
+
+@pytest.fixture(scope="session")
+def make_run(tmp_path_factory, digits):
+    """make_run(name, **overrides) -> Path of a finished small run (cached per name)."""
+    cache: dict[str, Path] = {}
+
+    def factory(name: str = "fedavg", **overrides) -> Path:
+        if name not in cache:
+            path = tmp_path_factory.mktemp("runs") / f"{name}.h5"
+            train(small_config(**overrides), path, dataset=digits)
+            cache[name] = path
+        return cache[name]
+
+    return factory
