@@ -228,6 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default="figures", help="output folder")
 
     p = sub.add_parser(
+        "compare",
+        help="algorithms side by side over several seeds",
+        description="Train FedAvg, SCAFFOLD and FedPVR (with and without body momentum) for each seed "
+        "with the same hyperparameters (the default config, or --config), recording off; print "
+        "final accuracy and rounds to a target as mean ± std over seeds, and communication.",
+    )
+    p.add_argument("--config", metavar="FILE", help="base TOML config [the default]")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--target", type=float, default=0.9, help="target test accuracy")
+    p.add_argument("--out", metavar="DIR", default="runs/compare", help="folder for run files")
+    p.add_argument("--csv", metavar="PATH", help="also write the per-seed results")
+    p.add_argument("--quiet", "-q", action="store_true")
+
+    p = sub.add_parser(
         "reproduce",
         help="FedAvg vs SCAFFOLD vs FedPVR on the embedded default, and the observation",
         description="Run FedAvg, SCAFFOLD and FedPVR on the embedded digits (alpha 0.1) and an IID "
@@ -319,6 +333,18 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from driftscope.compare import compare, summarize
+    from driftscope.report import markdown_table
+
+    base = RunConfig.from_toml(args.config) if args.config else RunConfig()
+    results = compare(base, args.seeds, Path(args.out), args.target, progress=not args.quiet)
+    if args.csv:
+        results.to_csv(args.csv, index=False)
+    print(markdown_table(summarize(results, args.target)))
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from driftscope.reproduce import reproduce
 
@@ -337,6 +363,7 @@ COMMANDS = {
     "analyze": cmd_analyze,
     "inspect": cmd_inspect,
     "figures": cmd_figures,
+    "compare": cmd_compare,
     "reproduce": cmd_reproduce,
 }
 

@@ -88,6 +88,11 @@ def open_run(path: str | os.PathLike) -> Run:
             )
         if version < 1:
             raise RunFileError(f"{path} has an invalid schema_version {version}")
+        expected, actual = f.id.get_filesize(), path.stat().st_size
+        if actual < expected and f["status"][()] != b"running":
+            raise RunFileError(
+                f"{path} is truncated ({actual:,} of {expected:,} bytes): copy the whole file again"
+            )
         return Run(f, path)
     except RunFileError:
         f.close()

@@ -97,3 +97,15 @@ def format_inspect(run: Run) -> str:
             f"    {first['dataset']:<40} {first['shape']!s:<22} {first['dtype']:<8} {sub['bytes'].sum() / 1e6:9.3f} MB{extra}"
         )
     return "\n".join(lines)
+
+
+def markdown_table(df: pd.DataFrame, float_format: str = "{:.3f}") -> str:
+    """A GitHub-markdown table of ``df`` (no extra dependency)."""
+
+    def cell(v: object) -> str:
+        return float_format.format(v) if isinstance(v, float) else str(v)
+
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, rule, *body])

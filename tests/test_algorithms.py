@@ -1,0 +1,144 @@
+"""Algorithms against theory: equivalences between them, SGD, and the control-variate formulas."""
+
+import torch
+
+from conftest import small_config
+from driftscope.algorithms import aggregate
+from driftscope.hooks import Hook
+from driftscope.simulator import Simulator
+
+
+class Capture(Hook):
+    """Keeps every client's y (= x + update) and the x it started from."""
+
+    def __init__(self):
+        self.x, self.y, self.steps = {}, {}, {}
+
+    def on_round_start(self, sim, round, clients):
+        self.x[round] = sim.global_params.clone()
+
+    def on_client_end(self, sim, round, result):
+        self.y[round, result.client] = self.x[round] + result.update
+        self.steps[round, result.client] = result.steps
+
+
+def final_params(digits, **overrides):
+    sim = Simulator(small_config(train__rounds=2, record__enabled=False, **overrides), digits)
+    sim.run()
+    return sim.global_params
+
+
+def test_fedpvr_with_empty_head_is_fedavg(digits):
+    a = final_params(digits, train__algorithm="fedavg")
+    b = final_params(digits, train__algorithm="fedpvr", model__head_last_k=0, train__body_momentum=None)
+    assert torch.equal(a, b)
+
+
+def test_fedpvr_with_everything_in_the_head_is_scaffold(digits):
+    a = final_params(digits, train__algorithm="scaffold")
+    b = final_params(digits, train__algorithm="fedpvr", model__head=["*"], train__body_momentum=None)
+    assert torch.equal(a, b)
+    # and it is not FedAvg: the correction does something from round 2 on
+    assert not torch.allclose(a, final_params(digits, train__algorithm="fedavg"))
+
+
+def test_fedpvr_body_momentum_changes_only_what_it_should(digits):
+    plain = final_params(digits, train__algorithm="fedpvr", train__body_momentum=None)
+    mom = final_params(digits, train__algorithm="fedpvr", train__body_momentum=0.9)
+    assert not torch.allclose(plain, mom)
+
+
+def test_fedprox_with_mu_zero_is_fedavg_and_mu_pulls_towards_x(digits):
+    a = final_params(digits, train__algorithm="fedavg")
+    b = final_params(digits, train__algorithm="fedprox", train__mu=0.0)
+    assert torch.allclose(a, b, atol=0, rtol=0)
+    cap_avg, cap_prox = Capture(), Capture()
+    Simulator(small_config(train__rounds=1), digits).run([cap_avg])
+    Simulator(small_config(train__rounds=1, train__algorithm="fedprox", train__mu=1.0), digits).run([cap_prox])
+    for key in cap_avg.y:
+        d_avg = (cap_avg.y[key] - cap_avg.x[0]).norm()
+        d_prox = (cap_prox.y[key] - cap_prox.x[0]).norm()
+        assert d_prox < d_avg
+
+
+def test_one_client_one_step_is_sgd(digits):
+    cfg = small_config(
+        train__clients=1, train__rounds=1, train__local_steps=1, data__partition="iid", train__lr=0.1, train__momentum=0.5, train__weight_decay=0.01
+    )
+    sim = Simulator(cfg, digits)
+    # the same model, the same batch, torch's own optimizer
+    from driftscope.models import build_model
+    from driftscope.seeding import derive_seed, torch_generator
+
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    ref = build_model("small_cnn", (1, 8, 8), 10)
+    x0 = torch.cat([p.detach().reshape(-1) for p in ref.parameters()])
+    assert torch.equal(x0, sim.global_params)
+    gen = torch_generator(cfg.seed, "batches", 0, 0)
+    idx = torch.randperm(len(sim.client_y[0]), generator=gen)[: cfg.train.batch_size]
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.5, weight_decay=0.01)
+    loss = torch.nn.functional.cross_entropy(ref(sim.client_x[0][idx]), sim.client_y[0][idx])
+    loss.backward()
+    opt.step()
+    sim.run()
+    expected = torch.cat([p.detach().reshape(-1) for p in ref.parameters()])
+    torch.testing.assert_close(sim.global_params, expected, rtol=0, atol=1e-7)
+
+
+def test_control_variates_start_at_zero_and_follow_option_two(digits):
+    cfg = small_config(train__algorithm="scaffold", train__rounds=2, train__client_fraction=0.5, record__enabled=False)
+    sim = Simulator(cfg, digits)
+    algo = sim.algorithm
+    assert algo.c.abs().sum() == 0 and algo.c_clients.abs().sum() == 0
+    cap = Capture()
+    c_before = {}
+
+    class Before(Hook):
+        def on_round_start(self, sim, round, clients):
+            c_before[round] = (algo.c.clone(), algo.c_clients.clone(), clients)
+
+    sim.run([Before(), cap])
+    lr = cfg.train.lr
+    for r in (0, 1):
+        c, c_i, clients = c_before[r]
+        deltas = []
+        for k in clients:
+            x, y, steps = cap.x[r], cap.y[r, k], cap.steps[r, k]
+            expected = c_i[k] - c + (x - y) / (steps * lr)
+            deltas.append(expected - c_i[k])
+            if r == 1:
+                torch.testing.assert_close(algo.c_clients[k], expected, rtol=1e-5, atol=1e-6)
+        if r == 1:
+            expected_c = c + (len(clients) / cfg.train.clients) * torch.stack(deltas).mean(0)
+            torch.testing.assert_close(algo.c, expected_c, rtol=1e-5, atol=1e-6)
+    # clients that did not take part keep their control variate
+    absent = set(range(cfg.train.clients)) - set(c_before[1][2]) - set(c_before[0][2])
+    for k in absent:
+        assert algo.c_clients[k].abs().sum() == 0
+
+
+def test_fedpvr_control_variates_live_on_the_head_only(digits):
+    sim = Simulator(small_config(train__algorithm="fedpvr", train__rounds=1), digits)
+    assert sim.algorithm.c.numel() == sim.layout.head_numel
+    norms = sim.algorithm.state_norms()
+    assert set(norms) == {p.name for p in sim.layout.params if p.group == "head"}
+
+
+def test_sample_weighted_average(digits):
+    cfg = small_config(train__rounds=1, train__weighting="samples", record__enabled=False)
+    sim = Simulator(cfg, digits)
+    cap = Capture()
+    sim.run([cap])
+    sizes = torch.tensor([len(p) for p in sim.parts], dtype=torch.float64)
+    w = sizes / sizes.sum()
+    expected = cap.x[0] + sum(float(w[k]) * (cap.y[0, k] - cap.x[0]) for k in range(cfg.train.clients))
+    torch.testing.assert_close(sim.global_params, expected.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_pure_functions():
+    v = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+    w = aggregate.client_weights(torch.tensor([1, 3]), "samples")
+    torch.testing.assert_close(aggregate.weighted_mean(v, w), torch.tensor([2.5, 5.0]))
+    torch.testing.assert_close(aggregate.client_weights(torch.tensor([1, 3]), "uniform"), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    x, y = torch.ones(3), torch.zeros(3)
+    torch.testing.assert_close(aggregate.scaffold_client_control(torch.zeros(3), torch.zeros(3), x, y, 4, 0.5), torch.full((3,), 0.5))

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from driftscope.algorithms import FedAvg, FedPVR, Scaffold
+from driftscope.config import TrainConfig
+from driftscope.errors import ConfigError
+from driftscope.models import build_model, model_layout
+
+
+def test_vgg11_matches_the_paper():
+    for classes, total in ((10, 9_750_922), (100, 9_797_092)):
+        model = build_model("vgg11", (3, 32, 32), classes)
+        layout = model_layout(model)
+        assert layout.numel == sum(p.numel() for p in model.parameters()) == total
+        assert [ly.label for ly in layout.layers] == [f"conv{i}" for i in range(1, 9)] + ["fc1", "fc2", "fc3"]
+    layout = model_layout(build_model("vgg11", (3, 32, 32), 10))
+    assert layout.head_numel == 530_442
+    assert round(layout.head_share * 100, 2) == 5.44
+    assert build_model("vgg11", (3, 32, 32), 10)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_communication_ratios():
+    """FedPVR/FedAvg = 1 + head share: under 1.15 on the default model, about 1.05 on VGG-11."""
+    cfg = TrainConfig()
+    for name, shape, lo, hi in (("small_cnn", (1, 8, 8), 1.0, 1.15), ("vgg11", (3, 32, 32), 1.05, 1.06)):
+        layout = model_layout(build_model(name, shape, 10))
+        fedavg = sum(FedAvg(cfg, layout, 10).bytes_per_client())
+        pvr = sum(FedPVR(cfg, layout, 10).bytes_per_client())
+        scaffold = sum(Scaffold(cfg, layout, 10).bytes_per_client())
+        assert lo < pvr / fedavg < hi
+        assert scaffold / fedavg == 2.0
+        assert fedavg == 2 * 4 * layout.numel
+
+
+@pytest.mark.parametrize("name,shape", [("small_cnn", (1, 8, 8)), ("small_cnn", (1, 28, 28)), ("mlp", (1, 28, 28)), ("small_cnn", (3, 32, 32))])
+def test_models_fit_their_inputs(name, shape):
+    model = build_model(name, shape, 7)
+    assert model(torch.zeros(3, *shape)).shape == (3, 7)
+    layout = model_layout(model)
+    assert {ly.group for ly in layout.layers} == {"head", "body"}
+
+
+def test_head_overrides():
+    model = build_model("small_cnn", (1, 8, 8), 10)
+    own = model_layout(model)
+    assert [ly.label for ly in own.layers if ly.group == "head"] == ["fc1", "fc2", "fc3"]
+    last = model_layout(model, head=("classifier.4.*",))
+    assert [ly.label for ly in last.layers if ly.group == "head"] == ["fc3"]
+    k = model_layout(model, head_last_k=2)
+    assert [ly.label for ly in k.layers if ly.group == "head"] == ["fc2", "fc3"]
+    none = model_layout(model, head_last_k=0)
+    assert none.head_numel == 0
+    mask = own.head_mask()
+    assert int(mask.sum()) == own.head_numel and bool(mask[-1]) and not bool(mask[0])
+
+
+def test_head_pattern_matching_nothing_is_an_error():
+    model = build_model("small_cnn", (1, 8, 8), 10)
+    with pytest.raises(ConfigError, match="'fc.*' matches no parameter"):
+        model_layout(model, head=("fc.*",))
+
+
+def test_vgg11_rejects_small_inputs():
+    with pytest.raises(ConfigError, match="32x32"):
+        build_model("vgg11", (1, 8, 8), 10)
+
+
+def test_unknown_model():
+    with pytest.raises(ConfigError, match="unknown model 'resnet'"):
+        build_model("resnet", (1, 8, 8), 10)

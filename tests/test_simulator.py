@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from conftest import small_config
+from driftscope import open_run, train
+from driftscope.data.transforms import augment_batch
+from driftscope.errors import DivergenceError
+from driftscope.simulator import Simulator
+
+
+def test_one_seed_repeats_the_run(digits):
+    cfg = small_config(train__rounds=2, train__client_fraction=0.5, record__enabled=False)
+    a, b = Simulator(cfg, digits), Simulator(cfg, digits)
+    sa, sb = a.run(), b.run()
+    assert torch.equal(a.global_params, b.global_params)
+    assert [s.clients for s in sa] == [s.clients for s in sb]
+    assert [s.test_loss for s in sa] == [s.test_loss for s in sb]
+    c = Simulator(small_config(seed=1, train__rounds=2, train__client_fraction=0.5, record__enabled=False), digits)
+    c.run()
+    assert not torch.equal(a.global_params, c.global_params)
+
+
+def test_client_sampling_and_local_steps(digits):
+    cfg = small_config(train__rounds=3, train__client_fraction=0.3, train__local_steps=4)
+    steps = []
+
+    from driftscope.hooks import Hook
+
+    class Steps(Hook):
+        def on_client_end(self, sim, round, result):
+            steps.append(result.steps)
+
+    summaries = Simulator(cfg, digits).run([Steps()])
+    assert all(len(s.clients) == 3 for s in summaries)
+    assert len({tuple(s.clients) for s in summaries}) > 1
+    assert steps == [4] * 9
+
+
+def test_communication_is_counted_per_participating_client(digits):
+    cfg = small_config(train__rounds=1, train__client_fraction=0.5, train__algorithm="scaffold", record__enabled=False)
+    sim = Simulator(cfg, digits)
+    (summary,) = sim.run()
+    assert summary.uplink_bytes == summary.downlink_bytes == 5 * 2 * 4 * sim.layout.numel
+
+
+def test_divergence_stops_and_keeps_a_valid_file(tmp_path, digits):
+    path = tmp_path / "nan.h5"
+    with pytest.raises(DivergenceError, match=r"round \d+, client \d+"):
+        train(small_config(train__lr=1e6, train__rounds=5), path, dataset=digits)
+    with open_run(path) as run:
+        assert run.status == "diverged"
+        assert "client" in run.status_message
+        assert len(run.metrics) == run.num_rounds < 5
+
+
+def test_augmentation_is_a_crop_and_flip(digits):
+    x = torch.rand(16, 3, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    out = augment_batch(x, 2, gen)
+    again = augment_batch(x, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(16):
+        found = any(
+            torch.equal(out[i], padded[i, :, a : a + 8, b : b + 8]) or torch.equal(out[i], padded[i, :, a : a + 8, b : b + 8].flip(-1))
+            for a in range(5)
+            for b in range(5)
+        )
+        assert found
