@@ -479,8 +479,6 @@ def layer_profile(
     )
     if log:
         _plain_log_ticks(ax.yaxis)
-    if metric.startswith("cka"):
-        ax.set_ylim(top=max(1.02, ax.get_ylim()[1]))
     _shade_head(ax, labels, head)
     _layer_ticks(ax, labels, head)
     ax.set_xlabel("layer")
@@ -537,6 +535,8 @@ def layer_heatmap(
     )
     ax.tick_params(axis="y", rotation=0)
     ax.tick_params(axis="x", rotation=0)
+    if norm is not None:
+        _plain_log_ticks(ax.collections[0].colorbar.ax.yaxis)
     spans = _head_spans(labels, head)
     for i0, _ in spans:
         if i0 > 0:
@@ -600,7 +600,6 @@ def cka_by_layer(
         fliersize=1.2,
         ax=ax,
     )
-    ax.set_ylim(top=max(1.02, ax.get_ylim()[1]))
     _shade_head(ax, order, head)
     _layer_ticks(ax, order, head)
     ax.set_xlabel("layer")
@@ -677,7 +676,7 @@ def cosine_clustermap(
     grid.ax_cbar.set_title("cos", fontsize=7, pad=2)
     grid.ax_cbar.tick_params(labelsize=7, length=1.5)
     grid.figure.suptitle(
-        f"{run_label(run)}: {ly.label} update cosine, round {r}", y=1.0, fontsize=8
+        f"{run_label(run)}: {ly.label} update cosine, round {r}", y=1.02, fontsize=8
     )
     return grid
 

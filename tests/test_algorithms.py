@@ -1,8 +1,8 @@
 """Algorithms against theory: equivalences between them, SGD, and the control-variate formulas."""
 
 import torch
-
 from conftest import small_config
+
 from driftscope.algorithms import aggregate
 from driftscope.hooks import Hook
 from driftscope.simulator import Simulator
@@ -30,13 +30,17 @@ def final_params(digits, **overrides):
 
 def test_fedpvr_with_empty_head_is_fedavg(digits):
     a = final_params(digits, train__algorithm="fedavg")
-    b = final_params(digits, train__algorithm="fedpvr", model__head_last_k=0, train__body_momentum=None)
+    b = final_params(
+        digits, train__algorithm="fedpvr", model__head_last_k=0, train__body_momentum=None
+    )
     assert torch.equal(a, b)
 
 
 def test_fedpvr_with_everything_in_the_head_is_scaffold(digits):
     a = final_params(digits, train__algorithm="scaffold")
-    b = final_params(digits, train__algorithm="fedpvr", model__head=["*"], train__body_momentum=None)
+    b = final_params(
+        digits, train__algorithm="fedpvr", model__head=["*"], train__body_momentum=None
+    )
     assert torch.equal(a, b)
     # and it is not FedAvg: the correction does something from round 2 on
     assert not torch.allclose(a, final_params(digits, train__algorithm="fedavg"))
@@ -54,7 +58,9 @@ def test_fedprox_with_mu_zero_is_fedavg_and_mu_pulls_towards_x(digits):
     assert torch.allclose(a, b, atol=0, rtol=0)
     cap_avg, cap_prox = Capture(), Capture()
     Simulator(small_config(train__rounds=1), digits).run([cap_avg])
-    Simulator(small_config(train__rounds=1, train__algorithm="fedprox", train__mu=1.0), digits).run([cap_prox])
+    Simulator(small_config(train__rounds=1, train__algorithm="fedprox", train__mu=1.0), digits).run(
+        [cap_prox]
+    )
     for key in cap_avg.y:
         d_avg = (cap_avg.y[key] - cap_avg.x[0]).norm()
         d_prox = (cap_prox.y[key] - cap_prox.x[0]).norm()
@@ -63,7 +69,13 @@ def test_fedprox_with_mu_zero_is_fedavg_and_mu_pulls_towards_x(digits):
 
 def test_one_client_one_step_is_sgd(digits):
     cfg = small_config(
-        train__clients=1, train__rounds=1, train__local_steps=1, data__partition="iid", train__lr=0.1, train__momentum=0.5, train__weight_decay=0.01
+        train__clients=1,
+        train__rounds=1,
+        train__local_steps=1,
+        data__partition="iid",
+        train__lr=0.1,
+        train__momentum=0.5,
+        train__weight_decay=0.01,
     )
     sim = Simulator(cfg, digits)
     # the same model, the same batch, torch's own optimizer
@@ -86,7 +98,12 @@ def test_one_client_one_step_is_sgd(digits):
 
 
 def test_control_variates_start_at_zero_and_follow_option_two(digits):
-    cfg = small_config(train__algorithm="scaffold", train__rounds=2, train__client_fraction=0.5, record__enabled=False)
+    cfg = small_config(
+        train__algorithm="scaffold",
+        train__rounds=2,
+        train__client_fraction=0.5,
+        record__enabled=False,
+    )
     sim = Simulator(cfg, digits)
     algo = sim.algorithm
     assert algo.c.abs().sum() == 0 and algo.c_clients.abs().sum() == 0
@@ -131,7 +148,9 @@ def test_sample_weighted_average(digits):
     sim.run([cap])
     sizes = torch.tensor([len(p) for p in sim.parts], dtype=torch.float64)
     w = sizes / sizes.sum()
-    expected = cap.x[0] + sum(float(w[k]) * (cap.y[0, k] - cap.x[0]) for k in range(cfg.train.clients))
+    expected = cap.x[0] + sum(
+        float(w[k]) * (cap.y[0, k] - cap.x[0]) for k in range(cfg.train.clients)
+    )
     torch.testing.assert_close(sim.global_params, expected.float(), rtol=1e-5, atol=1e-6)
 
 
@@ -139,6 +158,12 @@ def test_pure_functions():
     v = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
     w = aggregate.client_weights(torch.tensor([1, 3]), "samples")
     torch.testing.assert_close(aggregate.weighted_mean(v, w), torch.tensor([2.5, 5.0]))
-    torch.testing.assert_close(aggregate.client_weights(torch.tensor([1, 3]), "uniform"), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(
+        aggregate.client_weights(torch.tensor([1, 3]), "uniform"),
+        torch.tensor([0.5, 0.5], dtype=torch.float64),
+    )
     x, y = torch.ones(3), torch.zeros(3)
-    torch.testing.assert_close(aggregate.scaffold_client_control(torch.zeros(3), torch.zeros(3), x, y, 4, 0.5), torch.full((3,), 0.5))
+    torch.testing.assert_close(
+        aggregate.scaffold_client_control(torch.zeros(3), torch.zeros(3), x, y, 4, 0.5),
+        torch.full((3,), 0.5),
+    )

@@ -10,13 +10,32 @@ from driftscope.cli import FLAG_KEYS, build_parser, main
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "driftscope", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "driftscope", *args], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_run_help_lists_every_flag():
     out = cli("run", "--help")
     assert out.returncode == 0
-    for flag in ["--algorithm", "--dataset", "--model", "--clients", "--alpha", "--rounds", "--local-epochs", "--lr", "--seed", "--out", "--config", "--no-record", "--updates-every", "--probe-size", "--overwrite", "--quiet"]:
+    for flag in [
+        "--algorithm",
+        "--dataset",
+        "--model",
+        "--clients",
+        "--alpha",
+        "--rounds",
+        "--local-epochs",
+        "--lr",
+        "--seed",
+        "--out",
+        "--config",
+        "--no-record",
+        "--updates-every",
+        "--probe-size",
+        "--overwrite",
+        "--quiet",
+    ]:
         assert flag in out.stdout, flag
     # every config flag the parser defines maps to a config key
     run_parser = build_parser()._subparsers._group_actions[0].choices["run"]
@@ -53,7 +72,10 @@ def test_user_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, args, ne
 def test_errors_from_the_real_command_have_no_traceback(tmp_path):
     out = cli("run", "--alpha", "-1", "--out", str(tmp_path / "x.h5"))
     assert out.returncode == 2
-    assert out.stderr.strip() == "driftscope: error: alpha must be > 0 (got -1.0): use e.g. --alpha 0.1 for strong label skew"
+    assert (
+        out.stderr.strip()
+        == "driftscope: error: alpha must be > 0 (got -1.0): use e.g. --alpha 0.1 for strong label skew"
+    )
 
 
 def test_unknown_algorithm_is_a_usage_error():
@@ -71,7 +93,9 @@ def test_existing_output_needs_overwrite(make_run, capsys):
 
 def test_config_file_then_flags(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[train]\nalgorithm = "fedpvr"\nrounds = 5\nlocal_epochs = 1\n[record]\nprobe_size = 16\n')
+    cfg.write_text(
+        '[train]\nalgorithm = "fedpvr"\nrounds = 5\nlocal_epochs = 1\n[record]\nprobe_size = 16\n'
+    )
     out = tmp_path / "r.h5"
     assert main(["run", "--config", str(cfg), "--rounds", "2", "--quiet", "--out", str(out)]) == 0
     assert "final test accuracy" in capsys.readouterr().out
@@ -86,7 +110,10 @@ def test_analyze_and_inspect(make_run, tmp_path, capsys):
     assert main(["analyze", str(path), "--csv", str(csv)]) == 0
     text = capsys.readouterr().out
     lines = text.splitlines()
-    order = [next(i for i, line in enumerate(lines) if f" {label} " in line) for label in ["conv1", "conv4", "fc1", "fc3"]]
+    order = [
+        next(i for i, line in enumerate(lines) if f" {label} " in line)
+        for label in ["conv1", "conv4", "fc1", "fc3"]
+    ]
     assert order == sorted(order)
     assert any(line.lstrip().startswith("*") and "fc3" in line for line in lines)
     import pandas as pd

@@ -6,7 +6,11 @@ from driftscope.errors import ConfigError
 
 def test_defaults_are_the_embedded_default():
     cfg = RunConfig()
-    assert (cfg.data.dataset, cfg.model.name, cfg.train.algorithm) == ("digits", "small_cnn", "fedavg")
+    assert (cfg.data.dataset, cfg.model.name, cfg.train.algorithm) == (
+        "digits",
+        "small_cnn",
+        "fedavg",
+    )
     assert (cfg.train.clients, cfg.data.alpha, cfg.data.partition) == (10, 0.1, "dirichlet")
 
 
@@ -37,7 +41,9 @@ def test_unknown_key_lists_valid_ones():
 
 def test_toml_round_trip_and_types(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('seed = 3\n[train]\nalgorithm = "fedpvr"\nlr = 1\n[model]\nhead = "classifier.4.*"\n')
+    path.write_text(
+        'seed = 3\n[train]\nalgorithm = "fedpvr"\nlr = 1\n[model]\nhead = "classifier.4.*"\n'
+    )
     cfg = RunConfig.from_toml(path)
     assert cfg.seed == 3 and cfg.train.algorithm == "fedpvr"
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1.0

@@ -338,6 +338,29 @@ def test_write_figures_mixed_runs_skip_what_is_missing(fedavg, norecord, tmp_pat
 
 
 # ---------------------------------------------------------------------------------------- VGG-11
+def _assert_tick_labels_apart(ax) -> None:
+    """x tick labels are >= 7 pt and do not collide: unrotated, their boxes are disjoint;
+    rotated by theta, neighbouring (parallel) labels lie d sin(theta) apart, d the tick spacing,
+    which must exceed a label's height."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = ax.get_xticklabels()
+    assert all(t.get_fontsize() >= 7 for t in texts)
+    angle = np.deg2rad(texts[0].get_rotation())
+    if angle == 0:
+        boxes = [t.get_window_extent(renderer) for t in texts]
+        assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])), "tick labels overlap"
+        return
+    xs = ax.transData.transform(np.c_[ax.get_xticks(), np.zeros(len(texts))])[:, 0]
+    spacing = float(np.min(np.diff(xs)))
+    height = max(
+        renderer.get_text_width_height_descent(t.get_text(), t.get_fontproperties(), False)[1]
+        for t in texts
+    )
+    assert spacing * np.sin(angle) > height, "rotated tick labels overlap"
+
+
 def test_vgg11_layers_labelled_legibly(vgg_run):
     """driftscope figures on a run of CIFAR-shaped data with VGG-11 label the 11 VGG-11 layers
     legibly: 11 ticks, fonts >= 7 pt, no two tick labels overlapping at single-column width."""
@@ -346,12 +369,7 @@ def test_vgg11_layers_labelled_legibly(vgg_run):
         for ax in (layer_profile(vgg_run, "relative_variance"), cka_by_layer(vgg_run)):
             assert _xtick_texts(ax) == VGG_LABELS
             assert ax.figure.get_figwidth() == pytest.approx(3.4)
-            ax.figure.canvas.draw()
-            renderer = ax.figure.canvas.get_renderer()
-            boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels()]
-            assert all(t.get_fontsize() >= 7 for t in ax.get_xticklabels())
-            for a, b in zip(boxes, boxes[1:]):
-                assert not a.overlaps(b), "layer tick labels overlap"
+            _assert_tick_labels_apart(ax)
             (patch,) = _head_patches(ax)
             assert patch.get_x() == pytest.approx(7.5)
             assert patch.get_x() + patch.get_width() == pytest.approx(10.5)

@@ -12,7 +12,11 @@ def test_vgg11_matches_the_paper():
         model = build_model("vgg11", (3, 32, 32), classes)
         layout = model_layout(model)
         assert layout.numel == sum(p.numel() for p in model.parameters()) == total
-        assert [ly.label for ly in layout.layers] == [f"conv{i}" for i in range(1, 9)] + ["fc1", "fc2", "fc3"]
+        assert [ly.label for ly in layout.layers] == [f"conv{i}" for i in range(1, 9)] + [
+            "fc1",
+            "fc2",
+            "fc3",
+        ]
     layout = model_layout(build_model("vgg11", (3, 32, 32), 10))
     assert layout.head_numel == 530_442
     assert round(layout.head_share * 100, 2) == 5.44
@@ -22,7 +26,10 @@ def test_vgg11_matches_the_paper():
 def test_communication_ratios():
     """FedPVR/FedAvg = 1 + head share: under 1.15 on the default model, about 1.05 on VGG-11."""
     cfg = TrainConfig()
-    for name, shape, lo, hi in (("small_cnn", (1, 8, 8), 1.0, 1.15), ("vgg11", (3, 32, 32), 1.05, 1.06)):
+    for name, shape, lo, hi in (
+        ("small_cnn", (1, 8, 8), 1.0, 1.15),
+        ("vgg11", (3, 32, 32), 1.05, 1.06),
+    ):
         layout = model_layout(build_model(name, shape, 10))
         fedavg = sum(FedAvg(cfg, layout, 10).bytes_per_client())
         pvr = sum(FedPVR(cfg, layout, 10).bytes_per_client())
@@ -32,7 +39,15 @@ def test_communication_ratios():
         assert fedavg == 2 * 4 * layout.numel
 
 
-@pytest.mark.parametrize("name,shape", [("small_cnn", (1, 8, 8)), ("small_cnn", (1, 28, 28)), ("mlp", (1, 28, 28)), ("small_cnn", (3, 32, 32))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [
+        ("small_cnn", (1, 8, 8)),
+        ("small_cnn", (1, 28, 28)),
+        ("mlp", (1, 28, 28)),
+        ("small_cnn", (3, 32, 32)),
+    ],
+)
 def test_models_fit_their_inputs(name, shape):
     model = build_model(name, shape, 7)
     assert model(torch.zeros(3, *shape)).shape == (3, 7)

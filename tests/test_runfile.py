@@ -19,7 +19,15 @@ from driftscope.errors import RunFileError
 def test_reader_api(make_run):
     with open_run(make_run("scaffold", train__algorithm="scaffold")) as run:
         assert run.config["train"]["algorithm"] == "scaffold"
-        assert [ly.label for ly in run.layers] == ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2", "fc3"]
+        assert [ly.label for ly in run.layers] == [
+            "conv1",
+            "conv2",
+            "conv3",
+            "conv4",
+            "fc1",
+            "fc2",
+            "fc3",
+        ]
         assert [ly.group for ly in run.layers] == ["body"] * 4 + ["head"] * 3
         assert run.clients == list(range(10))
         assert list(run.rounds) == [0, 1, 2] == list(run.update_rounds) == list(run.cka_rounds)
@@ -51,7 +59,9 @@ def test_grams_equal_the_raw_updates_and_metrics_follow(make_run):
                 rel = v / (m @ m)
                 div = (d**2).sum() / (d.sum(0) @ d.sum(0))
                 cos = np.mean([1 - di @ m / np.linalg.norm(di) / np.linalg.norm(m) for di in d])
-                got = table[(table.layer == layer.name) & (table["round"] == r)].set_index("metric")["value"]
+                got = table[(table.layer == layer.name) & (table["round"] == r)].set_index(
+                    "metric"
+                )["value"]
                 np.testing.assert_allclose(got["update_variance"], v, rtol=1e-9)
                 np.testing.assert_allclose(got["relative_variance"], rel, rtol=1e-9)
                 np.testing.assert_allclose(got["drift_diversity"], div, rtol=1e-9)
@@ -67,11 +77,20 @@ def test_drift_metrics_identity(make_run):
     with open_run(make_run()) as run:
         g = run.gram("fc1")
         n = g.shape[-1]
-        np.testing.assert_allclose(drift.drift_diversity(g), (1 + drift.relative_variance(g)) / n, rtol=1e-10)
+        np.testing.assert_allclose(
+            drift.drift_diversity(g), (1 + drift.relative_variance(g)) / n, rtol=1e-10
+        )
 
 
 def test_storage_policy(make_run):
-    path = make_run("sparse", train__rounds=4, record__updates_every=2, record__update_dtype="float16", record__update_layers=["classifier.*"], record__probe_size=0)
+    path = make_run(
+        "sparse",
+        train__rounds=4,
+        record__updates_every=2,
+        record__update_dtype="float16",
+        record__update_layers=["classifier.*"],
+        record__probe_size=0,
+    )
     with open_run(path) as run:
         assert list(run.rounds) == [0, 1, 2, 3]
         assert list(run.update_rounds) == [0, 2]
@@ -126,7 +145,21 @@ def test_bad_files(tmp_path, make_run):
 
 def test_sigkill_mid_training_leaves_every_completed_round(tmp_path):
     path = tmp_path / "killed.h5"
-    cmd = [sys.executable, "-m", "driftscope", "run", "--rounds", "200", "--local-epochs", "1", "--probe-size", "32", "--quiet", "--out", str(path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "driftscope",
+        "run",
+        "--rounds",
+        "200",
+        "--local-epochs",
+        "1",
+        "--probe-size",
+        "32",
+        "--quiet",
+        "--out",
+        str(path),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
@@ -139,7 +172,9 @@ def test_sigkill_mid_training_leaves_every_completed_round(tmp_path):
                         committed = run.num_rounds
                 except RunFileError:
                     pass
-        assert committed >= 3, proc.stderr.read().decode() if proc.poll() is not None else "too slow"
+        assert committed >= 3, (
+            proc.stderr.read().decode() if proc.poll() is not None else "too slow"
+        )
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -150,6 +185,8 @@ def test_sigkill_mid_training_leaves_every_completed_round(tmp_path):
         assert list(run.rounds) == list(range(n))
         assert run.gram("fc3").shape == (n, 10, 10)
         assert np.isfinite(layer_summary(run)["relative_variance"]).all()
-    out = subprocess.run([sys.executable, "-m", "driftscope", "analyze", str(path)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "driftscope", "analyze", str(path)], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert "fc3" in out.stdout

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import small_config
+
 from driftscope import open_run, train
 from driftscope.data.transforms import augment_batch
 from driftscope.errors import DivergenceError
@@ -15,7 +15,10 @@ def test_one_seed_repeats_the_run(digits):
     assert torch.equal(a.global_params, b.global_params)
     assert [s.clients for s in sa] == [s.clients for s in sb]
     assert [s.test_loss for s in sa] == [s.test_loss for s in sb]
-    c = Simulator(small_config(seed=1, train__rounds=2, train__client_fraction=0.5, record__enabled=False), digits)
+    c = Simulator(
+        small_config(seed=1, train__rounds=2, train__client_fraction=0.5, record__enabled=False),
+        digits,
+    )
     c.run()
     assert not torch.equal(a.global_params, c.global_params)
 
@@ -37,7 +40,12 @@ def test_client_sampling_and_local_steps(digits):
 
 
 def test_communication_is_counted_per_participating_client(digits):
-    cfg = small_config(train__rounds=1, train__client_fraction=0.5, train__algorithm="scaffold", record__enabled=False)
+    cfg = small_config(
+        train__rounds=1,
+        train__client_fraction=0.5,
+        train__algorithm="scaffold",
+        record__enabled=False,
+    )
     sim = Simulator(cfg, digits)
     (summary,) = sim.run()
     assert summary.uplink_bytes == summary.downlink_bytes == 5 * 2 * 4 * sim.layout.numel
@@ -62,7 +70,8 @@ def test_augmentation_is_a_crop_and_flip(digits):
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(16):
         found = any(
-            torch.equal(out[i], padded[i, :, a : a + 8, b : b + 8]) or torch.equal(out[i], padded[i, :, a : a + 8, b : b + 8].flip(-1))
+            torch.equal(out[i], padded[i, :, a : a + 8, b : b + 8])
+            or torch.equal(out[i], padded[i, :, a : a + 8, b : b + 8].flip(-1))
             for a in range(5)
             for b in range(5)
         )
