@@ -59,7 +59,9 @@ def compare(
                         "seed": seed,
                         "final_accuracy": float(acc[-1]),
                         "rounds_to_target": rounds_to(acc, target),
-                        "bytes_per_round": float((m["uplink_bytes"] + m["downlink_bytes"]).iloc[-1]),
+                        "bytes_per_round": float(
+                            (m["uplink_bytes"] + m["downlink_bytes"]).iloc[-1]
+                        ),
                     }
                 )
     return pd.DataFrame(rows)
@@ -78,7 +80,9 @@ def summarize(results: pd.DataFrame, target: float) -> pd.DataFrame:
                 "algorithm": name,
                 "final test accuracy": f"{g.final_accuracy.mean():.3f} ± {g.final_accuracy.std(ddof=1):.3f}",
                 f"rounds to {target:.0%}": (
-                    f"{r.mean():.1f} ± {r.std(ddof=1):.1f}" if reached == len(g) else f"{reached}/{len(g)} seeds reached"
+                    f"{r.mean():.1f} ± {r.std(ddof=1):.1f}"
+                    if reached == len(g)
+                    else f"{reached}/{len(g)} seeds reached"
                 ),
                 "communication / round vs FedAvg": f"{g.bytes_per_round.iloc[0] / base:.3f}x",
             }

@@ -26,6 +26,7 @@ single-column width of 3.4 in, fonts of 7-8 pt, seaborn's colour-blind-safe pale
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +72,7 @@ BYTES_PER_VALUE = 4  # float32 on the wire, as the simulator counts
 DOMINANT_SHARE = 0.25  # a class is "dominant" for a client above this share of its samples
 HEAD_COLOR = "0.88"
 ROTATE_ABOVE = 8  # rotate layer tick labels when more layers than this share the axis
+LEGEND_CHARS = 60  # characters (handles included) that fit in one legend row at 7 pt
 HEADROOM = 0.09  # share of a layer axis' height kept free at the top for the "head" label
 
 ALGORITHM_NAMES = {
@@ -198,7 +200,7 @@ def run_labels(runs: Sequence[Run], unique: bool = True) -> list[str]:
     one setting share a label (used to pool seeds).
     """
     runs = list(runs)
-    settings = {(_partition_label(r.config), r.config["data"].get("alpha")) for r in runs}
+    settings = {_partition_label(r.config) for r in runs}
     datasets = {r.config["data"].get("dataset") for r in runs}
     with_data = len(runs) == 1 or len(settings) > 1
     labels = [_base_label(r, with_data, len(datasets) > 1) for r in runs]
@@ -340,6 +342,16 @@ def _clients_per_round(run: Run) -> int:
     return max(1, round(float(train.get("client_fraction", 1.0)) * int(train["clients"])))
 
 
+@contextmanager
+def _quiet_seaborn() -> Iterator[None]:
+    """Silence deprecation notices that seaborn 0.13 raises inside newer matplotlib."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="seaborn")
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module="seaborn")
+        warnings.filterwarnings("ignore", message=".*vert: bool was deprecated.*")
+        yield
+
+
 def _palette(n: int) -> list[Any]:
     return sns.color_palette("colorblind", max(n, 1))
 
@@ -418,16 +430,25 @@ def _layer_ticks(ax: Axes, labels: Sequence[str], head: set[str], axis: str = "x
             t.set_fontweight("bold")
 
 
-def _legend_above(ax: Axes, ncol: int | None = None, title: str | None = None) -> None:
+def _legend_columns(texts: Sequence[str]) -> int:
+    """Columns for a legend above a single-column figure: at most 3, fewer for long entries,
+    and an even split of 4 entries."""
+    n = len(texts)
+    longest = max((len(t) for t in texts), default=0)
+    ncol = max(1, min(n, 3, LEGEND_CHARS // (longest + 4)))
+    return 2 if n == 4 and ncol >= 2 else ncol
+
+
+def _legend_above(ax: Axes, title: str | None = None) -> None:
     """Move the axes' legend above the plot, out of the data."""
     if ax.get_legend() is None:
         return
-    n = len(ax.get_legend().texts)
+    texts = [t.get_text() for t in ax.get_legend().texts]
     sns.move_legend(
         ax,
         "lower center",
         bbox_to_anchor=(0.5, 1.0),
-        ncol=ncol or min(n, 3),
+        ncol=_legend_columns(texts),
         title=title,
         frameon=False,
         columnspacing=1.0,
@@ -453,30 +474,31 @@ def layer_profile(
     sub = _metric_rows(df, metric).dropna(subset=["value"])
     labels, head = _layer_order(_metric_rows(df, metric))
     hue = "condition" if "condition" in sub.columns else "run"
-    algorithms = df["algorithm"] if "algorithm" in df.columns else [""] * len(df)
-    hues = _order_labels(list(map(str, df[hue])), list(map(str, algorithms)))
+    algorithms = sub["algorithm"] if "algorithm" in sub.columns else [""] * len(sub)
+    hues = _order_labels(list(map(str, sub[hue])), list(map(str, algorithms)))
     if log is None:
         log = metric in LOG_METRICS and bool((sub["value"] > 0).all())
     ax = _new_ax(ax)
     markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
-    sns.pointplot(
-        data=sub,
-        x="label",
-        y="value",
-        hue=hue,
-        order=labels,
-        hue_order=hues,
-        palette=_palette(len(hues)),
-        estimator="median",
-        errorbar=("pi", 50),
-        dodge=0.45 if len(hues) > 1 else False,
-        markers=[markers[i % len(markers)] for i in range(len(hues))],
-        markersize=3.5,
-        linewidth=0.9,
-        err_kws={"linewidth": 0.9},
-        log_scale=(False, True) if log else None,
-        ax=ax,
-    )
+    with _quiet_seaborn():
+        sns.pointplot(
+            data=sub,
+            x="label",
+            y="value",
+            hue=hue,
+            order=labels,
+            hue_order=hues,
+            palette=_palette(len(hues)),
+            estimator="median",
+            errorbar=("pi", 50),
+            dodge=0.45 if len(hues) > 1 else False,
+            markers=[markers[i % len(markers)] for i in range(len(hues))],
+            markersize=3.5,
+            linewidth=0.9,
+            err_kws={"linewidth": 0.9},
+            log_scale=(False, True) if log else None,
+            ax=ax,
+        )
     if log:
         _plain_log_ticks(ax.yaxis)
     _shade_head(ax, labels, head)
@@ -523,18 +545,24 @@ def layer_heatmap(
             grid = grid.where(grid > 0)
             norm = LogNorm(vmin=float(positive.min()), vmax=float(positive.max()))
     ax = _new_ax(ax, (COLUMN_WIDTH, max(1.8, 0.6 + 0.17 * len(labels))))
-    sns.heatmap(
-        grid,
-        ax=ax,
-        cmap=cmap,
-        norm=norm,
-        xticklabels="auto",
-        yticklabels=True,
-        cbar_kws={"label": metric_label(metric), "pad": 0.03},
-        linewidths=0,
-    )
+    with _quiet_seaborn():
+        sns.heatmap(
+            grid,
+            ax=ax,
+            cmap=cmap,
+            norm=norm,
+            xticklabels=False,
+            yticklabels=True,
+            cbar_kws={"label": metric_label(metric), "pad": 0.03},
+            linewidths=0,
+        )
     ax.tick_params(axis="y", rotation=0)
-    ax.tick_params(axis="x", rotation=0)
+    # at most ~8 round ticks at a round-number step, centred on their cells
+    rounds = [int(r) for r in grid.columns]
+    step = max(1, int(np.ceil(len(rounds) / 8)))
+    step = next((s for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 500) if s >= step), step)
+    ticks = [i for i, r in enumerate(rounds) if r % step == 0] or [0]
+    ax.set_xticks([i + 0.5 for i in ticks], [str(rounds[i]) for i in ticks], rotation=0)
     if norm is not None:
         _plain_log_ticks(ax.collections[0].colorbar.ax.yaxis)
     spans = _head_spans(labels, head)
@@ -563,10 +591,12 @@ def cka_by_layer(
     order: list[str] = []
     head: set[str] = set()
     hues: list[str] = []
+    algorithms: list[str] = []
     for run in runs:
         if not len(run.cka_rounds):
             continue
         hues.append(labels_of[id(run)])
+        algorithms.append(run.config["train"]["algorithm"])
         for layer in run.layers:
             if layer.label not in order:
                 order.append(layer.label)
@@ -583,23 +613,23 @@ def cka_by_layer(
     if not hues:
         raise ValueError("no run has probe CKA (recorded with record.probe_size > 0)")
     df = pd.concat(frames, ignore_index=True)
-    with_cka = [r for r in runs if len(r.cka_rounds)]
-    hues = _order_labels(hues, [r.config["train"]["algorithm"] for r in with_cka])
+    hues = _order_labels(hues, algorithms)
     ax = _new_ax(ax)
-    sns.boxplot(
-        data=df,
-        x="label",
-        y="value",
-        hue="run",
-        order=order,
-        hue_order=hues,
-        palette=_palette(len(hues)),
-        width=0.75,
-        gap=0.1 if len(hues) > 1 else 0,
-        linewidth=0.6,
-        fliersize=1.2,
-        ax=ax,
-    )
+    with _quiet_seaborn():
+        sns.boxplot(
+            data=df,
+            x="label",
+            y="value",
+            hue="run",
+            order=order,
+            hue_order=hues,
+            palette=_palette(len(hues)),
+            width=0.75,
+            gap=0.1 if len(hues) > 1 else 0,
+            linewidth=0.6,
+            fliersize=1.2,
+            ax=ax,
+        )
     _shade_head(ax, order, head)
     _layer_ticks(ax, order, head)
     ax.set_xlabel("layer")
@@ -630,9 +660,8 @@ def cosine_clustermap(
         raise ValueError(f"{run.path.name} has no per-layer records (recorded with --no-record)")
     ly = run.layer(layer)
     r = int(run.rounds[-1]) if round is None else int(round)
-    row = int(np.flatnonzero(run.rounds == r)[0]) if r in set(run.rounds.tolist()) else None
-    cos = pairwise_cosine(run.gram(ly.name, r))  # raises a clear error for unrecorded rounds
-    clients = run.participants[row] if row is not None else np.arange(cos.shape[0])
+    cos = pairwise_cosine(run.gram(ly.name, r))  # a clear RunFileError for unrecorded rounds
+    clients = run.participants[int(np.flatnonzero(run.rounds == r)[0])]
     cos = np.where(np.isfinite(cos), cos, 0.0)
     hist = run.label_histogram.to_numpy()
     names = []
@@ -651,22 +680,23 @@ def cosine_clustermap(
         kwargs.update(row_cluster=False, col_cluster=False)
     side = COLUMN_WIDTH
     show = True if s <= 40 else "auto"
-    grid = sns.clustermap(
-        frame,
-        cmap=cmap,
-        center=0.0,
-        vmin=-1.0,
-        vmax=1.0,
-        figsize=(side, side),
-        dendrogram_ratio=0.12,
-        cbar_pos=(0.02, 0.86, 0.03, 0.12),
-        cbar_kws={"ticks": [-1, 0, 1]},
-        xticklabels=show,
-        yticklabels=show,
-        linewidths=0,
-        tree_kws={"linewidths": 0.6},
-        **kwargs,
-    )
+    with _quiet_seaborn():
+        grid = sns.clustermap(
+            frame,
+            cmap=cmap,
+            center=0.0,
+            vmin=-1.0,
+            vmax=1.0,
+            figsize=(side, side),
+            dendrogram_ratio=0.12,
+            cbar_pos=(0.02, 0.86, 0.03, 0.12),
+            cbar_kws={"ticks": [-1, 0, 1]},
+            xticklabels=show,
+            yticklabels=show,
+            linewidths=0,
+            tree_kws={"linewidths": 0.6},
+            **kwargs,
+        )
     hm = grid.ax_heatmap
     hm.set_xlabel("client")
     hm.set_ylabel("")
@@ -699,9 +729,7 @@ def accuracy_curves(
     palette = _palette(len(groups))
     ax = _new_ax(ax)
     for color, (cond, members) in zip(palette, groups.items()):
-        series = [
-            m.set_index("round")[metric].dropna() for m in (r.metrics for r in members)
-        ]
+        series = [m.set_index("round")[metric].dropna() for m in (r.metrics for r in members)]
         table = pd.concat(series, axis=1).sort_index()
         x = table.index.to_numpy(dtype=np.float64)
         mean = table.mean(axis=1).to_numpy()
@@ -724,7 +752,7 @@ def accuracy_curves(
     ax.grid(True, color="0.9", lw=0.5)
     ax.set_axisbelow(True)
     ax.legend(handlelength=1.2)
-    _legend_above(ax, ncol=min(len(groups), 2 if len(groups) == 4 else 3))
+    _legend_above(ax)
     return ax
 
 
@@ -743,9 +771,7 @@ def partition_histogram(run: Run, ax: Axes | None = None) -> Axes:
         left = np.zeros(n_clients)
         y = np.arange(n_clients)
         for k in range(n_classes):
-            ax.barh(
-                y, counts[:, k], left=left, height=0.8, color=colors[k], label=str(k), lw=0
-            )
+            ax.barh(y, counts[:, k], left=left, height=0.8, color=colors[k], label=str(k), lw=0)
             left += counts[:, k]
         ax.set_yticks(y, [str(c) for c in hist.index])
         ax.set_ylim(n_clients - 0.5, -0.5)
@@ -765,17 +791,18 @@ def partition_histogram(run: Run, ax: Axes | None = None) -> Axes:
         sns.despine(ax=ax)
     else:
         annotate = n_clients * n_classes <= 120
-        sns.heatmap(
-            hist,
-            ax=ax,
-            cmap="mako_r",
-            annot=annotate,
-            fmt="d",
-            annot_kws={"fontsize": 6},
-            cbar_kws={"label": "samples"},
-            xticklabels="auto",
-            yticklabels=True,
-        )
+        with _quiet_seaborn():
+            sns.heatmap(
+                hist,
+                ax=ax,
+                cmap="mako_r",
+                annot=annotate,
+                fmt="d",
+                annot_kws={"fontsize": 6},
+                cbar_kws={"label": "samples"},
+                xticklabels="auto",
+                yticklabels=True,
+            )
         ax.set_xlabel("class")
         ax.set_ylabel("client")
         ax.tick_params(axis="y", rotation=0)

@@ -81,21 +81,27 @@ def observation(paths: dict[str, Path]) -> str:
         with open_run(paths[name]) as run:
             summaries[name] = layer_summary(run)
     lines.append("\n== Where drift lives: FedAvg, per layer (aggregated over rounds; * = head) ==")
-    merged = summaries["fedavg"][["label", "group", "relative_variance", "drift_diversity", "cka"]].merge(
+    merged = summaries["fedavg"][
+        ["label", "group", "relative_variance", "drift_diversity", "cka"]
+    ].merge(
         summaries["fedavg-iid"][["label", "relative_variance", "drift_diversity", "cka"]],
         on="label",
         suffixes=(" a=0.1", " iid"),
     )
     merged.insert(0, " ", ["*" if g == "head" else "" for g in merged["group"]])
-    lines.append(merged.drop(columns="group").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    lines.append(
+        merged.drop(columns="group").to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    )
     gap_rows = []
     for name, s in summaries.items():
         by = s.groupby("group")[["relative_variance", "drift_diversity", "cka"]].mean()
         gap_rows.append(
             {
                 "partition": "alpha 0.1" if name == "fedavg" else "iid",
-                "rel. variance head/body": by.loc["head", "relative_variance"] / by.loc["body", "relative_variance"],
-                "diversity head/body": by.loc["head", "drift_diversity"] / by.loc["body", "drift_diversity"],
+                "rel. variance head/body": by.loc["head", "relative_variance"]
+                / by.loc["body", "relative_variance"],
+                "diversity head/body": by.loc["head", "drift_diversity"]
+                / by.loc["body", "drift_diversity"],
                 "CKA body - head": by.loc["body", "cka"] - by.loc["head", "cka"],
             }
         )

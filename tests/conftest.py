@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+# One torch thread per process: the tests start subprocesses and notebook kernels beside pytest,
+# and two multi-threaded torch processes on a 2-core machine slow each other down many times over.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/fakedata.py
 
 from driftscope import RunConfig, train
 from driftscope.data import load_dataset
+
+torch.set_num_threads(1)
 
 SMALL = {
     "train.rounds": 3,

@@ -35,7 +35,7 @@ def test_invalid_values_name_the_problem(key, value, needle):
 
 
 def test_unknown_key_lists_valid_ones():
-    with pytest.raises(ConfigError, match="unknown key 'train.lrr'.*train.lr"):
+    with pytest.raises(ConfigError, match=r"unknown key 'train.lrr'.*train.lr"):
         RunConfig.from_dict({"train": {"lrr": 0.1}})
 
 
@@ -54,7 +54,7 @@ def test_toml_round_trip_and_types(tmp_path):
 def test_toml_type_errors_and_missing_file(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[train]\nrounds = "ten"\n')
-    with pytest.raises(ConfigError, match="'train.rounds' must be an integer"):
+    with pytest.raises(ConfigError, match=r"'train.rounds' must be an integer"):
         RunConfig.from_toml(path)
     path.write_text("[train\n")
     with pytest.raises(ConfigError, match="not valid TOML"):

@@ -3,6 +3,7 @@ it draws. Runs come from the shared ``make_run`` fixture (small, 3 rounds)."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -35,6 +36,16 @@ from driftscope.figures import (
 )
 
 VGG_LABELS = [f"conv{i}" for i in range(1, 9)] + ["fc1", "fc2", "fc3"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Train the fixture runs on one thread: on a small, shared machine torch's default
+    (one thread per core) spins against other processes and is ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -122,7 +133,7 @@ def test_paper_style_is_print_ready_and_restored():
         assert rc["savefig.bbox"] == "tight"
         assert rc["figure.figsize"][0] == pytest.approx(3.4)
         sizes = [rc[k] for k in ("font.size", "xtick.labelsize", "ytick.labelsize")]
-        assert min(float(s) for s in sizes + [rc["legend.fontsize"]]) >= 7
+        assert min(float(s) for s in [*sizes, rc["legend.fontsize"]]) >= 7
         cycle = [c["color"] for c in rc["axes.prop_cycle"]]
         assert [matplotlib.colors.to_hex(c) for c in cycle[:3]] == sns.color_palette(
             "colorblind"
@@ -319,7 +330,9 @@ def test_write_figures_png_and_pdf(runs, tmp_path):
     for path in written:
         assert path.stat().st_size > 1000
     assert (out / "accuracy_curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "accuracy_curves.pdf").read_bytes()[:5] == b"%PDF-"
+    pdf = (out / "layer_profile_relative_variance.pdf").read_bytes()
+    assert pdf[:5] == b"%PDF-"
+    assert b"CIDFontType2" in pdf and b"Type3" not in pdf  # TrueType (fonttype 42) text
     assert plt.get_fignums() == open_before  # every figure closed
 
 
@@ -350,9 +363,9 @@ def _assert_tick_labels_apart(ax) -> None:
     angle = np.deg2rad(texts[0].get_rotation())
     if angle == 0:
         boxes = [t.get_window_extent(renderer) for t in texts]
-        assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])), "tick labels overlap"
+        assert not any(a.overlaps(b) for a, b in itertools.pairwise(boxes)), "tick labels overlap"
         return
-    xs = ax.transData.transform(np.c_[ax.get_xticks(), np.zeros(len(texts))])[:, 0]
+    xs = ax.get_xaxis_transform().transform(np.c_[ax.get_xticks(), np.zeros(len(texts))])[:, 0]
     spacing = float(np.min(np.diff(xs)))
     height = max(
         renderer.get_text_width_height_descent(t.get_text(), t.get_fontproperties(), False)[1]

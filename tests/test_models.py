@@ -71,7 +71,7 @@ def test_head_overrides():
 
 def test_head_pattern_matching_nothing_is_an_error():
     model = build_model("small_cnn", (1, 8, 8), 10)
-    with pytest.raises(ConfigError, match="'fc.*' matches no parameter"):
+    with pytest.raises(ConfigError, match=r"'fc\.\*' matches no parameter"):
         model_layout(model, head=("fc.*",))
 
 

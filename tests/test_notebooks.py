@@ -17,7 +17,13 @@ nbclient = pytest.importorskip("nbclient")
 
 NB_DIR = Path(__file__).resolve().parents[1] / "analysis_notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
-SHRINK = {"DRIFTSCOPE_NB_ROUNDS": "3", "DRIFTSCOPE_NB_PROBE_SIZE": "64"}
+SHRINK = {
+    "DRIFTSCOPE_NB_ROUNDS": "3",
+    "DRIFTSCOPE_NB_PROBE_SIZE": "64",
+    # one torch thread per kernel: on a small shared machine OpenMP's default (all cores) makes a
+    # training round 10-20x slower as soon as other processes compete for the cores
+    "OMP_NUM_THREADS": "1",
+}
 CELL_TIMEOUT = 240  # seconds per cell; a whole notebook takes ~10-30 s on 2 cores at test size
 
 # what each notebook's final line must say (beyond "[driftscope-nb] NN done:")

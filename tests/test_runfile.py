@@ -112,7 +112,7 @@ def test_no_record_run_has_metrics_only(make_run):
 
 def test_unknown_layer_and_round(make_run):
     with open_run(make_run()) as run:
-        with pytest.raises(RunFileError, match="no layer 'fc9'.*fc3"):
+        with pytest.raises(RunFileError, match=r"no layer 'fc9'.*fc3"):
             run.gram("fc9")
         with pytest.raises(RunFileError, match="round 99 has no records"):
             run.gram("fc1", round=99)
@@ -134,7 +134,7 @@ def test_bad_files(tmp_path, make_run):
     newer.write_bytes(make_run().read_bytes())
     with h5py.File(newer, "r+") as f:
         f.attrs["schema_version"] = 99
-    with pytest.raises(RunFileError, match="schema 99.*upgrade driftscope"):
+    with pytest.raises(RunFileError, match=r"schema 99.*upgrade driftscope"):
         open_run(newer)
     truncated = tmp_path / "truncated.h5"
     data = make_run().read_bytes()
