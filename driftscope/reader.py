@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from driftscope.errors import RunFileError
+from driftscope.models import LayerInfo as Layer
 from driftscope.runfile import FORMAT, METRIC_NAMES, SCHEMA_VERSION
 
 
@@ -30,18 +31,6 @@ class Param:
     group: str
     shape: tuple[int, ...]
     offset: int
-    numel: int
-
-
-@dataclass(frozen=True)
-class Layer:
-    """A parameterised module; ``label`` is a short display name (conv1, fc3)."""
-
-    name: str
-    label: str
-    kind: str
-    group: str
-    params: tuple[str, ...]
     numel: int
 
 

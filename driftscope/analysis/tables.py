@@ -21,16 +21,7 @@ import pandas as pd
 from driftscope.analysis import drift
 from driftscope.reader import Run
 
-UPDATE_METRICS = (
-    "update_variance",
-    "relative_variance",
-    "per_parameter_variance",
-    "drift_diversity",
-    "cosine_divergence",
-    "mean_pairwise_cosine",
-    "mean_update_sq_norm",
-    "mean_client_sq_norm",
-)
+UPDATE_METRICS = drift.METRIC_NAMES
 CKA_METRICS = ("cka", "cka_rbf", "cka_debiased", "cka_to_global")
 SUMMARY_METRICS = ("relative_variance", "drift_diversity", "cosine_divergence", "cka")
 
