@@ -88,6 +88,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     run_dir = tmp_path / "runs"
     monkeypatch.setenv("DRIFTSCOPE_NB_RUN_DIR", str(run_dir))  # the kernel inherits os.environ
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # conftest's Agg would hide the inline figures
     before = sorted(p.name for p in NB_DIR.iterdir())
 
     nb = nbformat.read(path, as_version=4)
