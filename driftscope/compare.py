@@ -3,6 +3,9 @@
 For each algorithm arm and seed it trains the config (recording off: only accuracy and bytes are
 needed) and reports final test accuracy and rounds to a target accuracy as mean ± standard
 deviation over seeds, with communication per round relative to FedAvg.
+
+A run that diverges is a result, not a crash: its row records the round it diverged at, its final
+accuracy is NaN, and the summary says how many seeds diverged instead of averaging over them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import pandas as pd
 
 from driftscope.config import RunConfig
 from driftscope.data import load_dataset
+from driftscope.errors import DivergenceError
 from driftscope.reader import open_run
 from driftscope.training import train
 
@@ -49,7 +53,11 @@ def compare(
             cfg = base.replace({**overrides, "seed": seed, "record.enabled": False})
             slug = name.lower().replace(" ", "_").replace("(", "").replace(")", "").replace(".", "")
             path = out_dir / f"{slug}-seed{seed}.h5"
-            train(cfg, path, overwrite=True, progress=progress, dataset=dataset)
+            try:
+                train(cfg, path, overwrite=True, progress=progress, dataset=dataset)
+                diverged = False
+            except DivergenceError:
+                diverged = True
             with open_run(path) as run:
                 m = run.metrics
                 acc = m["test_accuracy"].to_numpy()
@@ -57,11 +65,12 @@ def compare(
                     {
                         "algorithm": name,
                         "seed": seed,
-                        "final_accuracy": float(acc[-1]),
+                        "final_accuracy": float("nan") if diverged else float(acc[-1]),
                         "rounds_to_target": rounds_to(acc, target),
-                        "bytes_per_round": float(
-                            (m["uplink_bytes"] + m["downlink_bytes"]).iloc[-1]
-                        ),
+                        "diverged_at_round": run.num_rounds if diverged else float("nan"),
+                        "bytes_per_round": float((m["uplink_bytes"] + m["downlink_bytes"]).iloc[-1])
+                        if len(m)
+                        else float("nan"),
                     }
                 )
     return pd.DataFrame(rows)
@@ -70,21 +79,41 @@ def compare(
 def summarize(results: pd.DataFrame, target: float) -> pd.DataFrame:
     """Mean ± std over seeds per algorithm, and communication relative to FedAvg."""
     fedavg = results.loc[results["algorithm"] == "FedAvg", "bytes_per_round"]
-    base = float(fedavg.iloc[0]) if len(fedavg) else float("nan")
+    base = float(fedavg.dropna().mean()) if len(fedavg) else float("nan")
     rows = []
     for name, g in results.groupby("algorithm", sort=False):
         r = g["rounds_to_target"]
         reached = int(r.notna().sum())
+        ok = g["final_accuracy"].dropna()
+        diverged = g["diverged_at_round"].dropna().astype(int)
+        if len(diverged) == len(g):
+            final = f"diverged in {len(g)}/{len(g)} seeds (rounds {_rounds(diverged)})"
+        else:
+            final = _mean_std(ok, ".3f")
+            if len(diverged):
+                final += f" ({len(diverged)}/{len(g)} seeds diverged, rounds {_rounds(diverged)})"
         rows.append(
             {
                 "algorithm": name,
-                "final test accuracy": f"{g.final_accuracy.mean():.3f} ± {g.final_accuracy.std(ddof=1):.3f}",
+                "final test accuracy": final,
                 f"rounds to {target:.0%}": (
-                    f"{r.mean():.1f} ± {r.std(ddof=1):.1f}"
+                    _mean_std(r, ".1f")
                     if reached == len(g)
                     else f"{reached}/{len(g)} seeds reached"
                 ),
-                "communication / round vs FedAvg": f"{g.bytes_per_round.iloc[0] / base:.3f}x",
+                "communication / round vs FedAvg": f"{g.bytes_per_round.dropna().mean() / base:.3f}x",
             }
         )
     return pd.DataFrame(rows)
+
+
+def _rounds(rounds: pd.Series) -> str:
+    """Zero-based round indices at which runs diverged, as a short list: '16, 18'."""
+    return ", ".join(str(r) for r in sorted(rounds))
+
+
+def _mean_std(values: pd.Series, fmt: str) -> str:
+    """'mean ± sample std' over seeds; the mean alone for a single seed."""
+    if len(values) < 2:
+        return format(values.mean(), fmt)
+    return f"{format(values.mean(), fmt)} ± {format(values.std(ddof=1), fmt)}"

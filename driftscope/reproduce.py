@@ -7,7 +7,8 @@ FedAvg control, all with the same hyperparameters (the default config), then pri
    body, for alpha 0.1 and for the IID control;
 2. final accuracy and communication per round of each algorithm;
 
-and writes the run files and figures into one folder.
+and writes the run files and figures into one folder. An arm that diverges keeps its completed
+rounds and is reported as diverged (with the round); the others go on.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 from driftscope.analysis.tables import layer_summary
 from driftscope.config import RunConfig
 from driftscope.data import load_dataset
+from driftscope.errors import DivergenceError
 from driftscope.reader import open_run
 from driftscope.training import train
 
@@ -57,7 +59,10 @@ def reproduce(
         path = out_dir / f"{arm.name}.h5"
         if progress:
             print(f"[{arm.name}] training ...", flush=True)
-        train(cfg, path, overwrite=True, progress=progress, dataset=dataset)
+        try:
+            train(cfg, path, overwrite=True, progress=progress, dataset=dataset)
+        except DivergenceError as err:
+            print(f"[{arm.name}] {err}; its run file keeps the rounds before", flush=True)
         paths[arm.name] = path
     print(observation(paths))
     if figures:
@@ -114,16 +119,22 @@ def observation(paths: dict[str, Path]) -> str:
     for name, path in paths.items():
         with open_run(path) as run:
             m = run.metrics
-            per_round = float((m["uplink_bytes"] + m["downlink_bytes"]).iloc[-1])
+            per_round = (
+                float((m["uplink_bytes"] + m["downlink_bytes"]).iloc[-1])
+                if len(m)
+                else float("nan")
+            )
             if name == "fedavg":
                 fedavg_bytes = per_round
+            complete = run.status == "complete"
             rows.append(
                 {
                     "run": name,
-                    "final acc": m["test_accuracy"].iloc[-1],
+                    "final acc": m["test_accuracy"].iloc[-1] if complete else float("nan"),
                     "best acc": m["test_accuracy"].max(),
                     "MB / round": per_round / 1e6,
                     "x FedAvg": per_round / fedavg_bytes if fedavg_bytes else float("nan"),
+                    "status": run.status if complete else f"{run.status} at round {run.num_rounds}",
                 }
             )
     lines.append(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -114,7 +114,7 @@ class Simulator:
 
     def run(self, hooks: Sequence[Hook] = (), progress: bool = False) -> list[RoundSummary]:
         """Train for ``cfg.train.rounds`` rounds, calling ``hooks``; returns each round's summary."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain text bar: no ipywidgets needed in notebooks
 
         summaries: list[RoundSummary] = []
         for hook in hooks:
