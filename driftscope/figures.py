@@ -718,7 +718,8 @@ def accuracy_curves(
 
     Seeds of one condition are drawn as their mean with a min-max band. Legend entries read
     ``"FedPVR (2.3x)"``: communication per round in FedAvg one-way model transfers
-    (:func:`communication_factor`; FedAvg 2.0x, SCAFFOLD 4.0x), like the paper's Figure 1.
+    (:func:`communication_factor`; FedAvg 2.0x, SCAFFOLD 4.0x), like the paper's Figure 1. A run
+    that diverged (or failed, or was interrupted) ends in a cross and says so in the legend.
     """
     runs = _as_runs(runs)
     conditions = run_labels(runs, unique=False)
@@ -745,7 +746,14 @@ def accuracy_curves(
                 alpha=0.2,
                 lw=0,
             )
+        stopped = [r for r in members if r.status in ("diverged", "failed", "interrupted")]
+        if stopped:
+            label += f", {stopped[0].status}" if len(members) == 1 else f", {len(stopped)} stopped"
         ax.plot(x, mean, color=color, label=label, marker="o" if len(x) <= 12 else None, ms=2.5)
+        for r in stopped:  # a cross where the run stopped: it did not simply end there
+            last = r.metrics.set_index("round")[metric].dropna()
+            if len(last):
+                ax.plot(last.index[-1], last.iloc[-1], "x", color=color, ms=6, mew=1.5)
     ax.set_xlabel("communication round")
     ax.set_ylabel(metric.replace("_", " "))
     ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))

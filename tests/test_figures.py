@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import seaborn as sns
 import torch
+from conftest import small_config
 
 from driftscope import RunConfig, open_run, train
 from driftscope.analysis.tables import drift_table
 from driftscope.data import Dataset
+from driftscope.errors import DivergenceError
 from driftscope.figures import (
     accuracy_curves,
     cka_by_layer,
@@ -34,6 +36,7 @@ from driftscope.figures import (
     tidy,
     write_figures,
 )
+from driftscope.hooks import Hook
 
 VGG_LABELS = [f"conv{i}" for i in range(1, 9)] + ["fc1", "fc2", "fc3"]
 
@@ -292,6 +295,34 @@ def test_accuracy_curves_pool_seeds(runs, norecord):
     assert len(ax.collections) == 1  # the band of the two FedAvg runs
     mean = (runs[0].metrics["test_accuracy"] + norecord.metrics["test_accuracy"]) / 2
     np.testing.assert_allclose(lines[0].get_ydata(), mean)
+
+
+class _DivergeAt(Hook):
+    """Stops training the way a non-finite model does, at a chosen round."""
+
+    def __init__(self, round: int) -> None:
+        self.round = round
+
+    def on_round_start(self, sim, round, clients):
+        if round == self.round:
+            raise DivergenceError(f"the global model became non-finite at round {round}")
+
+
+def test_accuracy_curves_mark_a_diverged_run(runs, tmp_path, digits):
+    path = tmp_path / "diverged.h5"
+    with pytest.raises(DivergenceError):
+        train(
+            small_config(train__algorithm="scaffold"), path, dataset=digits, hooks=[_DivergeAt(2)]
+        )
+    with open_run(path) as bad:
+        assert bad.status == "diverged" and bad.num_rounds == 2
+        ax = accuracy_curves([runs[0], bad])
+        texts = [t.get_text() for t in ax.get_legend().texts]
+        assert texts == ["FedAvg (2.0x)", "SCAFFOLD (4.0x), diverged"]
+        crosses = [ln for ln in ax.lines if ln.get_marker() == "x"]
+        assert len(crosses) == 1  # only the diverged run ends in a cross, at its last round
+        assert crosses[0].get_xdata()[0] == 1
+        assert crosses[0].get_ydata()[0] == bad.metrics["test_accuracy"].iloc[-1]
 
 
 # ---------------------------------------------------------------------------------------- partition
