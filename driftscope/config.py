@@ -161,8 +161,8 @@ class RecordConfig:
     updates_every: int = 5  # store full client updates every k recorded rounds; 0 = never
     update_dtype: str = "float32"
     update_layers: tuple[str, ...] = ("*",)  # fnmatch patterns over parameter names
-    probe_size: int = 256  # probe inputs for activation CKA; 0 = no CKA
-    cka_every: int = 1  # compute probe CKA every k recorded rounds
+    probe_size: int = 128  # probe inputs for activation CKA; 0 = no CKA
+    cka_every: int = 10  # compute probe CKA every k recorded rounds (benchmarks/README.md: cost)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "update_layers", tuple(self.update_layers))

@@ -10,6 +10,7 @@ appends, under ``/records`` of the run file (S = clients per round, n = probe si
     control_norm/<param>  (rec, 1 + N) f32    ||c|| then ||c_i|| for every client (SCAFFOLD, FedPVR)
     update_round          (upd,)              rounds whose full updates are stored
     updates/<param>       (upd, S, numel)     client updates, float32 or float16 (policy)
+    probe_index           (n,)                test-set rows of the probe set (when CKA is on)
     cka_round             (cka,)              rounds with probe CKA
     cka/<kind>/<layer>    (cka, S+1, S+1) f64 pairwise CKA of the S client models and the new
                                               global model (last index); kind: linear|rbf|debiased
@@ -27,6 +28,7 @@ import fnmatch
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+import h5py
 import numpy as np
 import torch
 from torch import nn
@@ -39,7 +41,7 @@ from driftscope.runfile import append, growable
 from driftscope.seeding import torch_generator
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from driftscope.runfile import RunWriter
     from driftscope.simulator import Simulator
@@ -50,11 +52,16 @@ CHUNK_BYTES = 1 << 20
 
 @contextmanager
 def capture_activations(
-    model: nn.Module, layer_names: list[str]
+    model: nn.Module,
+    layer_names: list[str],
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Capture each named module's output, flattened to (batch, features), during forward passes.
 
-    The dict is cleared by the caller between passes; a module that runs twice in one pass raises.
+    With ``reduce`` the dict holds ``reduce(output)`` instead, computed inside the hook, before a
+    following in-place operation (``ReLU(inplace=True)``) can change the output; without it the
+    output is cloned for the same reason. The dict is cleared by the caller between passes; a
+    module that runs twice in one pass raises.
     """
     captured: dict[str, torch.Tensor] = {}
     handles = []
@@ -66,7 +73,8 @@ def capture_activations(
                     f"layer '{name}' ran twice in one forward pass, so its activations are "
                     "ambiguous: turn probe CKA off with --probe-size 0 for this model"
                 )
-            captured[name] = output.detach().reshape(output.shape[0], -1).clone()
+            flat = output.detach().reshape(output.shape[0], -1)
+            captured[name] = reduce(flat) if reduce is not None else flat.clone()
 
         return hook
 
@@ -84,6 +92,21 @@ def centred_gram(features: torch.Tensor) -> torch.Tensor:
     x = features.to(torch.float64)
     x = x - x.mean(dim=0, keepdim=True)
     return x @ x.T
+
+
+def update_gram(block: torch.Tensor, chunk_values: int = 1 << 18) -> torch.Tensor:
+    """(S, numel) float32 updates -> (S, S) Gram ``<d_i, d_j>``, accumulated in float64.
+
+    Converts a cache-sized slice of columns at a time (``chunk_values`` values in all) instead of the
+    whole block: the same sums, about three times faster on a VGG-11 than one float64 copy.
+    """
+    s, numel = block.shape
+    step = max(1, chunk_values // max(1, s))
+    gram = torch.zeros(s, s, dtype=torch.float64)
+    for start in range(0, numel, step):
+        part = block[:, start : start + step].to(torch.float64)
+        gram.addmm_(part, part.T)
+    return gram
 
 
 class Recorder(Hook):
@@ -120,6 +143,9 @@ class Recorder(Hook):
         rec.attrs["updates_every"] = cfg.updates_every
         rec.attrs["cka_every"] = cfg.cka_every
         rec.attrs["probe_size"] = len(self.probe) if self.cka_on else 0
+        if self.cka_on:
+            probe_index = rec.create_dataset("probe_index", data=idx.numpy())
+            probe_index.attrs["description"] = "rows of the test set that form the CKA probe set"
         growable(rec, "round", (), np.int64, ("record",))
         growable(rec, "clients", (s,), np.int64, ("record", "client"))
         g = rec.create_group("gram")
@@ -146,6 +172,7 @@ class Recorder(Hook):
                 for name in self.layer_names:
                     growable(kg, name, (s + 1, s + 1), np.float64, ("cka", "model", "model"))
 
+        self._handles: dict[str, h5py.Dataset] = {}
         self._updates = torch.zeros(s, layout.numel)
         self._grams: dict[str, list[torch.Tensor]] = {}
         self._slot = 0
@@ -180,40 +207,46 @@ class Recorder(Hook):
     def on_round_end(self, sim: Simulator, round: int, summary: RoundSummary) -> None:
         if not self._active:
             return
-        rec = self.file["records"]
+        ds = self._dataset
         d = self._updates
         for p in self.layout.params:
-            block = d[:, p.offset : p.offset + p.numel].to(torch.float64)
-            append(rec["gram"][p.name], (block @ block.T).numpy())
+            gram = update_gram(d[:, p.offset : p.offset + p.numel])
+            append(ds(f"gram/{p.name}"), gram.numpy())
         if self.control:
             for name, norms in sim.algorithm.state_norms().items():
-                append(rec["control_norm"][name], norms.numpy())
+                append(ds(f"control_norm/{name}"), norms.numpy())
         if self._stores_updates(round):
             for p in self.stored:
                 block = d[:, p.offset : p.offset + p.numel].numpy()
-                append(rec["updates"][p.name], block.astype(self.cfg.update_dtype, copy=False))
-            append(rec["update_round"], round)
+                append(ds(f"updates/{p.name}"), block.astype(self.cfg.update_dtype, copy=False))
+            append(ds("update_round"), round)
         if self._cka_now:
             sim.flat.params.copy_(sim.global_params)
             self._probe_grams(sim.model)
             for name in self.layer_names:
-                grams = torch.stack(self._grams[name]).numpy()  # (S+1, n, n)
-                append(rec["cka"]["linear"][name], pairwise_cka(grams))
-                rbf = np.stack([rbf_from_linear_gram(k) for k in grams])
-                append(rec["cka"]["rbf"][name], pairwise_cka(rbf))
-                append(rec["cka"]["debiased"][name], pairwise_cka(grams, debiased=True))
-            append(rec["cka_round"], round)
-        append(rec["clients"], np.asarray(summary.clients, dtype=np.int64))
-        append(rec["round"], round)  # written last among records
+                grams = torch.stack(self._grams[name]).numpy()  # (S+1, n, n), centred features
+                append(ds(f"cka/linear/{name}"), pairwise_cka(grams, centred=True))
+                append(ds(f"cka/rbf/{name}"), pairwise_cka(rbf_from_linear_gram(grams)))
+                append(ds(f"cka/debiased/{name}"), pairwise_cka(grams, debiased=True))
+            append(ds("cka_round"), round)
+        append(ds("clients"), np.asarray(summary.clients, dtype=np.int64))
+        append(ds("round"), round)  # written last among records
+
+    def _dataset(self, path: str) -> h5py.Dataset:
+        """The dataset ``/records/<path>``, its handle cached (h5py lookups cost ~0.1 ms each)."""
+        handle = self._handles.get(path)
+        if handle is None:
+            handle = self._handles[path] = self.file["records"][path]
+        return handle
 
     @torch.no_grad()
     def _probe_grams(self, model: nn.Module) -> None:
         was_training = model.training
         model.eval()
         try:
-            with capture_activations(model, self.layer_names) as acts:
+            with capture_activations(model, self.layer_names, reduce=centred_gram) as grams:
                 model(self.probe)
                 for name in self.layer_names:
-                    self._grams[name].append(centred_gram(acts[name]))
+                    self._grams[name].append(grams[name])
         finally:
             model.train(was_training)

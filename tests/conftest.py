@@ -25,6 +25,7 @@ SMALL = {
     "train.rounds": 3,
     "train.local_epochs": 1,
     "record.probe_size": 64,
+    "record.cka_every": 1,
     "record.updates_every": 1,
 }
 
@@ -35,7 +36,7 @@ def digits():
 
 
 def small_config(**overrides) -> RunConfig:
-    """The default config shrunk for tests: 3 rounds, 1 local epoch, 64 probe inputs.
+    """The default config shrunk for tests: 3 rounds, 1 local epoch, CKA on 64 probe inputs every round.
     Keyword overrides use double underscores for dots: ``train__algorithm="scaffold"``."""
     values = dict(SMALL)
     values.update({k.replace("__", "."): v for k, v in overrides.items()})

@@ -310,6 +310,30 @@ def test_pairwise_matches_double_loop(debiased: bool, kind: str) -> None:
     np.testing.assert_array_equal(got, got.T)
 
 
+def test_pairwise_centred_shortcut_equals_full_centring_only_for_centred_grams() -> None:
+    rng = np.random.default_rng(16)
+    acts = [rng.normal(size=(12, 5)) + 3.0 for _ in range(4)]
+    centred = np.stack([linear_gram(a) for a in acts])
+    np.testing.assert_allclose(
+        pairwise_cka(centred, centred=True), pairwise_cka(centred), rtol=1e-12
+    )
+    raw = np.stack([a @ a.T for a in acts])  # not centred: the shortcut would be wrong
+    assert not np.allclose(pairwise_cka(raw, centred=True), pairwise_cka(raw), atol=1e-3)
+
+
+def test_rbf_of_a_stack_equals_each_matrix_with_its_own_bandwidth() -> None:
+    rng = np.random.default_rng(17)
+    grams = np.stack([linear_gram(rng.normal(size=(9, 3)) * s) for s in (0.1, 1.0, 30.0)])
+    stacked = rbf_from_linear_gram(grams)
+    for g, k in zip(grams, stacked):
+        np.testing.assert_allclose(k, rbf_from_linear_gram(g), rtol=1e-12)
+    np.testing.assert_allclose(
+        rbf_from_linear_gram(grams, sigma2=2.0)[1], rbf_from_linear_gram(grams[1], sigma2=2.0)
+    )
+    with pytest.raises(ValueError, match="square"):
+        rbf_from_linear_gram(np.ones((2, 3, 4)))
+
+
 def test_pairwise_accepts_float32_torch_and_flags_constant_model() -> None:
     rng = np.random.default_rng(15)
     acts = [rng.normal(size=(10, 4)) for _ in range(3)]

@@ -129,44 +129,52 @@ def linear_gram(X: Any) -> FloatArray:
     return x @ x.T
 
 
-def _median_sq_distance(sq: FloatArray) -> float:
-    iu = np.triu_indices(sq.shape[0], k=1)
-    if iu[0].size == 0:
-        raise ValueError("the RBF bandwidth needs at least 2 probe inputs")
-    return float(np.median(sq[iu]))
-
-
 def rbf_from_linear_gram(K: Any, t: float = 0.5, sigma2: float | None = None) -> FloatArray:
-    """RBF kernel matrix from an existing linear Gram matrix.
+    """RBF kernel matrix from an existing linear Gram matrix (or a stack of them).
 
     ``k(x_i, x_j) = exp(-||x_i - x_j||^2 / (2 sigma^2))`` with
     ``||x_i - x_j||^2 = K_ii + K_jj - 2 K_ij`` (clipped at 0). Unless ``sigma2`` is given,
-    ``sigma^2 = t^2 * median{||x_i - x_j||^2 : i < j}``.
+    ``sigma^2 = t^2 * median{||x_i - x_j||^2 : i < j}``, for each matrix of a stack separately.
 
     Args:
-        K: ``(n, n)`` linear Gram matrix (centred or not; distances do not depend on centring).
+        K: ``(n, n)`` linear Gram matrix, or ``(M, n, n)`` for M models at once (centred or not;
+            distances do not depend on centring).
         t: bandwidth as a fraction of the median distance (0.5 by convention).
         sigma2: explicit ``sigma^2``; overrides ``t``.
 
     Returns:
-        ``(n, n)`` float64 RBF kernel matrix.
+        float64 RBF kernel matrix (matrices), shaped like ``K``.
 
     Raises:
         ValueError: if the bandwidth is not positive (e.g. more than half the pairs are identical
             points, so the median distance is 0): pass ``sigma2`` explicitly.
     """
-    k = _as_square(K, "K")
-    diag = np.diagonal(k)
-    sq = np.clip(diag[:, None] + diag[None, :] - 2.0 * k, 0.0, None)
-    np.fill_diagonal(sq, 0.0)
-    if sigma2 is None:
-        sigma2 = t * t * _median_sq_distance(sq)
-    if not np.isfinite(sigma2) or sigma2 <= 0:
+    k = _to_f64(K)
+    if k.ndim not in (2, 3) or k.shape[-1] != k.shape[-2]:
         raise ValueError(
-            f"RBF bandwidth sigma^2 = {sigma2} is not positive (the median squared pairwise "
+            f"K must be a square (n, n) kernel matrix or a stack (M, n, n); got shape {k.shape}"
+        )
+    n = k.shape[-1]
+    diag = np.diagonal(k, axis1=-2, axis2=-1)
+    sq = diag[..., :, None] + diag[..., None, :] - 2.0 * k
+    np.clip(sq, 0.0, None, out=sq)
+    idx = np.arange(n)
+    sq[..., idx, idx] = 0.0
+    if sigma2 is None:
+        iu = np.triu_indices(n, k=1)
+        if iu[0].size == 0:
+            raise ValueError("the RBF bandwidth needs at least 2 probe inputs")
+        s2 = t * t * np.median(sq[..., iu[0], iu[1]], axis=-1)
+    else:
+        s2 = np.full(k.shape[:-2], float(sigma2))
+    s2 = np.asarray(s2, dtype=np.float64)
+    if not np.all(np.isfinite(s2)) or np.any(s2 <= 0):
+        raise ValueError(
+            f"RBF bandwidth sigma^2 = {s2.min()} is not positive (the median squared pairwise "
             "distance is 0, or t <= 0); pass sigma2 explicitly or use kernel='linear'"
         )
-    return np.exp(-sq / (2.0 * sigma2))
+    sq *= (-0.5 / s2)[..., None, None]
+    return np.exp(sq, out=sq)
 
 
 def rbf_gram(X: Any, t: float = 0.5, sigma2: float | None = None) -> FloatArray:
@@ -260,7 +268,7 @@ def cka(
     return cka_from_grams(k, ell, debiased=debiased)
 
 
-def pairwise_cka(grams: Any, debiased: bool = False) -> FloatArray:
+def pairwise_cka(grams: Any, debiased: bool = False, centred: bool = False) -> FloatArray:
     """CKA between every pair of ``M`` models, vectorised.
 
     Args:
@@ -268,6 +276,9 @@ def pairwise_cka(grams: Any, debiased: bool = False) -> FloatArray:
             inputs. If they are linear Grams stored in low precision, they should come from
             feature-centred activations (see the module docstring).
         debiased: use the unbiased HSIC_1 (needs ``n >= 4``).
+        centred: the grams are already double-centred (``H K H = K``, as linear Grams of
+            column-centred features are), so the biased estimator skips centring them again.
+            Ignored when ``debiased``.
 
     Returns:
         ``(M, M)`` float64 symmetric matrix; diagonal 1 for valid inputs; ``nan`` in the rows and
@@ -281,7 +292,7 @@ def pairwise_cka(grams: Any, debiased: bool = False) -> FloatArray:
         _require_n_ge_4(n)
         c = _unbiased_centre(g)
     else:
-        c = _double_centre(g)
+        c = g if centred else _double_centre(g)
     flat = c.reshape(m, n * n)
     h = flat @ flat.T  # (M, M) HSIC up to a common positive factor
     h = 0.5 * (h + h.T)
