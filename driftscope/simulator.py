@@ -39,8 +39,9 @@ class FlatParams:
     """Binds ``model``'s parameters and gradients to views of flat vectors ``params`` and ``grads``.
 
     After binding, ``params.copy_(x)`` loads a model and an in-place step on ``params`` moves every
-    layer. Autograd accumulates into the existing ``.grad`` views, so ``grads`` is the flat gradient.
-    Zero it with ``grads.zero_()`` (never ``model.zero_grad()``, which would unbind it).
+    layer. ``.grad`` of each parameter is a view of ``grads``: ``loss.backward()`` accumulates the
+    flat gradient there (zero it with ``grads.zero_()``, never ``model.zero_grad()``, which would
+    unbind it), and copying into the views fills it.
     """
 
     def __init__(self, model: nn.Module, layout: ModelLayout) -> None:
@@ -53,6 +54,19 @@ class FlatParams:
             self.params[a:b].copy_(tensor.detach().reshape(-1))
             tensor.data = self.params[a:b].view(info.shape)
             tensor.grad = self.grads[a:b].view(info.shape)
+
+
+def _per_param(momentum: float | torch.Tensor, layout: ModelLayout) -> list[float] | None:
+    """Momentum as one number per parameter tensor, or None if it varies within one."""
+    if not isinstance(momentum, torch.Tensor):
+        return [float(momentum)] * len(layout.params)
+    out = []
+    for p in layout.params:
+        seg = momentum[p.offset : p.offset + p.numel]
+        if not bool((seg == seg[0]).all()):
+            return None
+        out.append(float(seg[0]))
+    return out
 
 
 class Simulator:
@@ -105,6 +119,16 @@ class Simulator:
         self._momentum = self.algorithm.momentum()
         self._update = torch.empty(self.layout.numel)
         self._buf = torch.empty(self.layout.numel)
+        # Per-parameter views for the local step: autograd.grad returns fresh gradients, which
+        # the step applies layer by layer (torch._foreach_*) without first zeroing and
+        # accumulating into the flat gradient, or copies into the flat gradient when an algorithm
+        # works on it (gradient correction, weight decay, momentum that varies within a layer).
+        self._params = list(self.model.parameters())
+        self._grad_views = [p.grad for p in self._params]
+        self._buf_views = [
+            self._buf[i.offset : i.offset + i.numel].view(i.shape) for i in self.layout.params
+        ]
+        self._param_momentum = _per_param(self._momentum, self.layout)
         self.round = 0
 
     # ------------------------------------------------------------------ public API
@@ -221,24 +245,33 @@ class Simulator:
         correct_count = torch.zeros((), dtype=torch.int64)
         seen = 0
         steps = 0
+        per_layer = not correct and not wd and self._param_momentum is not None
         for idx in self._batches(n, gen):
             xb, yb = cx[idx], cy[idx]
             if self.augment:
                 xb = (augment_batch(xb, self.dataset.crop_padding, gen) - self._mean) / self._std
-            grads.zero_()
             logits = self.model(xb)
             loss = F.cross_entropy(logits, yb)
-            loss.backward()
+            g = torch.autograd.grad(loss, self._params)
             with torch.no_grad():
-                if correct:
-                    algo.correct_gradient(grads, params, x)
-                if wd:
-                    grads.add_(params, alpha=wd)
-                if use_momentum:
-                    self._buf.mul_(momentum).add_(grads)
-                    params.add_(self._buf, alpha=-lr)
+                if per_layer:  # same arithmetic as below, without the flat gradient
+                    if use_momentum:
+                        torch._foreach_mul_(self._buf_views, self._param_momentum)
+                        torch._foreach_add_(self._buf_views, g)
+                        torch._foreach_add_(self._params, self._buf_views, alpha=-lr)
+                    else:
+                        torch._foreach_add_(self._params, g, alpha=-lr)
                 else:
-                    params.add_(grads, alpha=-lr)
+                    torch._foreach_copy_(self._grad_views, g)
+                    if correct:
+                        algo.correct_gradient(grads, params, x)
+                    if wd:
+                        grads.add_(params, alpha=wd)
+                    if use_momentum:
+                        self._buf.mul_(momentum).add_(grads)
+                        params.add_(self._buf, alpha=-lr)
+                    else:
+                        params.add_(grads, alpha=-lr)
                 total_loss += loss.detach() * len(yb)
                 correct_count += (logits.argmax(1) == yb).sum()
             seen += len(yb)
