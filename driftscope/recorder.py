@@ -94,6 +94,17 @@ def centred_gram(features: torch.Tensor) -> torch.Tensor:
     return x @ x.T
 
 
+def chunk_columns(numel: int, max_cols: int) -> int:
+    """Columns per chunk of an updates dataset: at most ``max_cols``, splitting ``numel`` evenly.
+
+    HDF5 allocates whole chunks, so a last chunk holding a few columns of a ``max_cols``-wide
+    chunk would waste most of it: 36,928 values in chunks of 26,214 store 52,428.
+    """
+    max_cols = max(1, max_cols)
+    pieces = -(-numel // max_cols)  # ceil
+    return max(1, -(-numel // pieces))
+
+
 def update_gram(block: torch.Tensor, chunk_values: int = 1 << 18) -> torch.Tensor:
     """(S, numel) float32 updates -> (S, S) Gram ``<d_i, d_j>``, accumulated in float64.
 
@@ -159,7 +170,7 @@ class Recorder(Hook):
         u = rec.create_group("updates")
         dtype = np.dtype(cfg.update_dtype)
         for p in self.stored:
-            cols = max(1, min(p.numel, CHUNK_BYTES // (dtype.itemsize * s)))
+            cols = chunk_columns(p.numel, CHUNK_BYTES // (dtype.itemsize * s))
             ds = growable(
                 u, p.name, (s, p.numel), dtype, ("update", "client", "value"), chunks=(1, s, cols)
             )

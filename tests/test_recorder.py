@@ -10,7 +10,7 @@ from conftest import small_config
 from driftscope import open_run, train
 from driftscope.analysis import cka
 from driftscope.hooks import Hook
-from driftscope.recorder import update_gram
+from driftscope.recorder import chunk_columns, update_gram
 from driftscope.simulator import Simulator
 
 
@@ -83,3 +83,13 @@ def test_update_gram_equals_one_float64_product(chunk_values):
     got = update_gram(block, chunk_values=chunk_values)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, exact, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("numel", [1, 16, 26_214, 26_215, 36_928, 2_359_296])
+def test_chunk_columns_cover_the_parameter_with_little_waste(numel):
+    max_cols = 26_214
+    cols = chunk_columns(numel, max_cols)
+    chunks = -(-numel // cols)
+    assert cols <= max_cols
+    assert chunks == -(-numel // max_cols)  # no more chunks than needed
+    assert chunks * cols - numel < chunks  # waste: under one column per chunk
