@@ -180,7 +180,7 @@ def bench_recording(quick: bool, tmp: Path) -> dict[str, Any]:
 
     # --- embedded default: digits, small_cnn
     digits = load_dataset("digits")
-    base = RunConfig().replace({"train.rounds": 3 if quick else 20})
+    base = RunConfig().replace({"train.rounds": 3 if quick else 10})
     rc = base.record
     arms = {
         "off": base.replace({"record.enabled": False}),
@@ -194,7 +194,7 @@ def bench_recording(quick: bool, tmp: Path) -> dict[str, Any]:
         ),
     }
     train(base.replace({"train.rounds": 1}), tmp / "warmup.h5", dataset=digits, overwrite=True)
-    reps = 2 if quick else 3
+    reps = 2 if quick else 5
     log(
         f"recording: digits/small_cnn, {base.train.rounds} rounds, {reps} repeats x {len(arms)} arms"
     )
