@@ -698,21 +698,21 @@ def bench_io(quick: bool, tmp: Path) -> dict[str, Any]:
     run.close()
     raw.close()
     mb = 2**20
+
+    def write_row(label: str, h5: str, raw: str) -> dict[str, Any]:
+        def rate(key: str) -> float:
+            return nbytes / mb / summarise(w[key])["median"]
+
+        return row(
+            f"Run-file write throughput / plain write ({label})",
+            ratios(w[raw], w[h5]),
+            (">=", 0.70),
+            note=f"h5 {rate(h5):.0f} MiB/s, plain {rate(raw):.0f} MiB/s",
+        )
+
     rows = [
-        row(
-            "Run-file write throughput / plain write (page cache, no fsync)",
-            ratios(w["raw"], w["h5"]),
-            (">=", 0.70),
-            note=f"h5 {nbytes / mb / summarise(w['h5'])['median']:.0f} MiB/s, plain "
-            f"{nbytes / mb / summarise(w['raw'])['median']:.0f} MiB/s",
-        ),
-        row(
-            "Run-file write throughput / plain write (fsync at end, both)",
-            ratios(w["raw_sync"], w["h5_sync"]),
-            (">=", 0.70),
-            note=f"h5 {nbytes / mb / summarise(w['h5_sync'])['median']:.0f} MiB/s, plain "
-            f"{nbytes / mb / summarise(w['raw_sync'])['median']:.0f} MiB/s",
-        ),
+        write_row("page cache, no fsync", "h5", "raw"),
+        write_row("fsync at end, both", "h5_sync", "raw_sync"),
         row(
             f"Run.updates('{big.name}') read, MiB/s (warm page cache)",
             [layer_bytes / mb / v for v in rd["h5"]],

@@ -288,7 +288,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         last = m.iloc[-1]
         print(
             f"wrote {out}: {len(m)} rounds, final test accuracy {last.test_accuracy:.4f}, "
-            f"{(last.uplink_bytes + last.downlink_bytes) / 1e6:.2f} MB per round"
+            f"{run.bytes_per_round / 1e6:.2f} MB per round"
         )
     return 0
 

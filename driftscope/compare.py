@@ -68,9 +68,7 @@ def compare(
                         "final_accuracy": float("nan") if diverged else float(acc[-1]),
                         "rounds_to_target": rounds_to(acc, target),
                         "diverged_at_round": run.num_rounds if diverged else float("nan"),
-                        "bytes_per_round": float((m["uplink_bytes"] + m["downlink_bytes"]).iloc[-1])
-                        if len(m)
-                        else float("nan"),
+                        "bytes_per_round": run.bytes_per_round,
                     }
                 )
     return pd.DataFrame(rows)

@@ -329,10 +329,8 @@ def communication_factor(run: Run) -> float:
     ``mean over rounds of (downlink + uplink bytes) / (4 bytes x numel x clients per round)``:
     FedAvg reads 2.0, SCAFFOLD 4.0, FedPVR 2 (1 + head share).
     """
-    m = run.metrics
     numel = int(run.file["model"].attrs["numel"])
-    per_round = (m["downlink_bytes"] + m["uplink_bytes"]).to_numpy(dtype=np.float64)
-    return float(np.mean(per_round) / (BYTES_PER_VALUE * numel * _clients_per_round(run)))
+    return run.bytes_per_round / (BYTES_PER_VALUE * numel * _clients_per_round(run))
 
 
 def _clients_per_round(run: Run) -> int:
@@ -750,10 +748,9 @@ def accuracy_curves(
         if stopped:
             label += f", {stopped[0].status}" if len(members) == 1 else f", {len(stopped)} stopped"
         ax.plot(x, mean, color=color, label=label, marker="o" if len(x) <= 12 else None, ms=2.5)
-        for r in stopped:  # a cross where the run stopped: it did not simply end there
-            last = r.metrics.set_index("round")[metric].dropna()
-            if len(last):
-                ax.plot(last.index[-1], last.iloc[-1], "x", color=color, ms=6, mew=1.5)
+        for r, s in zip(members, series):  # a cross where a run stopped: it did not simply end
+            if r in stopped and len(s):
+                ax.plot(s.index[-1], s.iloc[-1], "x", color=color, ms=6, mew=1.5)
     ax.set_xlabel("communication round")
     ax.set_ylabel(metric.replace("_", " "))
     ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))

@@ -232,6 +232,14 @@ class Run:
         return pd.DataFrame(data)
 
     @property
+    def bytes_per_round(self) -> float:
+        """Mean communication per committed round, down + up, in bytes (NaN before round 0 ends)."""
+        m = self.metrics
+        if not len(m):
+            return float("nan")
+        return float((m["downlink_bytes"] + m["uplink_bytes"]).mean())
+
+    @property
     def client_metrics(self) -> pd.DataFrame:
         """Long table: round, client, train_loss, train_accuracy (participating clients only)."""
         n = self.num_rounds

@@ -54,7 +54,7 @@ def format_summary(run: Run, summary: pd.DataFrame) -> str:
         lines += [
             "",
             f"final test accuracy {last.test_accuracy:.4f}; communication per round "
-            f"{(last.downlink_bytes + last.uplink_bytes) / 1e6:.3f} MB (down + up)",
+            f"{run.bytes_per_round / 1e6:.3f} MB (down + up)",
         ]
     return "\n".join(lines)
 

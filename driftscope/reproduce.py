@@ -119,11 +119,7 @@ def observation(paths: dict[str, Path]) -> str:
     for name, path in paths.items():
         with open_run(path) as run:
             m = run.metrics
-            per_round = (
-                float((m["uplink_bytes"] + m["downlink_bytes"]).iloc[-1])
-                if len(m)
-                else float("nan")
-            )
+            per_round = run.bytes_per_round
             if name == "fedavg":
                 fedavg_bytes = per_round
             complete = run.status == "complete"

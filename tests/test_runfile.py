@@ -40,6 +40,10 @@ def test_reader_api(make_run):
         assert run.updates("fc3", round=1).shape == (10, 650)
         assert run.cka("fc3").shape == (3, 11, 11)
         assert run.control_norms("classifier.4.weight").shape == (3, 11)
+        # SCAFFOLD sends model + control variate each way: 4 float32 model copies per client
+        numel = sum(ly.numel for ly in run.layers)
+        assert numel == 69_194  # the small CNN on 8x8 digits
+        assert run.bytes_per_round == 4 * 4 * numel * 10
         assert run.label_histogram.to_numpy().sum() == run.file["partition/client_size"][()].sum()
         assert run.status == "complete"
 
