@@ -1,0 +1,155 @@
+"""The run-file layout: every HDF5 path, axis label and dtype, and the recording schedule.
+
+This is the only module that spells a run-file path. The writer (:mod:`driftscope.runfile`), the
+recorder (:mod:`driftscope.recorder`), the reader (:mod:`driftscope.reader`) and the benchmarks
+build paths with the names and functions below. Torch-free.
+
+Layout (schema version 1; every array's axes are labelled with ``dims[i].label``; S = clients per
+round, N = clients, n = probe size)::
+
+    /                           attrs: format="driftscope-run", schema_version, driftscope_version,
+                                       config (JSON), environment (JSON), created (ISO 8601)
+    /status                     scalar string: running | complete | diverged | interrupted | failed
+    /status_message             scalar string: why it stopped, if it did not complete
+    /model/param_*              name, layer, group, shape (JSON), offset, numel  (param,)
+    /model/layer_*              name, label, kind, group, numel                 (layer,)
+    /partition/label_histogram  (client, class) int64
+    /partition/client_size      (client,)
+    /metrics/<name>             (round,)  see METRIC_NAMES
+    /metrics/round              (round,)  written last in a round: the commit marker
+    /clients/train_loss         (round, client) NaN where a client did not take part
+    /clients/train_accuracy     (round, client)
+    /records/round              (rec,)              recorded rounds; written last among records
+    /records/clients            (rec, S)            which clients took part, in row order
+    /records/gram/<param>       (rec, S, S) f64     G_ij = <d_i, d_j> of the parameter's updates
+    /records/control_norm/<param> (rec, 1 + N) f32  ||c|| then ||c_i|| (SCAFFOLD, FedPVR)
+    /records/update_round       (upd,)              rounds whose full updates are stored
+    /records/updates/<param>    (upd, S, numel)     client updates, float32 or float16
+    /records/probe_index        (n,)                test-set rows of the probe set
+    /records/cka_round          (cka,)              rounds with probe CKA
+    /records/cka/<kind>/<layer> (cka, S+1, S+1) f64 pairwise CKA of the S client models and the new
+                                                    global model (last index)
+"""
+
+from __future__ import annotations
+
+FORMAT = "driftscope-run"
+SCHEMA_VERSION = 1
+
+# ---------------------------------------------------------------------------------- root
+STATUS = "status"
+STATUS_MESSAGE = "status_message"
+STATUS_DTYPE = "S32"
+MESSAGE_DTYPE = "S512"
+STATUSES = ("running", "complete", "diverged", "interrupted", "failed")
+
+# ---------------------------------------------------------------------------------- model
+MODEL = "model"
+PARAM_FIELDS = ("name", "layer", "group", "shape", "offset", "numel")
+LAYER_FIELDS = ("name", "label", "kind", "group", "numel")
+
+
+def param_field(field: str) -> str:
+    """``model/param_<field>``: one entry per parameter tensor, in model order."""
+    return f"{MODEL}/param_{field}"
+
+
+def layer_field(field: str) -> str:
+    """``model/layer_<field>``: one entry per parameterised layer, in model order."""
+    return f"{MODEL}/layer_{field}"
+
+
+# ---------------------------------------------------------------------------------- partition
+PARTITION = "partition"
+LABEL_HISTOGRAM = "partition/label_histogram"
+CLIENT_SIZE = "partition/client_size"
+
+# ---------------------------------------------------------------------------------- metrics
+METRICS = "metrics"
+METRICS_ROUND = "metrics/round"  # commit marker
+METRIC_NAMES = (
+    "test_accuracy",
+    "test_loss",
+    "train_loss",
+    "train_accuracy",
+    "uplink_bytes",
+    "downlink_bytes",
+    "seconds",
+)
+CLIENTS = "clients"
+CLIENT_METRICS = ("train_loss", "train_accuracy")
+
+
+def metric_path(name: str) -> str:
+    return f"{METRICS}/{name}"
+
+
+def metric_dtype(name: str) -> str:
+    return "int64" if name.endswith("_bytes") else "float64"
+
+
+def client_metric_path(name: str) -> str:
+    return f"{CLIENTS}/{name}"
+
+
+# ---------------------------------------------------------------------------------- records
+RECORDS = "records"
+RECORD_ROUND = "records/round"
+RECORD_CLIENTS = "records/clients"
+UPDATE_ROUND = "records/update_round"
+CKA_ROUND = "records/cka_round"
+PROBE_INDEX = "records/probe_index"
+GRAM = "records/gram"
+UPDATES = "records/updates"
+CONTROL_NORM = "records/control_norm"
+CKA = "records/cka"
+CKA_KINDS = ("linear", "rbf", "debiased")
+RECORD_POLICY_ATTRS = ("every", "updates_every", "cka_every", "probe_size")
+
+GRAM_DTYPE = "float64"
+CKA_DTYPE = "float64"
+CONTROL_NORM_DTYPE = "float32"
+
+# axis labels
+AX_ROUND = ("round",)
+AX_RECORD = ("record",)
+AX_RECORD_CLIENT = ("record", "client")
+AX_GRAM = ("record", "client", "client")
+AX_CONTROL_NORM = ("record", "server+client")
+AX_UPDATE_ROUND = ("update",)
+AX_UPDATES = ("update", "client", "value")
+AX_CKA_ROUND = ("cka",)
+AX_CKA = ("cka", "model", "model")
+AX_ROUND_CLIENT = ("round", "client")
+
+
+def gram_path(param: str) -> str:
+    return f"{GRAM}/{param}"
+
+
+def updates_path(param: str) -> str:
+    return f"{UPDATES}/{param}"
+
+
+def control_norm_path(param: str) -> str:
+    return f"{CONTROL_NORM}/{param}"
+
+
+def cka_path(kind: str, layer: str) -> str:
+    return f"{CKA}/{kind}/{layer}"
+
+
+# ---------------------------------------------------------------------------------- schedule
+def records(round: int, every: int) -> bool:
+    """Whether ``round`` gets per-layer records (Gram matrices) under ``record.every``."""
+    return round % every == 0
+
+
+def stores_updates(round: int, every: int, updates_every: int) -> bool:
+    """Whether ``round`` stores full client updates (every ``updates_every`` recorded rounds)."""
+    return updates_every > 0 and round % (every * updates_every) == 0
+
+
+def does_cka(round: int, every: int, cka_every: int, probe_size: int) -> bool:
+    """Whether ``round`` computes probe CKA (every ``cka_every`` recorded rounds)."""
+    return probe_size > 0 and round % (every * cka_every) == 0
