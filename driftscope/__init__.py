@@ -4,14 +4,36 @@ Data flow: :mod:`~driftscope.data` -> :mod:`~driftscope.partition` -> :mod:`~dri
 :mod:`~driftscope.algorithms` -> :mod:`~driftscope.simulator` -> :mod:`~driftscope.recorder` ->
 :mod:`~driftscope.runfile` -> :mod:`~driftscope.reader` -> :mod:`~driftscope.analysis` ->
 :mod:`~driftscope.figures` and :mod:`~driftscope.cli`.
+
+``import driftscope`` is light: ``train``, ``open_run`` and ``Run`` are imported on first use, so
+the command line can parse arguments without importing torch.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from driftscope.config import RunConfig
-from driftscope.reader import Run, open_run
-from driftscope.training import train
+
+if TYPE_CHECKING:
+    from driftscope.reader import Run, open_run
+    from driftscope.training import train
+
+_LAZY = {
+    "Run": "driftscope.reader",
+    "open_run": "driftscope.reader",
+    "train": "driftscope.training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'driftscope' has no attribute {name!r}")
+
 
 __all__ = ["Run", "RunConfig", "__version__", "open_run", "train"]

@@ -24,8 +24,8 @@ from driftscope.training import train
 DEFAULT_ARMS: dict[str, dict] = {
     "FedAvg": {"train.algorithm": "fedavg"},
     "SCAFFOLD": {"train.algorithm": "scaffold"},
-    "FedPVR (body momentum 0.9)": {"train.algorithm": "fedpvr", "train.body_momentum": 0.9},
-    "FedPVR (no momentum)": {"train.algorithm": "fedpvr", "train.body_momentum": None},
+    "FedPVR (body momentum 0.9)": {"train.algorithm": "fedpvr", "train.params.body_momentum": 0.9},
+    "FedPVR (no momentum)": {"train.algorithm": "fedpvr", "train.params.body_momentum": None},
 }
 
 

@@ -10,6 +10,14 @@ A run is described by one :class:`RunConfig` with four sections that follow the 
 ``RunConfig.from_dict`` accepts the nested form (as in a TOML file); ``RunConfig.replace`` applies
 dotted overrides such as ``{"train.lr": 0.1}`` (how CLI flags override a config file). The resolved
 config is stored in every run file as JSON (``RunConfig.to_dict``).
+
+``train.params`` holds the chosen algorithm's own parameters (its ``Params`` dataclass, declared in
+its file under :mod:`driftscope.algorithms`), e.g. ``[train.params] mu = 0.01`` for FedProx.
+Names of datasets, models and algorithms are checked against their registries. Mistakes are
+one-line :class:`~driftscope.errors.ConfigError` messages: an unknown key names the nearest valid
+one, a wrong type names the key and the expected type, and no number may be NaN or infinite.
+Configs of schema-1 run files (``train.mu``, ``train.body_momentum``) are migrated on load.
+Torch-free.
 """
 
 from __future__ import annotations
@@ -23,9 +31,12 @@ from typing import Any
 
 import tomllib
 
+from driftscope.algorithms import ALGORITHMS
+from driftscope.data import DATASETS
 from driftscope.errors import ConfigError
+from driftscope.models import MODELS
+from driftscope.registry import nearest
 
-ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fedpvr")
 PARTITIONS = ("iid", "dirichlet", "shards")
 UPDATE_DTYPES = ("float16", "float32")
 
@@ -33,6 +44,19 @@ UPDATE_DTYPES = ("float16", "float32")
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _check_finite(obj: Any, section: str) -> None:
+    """Every float field of a config section must be finite (NaN and inf are never meaningful)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}{f.name} must be finite (got {value})")
+
+
+def _check_name(registry: Any, name: str) -> None:
+    if name not in registry:
+        raise ConfigError(registry.unknown_message(name))
 
 
 @dataclass(frozen=True)
@@ -49,6 +73,8 @@ class DataConfig:
     augment: bool | None = None  # None: the dataset's default (on for CIFAR)
 
     def __post_init__(self) -> None:
+        _check_finite(self, "data.")
+        _check_name(DATASETS, self.dataset)
         _check(
             self.partition in PARTITIONS,
             f"unknown partition '{self.partition}': choose one of {', '.join(PARTITIONS)}",
@@ -78,6 +104,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "head", tuple(self.head))
+        _check_name(MODELS, self.name)
         _check(
             self.head_last_k is None or self.head_last_k >= 0,
             f"head_last_k must be >= 0 (got {self.head_last_k})",
@@ -90,7 +117,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The federated algorithm and its hyperparameters."""
+    """The federated algorithm and its hyperparameters.
+
+    ``params`` is the chosen algorithm's ``Params`` instance (None: its defaults); the general
+    numbers (rounds, lr, momentum, ...) apply to every algorithm.
+    """
 
     algorithm: str = "fedavg"
     rounds: int = 40
@@ -105,14 +136,18 @@ class TrainConfig:
     weight_decay: float = 0.0
     server_lr: float = 1.0
     weighting: str = "uniform"  # "uniform" (the paper's) or "samples"
-    mu: float = 0.01  # FedProx proximal weight
-    body_momentum: float | None = 0.9  # FedPVR: momentum on body params (None: use `momentum`)
     eval_every: int = 1
+    params: Any = None  # the algorithm's Params; None: its defaults
 
     def __post_init__(self) -> None:
+        _check_finite(self, "train.")
+        cls = ALGORITHMS.get(self.algorithm)
+        if self.params is None:
+            object.__setattr__(self, "params", cls.Params())
         _check(
-            self.algorithm in ALGORITHMS,
-            f"unknown algorithm '{self.algorithm}': choose one of {', '.join(ALGORITHMS)}",
+            isinstance(self.params, cls.Params),
+            f"train.params are {type(self.params).__name__}, not {self.algorithm}'s "
+            f"{cls.Params.__name__}: change algorithms with RunConfig.replace",
         )
         _check(self.rounds >= 1, f"rounds must be >= 1 (got {self.rounds})")
         _check(self.clients >= 1, f"clients must be >= 1 (got {self.clients})")
@@ -131,10 +166,6 @@ class TrainConfig:
             f"learning rate must be > 0 (got {self.lr}): try --lr 0.05",
         )
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1) (got {self.momentum})")
-        _check(
-            self.body_momentum is None or 0 <= self.body_momentum < 1,
-            f"body_momentum must be in [0, 1) (got {self.body_momentum})",
-        )
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})")
         _check(
             math.isfinite(self.server_lr) and self.server_lr > 0,
@@ -144,7 +175,6 @@ class TrainConfig:
             self.weighting in ("uniform", "samples"),
             f"unknown weighting '{self.weighting}': choose uniform or samples",
         )
-        _check(self.mu >= 0, f"mu must be >= 0 (got {self.mu})")
         _check(self.eval_every >= 1, f"eval_every must be >= 1 (got {self.eval_every})")
 
     @property
@@ -166,6 +196,7 @@ class RecordConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "update_layers", tuple(self.update_layers))
+        _check_finite(self, "record.")
         _check(self.every >= 1, f"record.every must be >= 1 (got {self.every})")
         _check(
             self.updates_every >= 0,
@@ -205,8 +236,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
-        """Build from a nested dict; unknown keys are an error naming the valid ones."""
-        return _build(cls, raw, source, prefix="")
+        """Build from a nested dict; unknown keys are an error naming the nearest valid one.
+
+        Schema-1 configs (``train.mu``, ``train.body_momentum``) are migrated: the key that belongs
+        to the chosen algorithm moves to ``train.params``, the other is dropped.
+        """
+        return _build(cls, _migrate(raw), source, prefix="")
 
     @classmethod
     def from_toml(cls, path: str | Path) -> RunConfig:
@@ -216,50 +251,141 @@ class RunConfig:
                 f"config file {path} does not exist: check the path given to --config"
             )
         try:
-            raw = tomllib.loads(path.read_text())
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"{path} is not a UTF-8 text file: give a TOML config file to --config"
+            ) from None
+        except OSError as err:
+            raise ConfigError(f"cannot read {path} ({err.strerror}): check the file") from None
+        try:
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path} is not valid TOML ({err}): fix the file") from None
         return cls.from_dict(raw, source=str(path))
 
     def replace(self, overrides: dict[str, Any]) -> RunConfig:
-        """Return a copy with dotted-key overrides applied, e.g. ``{"train.lr": 0.1}``."""
+        """Return a copy with dotted-key overrides applied, e.g. ``{"train.lr": 0.1}``.
+
+        ``train.params.<name>`` keys are checked against the algorithm in effect after the
+        overrides; changing ``train.algorithm`` starts from the new algorithm's default params.
+        """
         raw = self.to_dict()
+        algorithm = overrides.get("train.algorithm", self.train.algorithm)
+        if algorithm != self.train.algorithm:
+            raw["train"]["params"] = {}
         for key, value in overrides.items():
             parts = key.split(".")
+            if parts[:2] == ["train", "params"] and len(parts) == 3:
+                raw["train"]["params"][parts[2]] = value  # validated against the algorithm
+                continue
             node = raw
-            for part in parts[:-1]:
+            for i, part in enumerate(parts[:-1]):
                 if part not in node or not isinstance(node[part], dict):
-                    raise ConfigError(f"unknown config key '{key}'")
+                    prefix = ".".join(parts[:i]) + "." if i else ""
+                    raise ConfigError(_unknown(".".join(parts[: i + 1]), node, prefix, True))
                 node = node[part]
-            if parts[-1] not in node:
-                raise ConfigError(f"unknown config key '{key}'")
+            if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+                prefix = ".".join(parts[:-1]) + "." if len(parts) > 1 else ""
+                raise ConfigError(_unknown(key, _leaves(node), prefix))
             node[parts[-1]] = value
         return RunConfig.from_dict(raw, source="overrides")
+
+
+# keys of schema-1 configs that moved to train.params
+_LEGACY_TRAIN_KEYS = ("mu", "body_momentum")
+
+
+def _migrate(raw: Any) -> Any:
+    """Schema-1 config -> current: train.mu / train.body_momentum move to train.params."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("train"), dict):
+        return raw
+    train = raw["train"]
+    legacy = {k: train[k] for k in _LEGACY_TRAIN_KEYS if k in train}
+    if not legacy:
+        return raw
+    train = {k: v for k, v in train.items() if k not in legacy}
+    algorithm = train.get("algorithm", TrainConfig.algorithm)
+    if algorithm in ALGORITHMS and "params" not in train:
+        own = {f.name for f in fields(ALGORITHMS.get(algorithm).Params)}
+        train["params"] = {k: v for k, v in legacy.items() if k in own}
+    return {**raw, "train": train}
+
+
+def _leaves(node: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in node.items() if not isinstance(v, dict)}
+
+
+def _unknown(key: str, valid: Any, prefix: str, section: bool = False) -> str:
+    """ "unknown key 'train.lrr': did you mean 'train.lr'? valid keys here: ..."."""
+    what = "section" if section else "key"
+    name = key[len(prefix) :]
+    names = list(valid)
+    guess = nearest(name, names)
+    hint = f" did you mean '{prefix}{guess}'?" if guess else ""
+    listing = ", ".join(prefix + k for k in names) if names else "none"
+    return f"unknown {what} '{key}':{hint} valid keys here: {listing}"
+
+
+def _params_owner(name: str, current: str) -> str | None:
+    """The first other algorithm whose Params has a field ``name``."""
+    for other, algo in ALGORITHMS.items():
+        if other != current and name in {f.name for f in fields(algo.Params)}:
+            return other
+    return None
 
 
 def _build(cls: type, raw: dict[str, Any], source: str, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a table")
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key '{prefix}{unknown[0]}'; valid keys here: "
-            + ", ".join(prefix + k for k in known)
-        )
+    for name in raw:
+        if name not in known:
+            section = isinstance(raw[name], dict)
+            raise ConfigError(f"{source}: " + _unknown(prefix + name, known, prefix, section))
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
         f = known[name]
+        if cls is TrainConfig and name == "params":
+            kwargs[name] = _build_params(raw, value, source)
+            continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, source, prefix=f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(value, f, default, f"{prefix}{name}", source)
+            kwargs[name] = _coerce(value, f, f"{prefix}{name}", source)
     return cls(**kwargs)
 
 
-def _coerce(value: Any, f: dataclasses.Field, default: Any, key: str, source: str) -> Any:
-    """Light type checking so a TOML typo gives a clear message instead of a crash later."""
+def _build_params(train: dict[str, Any], value: Any, source: str) -> Any:
+    """``[train.params]`` against the Params of the algorithm chosen in the same table."""
+    algorithm = train.get("algorithm", TrainConfig.algorithm)
+    if not isinstance(algorithm, str):
+        raise ConfigError(f"{source}: 'train.algorithm' must be a string (got {algorithm!r})")
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"{source}: {ALGORITHMS.unknown_message(algorithm)}")
+    params_cls = ALGORITHMS.get(algorithm).Params
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: 'train.params' must be a table")
+    own = {f.name for f in fields(params_cls)}
+    for name in value:
+        if name not in own:
+            owner = _params_owner(name, algorithm)
+            if owner is not None:
+                raise ConfigError(
+                    f"{source}: 'train.params.{name}' is a parameter of {owner}, not of "
+                    f"{algorithm}: remove it or choose algorithm {owner}"
+                )
+    return _build(params_cls, value, source, prefix="train.params.")
+
+
+_TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
+
+
+def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
+    """Type checking so a TOML typo gives a clear message instead of a crash later."""
     annotation = str(f.type)
     if value is None:
         if "None" in annotation:
@@ -269,22 +395,23 @@ def _coerce(value: Any, f: dataclasses.Field, default: Any, key: str, source: st
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{source}: '{key}' must be a list of strings")
+            raise ConfigError(f"{source}: '{key}' must be a list of strings (got {value!r})")
         return tuple(value)
-    if annotation.startswith("bool"):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: '{key}' must be true or false (got {value!r})")
+    kind = annotation.split("|")[0].strip()
+    expected = _TYPE_NAMES.get(kind)
+    if expected is None:
         return value
-    if annotation.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: '{key}' must be an integer (got {value!r})")
-        return value
-    if annotation.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{source}: '{key}' must be a number (got {value!r})")
-        return float(value)
-    if annotation.startswith("str"):
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: '{key}' must be a string (got {value!r})")
-        return value
+    none_ok = " (or empty)" if "None" in annotation else ""
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+    }[kind]
+    if not ok:
+        raise ConfigError(f"{source}: '{key}' must be {expected}{none_ok} (got {value!r})")
+    if kind == "float":
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: '{key}' must be finite (got {value})")
     return value

@@ -1,7 +1,11 @@
 """Model registry, and the split of a model's parameters into layers, body and head.
 
+``MODELS`` is a registry of torch-free :class:`ModelSpec` records; ``spec.build(input_shape,
+num_classes)`` imports the architectures (:mod:`driftscope.nets`, torch) only when called, so the
+CLI and config validation can list and check names without importing torch.
+
 Every registered model declares its *head*: the classifier's parameters, named by module prefixes
-(``HEAD_PREFIXES``). :func:`model_layout` resolves the head (the model's own, or a user override by
+(``head_prefixes``). :func:`model_layout` resolves the head (the model's own, or a user override by
 parameter-name patterns or "the last k layers") into a :class:`ModelLayout` that algorithms,
 recorder and analysis share: parameters and layers in model order, each marked head or body.
 
@@ -12,7 +16,7 @@ Registry (``MODELS``):
 * ``small_cnn`` (default): 4 conv layers (16, 32, pool, 64, 64, pool, global average) and a 3-layer
   linear head (64, 64, classes), like VGG-11 in miniature; fits 8x8 digits and 28x28 or 32x32 images.
 * ``vgg11``: the FedPVR paper's VGG-11 without BatchNorm for 32x32 inputs: 9,750,922 parameters for
-  10 classes; head = the 3 linear layers.
+  10 classes; head = the 3 linear layers; the reference code's initialisation.
 * ``mlp``: two hidden layers of 200; head = the output layer.
 """
 
@@ -21,142 +25,57 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from driftscope.errors import ConfigError
+from driftscope.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+Shape = tuple[int, int, int]
 
 
-def he_init(model: nn.Module) -> nn.Module:
-    """Kaiming-normal weights (fan-in, ReLU) and zero biases for every conv and linear layer.
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model, torch-free: ``factory`` runs (and imports torch) only in :meth:`build`."""
 
-    torch's default init scales ReLU networks without BatchNorm down layer by layer; on the small
-    models it leaves FedAvg on a plateau at chance for tens of rounds.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            nn.init.zeros_(module.bias)
-    return model
+    name: str
+    description: str
+    factory: Callable[[Shape, int], nn.Module]
 
+    def build(self, input_shape: Shape, num_classes: int) -> nn.Module:
+        """Instantiate (initialisation uses torch's global RNG: seed it first)."""
+        c, h, w = input_shape
+        return self.factory((int(c), int(h), int(w)), num_classes)
 
-class SmallCNN(nn.Module):
-    """Conv body (16, 32, M, 64, 64, M, global average pool) and a 3-layer linear head.
+    def num_params(self, input_shape: Shape, num_classes: int) -> int:
+        """Parameter count, from a build on the meta device (no memory, no RNG draws)."""
+        import torch
 
-    Initialised with :func:`he_init`.
-    """
-
-    head_prefixes = ("classifier",)
-
-    def __init__(self, in_channels: int, num_classes: int, width: int = 16) -> None:
-        super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(w, 2 * w, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(4 * w, 4 * w, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.classifier = nn.Sequential(
-            nn.Linear(4 * w, 4 * w),
-            nn.ReLU(),
-            nn.Linear(4 * w, 4 * w),
-            nn.ReLU(),
-            nn.Linear(4 * w, num_classes),
-        )
-        he_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        with torch.device("meta"):
+            model = self.build(input_shape, num_classes)
+        return sum(p.numel() for p in model.parameters())
 
 
-VGG11_CONFIG: tuple[int | str, ...] = (
-    64,
-    "M",
-    128,
-    "M",
-    256,
-    256,
-    "M",
-    512,
-    512,
-    "M",
-    512,
-    512,
-    "M",
-)
+MODELS: Registry[ModelSpec] = Registry("model")
 
 
-class VGG11(nn.Module):
-    """VGG-11 without BatchNorm for 32x32 inputs, as in the FedPVR reference code.
-
-    features: 8 conv layers (3x3, padding 1, bias, ReLU) with 5 max-pools -> (B, 512, 1, 1);
-    classifier: Dropout, Linear(512, 512), ReLU, Dropout, Linear(512, 512), ReLU, Linear(512, K).
-    """
-
-    head_prefixes = ("classifier",)
-
-    def __init__(self, in_channels: int, num_classes: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for item in VGG11_CONFIG:
-            if item == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.ReLU()]
-                channels = int(item)
-        layers.append(nn.Flatten())
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(
-            nn.Dropout(),
-            nn.Linear(512, 512),
-            nn.ReLU(),
-            nn.Dropout(),
-            nn.Linear(512, 512),
-            nn.ReLU(),
-            nn.Linear(512, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a model to :data:`MODELS` (its name must be new)."""
+    return MODELS.register(spec.name, spec)
 
 
-class MLP(nn.Module):
-    """Flatten, Linear(in, 200), ReLU, Linear(200, 200), ReLU, Linear(200, K); head = output layer."""
+def _small_cnn(shape: Shape, k: int) -> nn.Module:
+    from driftscope.nets import SmallCNN
 
-    head_prefixes = ("classifier",)
-
-    def __init__(self, in_features: int, num_classes: int, hidden: int = 200) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(in_features, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-        )
-        self.classifier = nn.Linear(hidden, num_classes)
-        he_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
-def _small_cnn(shape: tuple[int, int, int], k: int) -> nn.Module:
     return SmallCNN(shape[0], k)
 
 
-def _vgg11(shape: tuple[int, int, int], k: int) -> nn.Module:
+def _vgg11(shape: Shape, k: int) -> nn.Module:
+    from driftscope.nets import VGG11
+
     if shape[1:] != (32, 32):
         raise ConfigError(
             f"vgg11 needs 32x32 inputs but the dataset gives {shape[1]}x{shape[2]}: "
@@ -165,26 +84,33 @@ def _vgg11(shape: tuple[int, int, int], k: int) -> nn.Module:
     return VGG11(shape[0], k)
 
 
-def _mlp(shape: tuple[int, int, int], k: int) -> nn.Module:
+def _mlp(shape: Shape, k: int) -> nn.Module:
+    from driftscope.nets import MLP
+
     return MLP(shape[0] * shape[1] * shape[2], k)
 
 
-MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
-    "small_cnn": _small_cnn,
-    "vgg11": _vgg11,
-    "mlp": _mlp,
-}
+register_model(ModelSpec("small_cnn", "4 conv layers + 3-layer linear head (He init)", _small_cnn))
+register_model(ModelSpec("vgg11", "VGG-11 without BatchNorm, 32x32 inputs (the paper's)", _vgg11))
+register_model(ModelSpec("mlp", "2 hidden layers of 200 + linear output", _mlp))
 
 
 def check_model_name(name: str) -> None:
-    if name not in MODELS:
-        raise ConfigError(f"unknown model '{name}': choose one of {', '.join(MODELS)}")
+    MODELS.get(name)
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def build_model(name: str, input_shape: Shape, num_classes: int) -> nn.Module:
     """Instantiate a registered model (initialisation uses torch's global RNG: seed it first)."""
-    check_model_name(name)
-    return MODELS[name](input_shape, num_classes)
+    return MODELS.get(name).build(input_shape, num_classes)
+
+
+def __getattr__(name: str) -> object:
+    # the architectures live in driftscope.nets; keep ``driftscope.models.VGG11`` working
+    if name in {"SmallCNN", "VGG11", "MLP", "he_init", "vgg_init", "VGG11_CONFIG"}:
+        from driftscope import nets
+
+        return getattr(nets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------- layout
@@ -239,6 +165,8 @@ class ModelLayout:
 
     def head_mask(self) -> torch.Tensor:
         """Bool (numel,) over the flat parameter vector, True on head entries."""
+        import torch
+
         mask = torch.zeros(self.numel, dtype=torch.bool)
         for p in self.params:
             if p.group == "head":

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from driftscope.algorithms import ALGORITHMS, Algorithm
+from driftscope.algorithms import Algorithm, build_algorithm
 from driftscope.algorithms.aggregate import client_weights
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, load_dataset
@@ -115,7 +115,7 @@ class Simulator:
         self._has_dropout = any(isinstance(m, nn.Dropout) for m in self.model.modules())
 
         # algorithm
-        self.algorithm: Algorithm = ALGORITHMS[t.algorithm](t, self.layout, t.clients)
+        self.algorithm: Algorithm = build_algorithm(t, self.layout, t.clients)
         self._momentum = self.algorithm.momentum()
         self._update = torch.empty(self.layout.numel)
         self._buf = torch.empty(self.layout.numel)

@@ -1,9 +1,26 @@
 """Algorithms against theory: equivalences between them, SGD, and the control-variate formulas."""
 
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
 import torch
 from conftest import small_config
 
-from driftscope.algorithms import aggregate
+from driftscope import open_run, train
+from driftscope.algorithms import (
+    ALGORITHMS,
+    Algorithm,
+    aggregate,
+    build_algorithm,
+    register_algorithm,
+)
+from driftscope.config import RunConfig, TrainConfig
+from driftscope.errors import ConfigError
 from driftscope.hooks import Hook
 from driftscope.simulator import Simulator
 
@@ -31,7 +48,7 @@ def final_params(digits, **overrides):
 def test_fedpvr_with_empty_head_is_fedavg(digits):
     a = final_params(digits, train__algorithm="fedavg")
     b = final_params(
-        digits, train__algorithm="fedpvr", model__head_last_k=0, train__body_momentum=None
+        digits, train__algorithm="fedpvr", model__head_last_k=0, train__params__body_momentum=None
     )
     assert torch.equal(a, b)
 
@@ -39,7 +56,7 @@ def test_fedpvr_with_empty_head_is_fedavg(digits):
 def test_fedpvr_with_everything_in_the_head_is_scaffold(digits):
     a = final_params(digits, train__algorithm="scaffold")
     b = final_params(
-        digits, train__algorithm="fedpvr", model__head=["*"], train__body_momentum=None
+        digits, train__algorithm="fedpvr", model__head=["*"], train__params__body_momentum=None
     )
     assert torch.equal(a, b)
     # and it is not FedAvg: the correction does something from round 2 on
@@ -47,20 +64,20 @@ def test_fedpvr_with_everything_in_the_head_is_scaffold(digits):
 
 
 def test_fedpvr_body_momentum_changes_only_what_it_should(digits):
-    plain = final_params(digits, train__algorithm="fedpvr", train__body_momentum=None)
-    mom = final_params(digits, train__algorithm="fedpvr", train__body_momentum=0.9)
+    plain = final_params(digits, train__algorithm="fedpvr", train__params__body_momentum=None)
+    mom = final_params(digits, train__algorithm="fedpvr", train__params__body_momentum=0.9)
     assert not torch.allclose(plain, mom)
 
 
 def test_fedprox_with_mu_zero_is_fedavg_and_mu_pulls_towards_x(digits):
     a = final_params(digits, train__algorithm="fedavg")
-    b = final_params(digits, train__algorithm="fedprox", train__mu=0.0)
+    b = final_params(digits, train__algorithm="fedprox", train__params__mu=0.0)
     assert torch.allclose(a, b, atol=0, rtol=0)
     cap_avg, cap_prox = Capture(), Capture()
     Simulator(small_config(train__rounds=1), digits).run([cap_avg])
-    Simulator(small_config(train__rounds=1, train__algorithm="fedprox", train__mu=1.0), digits).run(
-        [cap_prox]
-    )
+    Simulator(
+        small_config(train__rounds=1, train__algorithm="fedprox", train__params__mu=1.0), digits
+    ).run([cap_prox])
     for key in cap_avg.y:
         d_avg = (cap_avg.y[key] - cap_avg.x[0]).norm()
         d_prox = (cap_prox.y[key] - cap_prox.x[0]).norm()
@@ -167,3 +184,156 @@ def test_pure_functions():
         aggregate.scaffold_client_control(torch.zeros(3), torch.zeros(3), x, y, 4, 0.5),
         torch.full((3,), 0.5),
     )
+
+
+# ------------------------------------------------------------------ registry, params, resume
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledParams:
+    scale: float = dataclasses.field(default=1.0, metadata={"help": "server step on the mean"})
+
+
+class ServerScaled(Algorithm):
+    """A toy algorithm from outside the package: x <- x + scale * mean update."""
+
+    name = "toy_scaled"
+    label = "Toy (scaled server step)"
+    Params = ScaledParams
+
+    def server_update(self, x, mean_update, extras):
+        return x + self.params.scale * mean_update
+
+
+if "toy_scaled" not in ALGORITHMS:
+    register_algorithm(ServerScaled)
+
+
+def test_an_algorithm_from_outside_runs_end_to_end(tmp_path, digits):
+    """scale 0 never moves the global model (flat test accuracy and loss); scale 1 is FedAvg,
+    bit for bit. Both go through the public registry, config and driftscope.train."""
+    base = small_config(train__rounds=3, record__enabled=False)
+    frozen = base.replace({"train.algorithm": "toy_scaled", "train.params.scale": 0.0})
+    assert frozen.to_dict()["train"]["params"] == {"scale": 0.0}
+    runs = {}
+    for name, cfg in {
+        "frozen": frozen,
+        "one": frozen.replace({"train.params.scale": 1.0}),
+        "fedavg": base,
+    }.items():
+        train(cfg, tmp_path / f"{name}.h5", dataset=digits)
+        with open_run(tmp_path / f"{name}.h5") as run:
+            runs[name] = run.metrics[["test_loss", "test_accuracy"]].to_numpy()
+    assert (runs["frozen"] == runs["frozen"][0]).all()
+    assert (runs["one"] == runs["fedavg"]).all()
+    assert not (runs["fedavg"] == runs["fedavg"][0]).all()
+
+
+def test_registration_checks_the_declaration():
+    with pytest.raises(TypeError, match="frozen dataclass"):
+
+        @register_algorithm
+        class NoDataclass(Algorithm):
+            name, label = "bad1", "Bad"
+            Params = dict
+
+    @dataclasses.dataclass(frozen=True)
+    class Undocumented:
+        x: float = 1.0
+
+    with pytest.raises(TypeError, match="help"):
+
+        @register_algorithm
+        class NoHelp(Algorithm):
+            name, label = "bad2", "Bad"
+            Params = Undocumented
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_algorithm(type("Again", (Algorithm,), {"name": "fedavg", "label": "X"}))
+    assert "bad1" not in ALGORITHMS and "bad2" not in ALGORITHMS
+
+
+def test_names_labels_and_params_are_declared_by_each_algorithm():
+    assert ALGORITHMS.names()[:4] == ("fedavg", "fedprox", "scaffold", "fedpvr")
+    labels = {n: ALGORITHMS.get(n).label for n in ("fedavg", "fedprox", "scaffold", "fedpvr")}
+    assert labels == {
+        "fedavg": "FedAvg",
+        "fedprox": "FedProx",
+        "scaffold": "SCAFFOLD",
+        "fedpvr": "FedPVR",
+    }
+    assert TrainConfig(algorithm="fedprox").params.mu == 0.01
+    assert TrainConfig(algorithm="fedpvr").params.body_momentum == 0.9
+    assert dataclasses.fields(TrainConfig().params) == ()
+    assert dataclasses.fields(TrainConfig(algorithm="scaffold").params) == ()
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "scaffold", "fedpvr"])
+def test_state_dict_resumes_control_variates(digits, algorithm):
+    """Run 2 rounds; a fresh algorithm loaded with the state equals the trained one's state."""
+    sim = Simulator(
+        small_config(train__algorithm=algorithm, train__rounds=2, record__enabled=False), digits
+    )
+    sim.run()
+    state = sim.algorithm.state_dict()
+    fresh = build_algorithm(sim.cfg.train, sim.layout, sim.cfg.train.clients)
+    fresh.load_state_dict(state)
+    again = fresh.state_dict()
+    assert set(again) == set(state) == ({"c", "c_clients"} if algorithm != "fedavg" else set())
+    for key in state:
+        assert torch.equal(again[key], state[key])
+        assert state[key].abs().sum() > 0  # something was learned
+    state_before = {k: v.clone() for k, v in state.items()}
+    for v in state.values():
+        v.add_(1.0)  # the returned tensors are copies
+    for key, value in sim.algorithm.state_dict().items():
+        assert torch.equal(value, state_before[key])
+    if algorithm == "fedavg":
+        with pytest.raises(ValueError, match="no state"):
+            fresh.load_state_dict({"c": torch.zeros(1)})
+    else:
+        with pytest.raises(ValueError, match="shapes"):
+            fresh.load_state_dict({"c": torch.zeros(1), "c_clients": torch.zeros(1, 1)})
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedpvr", "scaffold"])
+def test_schema_one_configs_migrate(name):
+    with h5py.File(FIXTURES / f"v1_{name}.h5", "r") as f:
+        raw = json.loads(f.attrs["config"])
+    assert {"mu", "body_momentum"} <= set(raw["train"])
+    cfg = RunConfig.from_dict(raw)
+    expected = {"fedavg": {}, "scaffold": {}, "fedpvr": {"body_momentum": 0.9}}[name]
+    assert dataclasses.asdict(cfg.train.params) == expected
+    raw["train"].update(algorithm="fedprox", mu=0.3)
+    assert RunConfig.from_dict(raw).train.params.mu == 0.3
+
+
+def test_momentum_warnings_name_the_combination():
+    assert ALGORITHMS.get("scaffold").warnings(TrainConfig(algorithm="scaffold")) == ()
+    (w,) = ALGORITHMS.get("scaffold").warnings(TrainConfig(algorithm="scaffold", momentum=0.9))
+    assert "SCAFFOLD" in w and "--momentum 0" in w
+    (w,) = ALGORITHMS.get("fedpvr").warnings(TrainConfig(algorithm="fedpvr", momentum=0.5))
+    assert "head" in w
+    assert ALGORITHMS.get("fedpvr").warnings(TrainConfig(algorithm="fedpvr")) == ()
+    assert ALGORITHMS.get("fedprox").warnings(TrainConfig(algorithm="fedprox", momentum=0.9)) == ()
+
+
+def test_algorithm_modules_do_not_import_torch():
+    code = (
+        "import sys; import driftscope.algorithms, driftscope.config, driftscope.models, "
+        "driftscope.data; from driftscope.config import RunConfig; "
+        "RunConfig().replace({'train.algorithm': 'fedprox', 'train.params.mu': 0.1}); "
+        "print(sorted(m for m in ('torch', 'numpy', 'pandas', 'h5py', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_params_of_another_algorithm_are_refused():
+    with pytest.raises(
+        ConfigError, match=r"'train.params.mu' is a parameter of fedprox, not of fedavg"
+    ):
+        RunConfig().replace({"train.params.mu": 0.1})
+    with pytest.raises(ConfigError, match="mu must be >= 0"):
+        RunConfig().replace({"train.algorithm": "fedprox", "train.params.mu": -1.0})

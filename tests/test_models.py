@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from driftscope.algorithms import FedAvg, FedPVR, Scaffold
+from driftscope.algorithms import build_algorithm
 from driftscope.config import TrainConfig
 from driftscope.errors import ConfigError
-from driftscope.models import build_model, model_layout
+from driftscope.models import MODELS, build_model, model_layout
 
 
 def test_vgg11_matches_the_paper():
@@ -25,15 +25,17 @@ def test_vgg11_matches_the_paper():
 
 def test_communication_ratios():
     """FedPVR/FedAvg = 1 + head share: under 1.15 on the default model, about 1.05 on VGG-11."""
-    cfg = TrainConfig()
     for name, shape, lo, hi in (
         ("small_cnn", (1, 8, 8), 1.0, 1.15),
         ("vgg11", (3, 32, 32), 1.05, 1.06),
     ):
         layout = model_layout(build_model(name, shape, 10))
-        fedavg = sum(FedAvg(cfg, layout, 10).bytes_per_client())
-        pvr = sum(FedPVR(cfg, layout, 10).bytes_per_client())
-        scaffold = sum(Scaffold(cfg, layout, 10).bytes_per_client())
+
+        def traffic(algorithm: str, layout=layout) -> int:
+            algo = build_algorithm(TrainConfig(algorithm=algorithm), layout, 10)
+            return sum(algo.bytes_per_client())
+
+        fedavg, pvr, scaffold = traffic("fedavg"), traffic("fedpvr"), traffic("scaffold")
         assert lo < pvr / fedavg < hi
         assert scaffold / fedavg == 2.0
         assert fedavg == 2 * 4 * layout.numel
@@ -83,3 +85,41 @@ def test_vgg11_rejects_small_inputs():
 def test_unknown_model():
     with pytest.raises(ConfigError, match="unknown model 'resnet'"):
         build_model("resnet", (1, 8, 8), 10)
+
+
+def test_registry_specs_are_torch_free_and_count_parameters():
+    assert MODELS.names() == ("small_cnn", "vgg11", "mlp")
+    spec = MODELS.get("vgg11")
+    assert spec.num_params((3, 32, 32), 10) == 9_750_922  # counted on the meta device
+    assert spec.num_params((3, 32, 32), 100) == 9_797_092
+    small = build_model("small_cnn", (1, 8, 8), 10)
+    assert MODELS.get("small_cnn").num_params((1, 8, 8), 10) == sum(
+        p.numel() for p in small.parameters()
+    )
+    with pytest.raises(ConfigError, match="did you mean 'vgg11'"):
+        MODELS.get("vgg16")
+
+
+def test_vgg11_initialisation_is_the_reference_codes():
+    """Conv weights ~ N(0, 2 / (3 * 3 * C_out)); conv biases and linear layers: torch defaults."""
+    torch.manual_seed(0)
+    model = build_model("vgg11", (3, 32, 32), 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(convs) == 8 and len(linears) == 3
+    for conv in convs:
+        w = conv.weight.detach().double()
+        expected = (2.0 / (9 * conv.out_channels)) ** 0.5
+        # the sample std of n normal draws has relative error about 1 / sqrt(2n) (n >= 1728 here)
+        assert abs(float(w.std()) / expected - 1) < 5 / (2 * w.numel()) ** 0.5
+        assert abs(float(w.mean())) < 5 * expected / w.numel() ** 0.5
+        # bias: PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), not zero
+        bound = 1 / (conv.in_channels * 9) ** 0.5
+        b = conv.bias.detach()
+        assert float(b.abs().max()) <= bound and float(b.abs().max()) > 0.5 * bound
+    for lin in linears:
+        bound = (
+            1 / lin.in_features**0.5
+        )  # torch default: kaiming_uniform(a=sqrt 5) = U(+-1/sqrt(fan_in))
+        top = float(lin.weight.detach().abs().max())
+        assert 0.9 * bound < top <= bound

@@ -1,21 +1,33 @@
-"""Federated algorithms, one small class each over :class:`~driftscope.algorithms.base.Algorithm`.
+"""Federated algorithms, one small file each over :class:`~driftscope.algorithms.base.Algorithm`.
 
-``ALGORITHMS`` is the registry the config and CLI use.
+``ALGORITHMS`` is the registry the config and CLI read; each module below registers its class with
+:func:`register_algorithm` on import. An algorithm of your own registers the same way, from any
+module imported before the run is configured (see ``tests/test_algorithms.py`` for an example).
+No module here imports torch at import time.
 """
 
 from __future__ import annotations
 
-from driftscope.algorithms.base import Algorithm
+from driftscope.algorithms.base import (
+    ALGORITHMS,
+    Algorithm,
+    NoParams,
+    build_algorithm,
+    register_algorithm,
+)
 from driftscope.algorithms.fedavg import FedAvg
 from driftscope.algorithms.fedprox import FedProx
 from driftscope.algorithms.fedpvr import FedPVR
 from driftscope.algorithms.scaffold import Scaffold
 
-ALGORITHMS: dict[str, type[Algorithm]] = {
-    "fedavg": FedAvg,
-    "fedprox": FedProx,
-    "scaffold": Scaffold,
-    "fedpvr": FedPVR,
-}
-
-__all__ = ["ALGORITHMS", "Algorithm", "FedAvg", "FedPVR", "FedProx", "Scaffold"]
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "FedAvg",
+    "FedPVR",
+    "FedProx",
+    "NoParams",
+    "Scaffold",
+    "build_algorithm",
+    "register_algorithm",
+]

@@ -1,4 +1,4 @@
-"""The base class every federated algorithm fills in.
+"""The base class every federated algorithm fills in, and the registry that names them.
 
 The simulator drives one round as::
 
@@ -12,40 +12,67 @@ The simulator drives one round as::
 
 A variant overrides one or two of these steps. The arithmetic lives in
 :mod:`driftscope.algorithms.aggregate` as pure functions.
+
+Adding an algorithm is one file: a frozen ``Params`` dataclass (fields with
+``metadata={"help": ...}`` become CLI flags ``--<field-with-dashes>`` and config keys
+``train.params.<field>``) and an :class:`Algorithm` subclass with ``name``, ``label`` and ``Params``,
+decorated with :func:`register_algorithm`. Nothing here imports torch at module level (methods
+import it), so parsing arguments and validating configs stay torch-free.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import torch
+from driftscope.registry import Registry
 
-from driftscope.algorithms import aggregate
-from driftscope.config import TrainConfig
-from driftscope.models import ModelLayout
+if TYPE_CHECKING:
+    import torch
+
+    from driftscope.config import TrainConfig
+    from driftscope.models import ModelLayout
 
 BYTES_PER_VALUE = 4  # float32 on the wire
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """The parameters of an algorithm that has none beyond the general training numbers."""
 
 
 class Algorithm:
     """FedAvg (McMahan et al., AISTATS 2017): local SGD, then the (weighted) mean of client models.
 
-    Subclasses override the hooks below; the defaults are FedAvg's.
+    Subclasses override the hooks below; the defaults are FedAvg's. ``train`` is the
+    :class:`~driftscope.config.TrainConfig` (general numbers), ``params`` the algorithm's own
+    ``Params`` instance.
     """
 
     name: ClassVar[str] = "fedavg"
-    corrects_gradient: ClassVar[bool] = False
+    label: ClassVar[str] = "FedAvg"
+    Params: ClassVar[type] = NoParams
+    corrects_gradient: bool = False
 
-    def __init__(self, cfg: TrainConfig, layout: ModelLayout, num_clients: int) -> None:
-        self.cfg = cfg
+    def __init__(
+        self, train: TrainConfig, params: Any, layout: ModelLayout, num_clients: int
+    ) -> None:
+        self.train = train
+        self.params = params
         self.layout = layout
         self.num_clients = num_clients
         self.numel = layout.numel
 
+    @classmethod
+    def warnings(cls, train: TrainConfig) -> tuple[str, ...]:
+        """One-line warnings about a legal but questionable combination of settings."""
+        return ()
+
     # ---------------------------------------------------------------- local training
     def momentum(self) -> float | torch.Tensor:
         """Momentum of the local SGD: a float, or a (P,) tensor for per-parameter momentum."""
-        return self.cfg.momentum
+        return self.train.momentum
 
     def begin_client(self, client: int, x: torch.Tensor) -> None:
         """Called before client ``client`` trains from global parameters ``x`` (P,)."""
@@ -65,7 +92,9 @@ class Algorithm:
         self, x: torch.Tensor, mean_update: torch.Tensor, extras: list[torch.Tensor | None]
     ) -> torch.Tensor:
         """New global parameters from the weighted mean update."""
-        return aggregate.server_step(x, mean_update, self.cfg.server_lr)
+        from driftscope.algorithms import aggregate
+
+        return aggregate.server_step(x, mean_update, self.train.server_lr)
 
     # ---------------------------------------------------------------- accounting
     def values_per_client(self) -> tuple[int, int]:
@@ -79,6 +108,42 @@ class Algorithm:
     def state_norms(self) -> dict[str, torch.Tensor]:
         """Per-parameter norms of internal state (control variates), for the recorder."""
         return {}
+
+    # ---------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The server-side state a resumed run needs (control variates); {} if stateless."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned; unknown or missing keys are an error."""
+        if state:
+            raise ValueError(f"{self.name} keeps no state but got {', '.join(state)}")
+
+
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
+
+A = TypeVar("A", bound=type[Algorithm])
+
+
+def register_algorithm(cls: A) -> A:
+    """Class decorator: check ``name``/``label``/``Params`` and add ``cls`` to :data:`ALGORITHMS`."""
+    params = cls.__dict__.get("Params", cls.Params)
+    if not (dataclasses.is_dataclass(params) and params.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+        raise TypeError(f"{cls.__name__}.Params must be a frozen dataclass")
+    for f in dataclasses.fields(params):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.Params.{f.name} needs a default")
+        if "help" not in f.metadata:
+            raise TypeError(f"{cls.__name__}.Params.{f.name} needs metadata={{'help': ...}}")
+    if "name" not in cls.__dict__ or "label" not in cls.__dict__:
+        raise TypeError(f"{cls.__name__} must set its own name and label")
+    ALGORITHMS.register(cls.name, cls)
+    return cls
+
+
+def build_algorithm(train: TrainConfig, layout: ModelLayout, num_clients: int) -> Algorithm:
+    """The algorithm ``train.algorithm`` with its ``train.params``, over ``layout``."""
+    return ALGORITHMS.get(train.algorithm)(train, train.params, layout, num_clients)
 
 
 class Selection:

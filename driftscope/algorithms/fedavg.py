@@ -4,8 +4,18 @@ the behaviour is the base class's."""
 
 from __future__ import annotations
 
-from driftscope.algorithms.base import Algorithm
+from dataclasses import dataclass
+
+from driftscope.algorithms.base import Algorithm, register_algorithm
 
 
+@dataclass(frozen=True)
+class FedAvgParams:
+    """FedAvg has no parameters beyond the general training numbers."""
+
+
+@register_algorithm
 class FedAvg(Algorithm):
     name = "fedavg"
+    label = "FedAvg"
+    Params = FedAvgParams

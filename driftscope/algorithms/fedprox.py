@@ -3,15 +3,34 @@ proximal term (mu / 2) ||y - x||^2 added to each client's local objective."""
 
 from __future__ import annotations
 
-import torch
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from driftscope.algorithms.base import Algorithm
+from driftscope.algorithms.base import Algorithm, register_algorithm
+from driftscope.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
+@dataclass(frozen=True)
+class FedProxParams:
+    mu: float = field(default=0.01, metadata={"help": "FedProx proximal weight"})
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.mu) and self.mu >= 0):
+            raise ConfigError(f"mu must be >= 0 and finite (got {self.mu}): try --mu 0.01")
+
+
+@register_algorithm
 class FedProx(Algorithm):
     name = "fedprox"
+    label = "FedProx"
+    Params = FedProxParams
     corrects_gradient = True
 
     def correct_gradient(self, grads: torch.Tensor, params: torch.Tensor, x: torch.Tensor) -> None:
         # grads += mu * (y - x), without allocating a temporary (P,) vector twice
-        grads.add_(params, alpha=self.cfg.mu).sub_(x, alpha=self.cfg.mu)
+        mu = self.params.mu
+        grads.add_(params, alpha=mu).sub_(x, alpha=mu)

@@ -9,20 +9,58 @@ no momentum it is SCAFFOLD (tests hold both).
 
 from __future__ import annotations
 
-import torch
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from driftscope.algorithms.base import register_algorithm
 from driftscope.algorithms.scaffold import ControlVariates
+from driftscope.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from driftscope.config import TrainConfig
 
 
+@dataclass(frozen=True)
+class FedPVRParams:
+    body_momentum: float | None = field(
+        default=0.9,
+        metadata={"help": "FedPVR: local SGD momentum on body parameters (none: use --momentum)"},
+    )
+
+    def __post_init__(self) -> None:
+        m = self.body_momentum
+        if m is not None and not (math.isfinite(m) and 0 <= m < 1):
+            raise ConfigError(f"body_momentum must be in [0, 1) (got {m}): the paper uses 0.9")
+
+
+@register_algorithm
 class FedPVR(ControlVariates):
     name = "fedpvr"
+    label = "FedPVR"
+    Params = FedPVRParams
+
+    @classmethod
+    def warnings(cls, train: TrainConfig) -> tuple[str, ...]:
+        if train.momentum > 0:
+            return (
+                f"momentum {train.momentum:g} also applies to FedPVR's head, where control variates "
+                "correct the gradient; the paper uses momentum 0 on the head (--momentum 0)",
+            )
+        return ()
 
     def variance_reduced_mask(self) -> torch.Tensor:
-        return self.layout.head_mask()
+        import torch
+
+        return torch.as_tensor(self.layout.head_mask())  # numpy or torch bool (P,)
 
     def momentum(self) -> float | torch.Tensor:
-        body = self.cfg.body_momentum
-        if body is None or body == self.cfg.momentum:
-            return self.cfg.momentum
-        head = self.layout.head_mask()
-        return torch.where(head, torch.tensor(self.cfg.momentum), torch.tensor(body)).float()
+        import torch
+
+        body = self.params.body_momentum
+        if body is None or body == self.train.momentum:
+            return self.train.momentum
+        head = torch.as_tensor(self.layout.head_mask())
+        return torch.where(head, torch.tensor(self.train.momentum), torch.tensor(body)).float()

@@ -8,12 +8,16 @@ exist only for the selected entries (M of P), so FedPVR's state and traffic scal
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from driftscope.algorithms import aggregate
-from driftscope.algorithms.base import Algorithm, Selection
-from driftscope.config import TrainConfig
-from driftscope.models import ModelLayout
+from driftscope.algorithms.base import Algorithm, Selection, register_algorithm
+
+if TYPE_CHECKING:
+    import torch
+
+    from driftscope.config import TrainConfig
+    from driftscope.models import ModelLayout
 
 
 class ControlVariates(Algorithm):
@@ -21,8 +25,12 @@ class ControlVariates(Algorithm):
 
     corrects_gradient = True
 
-    def __init__(self, cfg: TrainConfig, layout: ModelLayout, num_clients: int) -> None:
-        super().__init__(cfg, layout, num_clients)
+    def __init__(
+        self, train: TrainConfig, params: Any, layout: ModelLayout, num_clients: int
+    ) -> None:
+        import torch
+
+        super().__init__(train, params, layout, num_clients)
         self.selection = Selection(self.variance_reduced_mask())
         m = self.selection.size
         self.c = torch.zeros(m)  # server control variate, (M,)
@@ -32,9 +40,13 @@ class ControlVariates(Algorithm):
 
     def variance_reduced_mask(self) -> torch.Tensor:
         """Bool (P,): which parameters carry control variates. SCAFFOLD: all of them."""
+        import torch
+
         return torch.ones(self.numel, dtype=torch.bool)
 
     def begin_client(self, client: int, x: torch.Tensor) -> None:
+        import torch
+
         torch.sub(self.c, self.c_clients[client], out=self._correction)
 
     def correct_gradient(self, grads: torch.Tensor, params: torch.Tensor, x: torch.Tensor) -> None:
@@ -43,6 +55,10 @@ class ControlVariates(Algorithm):
     def end_client(
         self, client: int, x: torch.Tensor, y: torch.Tensor, steps: int
     ) -> torch.Tensor | None:
+        import torch
+
+        from driftscope.algorithms import aggregate
+
         if self.selection.size == 0:
             return None
         c_i = self.c_clients[client]
@@ -50,7 +66,7 @@ class ControlVariates(Algorithm):
             return torch.zeros_like(c_i)
         sel = self.selection
         new = aggregate.scaffold_client_control(
-            c_i, self.c, sel.take(x), sel.take(y), steps, self.cfg.lr
+            c_i, self.c, sel.take(x), sel.take(y), steps, self.train.lr
         )
         delta = new - c_i
         self.c_clients[client] = new
@@ -59,6 +75,10 @@ class ControlVariates(Algorithm):
     def server_update(
         self, x: torch.Tensor, mean_update: torch.Tensor, extras: list[torch.Tensor | None]
     ) -> torch.Tensor:
+        import torch
+
+        from driftscope.algorithms import aggregate
+
         new_x = super().server_update(x, mean_update, extras)
         deltas = [d for d in extras if d is not None]
         if deltas:
@@ -73,6 +93,8 @@ class ControlVariates(Algorithm):
 
     def state_norms(self) -> dict[str, torch.Tensor]:
         """Per selected parameter: 'server' -> norm of c (scalar), 'clients' -> (N,) norms of c_i."""
+        import torch
+
         out: dict[str, torch.Tensor] = {}
         mask = torch.zeros(self.numel, dtype=torch.bool)
         mask[self.selection.index] = True
@@ -88,6 +110,42 @@ class ControlVariates(Algorithm):
             )
         return out
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Server control variate ``c`` (M,) and client control variates ``c_clients`` (N, M)."""
+        return {"c": self.c.clone(), "c_clients": self.c_clients.clone()}
 
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if set(state) != {"c", "c_clients"}:
+            raise ValueError(f"{self.name} state needs c and c_clients, got {', '.join(state)}")
+        c, c_clients = state["c"], state["c_clients"]
+        if tuple(c.shape) != tuple(self.c.shape) or tuple(c_clients.shape) != tuple(
+            self.c_clients.shape
+        ):
+            raise ValueError(
+                f"{self.name} state shapes {tuple(c.shape)}, {tuple(c_clients.shape)} do not match "
+                f"{tuple(self.c.shape)}, {tuple(self.c_clients.shape)}"
+            )
+        self.c = c.detach().to(self.c.dtype).clone()
+        self.c_clients = c_clients.detach().to(self.c_clients.dtype).clone()
+
+
+@dataclass(frozen=True)
+class ScaffoldParams:
+    """SCAFFOLD has no parameters beyond the general training numbers."""
+
+
+@register_algorithm
 class Scaffold(ControlVariates):
     name = "scaffold"
+    label = "SCAFFOLD"
+    Params = ScaffoldParams
+
+    @classmethod
+    def warnings(cls, train: TrainConfig) -> tuple[str, ...]:
+        if train.momentum > 0:
+            return (
+                f"momentum {train.momentum:g} with SCAFFOLD: control variates correct every "
+                "gradient and momentum carries the corrections over steps; SCAFFOLD assumes plain "
+                "SGD (--momentum 0)",
+            )
+        return ()

@@ -1,5 +1,9 @@
 """Datasets as in-memory tensors, and the registry that names them.
 
+``DATASETS`` is a registry of torch-free :class:`DatasetSpec` records (name, description, input
+shape, classes); each spec's loader imports torch and its reader only when called, so the CLI and
+config validation can list and check names without importing torch.
+
 ``load_dataset(name, data_dir)`` returns a :class:`Dataset` whose images are float32 tensors in
 [0, 1] shaped (N, C, H, W) and labels int64 (N,). Normalisation and augmentation happen per batch
 (:mod:`driftscope.data.transforms`), so the whole set stays on one device with no DataLoader.
@@ -23,10 +27,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from driftscope.registry import Registry
 
-from driftscope.errors import DataError
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -55,9 +61,42 @@ class Dataset:
         return int(c), int(h), int(w)
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset, torch-free: ``load(data_dir)`` imports what it needs when called.
+
+    ``input_shape`` (C, H, W) and ``num_classes`` describe what ``load`` returns, so a model can be
+    sized (or its parameters counted) without loading the data.
+    """
+
+    name: str
+    description: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    loader: Callable[[Path], Dataset]
+
+    def load(self, data_dir: str | os.PathLike | None = None) -> Dataset:
+        root = Path(data_dir) if data_dir is not None else default_data_dir()
+        return self.loader(root)
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Add a dataset to :data:`DATASETS` (its name must be new)."""
+    return DATASETS.register(spec.name, spec)
+
+
 def default_data_dir() -> Path:
     """``$DRIFTSCOPE_DATA`` if set, else ``./data_cache``."""
     return Path(os.environ.get("DRIFTSCOPE_DATA", "data_cache"))
+
+
+# CIFAR-10 statistics used by the FedPVR reference code for both CIFAR datasets.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+CIFAR_TRAIN = 45_000  # the paper's split: first 45,000 training images train, last 5,000 validate
 
 
 def _digits(data_dir: Path) -> Dataset:
@@ -75,8 +114,7 @@ def _torchvision(name: str) -> Callable[[Path], Dataset]:
         train_x = train_x.float().div_(255.0)
         test_x = test_x.float().div_(255.0)
         if name.startswith("cifar"):
-            # The paper's split: first 45,000 training images train, last 5,000 validate.
-            train_x, train_y = train_x[:45000], train_y[:45000]
+            train_x, train_y = train_x[:CIFAR_TRAIN], train_y[:CIFAR_TRAIN]
             mean, std, augment = CIFAR_MEAN, CIFAR_STD, True
         else:
             mean, std, augment = (float(train_x.mean()),), (float(train_x.std()),), False
@@ -87,26 +125,42 @@ def _torchvision(name: str) -> Callable[[Path], Dataset]:
     return load
 
 
-# CIFAR-10 statistics used by the FedPVR reference code for both CIFAR datasets.
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
-
-DATASETS: dict[str, Callable[[Path], Dataset]] = {
-    "digits": _digits,
-    "mnist": _torchvision("mnist"),
-    "fashion_mnist": _torchvision("fashion_mnist"),
-    "cifar10": _torchvision("cifar10"),
-    "cifar100": _torchvision("cifar100"),
-}
+for _spec in (
+    DatasetSpec(
+        "digits", "scikit-learn's handwritten digits, 8x8 (embedded)", (1, 8, 8), 10, _digits
+    ),
+    DatasetSpec(
+        "mnist", "MNIST, 28x28 (torchvision files)", (1, 28, 28), 10, _torchvision("mnist")
+    ),
+    DatasetSpec(
+        "fashion_mnist",
+        "Fashion-MNIST, 28x28 (torchvision files)",
+        (1, 28, 28),
+        10,
+        _torchvision("fashion_mnist"),
+    ),
+    DatasetSpec(
+        "cifar10",
+        "CIFAR-10, 32x32, 45k train (torchvision files)",
+        (3, 32, 32),
+        10,
+        _torchvision("cifar10"),
+    ),
+    DatasetSpec(
+        "cifar100",
+        "CIFAR-100, 32x32, 45k train (torchvision files)",
+        (3, 32, 32),
+        100,
+        _torchvision("cifar100"),
+    ),
+):
+    register_dataset(_spec)
 
 
 def check_dataset_name(name: str) -> None:
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
+    DATASETS.get(name)
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     """Load a registered dataset into memory (see the module docstring for names)."""
-    check_dataset_name(name)
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
-    return DATASETS[name](root)
+    return DATASETS.get(name).load(data_dir)
