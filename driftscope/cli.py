@@ -1,176 +1,265 @@
-"""The ``driftscope`` command: run, analyze, inspect, figures, reproduce.
+"""The ``driftscope`` command: run, analyze, inspect, figures, compare, reproduce.
 
 User errors (:class:`~driftscope.errors.DriftscopeError`) print one line and exit non-zero (2 for
 usage errors) without a traceback.
+
+Parsing is torch-free: the run flags, their choices and the algorithm-parameter flags
+(``--mu``, ``--body-momentum``, ...) are built from the config defaults and the registries
+(:data:`~driftscope.algorithms.ALGORITHMS`, :data:`~driftscope.data.DATASETS`,
+:data:`~driftscope.models.MODELS`), and every heavy module (torch, pandas, h5py, matplotlib) is
+imported inside the command that needs it. ``driftscope --help`` and usage errors stay fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from driftscope.config import ALGORITHMS, PARTITIONS, RunConfig
-from driftscope.errors import DriftscopeError
+from driftscope.algorithms import ALGORITHMS
+from driftscope.config import PARTITIONS, UPDATE_DTYPES, RunConfig
+from driftscope.data import DATASETS
+from driftscope.errors import ConfigError, DriftscopeError
+from driftscope.models import MODELS
 
-# flag dest -> dotted config key
-FLAG_KEYS = {
-    "seed": "seed",
-    "dataset": "data.dataset",
-    "data_dir": "data.data_dir",
-    "partition": "data.partition",
-    "alpha": "data.alpha",
-    "classes_per_client": "data.classes_per_client",
-    "augment": "data.augment",
-    "model": "model.name",
-    "head": "model.head",
-    "head_last_k": "model.head_last_k",
-    "algorithm": "train.algorithm",
-    "rounds": "train.rounds",
-    "clients": "train.clients",
-    "client_fraction": "train.client_fraction",
-    "local_epochs": "train.local_epochs",
-    "local_steps": "train.local_steps",
-    "batch_size": "train.batch_size",
-    "lr": "train.lr",
-    "momentum": "train.momentum",
-    "body_momentum": "train.body_momentum",
-    "weight_decay": "train.weight_decay",
-    "server_lr": "train.server_lr",
-    "weighting": "train.weighting",
-    "mu": "train.mu",
-    "eval_every": "train.eval_every",
-    "record": "record.enabled",
-    "record_every": "record.every",
-    "updates_every": "record.updates_every",
-    "update_dtype": "record.update_dtype",
-    "update_layers": "record.update_layers",
-    "probe_size": "record.probe_size",
-    "cka_every": "record.cka_every",
-}
+# Thread policy: below this many parameters one torch thread is used (see choose_threads).
+SMALL_MODEL_PARAMS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One ``run`` flag that sets one dotted config key."""
+
+    key: str  # dotted config key
+    help: str
+    group: str
+    kind: str = "value"  # "value", "bool" (--x/--no-x), "list" (nargs +)
+    type: Any = None
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    name: str | None = None  # the flag without dashes; default: the key's last part
+
+    @property
+    def flag(self) -> str:
+        return "--" + (self.name or self.key.split(".")[-1]).replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+
+def _names(registry: Any) -> str:
+    return ", ".join(registry.names())
+
+
+def _general_flags() -> list[Flag]:
+    """The flags for the general config keys (the algorithm's own parameters come from ALGORITHMS)."""
+    return [
+        Flag("data.dataset", f"one of: {_names(DATASETS)}", "data", metavar="NAME"),
+        Flag(
+            "data.data_dir",
+            "where torchvision datasets are cached [$DRIFTSCOPE_DATA or data_cache]",
+            "data",
+            metavar="DIR",
+        ),
+        Flag("data.partition", "how data is split across clients", "data", choices=PARTITIONS),
+        Flag("data.alpha", "Dirichlet concentration; smaller = more skew", "data", type=float),
+        Flag(
+            "data.classes_per_client", "classes per client for --partition shards", "data", type=int
+        ),
+        Flag(
+            "data.augment", "crop+flip augmentation [dataset default: on for CIFAR]", "data", "bool"
+        ),
+        Flag("model.name", f"one of: {_names(MODELS)}", "model", metavar="NAME", name="model"),
+        Flag(
+            "model.head",
+            "parameter-name patterns forming the head, e.g. 'classifier.*' [the model's own head]",
+            "model",
+            "list",
+            metavar="PATTERN",
+        ),
+        Flag(
+            "model.head_last_k", "the last K layers form the head", "model", type=int, metavar="K"
+        ),
+        Flag("train.algorithm", f"one of: {_names(ALGORITHMS)}", "training", metavar="NAME"),
+        Flag("train.rounds", "communication rounds", "training", type=int),
+        Flag("train.clients", "number of clients", "training", type=int),
+        Flag("train.client_fraction", "share of clients sampled per round", "training", type=float),
+        Flag("train.local_epochs", "local epochs per round", "training", type=int),
+        Flag(
+            "train.local_steps",
+            "fixed local SGD steps per round (replaces epochs)",
+            "training",
+            type=int,
+        ),
+        Flag("train.batch_size", "local batch size", "training", type=int),
+        Flag("train.drop_last", "drop each client's last incomplete batch", "training", "bool"),
+        Flag("train.lr", "local learning rate", "training", type=float),
+        Flag("train.momentum", "local SGD momentum", "training", type=float),
+        Flag("train.weight_decay", "weight decay", "training", type=float),
+        Flag("train.server_lr", "server learning rate", "training", type=float),
+        Flag(
+            "train.weighting",
+            "client weights in the average",
+            "training",
+            choices=("uniform", "samples"),
+        ),
+        Flag("train.eval_every", "evaluate the global model every K rounds", "training", type=int),
+        Flag("seed", "fixes partition, init, sampling and batch order", "training", type=int),
+        Flag(
+            "record.enabled",
+            "record per-layer drift (--no-record for baselines)",
+            "recording",
+            "bool",
+            name="record",
+        ),
+        Flag(
+            "record.every",
+            "record Gram matrices every K rounds",
+            "recording",
+            type=int,
+            metavar="K",
+            name="record_every",
+        ),
+        Flag(
+            "record.updates_every",
+            "store full client updates every K recorded rounds; 0 = never",
+            "recording",
+            type=int,
+            metavar="K",
+        ),
+        Flag("record.update_dtype", "dtype of stored updates", "recording", choices=UPDATE_DTYPES),
+        Flag(
+            "record.update_layers",
+            "store updates only for parameters matching these patterns",
+            "recording",
+            "list",
+            metavar="PATTERN",
+        ),
+        Flag(
+            "record.probe_size", "probe inputs for activation CKA; 0 = off", "recording", type=int
+        ),
+        Flag(
+            "record.cka_every",
+            "probe CKA every K recorded rounds",
+            "recording",
+            type=int,
+            metavar="K",
+        ),
+    ]
+
+
+def _optional(parse: Any) -> Any:
+    """A flag type that also accepts 'none' (the config's None)."""
+
+    def convert(text: str) -> Any:
+        return None if text.lower() == "none" else parse(text)
+
+    convert.__name__ = parse.__name__  # argparse names the type in its error message
+    return convert
+
+
+def _param_flags() -> list[Flag]:
+    """One flag per algorithm-parameter name over every registered algorithm."""
+    owners: dict[str, list[str]] = {}
+    fields: dict[str, dataclasses.Field] = {}
+    for name, algo in ALGORITHMS.items():
+        for f in dataclasses.fields(algo.Params):
+            owners.setdefault(f.name, []).append(name)
+            fields.setdefault(f.name, f)
+    flags = []
+    for pname, f in fields.items():
+        annotation = str(f.type)
+        base = {"float": float, "int": int, "str": str, "bool": bool}.get(
+            annotation.split("|")[0].strip(), str
+        )
+        kind = "bool" if base is bool else "value"
+        parse = _optional(base) if "None" in annotation else base
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f"{f.metadata.get('help', '')} ({', '.join(owners[pname])}) [{default}]"
+        if "None" in annotation and "none" not in help_text:
+            help_text += " ('none' for none)"
+        flags.append(
+            Flag(
+                f"train.params.{pname}",
+                help_text,
+                "algorithm parameters",
+                kind,
+                type=parse if kind == "value" else None,
+            )
+        )
+    return flags
+
+
+def param_owners() -> dict[str, tuple[str, ...]]:
+    """Parameter name -> the algorithms that have it."""
+    out: dict[str, list[str]] = {}
+    for name, algo in ALGORITHMS.items():
+        for f in dataclasses.fields(algo.Params):
+            out.setdefault(f.name, []).append(name)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def run_flags() -> list[Flag]:
+    """Every config flag of ``driftscope run``: the general ones, then the algorithm parameters."""
+    flags = _general_flags() + _param_flags()
+    seen: dict[str, str] = {}
+    for f in flags:
+        if f.dest in seen:
+            raise ValueError(f"flag {f.flag} would set both {seen[f.dest]} and {f.key}")
+        seen[f.dest] = f.key
+    return flags
+
+
+def flag_keys() -> dict[str, str]:
+    """argparse dest -> dotted config key, for every config flag of ``driftscope run``."""
+    return {f.dest: f.key for f in run_flags()}
+
+
+FLAG_KEYS = flag_keys()  # as registered at import; build_parser() re-reads the registries
+
+
+def _default_of(key: str, defaults: dict[str, Any]) -> Any:
+    node: Any = defaults
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    d = RunConfig()
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--dataset",
-        help=f"digits (embedded), mnist, fashion_mnist, cifar10, cifar100 [{d.data.dataset}]",
-    )
-    g.add_argument(
-        "--data-dir", help="where torchvision datasets are cached [$DRIFTSCOPE_DATA or data_cache]"
-    )
-    g.add_argument(
-        "--partition",
-        choices=PARTITIONS,
-        help=f"how data is split across clients [{d.data.partition}]",
-    )
-    g.add_argument(
-        "--alpha", type=float, help=f"Dirichlet concentration; smaller = more skew [{d.data.alpha}]"
-    )
-    g.add_argument(
-        "--classes-per-client",
+    defaults = RunConfig().to_dict()
+    groups: dict[str, Any] = {}
+    for f in run_flags():
+        if f.group not in groups:
+            groups[f.group] = p.add_argument_group(f.group)
+        g = groups[f.group]
+        help_text = f.help
+        if not f.key.startswith("train.params.") and "[" not in help_text:
+            default = _default_of(f.key, defaults)
+            shown = ", ".join(default) if isinstance(default, list | tuple) else default
+            help_text += f" [{shown}]"
+        common: dict[str, Any] = {"dest": f.dest, "help": help_text, "default": argparse.SUPPRESS}
+        if f.kind == "bool":
+            g.add_argument(f.flag, action=argparse.BooleanOptionalAction, **common)
+        elif f.kind == "list":
+            g.add_argument(f.flag, nargs="+", metavar=f.metavar, **common)
+        else:
+            metavar = f.metavar or (None if f.choices else "N" if f.type is int else "X")
+            g.add_argument(f.flag, type=f.type, choices=f.choices, metavar=metavar, **common)
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
         type=int,
-        help=f"classes per client for --partition shards [{d.data.classes_per_client}]",
-    )
-    g.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="crop+flip augmentation [dataset default: on for CIFAR]",
-    )
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help=f"small_cnn, vgg11, mlp [{d.model.name}]")
-    g.add_argument(
-        "--head",
-        nargs="+",
-        metavar="PATTERN",
-        help="parameter-name patterns forming the head, e.g. 'classifier.*' [the model's own head]",
-    )
-    g.add_argument("--head-last-k", type=int, metavar="K", help="the last K layers form the head")
-    g = p.add_argument_group("training")
-    g.add_argument(
-        "--algorithm", choices=ALGORITHMS, help=f"federated algorithm [{d.train.algorithm}]"
-    )
-    g.add_argument("--rounds", type=int, help=f"communication rounds [{d.train.rounds}]")
-    g.add_argument("--clients", type=int, help=f"number of clients [{d.train.clients}]")
-    g.add_argument(
-        "--client-fraction",
-        type=float,
-        help=f"share of clients sampled per round [{d.train.client_fraction}]",
-    )
-    g.add_argument(
-        "--local-epochs", type=int, help=f"local epochs per round [{d.train.local_epochs}]"
-    )
-    g.add_argument(
-        "--local-steps", type=int, help="fixed local SGD steps per round (replaces epochs)"
-    )
-    g.add_argument("--batch-size", type=int, help=f"local batch size [{d.train.batch_size}]")
-    g.add_argument("--lr", type=float, help=f"local learning rate [{d.train.lr}]")
-    g.add_argument("--momentum", type=float, help=f"local SGD momentum [{d.train.momentum}]")
-    g.add_argument(
-        "--body-momentum",
-        type=float,
-        help=f"FedPVR: momentum on body parameters [{d.train.body_momentum}]",
-    )
-    g.add_argument("--weight-decay", type=float, help=f"weight decay [{d.train.weight_decay}]")
-    g.add_argument("--server-lr", type=float, help=f"server learning rate [{d.train.server_lr}]")
-    g.add_argument(
-        "--weighting",
-        choices=("uniform", "samples"),
-        help=f"client weights in the average [{d.train.weighting}]",
-    )
-    g.add_argument("--mu", type=float, help=f"FedProx proximal weight [{d.train.mu}]")
-    g.add_argument(
-        "--eval-every",
-        type=int,
-        help=f"evaluate the global model every K rounds [{d.train.eval_every}]",
-    )
-    g.add_argument(
-        "--seed", type=int, help=f"fixes partition, init, sampling and batch order [{d.seed}]"
-    )
-    g = p.add_argument_group("recording")
-    g.add_argument(
-        "--record",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="record per-layer drift (--no-record for baselines) [on]",
-    )
-    g.add_argument(
-        "--record-every",
-        type=int,
-        metavar="K",
-        help=f"record Gram matrices every K rounds [{d.record.every}]",
-    )
-    g.add_argument(
-        "--updates-every",
-        type=int,
-        metavar="K",
-        help=f"store full client updates every K recorded rounds; 0 = never [{d.record.updates_every}]",
-    )
-    g.add_argument(
-        "--update-dtype",
-        choices=("float32", "float16"),
-        help=f"dtype of stored updates [{d.record.update_dtype}]",
-    )
-    g.add_argument(
-        "--update-layers",
-        nargs="+",
-        metavar="PATTERN",
-        help="store updates only for parameters matching these patterns [*]",
-    )
-    g.add_argument(
-        "--probe-size",
-        type=int,
-        help=f"probe inputs for activation CKA; 0 = off [{d.record.probe_size}]",
-    )
-    g.add_argument(
-        "--cka-every",
-        type=int,
-        metavar="K",
-        help=f"probe CKA every K recorded rounds [{d.record.cka_every}]",
+        metavar="N",
+        help="torch intra-op threads [1 for models under 1M parameters, else torch's default]",
     )
 
 
@@ -188,7 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one federated run and write an HDF5 run file. With no arguments: "
         "FedAvg on the embedded digits, small CNN, 10 clients, Dirichlet alpha 0.1. "
         "Flags override --config FILE (TOML with [data], [model], [train], [record] tables).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", help="TOML config file; flags override it")
     p.add_argument(
@@ -198,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_threads(p)
     _add_run_flags(p)
 
     p = sub.add_parser(
@@ -236,10 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE", help="base TOML config [the default]")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--target", type=float, default=0.9, help="target test accuracy")
+    p.add_argument("--target", type=float, default=0.9, help="target test accuracy, in (0, 1]")
     p.add_argument("--out", metavar="DIR", default="runs/compare", help="folder for run files")
     p.add_argument("--csv", metavar="PATH", help="also write the per-seed results")
     p.add_argument("--quiet", "-q", action="store_true")
+    _add_threads(p)
 
     p = sub.add_parser(
         "reproduce",
@@ -254,18 +344,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--no-figures", action="store_true", help="skip writing figures")
+    _add_threads(p)
     return parser
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """Config file (if any), then the flags that were given."""
-    cfg = RunConfig.from_toml(args.config) if args.config else RunConfig()
+    """Config file (if any), then the flags that were given.
+
+    An algorithm-parameter flag must belong to the algorithm in effect (from the flags or the file).
+    """
+    cfg = RunConfig.from_toml(args.config) if getattr(args, "config", None) else RunConfig()
     overrides: dict[str, Any] = {}
-    for dest, key in FLAG_KEYS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
+    for dest, key in flag_keys().items():
+        if hasattr(args, dest):
+            value = getattr(args, dest)
             overrides[key] = list(value) if isinstance(value, list) else value
+    algorithm = overrides.get("train.algorithm", cfg.train.algorithm)
+    if algorithm in ALGORITHMS:
+        own = {f.name for f in dataclasses.fields(ALGORITHMS.get(algorithm).Params)}
+        owners = param_owners()
+        for key in overrides:
+            name = key.removeprefix("train.params.")
+            if key.startswith("train.params.") and name not in own:
+                flag = "--" + name.replace("_", "-")
+                them = " or ".join(owners.get(name, ()))
+                raise ConfigError(
+                    f"{flag} is a parameter of {them}, not of {algorithm}: "
+                    f"drop {flag} or choose --algorithm {owners[name][0]}"
+                )
     return cfg.replace(overrides) if overrides else cfg
+
+
+def choose_threads(num_params: int, requested: int | None, default: int) -> tuple[int, str]:
+    """torch intra-op threads for a model of ``num_params`` parameters, and the reason.
+
+    ``requested`` (``--threads``) wins. Otherwise models under :data:`SMALL_MODEL_PARAMS` (1M)
+    parameters get 1 thread: their per-batch kernels are too small to split across threads, and on
+    shared cores extra threads only wait for each other (benchmarks/README.md). Larger models
+    keep torch's ``default`` (the core count, or ``OMP_NUM_THREADS``).
+    """
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"--threads must be >= 1 (got {requested})")
+        return requested, "--threads"
+    if num_params < SMALL_MODEL_PARAMS:
+        return 1, f"{num_params:,} parameters < {SMALL_MODEL_PARAMS:,}: one thread is fastest"
+    return default, f"{num_params:,} parameters: torch's default"
+
+
+def apply_threads(cfg: RunConfig, requested: int | None) -> str:
+    """Set torch's thread count by :func:`choose_threads`; return the line that says so.
+
+    The commands print that line once, with their result (so a user error stays one line).
+    The run file records the count (``environment.torch_threads``).
+    """
+    import torch
+
+    ds = DATASETS.get(cfg.data.dataset)
+    num_params = MODELS.get(cfg.model.name).num_params(ds.input_shape, ds.num_classes)
+    threads, why = choose_threads(num_params, requested, torch.get_num_threads())
+    torch.set_num_threads(threads)
+    return f"torch threads: {threads} ({cfg.model.name}, {why})"
+
+
+def warn_about(cfg: RunConfig) -> None:
+    """Print the chosen algorithm's warnings about questionable but legal settings."""
+    for line in ALGORITHMS.get(cfg.train.algorithm).warnings(cfg.train):
+        print(f"driftscope: warning: {line}", file=sys.stderr)
 
 
 def default_out(cfg: RunConfig) -> Path:
@@ -274,12 +419,14 @@ def default_out(cfg: RunConfig) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from driftscope.training import train
-
     cfg = resolve_config(args)
     out = Path(args.out) if args.out else default_out(cfg)
     if out.exists() and not args.overwrite:
         raise DriftscopeError(f"{out} already exists: choose another --out or pass --overwrite")
+    warn_about(cfg)
+    threads = apply_threads(cfg, args.threads)
+    from driftscope.training import train
+
     train(cfg, out, overwrite=args.overwrite, progress=not args.quiet)
     from driftscope.reader import open_run
 
@@ -290,6 +437,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"wrote {out}: {len(m)} rounds, final test accuracy {last.test_accuracy:.4f}, "
             f"{run.bytes_per_round / 1e6:.2f} MB per round"
         )
+    print(threads)
     return 0
 
 
@@ -334,18 +482,23 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if not 0 < args.target <= 1:
+        raise ConfigError(f"--target must be in (0, 1] (got {args.target}): a test accuracy")
+    base = RunConfig.from_toml(args.config) if args.config else RunConfig()
+    threads = apply_threads(base, args.threads)
     from driftscope.compare import compare, summarize
     from driftscope.report import markdown_table
 
-    base = RunConfig.from_toml(args.config) if args.config else RunConfig()
     results = compare(base, args.seeds, Path(args.out), args.target, progress=not args.quiet)
     if args.csv:
         results.to_csv(args.csv, index=False)
     print(markdown_table(summarize(results, args.target)))
+    print(threads)
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    threads = apply_threads(RunConfig(), args.threads)
     from driftscope.reproduce import reproduce
 
     reproduce(
@@ -355,6 +508,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         figures=not args.no_figures,
     )
+    print(threads)
     return 0
 
 

@@ -289,7 +289,7 @@ class RunConfig:
                 prefix = ".".join(parts[:-1]) + "." if len(parts) > 1 else ""
                 raise ConfigError(_unknown(key, _leaves(node), prefix))
             node[parts[-1]] = value
-        return RunConfig.from_dict(raw, source="overrides")
+        return RunConfig.from_dict(raw, source="")
 
 
 # keys of schema-1 configs that moved to train.params
@@ -310,6 +310,11 @@ def _migrate(raw: Any) -> Any:
         own = {f.name for f in fields(ALGORITHMS.get(algorithm).Params)}
         train["params"] = {k: v for k, v in legacy.items() if k in own}
     return {**raw, "train": train}
+
+
+def _at(source: str) -> str:
+    """Message prefix naming where a value came from (a file), or nothing (overrides, flags)."""
+    return f"{source}: " if source else ""
 
 
 def _leaves(node: dict[str, Any]) -> dict[str, Any]:
@@ -337,12 +342,12 @@ def _params_owner(name: str, current: str) -> str | None:
 
 def _build(cls: type, raw: dict[str, Any], source: str, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a table")
+        raise ConfigError(f"{_at(source)}'{prefix.rstrip('.')}' must be a table")
     known = {f.name: f for f in fields(cls)}
     for name in raw:
         if name not in known:
             section = isinstance(raw[name], dict)
-            raise ConfigError(f"{source}: " + _unknown(prefix + name, known, prefix, section))
+            raise ConfigError(f"{_at(source)}" + _unknown(prefix + name, known, prefix, section))
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
         f = known[name]
@@ -361,21 +366,21 @@ def _build_params(train: dict[str, Any], value: Any, source: str) -> Any:
     """``[train.params]`` against the Params of the algorithm chosen in the same table."""
     algorithm = train.get("algorithm", TrainConfig.algorithm)
     if not isinstance(algorithm, str):
-        raise ConfigError(f"{source}: 'train.algorithm' must be a string (got {algorithm!r})")
+        raise ConfigError(f"{_at(source)}'train.algorithm' must be a string (got {algorithm!r})")
     if algorithm not in ALGORITHMS:
-        raise ConfigError(f"{source}: {ALGORITHMS.unknown_message(algorithm)}")
+        raise ConfigError(f"{_at(source)}{ALGORITHMS.unknown_message(algorithm)}")
     params_cls = ALGORITHMS.get(algorithm).Params
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise ConfigError(f"{source}: 'train.params' must be a table")
+        raise ConfigError(f"{_at(source)}'train.params' must be a table")
     own = {f.name for f in fields(params_cls)}
     for name in value:
         if name not in own:
             owner = _params_owner(name, algorithm)
             if owner is not None:
                 raise ConfigError(
-                    f"{source}: 'train.params.{name}' is a parameter of {owner}, not of "
+                    f"{_at(source)}'train.params.{name}' is a parameter of {owner}, not of "
                     f"{algorithm}: remove it or choose algorithm {owner}"
                 )
     return _build(params_cls, value, source, prefix="train.params.")
@@ -390,12 +395,12 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
     if value is None:
         if "None" in annotation:
             return None
-        raise ConfigError(f"{source}: '{key}' cannot be empty")
+        raise ConfigError(f"{_at(source)}'{key}' cannot be empty")
     if annotation.startswith("tuple"):
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{source}: '{key}' must be a list of strings (got {value!r})")
+            raise ConfigError(f"{_at(source)}'{key}' must be a list of strings (got {value!r})")
         return tuple(value)
     kind = annotation.split("|")[0].strip()
     expected = _TYPE_NAMES.get(kind)
@@ -409,9 +414,9 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
         "str": isinstance(value, str),
     }[kind]
     if not ok:
-        raise ConfigError(f"{source}: '{key}' must be {expected}{none_ok} (got {value!r})")
+        raise ConfigError(f"{_at(source)}'{key}' must be {expected}{none_ok} (got {value!r})")
     if kind == "float":
         value = float(value)
         if not math.isfinite(value):
-            raise ConfigError(f"{source}: '{key}' must be finite (got {value})")
+            raise ConfigError(f"{_at(source)}'{key}' must be finite (got {value})")
     return value

@@ -6,7 +6,18 @@ import sys
 import pytest
 
 from driftscope import open_run
-from driftscope.cli import FLAG_KEYS, build_parser, main
+from driftscope.cli import (
+    FLAG_KEYS,
+    Flag,
+    build_parser,
+    choose_threads,
+    main,
+    param_owners,
+    resolve_config,
+    run_flags,
+)
+from driftscope.config import RunConfig
+from driftscope.errors import ConfigError
 
 
 def cli(*args, cwd=None):
@@ -27,6 +38,8 @@ def test_run_help_lists_every_flag():
         "--rounds",
         "--local-epochs",
         "--lr",
+        "--momentum",
+        "--drop-last",
         "--seed",
         "--out",
         "--config",
@@ -35,12 +48,166 @@ def test_run_help_lists_every_flag():
         "--probe-size",
         "--overwrite",
         "--quiet",
+        "--threads",
+        "--mu",
+        "--body-momentum",
     ]:
         assert flag in out.stdout, flag
-    # every config flag the parser defines maps to a config key
-    run_parser = build_parser()._subparsers._group_actions[0].choices["run"]
-    dests = {a.dest for a in run_parser._actions} - {"help", "config", "out", "overwrite", "quiet"}
-    assert dests == set(FLAG_KEYS)
+    for name in ("fedavg", "fedprox", "scaffold", "fedpvr", "digits", "cifar100", "vgg11"):
+        assert name in out.stdout  # choices come from the registries
+
+
+def _sample(flag: Flag, default):
+    """A valid value for ``flag`` that differs from the default: (argv, expected config value)."""
+    if flag.kind == "bool":
+        return ([flag.flag], True) if not default else (["--no-" + flag.flag[2:]], False)
+    if flag.kind == "list":
+        return ([flag.flag, "classifier.*"], ("classifier.*",))
+    if flag.choices:
+        value = next(c for c in reversed(flag.choices) if c != default)
+        return [flag.flag, value], value
+    special = {
+        "data.dataset": "mnist",
+        "data.data_dir": "somewhere",
+        "model.name": "mlp",
+        "train.algorithm": "scaffold",
+    }
+    if flag.key in special:
+        return [flag.flag, special[flag.key]], special[flag.key]
+    if flag.type is int:
+        value = (default or 0) + 1
+        return [flag.flag, str(value)], value
+    value = default / 2 if default else 0.5
+    return [flag.flag, repr(value)], value
+
+
+def test_every_run_flag_sets_its_config_key():
+    """Behaviour, not parser internals: each flag, given alone, changes exactly its key."""
+    parser = build_parser()
+    defaults = RunConfig().to_dict()
+    owners = param_owners()
+    flags = run_flags()
+    assert {f.dest for f in flags} == set(FLAG_KEYS)
+    assert {f.key for f in flags if f.key.startswith("train.params.")} == {
+        f"train.params.{n}" for n in owners
+    }
+    for flag in flags:
+        algo = []
+        if flag.key.startswith("train.params."):
+            name = flag.key.split(".")[-1]
+            algo = ["--algorithm", owners[name][0]]
+            default = getattr(
+                RunConfig().replace({"train.algorithm": owners[name][0]}).train.params, name
+            )
+        else:
+            node = defaults
+            for part in flag.key.split("."):
+                node = node[part]
+            default = node
+        argv, expected = _sample(flag, default)
+        cfg = resolve_config(parser.parse_args(["run", *algo, *argv]))
+        node = cfg.to_dict()
+        for part in flag.key.split("."):
+            node = node[part]
+        node = tuple(node) if isinstance(node, list) else node
+        assert node == expected != default, flag.flag
+
+
+def test_optional_param_accepts_none():
+    args = build_parser().parse_args(["run", "--algorithm", "fedpvr", "--body-momentum", "none"])
+    assert resolve_config(args).train.params.body_momentum is None
+
+
+def test_a_flag_of_another_algorithm_is_a_one_line_error(capsys, tmp_path):
+    assert (
+        main(["run", "--algorithm", "scaffold", "--mu", "0.1", "--out", str(tmp_path / "x.h5")])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "driftscope: error: --mu is a parameter of fedprox, not of scaffold: "
+        "drop --mu or choose --algorithm fedprox"
+    )
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[train]\nalgorithm = "fedprox"\n')
+    args = build_parser().parse_args(["run", "--config", str(cfg), "--mu", "0.2"])
+    assert resolve_config(args).train.params.mu == 0.2  # the algorithm may come from the file
+
+
+LIGHT = (
+    "import sys\n"
+    "from driftscope.cli import main\n"
+    "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+    "heavy = [m for m in ('torch', 'pandas', 'h5py', 'matplotlib') if m in sys.modules]\n"
+    "print('HEAVY', heavy, file=sys.stderr)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["run", "--help"],
+        ["compare", "--help"],
+        ["run", "--rounds", "x"],
+        ["run", "--alpha", "inf"],
+        ["run", "--algorithm", "fedsgd"],
+        ["run", "--mu", "0.1"],
+        ["run", "--config", "pyproject.toml"],
+        ["compare", "--target", "2"],
+        ["nonsense"],
+    ],
+)
+def test_help_and_usage_errors_import_no_heavy_module(args, tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[project\n")
+    out = subprocess.run(
+        [sys.executable, "-c", LIGHT, *args], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert "HEAVY []" in out.stderr, out.stderr
+
+
+def test_choose_threads_policy():
+    assert choose_threads(75_000, None, 8) == (1, choose_threads(75_000, None, 8)[1])
+    assert choose_threads(75_000, None, 8)[0] == 1
+    assert choose_threads(9_750_922, None, 8)[0] == 8  # VGG-11: torch's default
+    assert choose_threads(999_999, None, 8)[0] == 1 and choose_threads(1_000_000, None, 8)[0] == 8
+    assert choose_threads(75_000, 3, 8) == (3, "--threads")
+    with pytest.raises(ConfigError, match="--threads must be >= 1"):
+        choose_threads(10, 0, 8)
+
+
+def test_run_prints_threads_and_momentum_warning(tmp_path):
+    out = cli(
+        "run",
+        "--algorithm", "scaffold", "--momentum", "0.5", "--rounds", "1", "--local-steps", "1",
+        "--clients", "3", "--no-record", "--quiet", "--out", str(tmp_path / "r.h5"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "driftscope: warning: momentum 0.5 with SCAFFOLD" in out.stderr
+    assert out.stdout.count("torch threads: 1 (small_cnn,") == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"\x89HDF\r\n\x1a\n\x00\x00\xff\xfe", "not a UTF-8 text file"),
+        ("[train]\nlr = 0.1\n".encode("utf-16"), "not a UTF-8 text file"),
+        (b"[train]\nlr = nan\n", "'train.lr' must be finite"),
+        (b"[trian]\nlr = 0.1\n", "unknown section 'trian': did you mean 'train'?"),
+    ],
+)
+def test_bad_config_files_are_one_line_errors(tmp_path, capsys, content, needle):
+    path = tmp_path / "c.toml"
+    path.write_bytes(content)
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "x.h5")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("target", ["0", "-0.5", "1.5", "nan"])
+def test_compare_target_must_be_an_accuracy(capsys, target):
+    assert main(["compare", "--target", target]) == 2
+    assert "--target must be in (0, 1]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -49,6 +216,10 @@ def test_run_help_lists_every_flag():
         (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
         (["run", "--model", "resnet"], "unknown model 'resnet'"),
         (["run", "--alpha", "0"], "alpha must be > 0"),
+        (["run", "--alpha", "inf"], "'data.alpha' must be finite"),
+        (["run", "--alpha", "nan"], "'data.alpha' must be finite"),
+        (["run", "--algorithm", "fedpvrr"], "did you mean 'fedpvr'?"),
+        (["run", "--model", "vgg"], "did you mean 'vgg11'?"),
         (["run", "--lr", "-1"], "learning rate must be > 0"),
         (["run", "--clients", "5000"], "only 1437 training samples"),
         (["run", "--head", "fc.*"], "matches no parameter"),
@@ -76,11 +247,6 @@ def test_errors_from_the_real_command_have_no_traceback(tmp_path):
         out.stderr.strip()
         == "driftscope: error: alpha must be > 0 (got -1.0): use e.g. --alpha 0.1 for strong label skew"
     )
-
-
-def test_unknown_algorithm_is_a_usage_error():
-    out = cli("run", "--algorithm", "fedsgd")
-    assert out.returncode == 2 and "invalid choice" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_existing_output_needs_overwrite(make_run, capsys):

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class FedPVRParams:
     body_momentum: float | None = field(
         default=0.9,
-        metadata={"help": "FedPVR: local SGD momentum on body parameters (none: use --momentum)"},
+        metadata={"help": "local SGD momentum on body parameters (none: use --momentum)"},
     )
 
     def __post_init__(self) -> None:
