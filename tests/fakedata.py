@@ -23,6 +23,9 @@ archives were made: dict keys and the array bytes are Python 2 ``str`` (opcodes 
 entry is a numpy uint8 array ``(N, 3072)``, each row the 1024 red, then green, then blue pixels,
 each channel row-major (i.e. a flattened ``(3, 32, 32)`` CHW image).
 
+The fake CIFAR files do not have the published MD5 sums that driftscope checks before unpickling;
+``trust_cifar(monkeypatch, name, root)`` registers their sums for one test.
+
 MNIST and Fashion-MNIST files are IDX files: a big-endian magic number (2051 for images, 2049 for
 labels: two zero bytes, type 0x08 = uint8, number of dimensions), one big-endian uint32 per
 dimension, then the raw uint8 values.
@@ -40,6 +43,7 @@ import numpy as np
 __all__ = [
     "CIFAR10_LABEL_NAMES",
     "FakeSplits",
+    "trust_cifar",
     "write_cifar10",
     "write_cifar100",
     "write_fashion_mnist",
@@ -247,3 +251,16 @@ def write_fashion_mnist(
 ) -> FakeSplits:
     """Write a fake Fashion-MNIST as uncompressed IDX files under ``root/FashionMNIST/raw``."""
     return _write_mnist_like(Path(root) / "FashionMNIST" / "raw", n_train, n_test, seed)
+
+
+def trust_cifar(monkeypatch, name: str, root: str | os.PathLike) -> None:
+    """Accept the fake CIFAR files under ``root`` for this test: register their MD5 sums in
+    ``driftscope.data.torchvision_sets.CIFAR_MD5`` (undone by ``monkeypatch`` afterwards)."""
+    import hashlib
+
+    from driftscope.data import torchvision_sets
+
+    folder = torchvision_sets.expected_location(name, root)
+    for path in folder.iterdir():
+        digest = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+        monkeypatch.setitem(torchvision_sets.CIFAR_MD5[name], path.name, digest)

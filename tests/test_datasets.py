@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from fakedata import write_cifar10, write_mnist
+from fakedata import trust_cifar, write_cifar10, write_mnist
 
 from driftscope import open_run
 from driftscope.cli import main
@@ -19,8 +19,9 @@ def test_digits_is_real_and_split_fixed():
     assert np.bincount(a.test_y.numpy()).min() >= 30  # stratified: every digit is tested
 
 
-def test_cifar10_registry_scales_and_augments(tmp_path):
+def test_cifar10_registry_scales_and_augments(tmp_path, monkeypatch):
     fake = write_cifar10(tmp_path, n_train=60, n_test=20)
+    trust_cifar(monkeypatch, "cifar10", tmp_path)
     ds = load_dataset("cifar10", tmp_path)
     assert ds.train_x.shape == (60, 3, 32, 32) and ds.num_classes == 10
     assert ds.augment and ds.mean == CIFAR_MEAN
@@ -59,3 +60,23 @@ def test_cli_trains_on_mnist_files(tmp_path, capsys, monkeypatch):
         assert run.config["data"]["dataset"] == "mnist"
         assert run.label_histogram.to_numpy().sum() == 200
         assert run.num_rounds == 2
+
+
+def test_registry_specs_describe_what_they_load(tmp_path, monkeypatch):
+    from driftscope.data import DATASETS
+
+    assert DATASETS.names() == ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+    ds = load_dataset("digits")
+    spec = DATASETS.get("digits")
+    assert (spec.input_shape, spec.num_classes) == (ds.input_shape, ds.num_classes)
+    write_cifar10(tmp_path, n_train=10, n_test=5)
+    trust_cifar(monkeypatch, "cifar10", tmp_path)
+    cifar = DATASETS.get("cifar10")
+    loaded = cifar.load(tmp_path)
+    assert (cifar.input_shape, cifar.num_classes) == (loaded.input_shape, loaded.num_classes)
+
+
+def test_untrusted_cifar_is_refused(tmp_path):
+    write_cifar10(tmp_path, n_train=10, n_test=5)
+    with pytest.raises(DataError, match="does not match its published MD5 sum"):
+        load_dataset("cifar10", tmp_path)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from fakedata import (
+    trust_cifar,
     write_cifar10,
     write_cifar100,
     write_fashion_mnist,
@@ -45,8 +46,10 @@ FOLDERS = {
 
 
 @pytest.mark.parametrize("name", SUPPORTED)
-def test_round_trip_is_exact(tmp_path, name):
+def test_round_trip_is_exact(tmp_path, monkeypatch, name):
     written = WRITERS[name](tmp_path, n_train=13, n_test=7, seed=3)
+    if name.startswith("cifar"):
+        trust_cifar(monkeypatch, name, tmp_path)
     for train, (x_ref, y_ref) in (
         (True, (written.train_images, written.train_labels)),
         (False, (written.test_images, written.test_labels)),
@@ -61,10 +64,11 @@ def test_round_trip_is_exact(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-def test_cifar_rows_become_chw(tmp_path, name):
+def test_cifar_rows_become_chw(tmp_path, monkeypatch, name):
     """A row of the file is R plane, G plane, B plane, each row-major: pixel (c, h, w) sits at
     c*1024 + h*32 + w. Read the file the way the CIFAR web page does, independent of fakedata."""
     write_cifar10(tmp_path) if name == "cifar10" else write_cifar100(tmp_path)
+    trust_cifar(monkeypatch, name, tmp_path)
     path = expected_location(name, tmp_path) / ("test_batch" if name == "cifar10" else "test")
     with open(path, "rb") as f:
         entry = pickle.load(f, encoding="bytes")
@@ -77,8 +81,9 @@ def test_cifar_rows_become_chw(tmp_path, name):
     assert y.tolist() == list(labels)
 
 
-def test_cifar10_training_batches_are_concatenated_in_order(tmp_path):
+def test_cifar10_training_batches_are_concatenated_in_order(tmp_path, monkeypatch):
     written = write_cifar10(tmp_path, n_train=10, n_test=2)  # 2 images per data_batch_i
+    trust_cifar(monkeypatch, "cifar10", tmp_path)
     x, _ = load_raw("cifar10", tmp_path, train=True)
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "rb") as f:
         batch3 = pickle.load(f, encoding="latin1")
@@ -170,9 +175,14 @@ def _truncate(path, keep=0.5):
         ("fashion_mnist", "FashionMNIST/raw/train-labels-idx1-ubyte"),
     ],
 )
-def test_truncated_file_is_a_data_error(tmp_path, name, relpath):
+@pytest.mark.parametrize("trusted", [False, True])
+def test_truncated_file_is_a_data_error(tmp_path, monkeypatch, name, relpath, trusted):
+    """Untrusted: the MD5 check refuses it. Trusted (sum registered after the damage): the
+    reader's own failure is still a one-line DataError."""
     WRITERS[name](tmp_path)
     _truncate(tmp_path / relpath)
+    if trusted and name.startswith("cifar"):
+        trust_cifar(monkeypatch, name, tmp_path)
     with pytest.raises(DataError) as info:
         load_raw(name, tmp_path, train=True)
     msg = str(info.value)
@@ -188,9 +198,11 @@ def test_truncated_file_is_a_data_error(tmp_path, name, relpath):
     ],
 )
 @pytest.mark.parametrize("junk", [b"", b"not a dataset file at all\n" * 40])
-def test_garbage_file_is_a_data_error(tmp_path, name, relpath, junk):
+def test_garbage_file_is_a_data_error(tmp_path, monkeypatch, name, relpath, junk):
     WRITERS[name](tmp_path)
     (tmp_path / relpath).write_bytes(junk)
+    if name.startswith("cifar"):
+        trust_cifar(monkeypatch, name, tmp_path)  # past the MD5 check: the parser's error
     with pytest.raises(DataError, match="corrupt"):
         load_raw(name, tmp_path, train=False)
 
@@ -226,3 +238,40 @@ def test_accepts_str_root(tmp_path):
     x, y = load_raw("mnist", str(tmp_path), train=False)
     np.testing.assert_array_equal(x.numpy(), written.test_images)
     np.testing.assert_array_equal(y.numpy(), written.test_labels)
+
+
+def test_cifar_files_must_match_the_published_md5_before_unpickling(tmp_path, monkeypatch):
+    """A pickle that would run code when loaded is refused unread, in one line."""
+    import pickle as pkl
+
+    write_cifar10(tmp_path, n_train=10, n_test=2)
+    trust_cifar(monkeypatch, "cifar10", tmp_path)
+    assert load_raw("cifar10", tmp_path, train=False)[0].shape[0] == 2  # trusted: loads
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    folder = tmp_path / "cifar-10-batches-py"
+    (folder / "test_batch").write_bytes(pkl.dumps(Payload()))
+    with pytest.raises(DataError) as info:
+        load_raw("cifar10", tmp_path, train=False)
+    msg = str(info.value)
+    assert "\n" not in msg and "does not match its published MD5 sum" in msg
+    assert str(folder / "test_batch") in msg and "download=True" in msg
+    assert not marker.exists()  # never unpickled
+    # the training split does not read test_batch, and its files are still trusted
+    assert load_raw("cifar10", tmp_path, train=True)[0].shape[0] == 10
+
+
+def test_published_md5_table_is_torchvisions():
+    from torchvision import datasets as tvd
+
+    from driftscope.data.torchvision_sets import CIFAR_MD5
+
+    assert CIFAR_MD5["cifar10"]["data_batch_1"] == "c99cafc152244af753f735de768cd75f"
+    assert CIFAR_MD5["cifar10"]["batches.meta"] == tvd.CIFAR10.meta["md5"]
+    assert set(CIFAR_MD5["cifar100"]) == {"train", "test", "meta"}
+    assert CIFAR_MD5["cifar100"]["train"] == "16019d7e3df5f24257cddd939b257f8d"

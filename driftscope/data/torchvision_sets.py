@@ -19,31 +19,26 @@ fashion_mnist  ``<root>/FashionMNIST/raw/``         same names as MNIST
 them). Missing, unreadable or inconsistent files raise :class:`~driftscope.errors.DataError`
 with a one-line message naming the folder and the fix.
 
-What torchvision 0.29 checks, and the one deviation
----------------------------------------------------
-* ``MNIST`` / ``FashionMNIST`` only check that the four uncompressed raw files exist (their md5
-  sums are for the ``.gz`` archives) and then parse the IDX headers, so the real classes are used
-  unchanged. (They also accept a legacy ``<Class>/processed/{training,test}.pt`` cache.)
-* ``CIFAR10`` / ``CIFAR100`` compare the md5 sum of every batch file and of the meta file against
-  the official archive's. We use minimal subclasses (:class:`_CIFAR10Files`,
-  :class:`_CIFAR100Files`) that change nothing but those class attributes: the md5 entries become
-  ``None``, which torchvision's ``check_integrity`` treats as "the file exists". Reading is still
-  done by torchvision's code. This lets the loader be tested on tiny files in the real format;
-  the price is that a bit-flipped real file is not detected by checksum. Truncated or garbled
-  files are still caught: the unpickling/reshape fails, or the image/label counts disagree, and
-  that becomes a ``DataError``.
-
-CIFAR and pickle
-----------------
-CIFAR's "python version" is a set of pickles (its only distribution format), which torchvision
-unpickles. Unpickling can run arbitrary code, so the CIFAR files must come from the official
-source (https://www.cs.toronto.edu/~kriz/cifar.html, or torchvision's ``download=True`` which
-fetches and md5-checks that archive), never from an untrusted copy. This module does not call
-``pickle`` itself.
+What is checked before anything is read
+---------------------------------------
+* ``MNIST`` / ``FashionMNIST``: torchvision only checks that the four uncompressed raw files exist
+  (their md5 sums are for the ``.gz`` archives) and then parses the IDX headers (no code can run),
+  so the real classes are used unchanged.
+* ``CIFAR10`` / ``CIFAR100``: CIFAR's "python version" is a set of pickles (its only distribution
+  format), and unpickling can run arbitrary code. So before torchvision unpickles anything,
+  :func:`verify_cifar` compares the MD5 sum of every file the split needs (its batches and the
+  meta file) with the sums published with the dataset, which torchvision keeps in
+  ``train_list``/``test_list``/``meta`` and this module copies into :data:`CIFAR_MD5`. A file
+  that does not match (bit-flipped, truncated, or a stranger's ``data_cache``) is refused with a
+  one-line :class:`~driftscope.errors.DataError` and never unpickled. Reading is then done by
+  minimal subclasses of torchvision's classes (:class:`_CIFAR10Files`, :class:`_CIFAR100Files`)
+  whose own md5 entries are ``None`` (the check already happened, once per file).
+  Tests register the sums of their small fake files in :data:`CIFAR_MD5` (monkeypatched).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +49,35 @@ from torchvision import datasets as tvd
 
 from driftscope.errors import DataError
 
-__all__ = ["SUPPORTED", "expected_location", "load_raw", "num_classes"]
+__all__ = ["CIFAR_MD5", "SUPPORTED", "expected_location", "load_raw", "num_classes", "verify_cifar"]
 
 SUPPORTED = ("cifar10", "cifar100", "mnist", "fashion_mnist")
 
 
+def _published_md5(cls: type) -> dict[str, str]:
+    """File name -> the MD5 sum published with the dataset (as torchvision records it)."""
+    sums = {str(f): str(md5) for f, md5 in cls.train_list + cls.test_list}
+    sums[cls.meta["filename"]] = cls.meta["md5"]
+    return sums
+
+
+# dataset -> file name -> accepted MD5 sum; checked before any CIFAR pickle is opened
+CIFAR_MD5: dict[str, dict[str, str]] = {
+    "cifar10": _published_md5(tvd.CIFAR10),
+    "cifar100": _published_md5(tvd.CIFAR100),
+}
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class _CIFAR10Files(tvd.CIFAR10):
-    """torchvision's CIFAR10 with file-presence checks instead of md5 checks (see module doc)."""
+    """torchvision's CIFAR10 reading files that :func:`verify_cifar` already checked."""
 
     train_list: ClassVar[list] = [[f, None] for f, _md5 in tvd.CIFAR10.train_list]
     test_list: ClassVar[list] = [[f, None] for f, _md5 in tvd.CIFAR10.test_list]
@@ -68,7 +85,7 @@ class _CIFAR10Files(tvd.CIFAR10):
 
 
 class _CIFAR100Files(tvd.CIFAR100):
-    """torchvision's CIFAR100 with file-presence checks instead of md5 checks (see module doc)."""
+    """torchvision's CIFAR100 reading files that :func:`verify_cifar` already checked."""
 
     train_list: ClassVar[list] = [[f, None] for f, _md5 in tvd.CIFAR100.train_list]
     test_list: ClassVar[list] = [[f, None] for f, _md5 in tvd.CIFAR100.test_list]
@@ -180,15 +197,45 @@ def _corrupt(spec: _Spec, where: Path, problem: str) -> DataError:
     )
 
 
+def verify_cifar(name: str, root: str | os.PathLike, train: bool) -> None:
+    """Refuse CIFAR files whose MD5 sum is not the published one, before they are unpickled.
+
+    Checks the files the split reads (its batches and the meta file) against :data:`CIFAR_MD5`.
+    Missing files raise the usual not-found :class:`DataError`.
+    """
+    spec = _spec(name)
+    where = expected_location(name, root)
+    cls = spec.cls
+    needed = [f for f, _ in (cls.train_list if train else cls.test_list)] + [cls.meta["filename"]]
+    if any(not (where / f).is_file() for f in spec.files):
+        raise _not_found(spec, where)
+    for filename in needed:
+        path = where / filename
+        expected = CIFAR_MD5[name].get(filename)
+        try:
+            actual = _md5(path)
+        except OSError as err:
+            raise _corrupt(spec, where, _one_line(err)) from None
+        if actual != expected:
+            raise DataError(
+                f"{spec.title} file {path} does not match its published MD5 sum (corrupt, "
+                f"truncated or not the official file); CIFAR files are pickles, which can run "
+                f"code when read, so they are refused: {_download_hint(spec)}"
+            )
+
+
 def load_raw(name: str, root: str | os.PathLike, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(images, labels)`` of one split: uint8 ``(N, C, H, W)`` and int64 ``(N,)``.
 
     Read by torchvision's dataset class for ``name`` (``download=False``) from ``root`` in
-    torchvision's layout (see the module docstring). Raises :class:`DataError` for an unknown name,
+    torchvision's layout (see the module docstring); CIFAR files are first checked against their
+    published MD5 sums (:func:`verify_cifar`). Raises :class:`DataError` for an unknown name,
     missing files, or files that cannot be parsed or do not hold a consistent dataset.
     """
     spec = _spec(name)
     where = expected_location(name, root)
+    if name.startswith("cifar"):
+        verify_cifar(name, root, train)
     try:
         ds = spec.cls(root=Path(root), train=train, download=False)
     except MemoryError:
