@@ -940,7 +940,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     except OSError:
         commit = ""
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", "benchmarks/run.py", *sys.argv[1:]]),
         "quick": args.quick,
         "git_commit": commit,

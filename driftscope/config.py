@@ -25,11 +25,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from driftscope.algorithms import ALGORITHMS
 from driftscope.data import DATASETS

@@ -145,7 +145,7 @@ class RunWriter(Hook):
             f.attrs["driftscope_version"] = environment()["driftscope"]
             f.attrs["config"] = sim.cfg.to_json()
             f.attrs["environment"] = json.dumps(environment(), sort_keys=True)
-            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
             f.create_dataset("status", data=np.bytes_("running"), dtype=STATUS_DTYPE)
             f.create_dataset("status_message", data=np.bytes_(""), dtype=MESSAGE_DTYPE)
 
