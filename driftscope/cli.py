@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from driftscope.algorithms import ALGORITHMS
-from driftscope.config import PARTITIONS, UPDATE_DTYPES, RunConfig
+from driftscope.config import PARTITIONS, UPDATE_DTYPES, RunConfig, annotation_text
 from driftscope.data import DATASETS
 from driftscope.errors import ConfigError, DriftscopeError
 from driftscope.models import MODELS
@@ -173,7 +173,7 @@ def _param_flags() -> list[Flag]:
             fields.setdefault(f.name, f)
     flags = []
     for pname, f in fields.items():
-        annotation = str(f.type)
+        annotation = annotation_text(f.type)
         base = {"float": float, "int": int, "str": str, "bool": bool}.get(
             annotation.split("|")[0].strip(), str
         )

@@ -26,6 +26,8 @@ import dataclasses
 import json
 import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -311,6 +313,18 @@ def _migrate(raw: Any) -> Any:
     return {**raw, "train": train}
 
 
+def annotation_text(tp: Any) -> str:
+    """A field's type as text ("float | None"), whether annotations are strings or types."""
+    if isinstance(tp, str):
+        return tp
+    args = typing.get_args(tp)
+    if args and (typing.get_origin(tp) in (typing.Union, types.UnionType)):
+        return " | ".join(annotation_text(a) for a in args)
+    if tp is type(None):
+        return "None"
+    return tp.__name__ if isinstance(tp, type) else str(tp)
+
+
 def _at(source: str) -> str:
     """Message prefix naming where a value came from (a file), or nothing (overrides, flags)."""
     return f"{source}: " if source else ""
@@ -390,7 +404,7 @@ _TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number"
 
 def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
     """Type checking so a TOML typo gives a clear message instead of a crash later."""
-    annotation = str(f.type)
+    annotation = annotation_text(f.type)
     if value is None:
         if "None" in annotation:
             return None

@@ -171,3 +171,15 @@ def test_toml_type_errors_and_missing_file(tmp_path):
 def test_overrides_apply_on_top():
     cfg = RunConfig().replace({"train.lr": 0.2, "seed": 7})
     assert cfg.train.lr == 0.2 and cfg.seed == 7 and cfg.train.rounds == RunConfig().train.rounds
+
+
+def test_annotation_text_reads_strings_and_types():
+    from typing import Optional
+
+    from driftscope.config import annotation_text
+
+    assert annotation_text("float | None") == "float | None"
+    assert annotation_text(float) == "float"
+    assert annotation_text(float | None) == "float | None"
+    assert annotation_text(Optional[int]) == "int | None"  # noqa: UP045
+    assert annotation_text(tuple[str, ...]).startswith("tuple")
