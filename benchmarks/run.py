@@ -46,13 +46,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from driftscope.analysis.cka import pairwise_cka  # noqa: E402
 from driftscope.config import RunConfig  # noqa: E402
 from driftscope.data import Dataset, load_dataset  # noqa: E402
 from driftscope.hooks import Hook, RoundSummary  # noqa: E402
+from driftscope.metrics.cka import pairwise_cka  # noqa: E402
+from driftscope.metrics.gram import centred_gram  # noqa: E402
 from driftscope.models import build_model  # noqa: E402
 from driftscope.reader import open_run  # noqa: E402
-from driftscope.recorder import CKA_KINDS, Recorder, capture_activations, centred_gram  # noqa: E402
+from driftscope.recorder import CKA_KINDS, Recorder, capture_activations  # noqa: E402
 from driftscope.runfile import METRIC_NAMES, RunWriter, append  # noqa: E402
 from driftscope.seeding import derive_seed, torch_generator  # noqa: E402
 from driftscope.simulator import Simulator  # noqa: E402

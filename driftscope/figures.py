@@ -45,8 +45,8 @@ from matplotlib.transforms import blended_transform_factory
 from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
 
-from driftscope.analysis.drift import pairwise_cosine
 from driftscope.analysis.tables import drift_table
+from driftscope.metrics.drift import pairwise_cosine
 from driftscope.reader import Run
 
 __all__ = [

@@ -196,6 +196,17 @@ class Run:
         return list(range(self.file["partition/label_histogram"].shape[0]))
 
     @property
+    def clients_per_round(self) -> int:
+        """Clients sampled each round (the config's fraction of all clients, at least one)."""
+        train = self.config["train"]
+        return max(1, round(float(train.get("client_fraction", 1.0)) * int(train["clients"])))
+
+    @property
+    def client_sizes(self) -> np.ndarray:
+        """(clients,) training samples each client holds."""
+        return self.file["partition/client_size"][()]
+
+    @property
     def head_share(self) -> float:
         return float(self.file["model"].attrs["head_numel"] / self.file["model"].attrs["numel"])
 

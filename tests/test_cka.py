@@ -1,4 +1,4 @@
-"""Tests for driftscope.analysis.cka against naive reference implementations."""
+"""Tests for driftscope.metrics.cka against naive reference implementations."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import ortho_group
 
-from driftscope.analysis.cka import (
+from driftscope.metrics.cka import (
     MinibatchCKA,
     cka,
     cka_from_grams,
@@ -39,19 +39,24 @@ def naive_linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
     return naive_hsic(K, L) / np.sqrt(naive_hsic(K, K) * naive_hsic(L, L))
 
 
-def naive_rbf_kernel(X: np.ndarray, t: float = 0.5) -> np.ndarray:
+def naive_rbf_kernel(X: np.ndarray, t: float = 0.5, median: str = "all") -> np.ndarray:
+    """Kornblith et al.'s convention (``median="all"``): the median of all n x n squared
+    distances, zero diagonal included; ``"offdiag"``: the pairs i < j only."""
     n = X.shape[0]
     D = np.zeros((n, n))
     for i in range(n):
         for j in range(n):
             D[i, j] = float(np.sum((X[i] - X[j]) ** 2))
-    upper = [D[i, j] for i in range(n) for j in range(i + 1, n)]
-    sigma2 = t**2 * float(np.median(upper))
+    if median == "all":
+        pool = [D[i, j] for i in range(n) for j in range(n)]
+    else:
+        pool = [D[i, j] for i in range(n) for j in range(i + 1, n)]
+    sigma2 = t**2 * float(np.median(pool))
     return np.exp(-D / (2 * sigma2))
 
 
-def naive_rbf_cka(X: np.ndarray, Y: np.ndarray, t: float = 0.5) -> float:
-    K, L = naive_rbf_kernel(X, t), naive_rbf_kernel(Y, t)
+def naive_rbf_cka(X: np.ndarray, Y: np.ndarray, t: float = 0.5, median: str = "all") -> float:
+    K, L = naive_rbf_kernel(X, t, median), naive_rbf_kernel(Y, t, median)
     return naive_hsic(K, L) / np.sqrt(naive_hsic(K, K) * naive_hsic(L, L))
 
 
@@ -120,15 +125,41 @@ def test_linear_gram_centres_features() -> None:
     np.testing.assert_allclose(linear_gram(X).sum(axis=0), 0.0, atol=1e-10)
 
 
+@pytest.mark.parametrize("median", ["all", "offdiag"])
 @pytest.mark.parametrize("t", [0.5, 1.0])
-def test_rbf_cka_matches_naive(t: float) -> None:
+def test_rbf_cka_matches_naive(t: float, median: str) -> None:
     rng = np.random.default_rng(3)
     X, Y = _xy(rng, 15, 4, 6)
-    np.testing.assert_allclose(cka(X, Y, kernel="rbf", t=t), naive_rbf_cka(X, Y, t), rtol=1e-10)
-    np.testing.assert_allclose(rbf_gram(X, t=t), naive_rbf_kernel(X, t), rtol=1e-10)
     np.testing.assert_allclose(
-        rbf_from_linear_gram(X @ X.T, t=t), naive_rbf_kernel(X, t), rtol=1e-9
+        cka(X, Y, kernel="rbf", t=t, median=median), naive_rbf_cka(X, Y, t, median), rtol=1e-10
     )
+    np.testing.assert_allclose(
+        rbf_gram(X, t=t, median=median), naive_rbf_kernel(X, t, median), rtol=1e-10
+    )
+    np.testing.assert_allclose(
+        rbf_from_linear_gram(X @ X.T, t=t, median=median), naive_rbf_kernel(X, t, median), rtol=1e-9
+    )
+    stack = np.stack([X @ X.T, Y @ Y.T])  # one bandwidth per matrix of a stack
+    np.testing.assert_allclose(
+        rbf_from_linear_gram(stack, t=t, median=median)[1],
+        naive_rbf_kernel(Y, t, median),
+        rtol=1e-9,
+    )
+
+
+def test_published_example_values_of_kornblith_et_al() -> None:
+    """The example in Kornblith et al.'s reference notebook (science.md): the default RBF
+    bandwidth (median over all n^2 squared distances) reproduces 0.65483; the median over pairs
+    i < j gives 0.65401."""
+    rs = np.random.RandomState(1337)  # the stream of np.random.seed(1337)
+    X = rs.randn(100, 10)
+    Y = rs.randn(100, 10) + X
+    assert round(cka(X, Y), 5) == 0.55761
+    assert round(cka(X, Y, kernel="rbf"), 5) == 0.65483
+    assert round(cka(X, Y, debiased=True), 5) == 0.51346
+    assert round(cka(X, Y, kernel="rbf", median="offdiag"), 5) == 0.65401
+    with pytest.raises(ValueError, match="median"):
+        cka(X, Y, kernel="rbf", median="upper")
 
 
 def test_rbf_explicit_sigma2() -> None:

@@ -1,4 +1,4 @@
-"""Tests for driftscope.analysis.drift: Gram-based measures vs. slow loops over raw updates."""
+"""Tests for driftscope.metrics.drift: Gram-based measures vs. slow loops over raw updates."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftscope.analysis import drift
+from driftscope.metrics import METRICS, drift, gram_metrics
+from driftscope.metrics.gram import as_float64, update_gram
+
+
+def gram(d):
+    """Gram matrix of updates as float64 numpy (update_gram keeps tensors as tensors)."""
+    return as_float64(update_gram(d))
+
 
 # ---------------------------------------------------------------- slow reference implementations
 
@@ -85,10 +92,10 @@ def test_layer_metrics_match_slow_loops_with_round_axis(weighted: bool) -> None:
     rounds, n, p = 3, 5, 40
     d = _updates(rng, (rounds, n, p))
     w = rng.uniform(0.5, 3.0, size=(rounds, n)) if weighted else None  # unnormalised on purpose
-    g = drift.gram(d)
+    g = gram(d)
     assert g.shape == (rounds, n, n)
-    got = drift.layer_metrics(g, numel=p, weights=w)
-    assert set(got) == set(drift.METRIC_NAMES)
+    got = gram_metrics(g, numel=p, weights=w)
+    assert set(got) == {m for m in METRICS if METRICS.get(m).source == "gram"}
     for r in range(rounds):
         ref = slow_metrics(d[r], None if w is None else w[r], p)
         for key, val in ref.items():
@@ -102,7 +109,7 @@ def test_individual_functions_match_slow_loops(weighted: bool) -> None:
     n, p = 6, 25
     d = _updates(rng, (n, p))
     w = rng.dirichlet(np.ones(n)) if weighted else None
-    g = drift.gram(d)
+    g = gram(d)
     ref = slow_metrics(d, w, p)
     np.testing.assert_allclose(drift.update_variance(g, w), ref["update_variance"], rtol=1e-10)
     np.testing.assert_allclose(drift.relative_variance(g, w), ref["relative_variance"], rtol=1e-10)
@@ -123,7 +130,7 @@ def test_weights_shape_n_broadcast_over_rounds() -> None:
     rng = np.random.default_rng(2)
     d = _updates(rng, (4, 3, 10))
     w = np.array([1.0, 2.0, 5.0])
-    g = drift.gram(d)
+    g = gram(d)
     got = drift.update_variance(g, w)
     for r in range(4):
         np.testing.assert_allclose(got[r], slow_metrics(d[r], w, 10)["update_variance"])
@@ -131,7 +138,7 @@ def test_weights_shape_n_broadcast_over_rounds() -> None:
 
 def test_weights_change_the_result() -> None:
     rng = np.random.default_rng(3)
-    g = drift.gram(_updates(rng, (5, 30)))
+    g = gram(_updates(rng, (5, 30)))
     w = np.array([10.0, 1.0, 1.0, 1.0, 1.0])
     assert not np.isclose(drift.update_variance(g), drift.update_variance(g, w))
 
@@ -142,7 +149,7 @@ def test_weights_change_the_result() -> None:
 def test_diversity_identity_uniform() -> None:
     rng = np.random.default_rng(4)
     n = 7
-    g = drift.gram(_updates(rng, (5, n, 50)))
+    g = gram(_updates(rng, (5, n, 50)))
     lhs = drift.drift_diversity(g)
     rhs = (1.0 + drift.update_variance(g) / drift.mean_update_sq_norm(g)) / n
     np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
@@ -156,7 +163,7 @@ def test_diversity_identity_uniform() -> None:
 )
 def test_diversity_identity_property(n: int, p: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    g = drift.gram(_updates(rng, (n, p)))
+    g = gram(_updates(rng, (n, p)))
     msq = drift.mean_update_sq_norm(g)
     if msq <= 1e-8 * np.trace(g):  # identity is ill-conditioned when ||m|| ~ 0
         return
@@ -171,7 +178,7 @@ def test_all_equal_updates() -> None:
     rng = np.random.default_rng(5)
     n = 6
     d = np.repeat(rng.normal(size=(1, 33)), n, axis=0)
-    g = drift.gram(d)
+    g = gram(d)
     np.testing.assert_allclose(drift.drift_diversity(g), 1.0 / n, rtol=1e-12)
     np.testing.assert_allclose(drift.cosine_divergence(g), 0.0, atol=1e-12)
     np.testing.assert_allclose(drift.mean_pairwise_cosine(g), 1.0, rtol=1e-12)
@@ -181,7 +188,7 @@ def test_all_equal_updates() -> None:
 
 def test_zero_mean_gives_nan_not_error() -> None:
     d = np.array([[1.0, 2.0], [-1.0, -2.0]])
-    g = drift.gram(d)
+    g = gram(d)
     assert np.isnan(drift.relative_variance(g))
     assert np.isnan(drift.drift_diversity(g))
     assert np.isnan(drift.cosine_divergence(g))
@@ -191,7 +198,7 @@ def test_zero_mean_gives_nan_not_error() -> None:
 
 def test_zero_client_update_pairwise_nan() -> None:
     d = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
-    c = drift.pairwise_cosine(drift.gram(d))
+    c = drift.pairwise_cosine(gram(d))
     assert np.isnan(c[1]).all() and np.isnan(c[:, 1]).all()
     assert c[0, 2] == 0.0 and c[0, 0] == 1.0
 
@@ -200,10 +207,10 @@ def test_combine_grams_equals_gram_of_concatenation() -> None:
     rng = np.random.default_rng(6)
     weight = rng.normal(size=(2, 5, 12, 3))  # rounds, clients, out, in
     bias = rng.normal(size=(2, 5, 12))
-    gw = drift.gram(weight.reshape(2, 5, -1))
-    gb = drift.gram(bias)
+    gw = gram(weight.reshape(2, 5, -1))
+    gb = gram(bias)
     both = np.concatenate([weight.reshape(2, 5, -1), bias], axis=-1)
-    np.testing.assert_allclose(drift.combine_grams([gw, gb]), drift.gram(both), rtol=1e-12)
+    np.testing.assert_allclose(drift.combine_grams([gw, gb]), gram(both), rtol=1e-12)
     with pytest.raises(ValueError, match="same shape"):
         drift.combine_grams([gw, gb[0]])
     with pytest.raises(ValueError, match="at least one"):
@@ -215,26 +222,26 @@ def test_gram_float16_matches_float64_reference() -> None:
     # Many parameters: a float16 accumulation would overflow (max 65504) or lose precision.
     d16 = (rng.normal(size=(4, 200_000)) * 2.0).astype(np.float16)
     ref = d16.astype(np.float64) @ d16.astype(np.float64).T
-    g = drift.gram(d16)
+    g = gram(d16)
     assert g.dtype == np.float64
     np.testing.assert_allclose(g, ref, rtol=1e-12)
     assert np.all(np.isfinite(g))
-    gt = drift.gram(torch.from_numpy(d16))
-    assert isinstance(gt, np.ndarray) and gt.dtype == np.float64
-    np.testing.assert_allclose(gt, ref, rtol=1e-12)
+    gt = update_gram(torch.from_numpy(d16))
+    assert isinstance(gt, torch.Tensor) and gt.dtype == torch.float64
+    np.testing.assert_allclose(gt.numpy(), ref, rtol=1e-12)
 
 
 def test_gram_float32_torch_accumulates_in_float64() -> None:
     rng = np.random.default_rng(8)
     d = (rng.normal(size=(3, 100_000)) + 100.0).astype(np.float32)
     ref = d.astype(np.float64) @ d.astype(np.float64).T
-    np.testing.assert_allclose(drift.gram(torch.from_numpy(d)), ref, rtol=1e-13)
-    np.testing.assert_allclose(drift.gram(d), ref, rtol=1e-13)
+    np.testing.assert_allclose(gram(torch.from_numpy(d)), ref, rtol=1e-13)
+    np.testing.assert_allclose(gram(d), ref, rtol=1e-13)
 
 
 def test_torch_gram_input_accepted() -> None:
     rng = np.random.default_rng(9)
-    g = drift.gram(_updates(rng, (4, 10)))
+    g = gram(_updates(rng, (4, 10)))
     np.testing.assert_allclose(
         drift.update_variance(torch.from_numpy(g).float()), drift.update_variance(g), rtol=1e-6
     )
@@ -249,4 +256,4 @@ def test_input_validation() -> None:
     with pytest.raises(ValueError, match="non-negative"):
         drift.update_variance(g, np.array([1.0, -1.0, 1.0]))
     with pytest.raises(ValueError, match="numel"):
-        drift.layer_metrics(g, numel=0)
+        gram_metrics(g, numel=0)

@@ -1,21 +1,32 @@
-"""Analysis as pure functions over arrays, and tidy tables over runs.
+"""Tidy tables over runs: ``drift_table(run)``, ``layer_summary(run)``, ``tidy(runs)``.
 
-* :mod:`~driftscope.analysis.cka`: linear, RBF and debiased CKA; pairwise and minibatch forms.
-* :mod:`~driftscope.analysis.drift`: per-layer update variance, drift diversity and cosine
-  divergence from the N x N Gram matrix of client updates.
-* :mod:`~driftscope.analysis.tables`: ``drift_table(run)`` and ``layer_summary(run)``.
+The math lives in :mod:`driftscope.metrics`; ``cka``, ``pairwise_cka``, ``drift`` and ``cka_module``
+are re-exported here for older imports.
 """
 
 from __future__ import annotations
 
-from driftscope.analysis.cka import MinibatchCKA, cka, cka_from_grams, pairwise_cka
+from driftscope.analysis.tables import (
+    communication_factor,
+    drift_table,
+    layer_summary,
+    pool_rounds,
+    tidy,
+)
+from driftscope.metrics import cka as cka_module
+from driftscope.metrics import drift
+from driftscope.metrics.cka import MinibatchCKA, cka, cka_from_grams, pairwise_cka
 
-__all__ = ["MinibatchCKA", "cka", "cka_from_grams", "drift_table", "layer_summary", "pairwise_cka"]
-
-
-def __getattr__(name: str):  # tables import the reader; load them lazily
-    if name in ("drift_table", "layer_summary"):
-        from driftscope.analysis import tables
-
-        return getattr(tables, name)
-    raise AttributeError(name)
+__all__ = [
+    "MinibatchCKA",
+    "cka",
+    "cka_from_grams",
+    "cka_module",
+    "communication_factor",
+    "drift",
+    "drift_table",
+    "layer_summary",
+    "pairwise_cka",
+    "pool_rounds",
+    "tidy",
+]

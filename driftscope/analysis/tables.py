@@ -1,118 +1,202 @@
-"""Turn a run into tidy pandas tables of per-layer drift.
+"""Turn runs into tidy pandas tables of per-layer drift; every metric comes from ``METRICS``.
 
 ``drift_table(run)`` has one row per (round, layer, metric): columns ``round, layer, label, group,
-metric, value``. Update metrics (from the recorded Gram matrices, :mod:`driftscope.analysis.drift`):
-``update_variance``, ``relative_variance``, ``per_parameter_variance``, ``drift_diversity``,
-``cosine_divergence``, ``mean_pairwise_cosine``, ``mean_update_sq_norm``, ``mean_client_sq_norm``.
-Probe metrics (rounds with CKA): ``cka`` (mean linear CKA over client pairs), ``cka_rbf``,
-``cka_debiased``, and ``cka_to_global`` (mean linear CKA of each client to the new global model).
+metric, value``, for every metric of :data:`driftscope.metrics.METRICS` the run supports (``"gram"``
+metrics on recorded rounds, ``"cka"`` metrics on rounds with probe CKA).
 
-``layer_summary(run)`` aggregates over rounds, one row per layer in model order. Ratio measures
-(relative variance, drift diversity) are formed from the Gram matrices summed over rounds, i.e. as
-ratios of sums, because a single round's small mean update makes its ratio noisy (science.md);
-cosine and CKA measures are averaged over rounds.
+``layer_summary(run)`` aggregates over rounds, one row per layer in model order, one column per
+metric, by :func:`pool_rounds`: ratio measures (relative variance, drift diversity) as ratios of
+sums over rounds, because a single round's small mean update makes its own ratio noisy
+(science.md); every other measure as its mean over rounds. The layer-profile figure shows the same
+numbers.
+
+``tidy(runs)`` is ``drift_table`` of several runs with run labels, the ratio parts kept so that
+:func:`pool_rounds` can pool it; ``communication_factor(run)`` is communication per round in
+FedAvg units.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
-from driftscope.analysis import drift
+from driftscope.analysis.labels import config_value, run_labels
+from driftscope.errors import RunFileError
+from driftscope.metrics import METRICS, Metric
+from driftscope.metrics.drift import as_gram
 from driftscope.reader import Run
 
-UPDATE_METRICS = drift.METRIC_NAMES
-CKA_METRICS = ("cka", "cka_rbf", "cka_debiased", "cka_to_global")
-SUMMARY_METRICS = ("relative_variance", "drift_diversity", "cosine_divergence", "cka")
+__all__ = [
+    "BYTES_PER_VALUE",
+    "aggregation_weights",
+    "communication_factor",
+    "drift_table",
+    "layer_summary",
+    "pool_rounds",
+    "tidy",
+]
+
+COLUMNS = ["round", "layer", "label", "group", "metric", "value"]
+PARTS = ["numerator", "denominator"]
+BYTES_PER_VALUE = 4  # float32 on the wire, as the simulator counts
 
 
 def aggregation_weights(run: Run) -> np.ndarray | None:
     """(recorded rounds, S) weights of the mean update, or None for uniform averaging."""
-    if run.config["train"].get("weighting", "uniform") == "uniform":
+    if config_value(run, "train", "weighting", "uniform") == "uniform":
         return None
-    sizes = run.file["partition/client_size"][()].astype(np.float64)
+    sizes = np.asarray(run.client_sizes, dtype=np.float64)
     w = sizes[run.participants]
     return w / w.sum(axis=1, keepdims=True)
 
 
-def _mean_offdiag(m: np.ndarray) -> np.ndarray:
-    """Mean of the off-diagonal entries of (..., S, S)."""
-    s = m.shape[-1]
-    mask = ~np.eye(s, dtype=bool)
-    return m[..., mask].mean(axis=-1) if s > 1 else np.full(m.shape[:-2], np.nan)
+def _metrics(source: str) -> list[Metric]:
+    return [m for m in map(METRICS.get, METRICS) if m.source == source]
 
 
-def drift_table(run: Run) -> pd.DataFrame:
-    """Tidy per-(round, layer, metric) table of a run (see the module docstring)."""
+def _cka_kinds(run: Run, layer: str) -> dict[str, np.ndarray]:
+    kinds = {}
+    for kind in ("linear", "rbf", "debiased"):
+        try:
+            kinds[kind] = run.cka(layer, kind)
+        except RunFileError:  # a kind this run did not record
+            continue
+    return kinds
+
+
+def drift_table(run: Run, parts: bool = False) -> pd.DataFrame:
+    """Tidy per-(round, layer, metric) table of a run (see the module docstring).
+
+    With ``parts``, two more columns ``numerator`` and ``denominator`` hold each ratio metric's
+    parts (NaN for other metrics), so that :func:`pool_rounds` can form ratios of sums.
+    """
     frames = []
     rounds = run.rounds
     weights = aggregation_weights(run)
+    gram_metrics = _metrics("gram")
+    cka_metrics = _metrics("cka")
     for layer in run.layers:
-        if len(rounds):
-            g = run.gram(layer.name)
-            values = drift.layer_metrics(g, layer.numel, weights)
-            for metric in UPDATE_METRICS:
-                frames.append(_frame(rounds, layer, metric, values[metric]))
-        if len(run.cka_rounds):
-            cr = run.cka_rounds
-            lin = run.cka(layer.name, "linear")
-            clients = lin[:, :-1, :-1]
-            frames.append(_frame(cr, layer, "cka", _mean_offdiag(clients)))
-            frames.append(
-                _frame(cr, layer, "cka_rbf", _mean_offdiag(run.cka(layer.name, "rbf")[:, :-1, :-1]))
-            )
-            frames.append(
-                _frame(
-                    cr,
-                    layer,
-                    "cka_debiased",
-                    _mean_offdiag(run.cka(layer.name, "debiased")[:, :-1, :-1]),
-                )
-            )
-            frames.append(_frame(cr, layer, "cka_to_global", lin[:, :-1, -1].mean(axis=-1)))
+        if len(rounds) and gram_metrics:
+            g = as_gram(run.gram(layer.name))
+            for m in gram_metrics:
+                value = m.function(g, layer.numel, weights)
+                num = den = None
+                if parts and m.ratio is not None:
+                    num = m.ratio[0](g, layer.numel, weights)
+                    den = m.ratio[1](g, layer.numel, weights)
+                frames.append(_frame(rounds, layer, m.name, value, num, den, parts))
+        if len(run.cka_rounds) and cka_metrics:
+            kinds = _cka_kinds(run, layer.name)
+            for m in cka_metrics:
+                try:
+                    value = m.function(kinds)
+                except KeyError:  # needs a CKA kind this run did not record
+                    continue
+                frames.append(_frame(run.cka_rounds, layer, m.name, value, None, None, parts))
     if not frames:
-        return pd.DataFrame(columns=["round", "layer", "label", "group", "metric", "value"])
+        return pd.DataFrame(columns=COLUMNS + (PARTS if parts else []))
     return pd.concat(frames, ignore_index=True)
 
 
-def _frame(rounds: np.ndarray, layer, metric: str, values: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "round": rounds.astype(int),
-            "layer": layer.name,
-            "label": layer.label,
-            "group": layer.group,
-            "metric": metric,
-            "value": np.asarray(values, dtype=np.float64),
-        }
+def _frame(rounds, layer, metric, values, num, den, parts: bool) -> pd.DataFrame:
+    data = {
+        "round": np.asarray(rounds).astype(int),
+        "layer": layer.name,
+        "label": layer.label,
+        "group": layer.group,
+        "metric": metric,
+        "value": np.asarray(values, dtype=np.float64),
+    }
+    if parts:
+        nan = np.full(len(data["round"]), np.nan)
+        data["numerator"] = nan if num is None else np.asarray(num, dtype=np.float64)
+        data["denominator"] = nan if den is None else np.asarray(den, dtype=np.float64)
+    return pd.DataFrame(data)
+
+
+def pool_rounds(table: pd.DataFrame, by: Sequence[str] = ("layer", "metric")) -> pd.DataFrame:
+    """Aggregate a table with ratio parts (``drift_table(run, parts=True)``, :func:`tidy`) over
+    rounds (and over anything else not in ``by``, e.g. the seeds of one condition).
+
+    A ratio metric (one with ``ratio`` in :data:`METRICS`) becomes ``sum(numerator) /
+    sum(denominator)`` (NaN where the denominator sum is not positive); any other metric the mean
+    of its finite values. Returns the ``by`` columns and ``value``, in order of first appearance.
+    """
+    by = list(by)
+    if "numerator" not in table.columns:
+        raise ValueError("pool_rounds needs the ratio parts: use drift_table(run, parts=True)")
+    if not len(table):
+        return pd.DataFrame(columns=[*by, "value"])
+    ratio = table["metric"].map(
+        lambda name: name in METRICS and METRICS.get(name).ratio is not None
     )
+    grouped = table.assign(_ratio=ratio.astype(bool)).groupby(by, sort=False)
+
+    def pool(g: pd.DataFrame) -> float:
+        if g["_ratio"].iloc[0]:
+            den = float(g["denominator"].sum())
+            return float(g["numerator"].sum()) / den if den > 0 else float("nan")
+        values = g["value"].to_numpy(dtype=np.float64)
+        values = values[np.isfinite(values)]
+        return float(values.mean()) if len(values) else float("nan")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # pandas' groupby-apply notice
+        out = grouped[["_ratio", "numerator", "denominator", "value"]].apply(pool)
+    return out.rename("value").reset_index()
 
 
 def layer_summary(run: Run) -> pd.DataFrame:
-    """One row per layer in model order: layer, label, group, numel and the summary metrics."""
-    rows = []
-    weights = aggregation_weights(run)
-    table = drift_table(run)
-    for layer in run.layers:
-        row: dict[str, object] = {
-            "layer": layer.name,
-            "label": layer.label,
-            "group": layer.group,
-            "numel": layer.numel,
+    """One row per layer in model order: ``layer, label, group, numel`` and one column per
+    metric of :data:`~driftscope.metrics.METRICS` the run has, pooled over rounds by
+    :func:`pool_rounds` (ratio metrics as ratios of sums, the others as means)."""
+    base = pd.DataFrame(
+        {
+            "layer": [ly.name for ly in run.layers],
+            "label": [ly.label for ly in run.layers],
+            "group": [ly.group for ly in run.layers],
+            "numel": [ly.numel for ly in run.layers],
         }
-        if len(run.rounds):
-            g = run.gram(layer.name)
-            if weights is None:
-                total = g.sum(axis=0)
-                row["relative_variance"] = float(drift.relative_variance(total))
-                row["drift_diversity"] = float(drift.drift_diversity(total))
-            else:
-                v = drift.update_variance(g, weights).sum()
-                m = drift.mean_update_sq_norm(g, weights).sum()
-                row["relative_variance"] = float(v / m) if m > 0 else np.nan
-                row["drift_diversity"] = float(drift.drift_diversity(g.sum(axis=0)))
-            row["cosine_divergence"] = float(np.nanmean(drift.cosine_divergence(g, weights)))
-        sub = table[(table["layer"] == layer.name) & (table["metric"] == "cka")]
-        row["cka"] = float(sub["value"].mean()) if len(sub) else np.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
+    )
+    pooled = pool_rounds(drift_table(run, parts=True))
+    if not len(pooled):
+        return base
+    wide = pooled.pivot(index="layer", columns="metric", values="value")
+    order = [name for name in METRICS if name in wide.columns]
+    return base.join(wide[order], on="layer")
+
+
+def tidy(runs: Run | Sequence[Run]) -> pd.DataFrame:
+    """``drift_table(run, parts=True)`` of each run, concatenated.
+
+    Columns: ``round, layer, label, group, metric, value, numerator, denominator`` plus ``run``
+    (the unique run label of :func:`~driftscope.analysis.labels.run_labels`), ``condition`` (the
+    label shared by seeds of one setting) and ``algorithm``. Rows keep each run's model order.
+    """
+    runs = [runs] if isinstance(runs, Run) else list(runs)
+    unique = run_labels(runs)
+    shared = run_labels(runs, unique=False)
+    frames = []
+    for run, label, condition in zip(runs, unique, shared):
+        table = drift_table(run, parts=True)
+        table["run"] = label
+        table["condition"] = condition
+        table["algorithm"] = config_value(run, "train", "algorithm")
+        frames.append(table)
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=[*COLUMNS, *PARTS, "run", "condition", "algorithm"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def communication_factor(run: Run) -> float:
+    """Communication per round (down + up) in units of one FedAvg one-way model transfer.
+
+    ``Run.bytes_per_round / (4 bytes x numel x clients per round)``: FedAvg reads 2.0, SCAFFOLD
+    4.0, FedPVR 2 (1 + head share).
+    """
+    numel = sum(p.numel for p in run.params)
+    return run.bytes_per_round / (BYTES_PER_VALUE * numel * run.clients_per_round)

@@ -26,6 +26,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from driftscope.metrics.gram import as_float64 as _to_f64
+from driftscope.metrics.gram import linear_gram
+
 __all__ = [
     "MinibatchCKA",
     "cka",
@@ -39,19 +42,9 @@ __all__ = [
 ]
 
 KERNELS = ("linear", "rbf")
+MEDIANS = ("all", "offdiag")  # RBF bandwidth: median over all n^2 distances, or over i < j
 
 FloatArray = NDArray[np.float64]
-
-
-def _to_f64(x: Any) -> FloatArray:
-    """Convert a numpy array, torch tensor or array-like to a float64 numpy array."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
-        x = x.detach().cpu()
-        # float16/bfloat16 tensors: widen inside torch (numpy has no bfloat16).
-        if getattr(x, "is_floating_point", lambda: False)() and x.dtype.itemsize < 4:
-            x = x.float()
-        x = x.numpy()
-    return np.asarray(x, dtype=np.float64)
 
 
 def _as_matrix(x: Any, name: str) -> FloatArray:
@@ -116,39 +109,37 @@ def _require_n_ge_4(n: int) -> None:
         )
 
 
-def linear_gram(X: Any) -> FloatArray:
-    """Linear Gram matrix of column-centred features.
-
-    Args:
-        X: ``(n, p)`` activations.
-
-    Returns:
-        ``(n, n)`` float64 ``X_c X_c^T``, ``X_c`` = X with column means removed (in float64).
-    """
-    x = _centre_columns(_as_matrix(X, "X"))
-    return x @ x.T
-
-
-def rbf_from_linear_gram(K: Any, t: float = 0.5, sigma2: float | None = None) -> FloatArray:
+def rbf_from_linear_gram(
+    K: Any, t: float = 0.5, sigma2: float | None = None, median: str = "all"
+) -> FloatArray:
     """RBF kernel matrix from an existing linear Gram matrix (or a stack of them).
 
     ``k(x_i, x_j) = exp(-||x_i - x_j||^2 / (2 sigma^2))`` with
     ``||x_i - x_j||^2 = K_ii + K_jj - 2 K_ij`` (clipped at 0). Unless ``sigma2`` is given,
-    ``sigma^2 = t^2 * median{||x_i - x_j||^2 : i < j}``, for each matrix of a stack separately.
+    ``sigma^2 = t^2 * median`` of the squared distances, for each matrix of a stack separately:
+
+    - ``median="all"`` (default): the median of all ``n x n`` entries of the distance matrix, its
+      zero diagonal included, as Kornblith et al.'s reference code computes it; it reproduces
+      their published example values (science.md, "CKA").
+    - ``median="offdiag"``: the median over the pairs ``i < j`` only (zero self-distances left
+      out), a slightly wider bandwidth.
 
     Args:
         K: ``(n, n)`` linear Gram matrix, or ``(M, n, n)`` for M models at once (centred or not;
             distances do not depend on centring).
         t: bandwidth as a fraction of the median distance (0.5 by convention).
-        sigma2: explicit ``sigma^2``; overrides ``t``.
+        sigma2: explicit ``sigma^2``; overrides ``t`` and ``median``.
+        median: ``"all"`` or ``"offdiag"``, see above.
 
     Returns:
         float64 RBF kernel matrix (matrices), shaped like ``K``.
 
     Raises:
-        ValueError: if the bandwidth is not positive (e.g. more than half the pairs are identical
-            points, so the median distance is 0): pass ``sigma2`` explicitly.
+        ValueError: if the bandwidth is not positive (e.g. most distances are 0, so their median
+            is 0): pass ``sigma2`` explicitly.
     """
+    if median not in MEDIANS:
+        raise ValueError(f"unknown median {median!r}; valid choices: {', '.join(MEDIANS)}")
     k = _to_f64(K)
     if k.ndim not in (2, 3) or k.shape[-1] != k.shape[-2]:
         raise ValueError(
@@ -161,10 +152,13 @@ def rbf_from_linear_gram(K: Any, t: float = 0.5, sigma2: float | None = None) ->
     idx = np.arange(n)
     sq[..., idx, idx] = 0.0
     if sigma2 is None:
-        iu = np.triu_indices(n, k=1)
-        if iu[0].size == 0:
+        if n < 2:
             raise ValueError("the RBF bandwidth needs at least 2 probe inputs")
-        s2 = t * t * np.median(sq[..., iu[0], iu[1]], axis=-1)
+        if median == "all":
+            s2 = t * t * np.median(sq.reshape(*sq.shape[:-2], n * n), axis=-1)
+        else:
+            iu = np.triu_indices(n, k=1)
+            s2 = t * t * np.median(sq[..., iu[0], iu[1]], axis=-1)
     else:
         s2 = np.full(k.shape[:-2], float(sigma2))
     s2 = np.asarray(s2, dtype=np.float64)
@@ -177,9 +171,11 @@ def rbf_from_linear_gram(K: Any, t: float = 0.5, sigma2: float | None = None) ->
     return np.exp(sq, out=sq)
 
 
-def rbf_gram(X: Any, t: float = 0.5, sigma2: float | None = None) -> FloatArray:
+def rbf_gram(
+    X: Any, t: float = 0.5, sigma2: float | None = None, median: str = "all"
+) -> FloatArray:
     """RBF kernel matrix of ``X`` (``(n, p)``) -> ``(n, n)``; see :func:`rbf_from_linear_gram`."""
-    return rbf_from_linear_gram(linear_gram(X), t=t, sigma2=sigma2)
+    return rbf_from_linear_gram(linear_gram(X), t=t, sigma2=sigma2, median=median)
 
 
 def hsic(K: Any, L: Any) -> float:
@@ -233,6 +229,7 @@ def cka(
     debiased: bool = False,
     sigma2: float | None = None,
     t: float = 0.5,
+    median: str = "all",
 ) -> float:
     """CKA between two representations of the same ``n`` inputs.
 
@@ -243,8 +240,10 @@ def cka(
         debiased: use the unbiased HSIC_1 (needs ``n >= 4``; may return ``nan``, see
             :func:`cka_from_grams`).
         sigma2: RBF only: fixed ``sigma^2`` used for both sides (default: per side,
-            ``t^2 *`` median squared pairwise distance).
+            ``t^2 *`` the median squared distance).
         t: RBF only: bandwidth fraction.
+        median: RBF only: ``"all"`` (Kornblith et al.'s convention, default) or ``"offdiag"``;
+            see :func:`rbf_from_linear_gram`.
 
     Returns:
         CKA as a Python float (in ``[0, 1]`` for the biased estimator).
@@ -263,8 +262,8 @@ def cka(
     k = linear_gram(x)
     ell = linear_gram(y)
     if kernel == "rbf":
-        k = rbf_from_linear_gram(k, t=t, sigma2=sigma2)
-        ell = rbf_from_linear_gram(ell, t=t, sigma2=sigma2)
+        k = rbf_from_linear_gram(k, t=t, sigma2=sigma2, median=median)
+        ell = rbf_from_linear_gram(ell, t=t, sigma2=sigma2, median=median)
     return cka_from_grams(k, ell, debiased=debiased)
 
 

@@ -11,7 +11,7 @@ normalised here to sum to 1; default uniform ``1/N``) the mean update is ``m = s
     drift diversity    = trace(G) / 1^T G 1 = (1 + V / ||m||^2) / N   (uniform w)
     cos(d_i, m)        = (G w)_i / sqrt(G_ii w^T G w)
 
-Every function accepts ``G`` shaped ``(..., N, N)`` (leading batch axes such as rounds) and
+The Gram matrix itself comes from :func:`driftscope.metrics.gram.update_gram`. Every function accepts ``G`` shaped ``(..., N, N)`` (leading batch axes such as rounds) and
 returns float64 arrays shaped ``(...)``, ``(..., N)`` or ``(..., N, N)``. ``weights`` may be
 ``(N,)`` or ``(..., N)``. Undefined ratios (a zero norm in a denominator) are ``nan``.
 """
@@ -24,49 +24,29 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from driftscope.metrics.gram import as_float64 as _to_f64
+
 __all__ = [
     "combine_grams",
     "cosine_divergence",
     "cosine_to_mean",
     "drift_diversity",
-    "gram",
-    "layer_metrics",
+    "mean_client_sq_norm",
     "mean_pairwise_cosine",
     "mean_update_sq_norm",
     "pairwise_cosine",
     "per_parameter_variance",
     "relative_variance",
+    "update_sq_trace",
+    "update_sum_sq_norm",
     "update_variance",
 ]
 
 FloatArray = NDArray[np.float64]
 
-METRIC_NAMES = (
-    "update_variance",
-    "relative_variance",
-    "per_parameter_variance",
-    "drift_diversity",
-    "cosine_divergence",
-    "mean_pairwise_cosine",
-    "mean_update_sq_norm",
-    "mean_client_sq_norm",
-)
 
-
-def _is_tensor(x: Any) -> bool:
-    return hasattr(x, "detach") and hasattr(x, "cpu") and hasattr(x, "dtype")
-
-
-def _to_f64(x: Any) -> FloatArray:
-    if _is_tensor(x):
-        x = x.detach().cpu()
-        if x.is_floating_point() and x.dtype.itemsize < 4:  # float16 / bfloat16
-            x = x.float()
-        x = x.numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def _as_gram(G: Any) -> FloatArray:
+def as_gram(G: Any) -> FloatArray:
+    """``G`` as a float64 ``(..., N, N)`` array; a clear ``ValueError`` otherwise."""
     g = _to_f64(G)
     if g.ndim < 2 or g.shape[-1] != g.shape[-2]:
         raise ValueError(f"G must be shaped (..., N, N); got {g.shape}")
@@ -105,32 +85,9 @@ def _diag(g: FloatArray) -> FloatArray:
     return np.diagonal(g, axis1=-2, axis2=-1)
 
 
-def gram(updates: Any) -> FloatArray:
-    """Gram matrix of client updates, accumulated in float64.
-
-    Args:
-        updates: ``(N, P)`` or ``(..., N, P)`` flattened updates (numpy array or torch tensor of
-            any float dtype; converted to float64 before the product, on the tensor's device).
-
-    Returns:
-        ``(..., N, N)`` float64 numpy array ``G_ij = <d_i, d_j>``.
-    """
-    if _is_tensor(updates):
-        import torch
-
-        u = updates.detach().to(dtype=torch.float64)
-        if u.ndim < 2:
-            raise ValueError(f"updates must be shaped (..., N, P); got {tuple(u.shape)}")
-        return (u @ u.transpose(-1, -2)).cpu().numpy()
-    u = np.asarray(updates, dtype=np.float64)
-    if u.ndim < 2:
-        raise ValueError(f"updates must be shaped (..., N, P); got {u.shape}")
-    return u @ np.swapaxes(u, -1, -2)
-
-
 def mean_update_sq_norm(G: Any, weights: Any | None = None) -> FloatArray:
     """``||m||^2 = w^T G w``; ``(...)``."""
-    g = _as_gram(G)
+    g = as_gram(G)
     w = _weights(g, weights)
     return np.sum(w * _matvec(g, w), axis=-1)
 
@@ -144,7 +101,7 @@ def _client_sq_dist(g: FloatArray, w: FloatArray) -> FloatArray:
 
 def update_variance(G: Any, weights: Any | None = None) -> FloatArray:
     """Update variance ``V = sum_i w_i ||d_i - m||^2`` (``(1/N) sum ||d_i - m||^2`` uniform)."""
-    g = _as_gram(G)
+    g = as_gram(G)
     w = _weights(g, weights)
     return np.sum(w * _client_sq_dist(g, w), axis=-1)
 
@@ -161,19 +118,34 @@ def per_parameter_variance(G: Any, numel: int, weights: Any | None = None) -> Fl
     return update_variance(G, weights) / float(numel)
 
 
+def mean_client_sq_norm(G: Any) -> FloatArray:
+    """Mean over clients of ``||d_i||^2`` (the mean of ``G_ii``); ``(...)``."""
+    return np.mean(_diag(as_gram(G)), axis=-1)
+
+
+def update_sq_trace(G: Any) -> FloatArray:
+    """``sum_i ||d_i||^2 = trace(G)``; ``(...)``. The numerator of the drift diversity."""
+    return np.trace(as_gram(G), axis1=-2, axis2=-1)
+
+
+def update_sum_sq_norm(G: Any) -> FloatArray:
+    """``||sum_i d_i||^2 = 1^T G 1``; ``(...)``. The denominator of the drift diversity."""
+    return as_gram(G).sum(axis=(-2, -1))
+
+
 def drift_diversity(G: Any) -> FloatArray:
     """``sum_i ||d_i||^2 / ||sum_i d_i||^2 = trace(G) / 1^T G 1``; ``nan`` if the sum is 0.
 
     Ranges from ``1/N`` (all updates equal) upward; equals ``(1 + V/||m||^2) / N`` for uniform
     weights.
     """
-    g = _as_gram(G)
-    return _safe_div(np.trace(g, axis1=-2, axis2=-1), g.sum(axis=(-2, -1)))
+    g = as_gram(G)
+    return _safe_div(update_sq_trace(g), update_sum_sq_norm(g))
 
 
 def pairwise_cosine(G: Any) -> FloatArray:
     """``cos(d_i, d_j) = G_ij / sqrt(G_ii G_jj)``, ``(..., N, N)``; ``nan`` where a norm is 0."""
-    g = _as_gram(G)
+    g = as_gram(G)
     d = _diag(g)
     den = np.sqrt(np.clip(d[..., :, None] * d[..., None, :], 0.0, None))
     return np.clip(_safe_div(g, den), -1.0, 1.0)
@@ -181,7 +153,7 @@ def pairwise_cosine(G: Any) -> FloatArray:
 
 def cosine_to_mean(G: Any, weights: Any | None = None) -> FloatArray:
     """``cos(d_i, m) = (G w)_i / sqrt(G_ii w^T G w)``, ``(..., N)``; ``nan`` where a norm is 0."""
-    g = _as_gram(G)
+    g = as_gram(G)
     w = _weights(g, weights)
     gw = _matvec(g, w)
     msq = np.sum(w * gw, axis=-1, keepdims=True)
@@ -207,37 +179,6 @@ def mean_pairwise_cosine(G: Any) -> FloatArray:
     return np.mean(c[..., off], axis=-1)
 
 
-def layer_metrics(G: Any, numel: int, weights: Any | None = None) -> dict[str, FloatArray]:
-    """All drift measures of one layer.
-
-    Args:
-        G: ``(..., N, N)`` Gram matrix of the layer's client updates.
-        numel: number of parameters in the layer.
-        weights: optional aggregation weights ``(N,)`` or ``(..., N)``.
-
-    Returns:
-        Dict of ``(...)`` float64 arrays with keys ``update_variance``, ``relative_variance``,
-        ``per_parameter_variance``, ``drift_diversity``, ``cosine_divergence``,
-        ``mean_pairwise_cosine``, ``mean_update_sq_norm``, ``mean_client_sq_norm`` (mean of
-        ``G_ii``).
-    """
-    g = _as_gram(G)
-    if numel <= 0:
-        raise ValueError(f"numel must be positive; got {numel}")
-    v = update_variance(g, weights)
-    msq = mean_update_sq_norm(g, weights)
-    return {
-        "update_variance": v,
-        "relative_variance": _safe_div(v, msq),
-        "per_parameter_variance": v / float(numel),
-        "drift_diversity": drift_diversity(g),
-        "cosine_divergence": cosine_divergence(g, weights),
-        "mean_pairwise_cosine": mean_pairwise_cosine(g),
-        "mean_update_sq_norm": msq,
-        "mean_client_sq_norm": np.mean(_diag(g), axis=-1),
-    }
-
-
 def combine_grams(grams: Sequence[Any]) -> FloatArray:
     """Gram of concatenated parameters (e.g. weight + bias) = sum of the parameters' Grams.
 
@@ -247,7 +188,7 @@ def combine_grams(grams: Sequence[Any]) -> FloatArray:
     Returns:
         ``(..., N, N)`` float64 sum.
     """
-    arrs = [_as_gram(g) for g in grams]
+    arrs = [as_gram(g) for g in grams]
     if not arrs:
         raise ValueError("combine_grams needs at least one Gram matrix")
     shape = arrs[0].shape
