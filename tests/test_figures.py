@@ -19,7 +19,7 @@ import torch
 from conftest import small_config
 
 from driftscope import RunConfig, open_run, train
-from driftscope.analysis.tables import drift_table
+from driftscope.analysis.tables import drift_table, layer_summary
 from driftscope.data import Dataset
 from driftscope.errors import DivergenceError
 from driftscope.figures import (
@@ -172,24 +172,32 @@ def test_tidy_adds_run_columns(runs):
 
 
 # ---------------------------------------------------------------------------------------- profile
-def test_layer_profile_ticks_head_and_medians(fedavg):
+def test_layer_profile_shows_what_analyze_reports(fedavg):
     ax = layer_profile(fedavg, "relative_variance")
     labels = [ly.label for ly in fedavg.layers]
     assert _xtick_texts(ax) == labels
     assert list(ax.get_xticks()) == list(range(len(labels)))
-    assert ax.get_xlabel() == "layer" and "variance" in ax.get_ylabel()
+    assert ax.get_xlabel().startswith("layer\n") and "variance" in ax.get_ylabel()
+    assert "ratio of sums over all rounds" in ax.get_xlabel()  # the figure says what it shows
     (patch,) = _head_patches(ax)
     x0, x1 = _head_span(fedavg)
     assert patch.get_x() == pytest.approx(x0)
     assert patch.get_x() + patch.get_width() == pytest.approx(x1)
     assert "head" in [t.get_text() for t in ax.texts]
     assert ax.get_yscale() == "log"
-    # the profile line holds each layer's median over rounds, in model order
+    # the markers are layer_summary's numbers (what `driftscope analyze` prints: ratios of sums
+    # over rounds), in model order; the bars span the single rounds' interquartile range
+    summary = layer_summary(fedavg).set_index("label")
+    line = next(ln for ln in ax.lines if len(ln.get_ydata()) == len(labels))
+    np.testing.assert_allclose(line.get_ydata(), summary.loc[labels, "relative_variance"])
     table = drift_table(fedavg)
     sub = table[table["metric"] == "relative_variance"]
-    medians = [sub[sub["label"] == lab]["value"].median() for lab in labels]
-    line = next(ln for ln in ax.lines if len(ln.get_ydata()) == len(labels))
-    np.testing.assert_allclose(line.get_ydata(), medians)
+    (bars,) = [c for c in ax.collections if type(c).__name__ == "LineCollection"]
+    for lab, seg in zip(labels, bars.get_segments()):
+        values = sub[sub["label"] == lab]["value"]
+        np.testing.assert_allclose(sorted(seg[:, 1]), values.quantile([0.25, 0.75]))
+    # a mean metric says so instead
+    assert "mean over all rounds" in layer_profile(fedavg, "cosine_divergence").get_xlabel()
 
 
 def test_layer_profile_compares_runs(runs):
@@ -277,6 +285,7 @@ def test_accuracy_curves_legend_shows_communication(runs):
     ax = accuracy_curves(runs)
     texts = [t.get_text() for t in ax.get_legend().texts]
     assert texts[0] == "FedAvg (2.0x)"
+    assert "model copies" in ax.get_legend().get_title().get_text()  # what 2.0x means
     assert texts[1] == "SCAFFOLD (4.0x)"
     pvr = 2 * (1 + runs[2].head_share)
     assert texts[2] == f"FedPVR ({pvr:.1f}x)"
