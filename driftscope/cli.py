@@ -486,28 +486,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"--target must be in (0, 1] (got {args.target}): a test accuracy")
     base = RunConfig.from_toml(args.config) if args.config else RunConfig()
     threads = apply_threads(base, args.threads)
-    from driftscope.compare import compare, summarize
-    from driftscope.report import markdown_table
+    from driftscope.experiments import compare, summarize
+    from driftscope.report import format_compare, markdown_table
 
     results = compare(base, args.seeds, Path(args.out), args.target, progress=not args.quiet)
     if args.csv:
         results.to_csv(args.csv, index=False)
-    print(markdown_table(summarize(results, args.target)))
+    print(markdown_table(format_compare(summarize(results), args.target)))
     print(threads)
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     threads = apply_threads(RunConfig(), args.threads)
-    from driftscope.reproduce import reproduce
+    from driftscope.experiments import reproduce
+    from driftscope.report import format_reproduce
 
-    reproduce(
+    result = reproduce(
         out_dir=Path(args.out),
         rounds=args.rounds,
         seed=args.seed,
         progress=not args.quiet,
         figures=not args.no_figures,
+        log=lambda line: print(line, flush=True),
     )
+    print(format_reproduce(result))
     print(threads)
     return 0
 

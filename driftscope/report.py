@@ -109,3 +109,62 @@ def markdown_table(df: pd.DataFrame, float_format: str = "{:.3f}") -> str:
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([header, rule, *body])
+
+
+# ------------------------------------------------------------------ experiments (compare, reproduce)
+def format_compare(summary: pd.DataFrame, target: float) -> pd.DataFrame:
+    """``experiments.summarize``'s numbers as the printed table: final accuracy and rounds to
+    ``target`` as 'mean ± sample std' over seeds (diverged seeds counted, not averaged) and
+    communication per round relative to the baseline."""
+    rows = []
+    for s in summary.itertuples(index=False):
+        diverged = list(s.diverged_rounds)
+        rounds = ", ".join(str(r) for r in diverged)
+        if len(diverged) == s.seeds:
+            final = f"diverged in {s.seeds}/{s.seeds} seeds (rounds {rounds})"
+        else:
+            final = _mean_std(s.final_mean, s.final_std, s.finished, ".3f")
+            if diverged:
+                final += f" ({len(diverged)}/{s.seeds} seeds diverged, rounds {rounds})"
+        rows.append(
+            {
+                "algorithm": s.algorithm,
+                "final test accuracy": final,
+                f"rounds to {target:.0%}": (
+                    _mean_std(s.rounds_mean, s.rounds_std, s.reached, ".1f")
+                    if s.reached == s.seeds
+                    else f"{s.reached}/{s.seeds} seeds reached"
+                ),
+                "communication / round vs FedAvg": f"{s.communication_vs_baseline:.3f}x",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _mean_std(mean: float, std: float, n: int, fmt: str) -> str:
+    """'mean ± sample std' over seeds; the mean alone for a single seed."""
+    if n < 2:
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ± {format(std, fmt)}"
+
+
+def format_reproduce(result) -> str:  # result: driftscope.experiments.ReproduceResult
+    """The printed report of ``driftscope reproduce``: per-layer drift head vs body, then accuracy
+    and communication, then where the figures went."""
+
+    def table(df: pd.DataFrame) -> str:
+        return df.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+    layers = result.layers.copy()
+    layers.insert(0, " ", ["*" if g == "head" else "" for g in layers["group"]])
+    lines = [
+        "\n== Where drift lives: FedAvg, per layer (aggregated over rounds; * = head) ==",
+        table(layers.drop(columns="group")),
+        "\nhead vs body (mean over layers of each group):",
+        table(result.head_vs_body),
+        "\n== Accuracy and communication ==",
+        table(result.accuracy),
+    ]
+    if result.figures:
+        lines.append(f"\nwrote {len(result.figures)} figure files to {result.figures_dir}")
+    return "\n".join(lines)

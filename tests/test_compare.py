@@ -1,4 +1,4 @@
-"""compare: rounds to target, summaries over seeds, and divergence reported as a result."""
+"""experiments.compare: rounds to target, summaries over seeds, and divergence reported as a result."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import small_config
 
-from driftscope.compare import compare, rounds_to, summarize
+from driftscope.experiments import Arm, compare, rounds_to, summarize
 from driftscope.reader import open_run
+from driftscope.report import format_compare
 
 
 def test_rounds_to_counts_from_one_and_is_nan_when_never_reached():
@@ -33,7 +35,11 @@ def test_summarize_averages_finished_seeds_and_counts_diverged_ones():
     ]
     cols = ["algorithm", "seed", "final_accuracy", "rounds_to_target", "diverged_at_round"]
     df = pd.DataFrame(rows, columns=[*cols, "bytes_per_round"])
-    s = summarize(df, 0.9).set_index("algorithm")
+    numbers = summarize(df).set_index("algorithm")
+    assert numbers.loc["FedAvg", "final_mean"] == pytest.approx(0.85)
+    assert numbers.loc["SCAFFOLD", "diverged_rounds"] == [7]
+    assert numbers.loc["X", "communication_vs_baseline"] == pytest.approx(1.5)
+    s = format_compare(summarize(df), 0.9).set_index("algorithm")
     # mean 0.85, sample std of (0.8, 0.9) = 0.0707
     assert s.loc["FedAvg", "final test accuracy"] == "0.850 ± 0.071"
     assert s.loc["FedAvg", "rounds to 90%"] == "15.0 ± 7.1"
@@ -45,10 +51,10 @@ def test_summarize_averages_finished_seeds_and_counts_diverged_ones():
 
 
 def test_a_diverging_arm_is_a_row_not_a_crash(tmp_path, digits):
-    arms = {
-        "FedAvg": {"train.algorithm": "fedavg"},
-        "FedAvg lr 1e6": {"train.algorithm": "fedavg", "train.lr": 1e6},
-    }
+    arms = [
+        Arm("fedavg", "FedAvg", {"train.algorithm": "fedavg"}),
+        Arm("fedavg_lr_1e6", "FedAvg lr 1e6", {"train.algorithm": "fedavg", "train.lr": 1e6}),
+    ]
     res = compare(small_config(), [0], tmp_path, target=0.5, arms=arms)
     ok, bad = res.iloc[0], res.iloc[1]
     assert math.isnan(ok["diverged_at_round"]) and 0 < ok["final_accuracy"] <= 1

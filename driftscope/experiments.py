@@ -1,0 +1,313 @@
+"""Experiments over several runs: ``compare`` (algorithms over seeds) and ``reproduce`` (the FedPVR
+paper's observation on the embedded default). One :class:`Arm` type describes what each run
+changes in the base config; the functions train, read the run files back and RETURN results;
+the CLI prints them with :mod:`driftscope.report`.
+
+A run that diverges is a result, not a crash: its run file keeps the rounds before, ``compare``
+records the round it diverged at (its final accuracy NaN), and ``reproduce`` reports it as
+diverged at that round while the other arms go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from driftscope.analysis.tables import layer_summary
+from driftscope.config import RunConfig
+from driftscope.data import Dataset, load_dataset
+from driftscope.errors import DivergenceError
+from driftscope.reader import open_run
+
+__all__ = [
+    "COMPARE_ARMS",
+    "REPRODUCE_ARMS",
+    "Arm",
+    "ReproduceResult",
+    "compare",
+    "reproduce",
+    "rounds_to",
+    "summarize",
+    "train_arm",
+]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of an experiment: the base config with ``overrides`` (dotted keys).
+
+    ``name`` names its run files (``<name>.h5``, or ``<name>-seed<k>.h5`` over seeds); ``label``
+    is how tables show it.
+    """
+
+    name: str
+    label: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+COMPARE_ARMS = (
+    Arm("fedavg", "FedAvg", {"train.algorithm": "fedavg"}),
+    Arm("scaffold", "SCAFFOLD", {"train.algorithm": "scaffold"}),
+    Arm(
+        "fedpvr_body_momentum_09",
+        "FedPVR (body momentum 0.9)",
+        {"train.algorithm": "fedpvr", "train.params.body_momentum": 0.9},
+    ),
+    Arm(
+        "fedpvr_no_momentum",
+        "FedPVR (no momentum)",
+        {"train.algorithm": "fedpvr", "train.params.body_momentum": None},
+    ),
+)
+
+REPRODUCE_ARMS = (
+    Arm("fedavg", "FedAvg", {"train.algorithm": "fedavg"}),
+    Arm("scaffold", "SCAFFOLD", {"train.algorithm": "scaffold"}),
+    Arm("fedpvr", "FedPVR", {"train.algorithm": "fedpvr"}),
+    Arm("fedavg-iid", "FedAvg IID", {"train.algorithm": "fedavg", "data.partition": "iid"}),
+)
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def train_arm(
+    base: RunConfig,
+    arm: Arm,
+    path: Path,
+    overrides: Mapping[str, Any] | None = None,
+    dataset: Dataset | None = None,
+    progress: bool = False,
+) -> DivergenceError | None:
+    """Train ``base`` with the arm's overrides (then ``overrides``) into ``path`` (overwriting).
+
+    Returns the :class:`DivergenceError` if the run diverged (its file keeps the rounds before),
+    else None.
+    """
+    from driftscope.training import train
+
+    cfg = base.replace({**arm.overrides, **(overrides or {})})
+    try:
+        train(cfg, path, overwrite=True, progress=progress, dataset=dataset)
+    except DivergenceError as err:
+        return err
+    return None
+
+
+# ---------------------------------------------------------------------------------- compare
+def rounds_to(acc: np.ndarray, target: float) -> float:
+    """1-based number of rounds until test accuracy first reaches ``target`` (NaN if never)."""
+    hits = np.flatnonzero(acc >= target)
+    return float(hits[0] + 1) if len(hits) else float("nan")
+
+
+def compare(
+    base: RunConfig,
+    seeds: Sequence[int],
+    out_dir: Path,
+    target: float = 0.9,
+    arms: Sequence[Arm] = COMPARE_ARMS,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Train every arm for every seed into ``out_dir`` (recording off: only accuracy and bytes
+    are needed); one row per (arm, seed).
+
+    Columns: ``algorithm`` (the arm's label), ``seed``, ``final_accuracy`` (NaN if diverged),
+    ``rounds_to_target`` (1-based, NaN if never), ``diverged_at_round`` (NaN if not),
+    ``bytes_per_round``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(base.data.dataset, base.data.data_dir)
+    rows = []
+    for arm in arms:
+        for seed in seeds:
+            path = out_dir / f"{arm.name}-seed{seed}.h5"
+            err = train_arm(
+                base, arm, path, {"seed": seed, "record.enabled": False}, dataset, progress
+            )
+            diverged = err is not None
+            with open_run(path) as run:
+                acc = run.metrics["test_accuracy"].to_numpy()
+                rows.append(
+                    {
+                        "algorithm": arm.label,
+                        "seed": seed,
+                        "final_accuracy": float("nan") if diverged else float(acc[-1]),
+                        "rounds_to_target": rounds_to(acc, target),
+                        "diverged_at_round": run.num_rounds if diverged else float("nan"),
+                        "bytes_per_round": run.bytes_per_round,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def summarize(results: pd.DataFrame, baseline: str = "FedAvg") -> pd.DataFrame:
+    """Per arm (in order) over seeds, from :func:`compare`'s rows: ``algorithm, seeds,
+    final_mean, final_std`` (over seeds that finished; std ddof=1, NaN for one), ``finished``,
+    ``diverged_rounds`` (sorted list), ``rounds_mean, rounds_std, reached`` (seeds that reached
+    the target) and ``communication_vs_baseline`` (bytes per round / the baseline arm's)."""
+    base_bytes = results.loc[results["algorithm"] == baseline, "bytes_per_round"].dropna()
+    base = float(base_bytes.mean()) if len(base_bytes) else float("nan")
+    rows = []
+    for name, g in results.groupby("algorithm", sort=False):
+        ok = g["final_accuracy"].dropna()
+        r = g["rounds_to_target"].dropna()
+        rows.append(
+            {
+                "algorithm": name,
+                "seeds": len(g),
+                "final_mean": float(ok.mean()) if len(ok) else float("nan"),
+                "final_std": float(ok.std(ddof=1)) if len(ok) > 1 else float("nan"),
+                "finished": len(ok),
+                "diverged_rounds": sorted(int(v) for v in g["diverged_at_round"].dropna()),
+                "rounds_mean": float(r.mean()) if len(r) else float("nan"),
+                "rounds_std": float(r.std(ddof=1)) if len(r) > 1 else float("nan"),
+                "reached": len(r),
+                "communication_vs_baseline": float(g["bytes_per_round"].dropna().mean()) / base,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------- reproduce
+@dataclass(frozen=True)
+class ReproduceResult:
+    """What :func:`reproduce` found.
+
+    Attributes:
+        paths: run file of each arm, by arm name.
+        labels: arm name -> label.
+        layers: FedAvg per layer (model order), ``label, group`` then ``relative_variance``,
+            ``drift_diversity`` and ``cka`` for alpha 0.1 and for the IID control (suffixes
+            ``" a=0.1"`` and ``" iid"``), pooled over rounds as ``layer_summary`` pools them.
+        head_vs_body: per partition, head/body ratios of the group means of relative variance and
+            drift diversity, and body minus head CKA.
+        accuracy: per arm: final and best test accuracy, MB and FedAvg multiples per round, status.
+        diverged: arm name -> the divergence message, for arms that diverged.
+        figures: the figure files written (empty when figures were off).
+        figures_dir: where they went.
+    """
+
+    paths: dict[str, Path]
+    labels: dict[str, str]
+    layers: pd.DataFrame
+    head_vs_body: pd.DataFrame
+    accuracy: pd.DataFrame
+    diverged: dict[str, str]
+    figures: list[Path]
+    figures_dir: Path
+
+
+def reproduce(
+    out_dir: Path,
+    rounds: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    figures: bool = True,
+    arms: Sequence[Arm] = REPRODUCE_ARMS,
+    log: Log = _quiet,
+) -> ReproduceResult:
+    """Run the arms on the default config (embedded digits, Dirichlet alpha 0.1) into
+    ``out_dir``, overwriting earlier reproduce runs there, and read the observation back.
+
+    ``log`` receives one line per event (``"[fedavg] training ..."`` when ``progress``; a line
+    for each arm that diverged). The arms must include ``fedavg`` and ``fedavg-iid``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset("digits")
+    paths: dict[str, Path] = {}
+    diverged: dict[str, str] = {}
+    for arm in arms:
+        overrides: dict[str, Any] = {"seed": seed}
+        if rounds is not None:
+            overrides["train.rounds"] = rounds
+        path = out_dir / f"{arm.name}.h5"
+        if progress:
+            log(f"[{arm.name}] training ...")
+        err = train_arm(RunConfig(), arm, path, overrides, dataset, progress)
+        if err is not None:
+            diverged[arm.name] = str(err)
+            log(f"[{arm.name}] {err}; its run file keeps the rounds before")
+        paths[arm.name] = path
+    layers, gaps = _where_drift_lives(paths)
+    accuracy = _accuracy(paths)
+    written: list[Path] = []
+    if figures:
+        from driftscope.figures import write_figures
+
+        runs = [open_run(paths[a.name]) for a in arms]
+        try:
+            written = write_figures(runs, out_dir / "figures")
+        finally:
+            for run in runs:
+                run.close()
+    return ReproduceResult(
+        paths=paths,
+        labels={a.name: a.label for a in arms},
+        layers=layers,
+        head_vs_body=gaps,
+        accuracy=accuracy,
+        diverged=diverged,
+        figures=written,
+        figures_dir=out_dir / "figures",
+    )
+
+
+SUMMARY_COLUMNS = ["relative_variance", "drift_diversity", "cka"]
+
+
+def _where_drift_lives(paths: Mapping[str, Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    summaries = {}
+    for name in ("fedavg", "fedavg-iid"):
+        with open_run(paths[name]) as run:
+            summaries[name] = layer_summary(run)
+    layers = summaries["fedavg"][["label", "group", *SUMMARY_COLUMNS]].merge(
+        summaries["fedavg-iid"][["label", *SUMMARY_COLUMNS]],
+        on="label",
+        suffixes=(" a=0.1", " iid"),
+    )
+    rows = []
+    for name, s in summaries.items():
+        by = s.groupby("group")[SUMMARY_COLUMNS].mean()
+        rows.append(
+            {
+                "partition": "alpha 0.1" if name == "fedavg" else "iid",
+                "rel. variance head/body": by.loc["head", "relative_variance"]
+                / by.loc["body", "relative_variance"],
+                "diversity head/body": by.loc["head", "drift_diversity"]
+                / by.loc["body", "drift_diversity"],
+                "CKA body - head": by.loc["body", "cka"] - by.loc["head", "cka"],
+            }
+        )
+    return layers, pd.DataFrame(rows)
+
+
+def _accuracy(paths: Mapping[str, Path]) -> pd.DataFrame:
+    rows = []
+    fedavg_bytes = None
+    for name, path in paths.items():
+        with open_run(path) as run:
+            m = run.metrics
+            per_round = run.bytes_per_round
+            if name == "fedavg":
+                fedavg_bytes = per_round
+            complete = run.status == "complete"
+            rows.append(
+                {
+                    "run": name,
+                    "final acc": m["test_accuracy"].iloc[-1] if complete else float("nan"),
+                    "best acc": m["test_accuracy"].max(),
+                    "MB / round": per_round / 1e6,
+                    "x FedAvg": per_round / fedavg_bytes if fedavg_bytes else float("nan"),
+                    "status": run.status if complete else f"{run.status} at round {run.num_rounds}",
+                }
+            )
+    return pd.DataFrame(rows)
