@@ -2,8 +2,9 @@
 
 Data flow: :mod:`~driftscope.data` -> :mod:`~driftscope.partition` -> :mod:`~driftscope.models` ->
 :mod:`~driftscope.algorithms` -> :mod:`~driftscope.simulator` -> :mod:`~driftscope.recorder` ->
-:mod:`~driftscope.runfile` -> :mod:`~driftscope.reader` -> :mod:`~driftscope.analysis` ->
-:mod:`~driftscope.figures` and :mod:`~driftscope.cli`.
+:mod:`~driftscope.runfile` -> :mod:`~driftscope.reader` -> :mod:`~driftscope.metrics` ->
+:mod:`~driftscope.analysis` -> :mod:`~driftscope.figures`, :mod:`~driftscope.experiments` and
+:mod:`~driftscope.cli`.
 
 ``import driftscope`` is light: ``train``, ``open_run`` and ``Run`` are imported on first use, so
 the command line can parse arguments without importing torch.
