@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from driftscope.metrics import headline_metrics
 from driftscope.reader import Run
 
 
@@ -24,17 +25,7 @@ def format_summary(run: Run, summary: pd.DataFrame) -> str:
     ]
     table = summary.copy()
     table.insert(0, " ", np.where(table["group"] == "head", "*", ""))
-    cols = [
-        " ",
-        "label",
-        "layer",
-        "group",
-        "numel",
-        "relative_variance",
-        "drift_diversity",
-        "cosine_divergence",
-        "cka",
-    ]
+    cols = [" ", "label", "layer", "group", "numel", *headline_metrics()]
     table = table[[col for col in cols if col in table]]
     lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if len(table) and "relative_variance" in summary:

@@ -10,8 +10,9 @@ import pytest
 from driftscope import open_run
 from driftscope.analysis import drift_table, layer_summary
 from driftscope.errors import ConfigError
-from driftscope.figures import layer_profile
+from driftscope.figures import layer_profile, write_figures
 from driftscope.metrics import METRICS, Metric, register_metric
+from driftscope.report import format_summary
 
 TOY = "max_client_sq_norm"
 
@@ -24,13 +25,21 @@ def max_client_sq_norm(G, numel, weights):
 @pytest.fixture
 def toy_metric():
     metric = register_metric(
-        Metric(TOY, "largest $\\|d_i\\|^2$", "log", "gram", max_client_sq_norm, "toy metric")
+        Metric(
+            TOY,
+            "largest $\\|d_i\\|^2$",
+            "log",
+            "gram",
+            max_client_sq_norm,
+            "toy metric",
+            headline=True,  # shown by analyze and drawn by write_figures
+        )
     )
     yield metric
     del METRICS._items[TOY]  # tests only: the registry has no public removal
 
 
-def test_a_registered_metric_reaches_tables_and_figures(toy_metric, make_run):
+def test_a_registered_metric_reaches_tables_and_figures(toy_metric, make_run, tmp_path):
     with open_run(make_run()) as run:
         table = drift_table(run)
         rows = table[table["metric"] == TOY]
@@ -48,6 +57,9 @@ def test_a_registered_metric_reaches_tables_and_figures(toy_metric, make_run):
         assert ax.get_ylabel() == "largest $\\|d_i\\|^2$"
         assert ax.get_yscale() == "log"  # the record's scale
         plt.close(ax.figure)
+        assert TOY in format_summary(run, layer_summary(run)).splitlines()[3]  # analyze's header
+        written = write_figures([run], tmp_path)
+        assert tmp_path / f"layer_profile_{TOY}.png" in written
 
 
 def test_registry_rejects_duplicates_and_suggests_names():

@@ -14,6 +14,21 @@ of driftscope above this package: the recorder imports it.
 from __future__ import annotations
 
 from driftscope.metrics import cka, drift, gram
-from driftscope.metrics.registry import METRICS, Metric, gram_metrics, register_metric
+from driftscope.metrics.registry import (
+    METRICS,
+    Metric,
+    gram_metrics,
+    headline_metrics,
+    register_metric,
+)
 
-__all__ = ["METRICS", "Metric", "cka", "drift", "gram", "gram_metrics", "register_metric"]
+__all__ = [
+    "METRICS",
+    "Metric",
+    "cka",
+    "drift",
+    "gram",
+    "gram_metrics",
+    "headline_metrics",
+    "register_metric",
+]

@@ -38,7 +38,7 @@ import numpy as np
 from driftscope.metrics import drift
 from driftscope.registry import Registry
 
-__all__ = ["METRICS", "Metric", "gram_metrics", "register_metric"]
+__all__ = ["METRICS", "Metric", "gram_metrics", "headline_metrics", "register_metric"]
 
 GramFunction = Callable[[np.ndarray, int, Any], np.ndarray]
 
@@ -56,6 +56,8 @@ class Metric:
         description: one line for help texts and reports.
         ratio: for a ratio measure, ``(numerator, denominator)`` with the ``"gram"`` signature;
             pooled over rounds as a ratio of sums.
+        headline: shown by default: a column of ``driftscope analyze`` and a layer-profile figure
+            of ``driftscope figures``.
     """
 
     name: str
@@ -65,6 +67,7 @@ class Metric:
     function: Callable[..., Any]
     description: str
     ratio: tuple[GramFunction, GramFunction] | None = None
+    headline: bool = False
 
     def __post_init__(self) -> None:
         if self.scale not in ("linear", "log"):
@@ -81,6 +84,11 @@ METRICS: Registry[Metric] = Registry("metric")
 def register_metric(metric: Metric) -> Metric:
     """Add ``metric`` to :data:`METRICS` (a duplicate name raises ``ValueError``)."""
     return METRICS.register(metric.name, metric)
+
+
+def headline_metrics() -> tuple[str, ...]:
+    """Names of the metrics shown by default (``headline=True``), in registration order."""
+    return tuple(name for name in METRICS if METRICS.get(name).headline)
 
 
 def gram_metrics(G: Any, numel: int, weights: Any | None = None) -> dict[str, np.ndarray]:
@@ -144,6 +152,7 @@ for _metric in (
         _gram(drift.relative_variance),
         "V / ||m||^2: the spread relative to the mean update",
         ratio=(_gram(drift.update_variance), _gram(drift.mean_update_sq_norm)),
+        headline=True,
     ),
     Metric(
         "per_parameter_variance",
@@ -164,6 +173,7 @@ for _metric in (
             _gram(drift.update_sq_trace, weighted=False),
             _gram(drift.update_sum_sq_norm, weighted=False),
         ),
+        headline=True,
     ),
     Metric(
         "cosine_divergence",
@@ -172,6 +182,7 @@ for _metric in (
         "gram",
         _gram(drift.cosine_divergence),
         "1 - cos(d_i, m), averaged over clients",
+        headline=True,
     ),
     Metric(
         "mean_pairwise_cosine",
@@ -204,6 +215,7 @@ for _metric in (
         "cka",
         _pair_cka("linear"),
         "linear CKA of the clients' activations on the probe set, mean over client pairs",
+        headline=True,
     ),
     Metric(
         "cka_rbf",
