@@ -28,6 +28,7 @@ from driftscope.errors import RunFileError
 from driftscope.metrics import METRICS, Metric
 from driftscope.metrics.drift import as_gram
 from driftscope.reader import Run
+from driftscope.schema import CKA_KINDS
 
 __all__ = [
     "BYTES_PER_VALUE",
@@ -59,7 +60,7 @@ def _metrics(source: str) -> list[Metric]:
 
 def _cka_kinds(run: Run, layer: str) -> dict[str, np.ndarray]:
     kinds = {}
-    for kind in ("linear", "rbf", "debiased"):
+    for kind in CKA_KINDS:
         try:
             kinds[kind] = run.cka(layer, kind)
         except RunFileError:  # a kind this run did not record
