@@ -1,8 +1,7 @@
 """Text labels of algorithms and runs, shared by tables, figures and reports (no matplotlib).
 
 :func:`algorithm_label` is the one place that turns an algorithm name into its display label: the
-algorithm registry's ``label`` (``ALGORITHMS.get(name).label``) where the registry provides one,
-else the built-in table below.
+algorithm registry's ``label`` (``ALGORITHMS.get(name).label``).
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from driftscope.errors import DriftscopeError
 from driftscope.reader import Run
 
 __all__ = [
@@ -22,33 +20,22 @@ __all__ = [
     "run_labels",
 ]
 
-# Fallback until every algorithm declares its ``label`` in the registry; also the display order.
-_BUILTIN_LABELS = {
-    "fedavg": "FedAvg",
-    "fedprox": "FedProx",
-    "scaffold": "SCAFFOLD",
-    "fedpvr": "FedPVR",
-}
-
 
 def algorithm_label(name: str) -> str:
-    """Display label of an algorithm: ``"fedpvr"`` -> ``"FedPVR"`` (unknown names unchanged)."""
-    try:
-        from driftscope.algorithms import ALGORITHMS  # type: ignore[attr-defined]
+    """Display label of an algorithm, its registry ``label``: ``"fedpvr"`` -> ``"FedPVR"``
+    (a name the registry does not know is returned unchanged)."""
+    from driftscope.algorithms import ALGORITHMS  # torch-free
 
-        label = getattr(ALGORITHMS.get(name), "label", None)
-        if isinstance(label, str) and label:
-            return label
-    except (ImportError, AttributeError, DriftscopeError):  # no labelled registry, or unknown
-        pass
-    return _BUILTIN_LABELS.get(name, name)
+    return ALGORITHMS.get(name).label if name in ALGORITHMS else name
 
 
 def algorithm_rank(name: str) -> int:
-    """Position of an algorithm in figure and table order (FedAvg, FedProx, SCAFFOLD, FedPVR,
-    then any other), so colours follow the same order everywhere."""
-    order = list(_BUILTIN_LABELS)
-    return order.index(name) if name in order else len(order)
+    """Position of an algorithm in figure and table order (registration order: FedAvg, FedProx,
+    SCAFFOLD, FedPVR, then any other), so colours follow the same order everywhere."""
+    from driftscope.algorithms import ALGORITHMS
+
+    names = ALGORITHMS.names()
+    return names.index(name) if name in names else len(names)
 
 
 def config_value(run: Run, section: str | None, key: str, default: Any = None) -> Any:
