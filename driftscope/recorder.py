@@ -1,8 +1,12 @@
 """Records every client's per-layer update, the updates' Gram matrices and probe-set CKA.
 
-:class:`Recorder` is a :class:`~driftscope.hooks.Hook`; it never touches training, it only reads
-``result.update`` and runs the client's model forward on a fixed probe set. Per recorded round it
-appends, under ``/records`` of the run file (S = clients per round, n = probe size)::
+:class:`Recorder` is a :class:`~driftscope.events.Hook` that sees only events: it reads each
+client's update and parameters from :class:`~driftscope.events.ClientTrained` and the new global
+model from :class:`~driftscope.events.RoundEnded`, and runs those parameters forward on a fixed
+probe set in its OWN probe model (built by ``model_factory``, parameters swapped in as views with
+``torch.func.functional_call``), so it never touches the training model and cannot tell which
+engine trained. Per recorded round it appends under ``/records`` of the run file (paths, axes and
+dtypes in :mod:`driftscope.schema`; S = clients per round, n = probe size)::
 
     round                 (rec,)              the recorded round numbers; written last
     clients               (rec, S)            which clients took part, in row order
@@ -15,11 +19,13 @@ appends, under ``/records`` of the run file (S = clients per round, n = probe si
     cka/<kind>/<layer>    (cka, S+1, S+1) f64 pairwise CKA of the S client models and the new
                                               global model (last index); kind: linear|rbf|debiased
 
-The Gram matrix of a layer (weight + bias) is the sum of its parameters' Grams, so every drift
-measure of :mod:`driftscope.metrics.drift` follows from ``gram/`` even when no update is stored.
-Activations are captured with forward hooks that are removed in ``finally``, detached and cloned
-(an in-place ReLU would otherwise change them), and a layer that runs twice in one forward pass is
-an error rather than a silently overwritten capture.
+The round itself is committed by the trainer (``RunWriter.commit``) after every hook's
+``on_round_end``. The Gram matrix of a layer (weight + bias) is the sum of its parameters' Grams,
+so every drift measure of :mod:`driftscope.metrics.drift` follows from ``gram/`` even when no
+update is stored. Activations are captured with forward hooks that are removed in ``finally``,
+detached and reduced (or cloned) inside the hook (an in-place ReLU would otherwise change them),
+and a layer that runs twice in one forward pass is an error rather than a silently overwritten
+capture.
 """
 
 from __future__ import annotations
@@ -33,21 +39,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from driftscope import schema
 from driftscope.config import RecordConfig
 from driftscope.errors import DriftscopeError
-from driftscope.hooks import ClientResult, Hook, RoundSummary
+from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted
 from driftscope.metrics.cka import pairwise_cka, rbf_from_linear_gram
 from driftscope.metrics.gram import centred_gram, update_gram
 from driftscope.runfile import append, growable
 from driftscope.seeding import torch_generator
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
+    from driftscope.models import ModelLayout
     from driftscope.runfile import RunWriter
-    from driftscope.simulator import Simulator
 
-CKA_KINDS = ("linear", "rbf", "debiased")
+CKA_KINDS = schema.CKA_KINDS
 CHUNK_BYTES = 1 << 20
 
 
@@ -99,68 +106,68 @@ def chunk_columns(numel: int, max_cols: int) -> int:
     return max(1, -(-numel // pieces))
 
 
-class Recorder(Hook):
-    """Writes per-layer recordings into an open :class:`~driftscope.runfile.RunWriter`'s file."""
+def probe_index(seed: int, num_test: int, size: int) -> np.ndarray:
+    """Test-set rows of the CKA probe set: the first ``size`` of a permutation drawn from the
+    (seed, "probe") stream."""
+    gen = torch_generator(seed, "probe")
+    return torch.randperm(num_test, generator=gen)[: min(size, num_test)].numpy()
 
-    def __init__(self, writer: RunWriter, sim: Simulator, cfg: RecordConfig) -> None:
+
+def stored_params(cfg: RecordConfig, layout: ModelLayout) -> list:
+    """The parameters whose full updates are stored; an error if the patterns match none."""
+    stored = [
+        p
+        for p in layout.params
+        if any(fnmatch.fnmatchcase(p.name, pat) for pat in cfg.update_layers)
+    ]
+    if cfg.enabled and cfg.updates_every and not stored:
+        raise DriftscopeError(
+            f"record.update_layers {list(cfg.update_layers)} match no parameter: "
+            "use '*' or a pattern such as 'classifier.*'"
+        )
+    return stored
+
+
+class Recorder(Hook):
+    """Writes per-layer recordings into an open :class:`~driftscope.runfile.RunWriter`'s file.
+
+    ``model_factory()`` builds a model of the run's architecture (its own parameters are never
+    used); ``probe_inputs`` are the (normalised) probe images, ``probe_rows`` their test-set rows;
+    ``control_names`` the parameters with control-variate norms (``RoundEnded.control_norms``
+    keys). On a file that already holds the records (a resumed run) the datasets are reused.
+    """
+
+    def __init__(
+        self,
+        writer: RunWriter,
+        cfg: RecordConfig,
+        layout: ModelLayout,
+        clients_per_round: int,
+        num_clients: int,
+        model_factory: Callable[[], nn.Module],
+        probe_inputs: torch.Tensor | None = None,
+        probe_rows: np.ndarray | None = None,
+        control_names: Sequence[str] = (),
+    ) -> None:
         self.cfg = cfg
         self.file = writer.file
-        layout = sim.layout
         self.layout = layout
-        s = sim.cfg.train.clients_per_round
-        self.s = s
-        self.stored = [
-            p
-            for p in layout.params
-            if any(fnmatch.fnmatchcase(p.name, pat) for pat in cfg.update_layers)
-        ]
-        if cfg.updates_every and not self.stored:
-            raise DriftscopeError(
-                f"record.update_layers {list(cfg.update_layers)} match no parameter: "
-                "use '*' or a pattern such as 'classifier.*'"
-            )
+        s = self.s = clients_per_round
+        self.stored = stored_params(cfg, layout)
         self.layer_names = [layer.name for layer in layout.layers]
-        self.cka_on = cfg.probe_size > 0
-        if self.cka_on:
-            n_test = len(sim.test_y)
-            gen = torch_generator(sim.cfg.seed, "probe")
-            idx = torch.randperm(n_test, generator=gen)[: min(cfg.probe_size, n_test)]
-            self.probe = sim.test_x[idx]
-        self.control = hasattr(sim.algorithm, "state_norms") and bool(sim.algorithm.state_norms())
-
-        rec = self.file["records"]
-        rec.attrs["every"] = cfg.every
-        rec.attrs["updates_every"] = cfg.updates_every
-        rec.attrs["cka_every"] = cfg.cka_every
-        rec.attrs["probe_size"] = len(self.probe) if self.cka_on else 0
-        if self.cka_on:
-            probe_index = rec.create_dataset("probe_index", data=idx.numpy())
-            probe_index.attrs["description"] = "rows of the test set that form the CKA probe set"
-        growable(rec, "round", (), np.int64, ("record",))
-        growable(rec, "clients", (s,), np.int64, ("record", "client"))
-        g = rec.create_group("gram")
-        for p in layout.params:
-            growable(g, p.name, (s, s), np.float64, ("record", "client", "client"))
-        if self.control:
-            cn = rec.create_group("control_norm")
-            for name in sim.algorithm.state_norms():
-                growable(cn, name, (1 + sim.num_clients,), np.float32, ("record", "server+client"))
-        growable(rec, "update_round", (), np.int64, ("update",))
-        u = rec.create_group("updates")
-        dtype = np.dtype(cfg.update_dtype)
-        for p in self.stored:
-            cols = chunk_columns(p.numel, CHUNK_BYTES // (dtype.itemsize * s))
-            ds = growable(
-                u, p.name, (s, p.numel), dtype, ("update", "client", "value"), chunks=(1, s, cols)
-            )
-            ds.attrs["shape"] = list(p.shape)
-        growable(rec, "cka_round", (), np.int64, ("cka",))
-        if self.cka_on:
-            ck = rec.create_group("cka")
-            for kind in CKA_KINDS:
-                kg = ck.create_group(kind)
-                for name in self.layer_names:
-                    growable(kg, name, (s + 1, s + 1), np.float64, ("cka", "model", "model"))
+        self.probe_size = cfg.probe_size if probe_inputs is not None else 0
+        self.probe = probe_inputs
+        self.control_names = tuple(control_names)
+        self.model: nn.Module | None = None
+        if self.probe_size:
+            with torch.random.fork_rng(devices=[]):  # initialising it draws from torch's RNG
+                model = model_factory()
+            names = [name for name, _ in model.named_parameters()]
+            if names != [p.name for p in layout.params]:
+                raise ValueError("model_factory() builds a model whose parameters differ")
+            self.model = model.eval().requires_grad_(False)
+        if schema.RECORD_ROUND not in self.file:
+            self._declare(num_clients, probe_rows)
 
         self._handles: dict[str, h5py.Dataset] = {}
         self._updates = torch.zeros(s, layout.numel)
@@ -169,74 +176,123 @@ class Recorder(Hook):
         self._active = False
         self._cka_now = False
 
-    # ------------------------------------------------------------------ schedule
-    def records(self, round: int) -> bool:
-        return round % self.cfg.every == 0
-
-    def _stores_updates(self, round: int) -> bool:
-        return self.cfg.updates_every > 0 and round % (self.cfg.every * self.cfg.updates_every) == 0
-
-    def _does_cka(self, round: int) -> bool:
-        return self.cka_on and round % (self.cfg.every * self.cfg.cka_every) == 0
+    def _declare(self, num_clients: int, probe_rows: np.ndarray | None) -> None:
+        """Create every records dataset (SWMR forbids creating them once training runs)."""
+        f, cfg, s = self.file, self.cfg, self.s
+        rec = f.require_group(schema.RECORDS)
+        rec.attrs["every"] = cfg.every
+        rec.attrs["updates_every"] = cfg.updates_every
+        rec.attrs["cka_every"] = cfg.cka_every
+        rec.attrs["probe_size"] = self.probe_size and len(self.probe)
+        if self.probe_size:
+            index = f.create_dataset(schema.PROBE_INDEX, data=np.asarray(probe_rows))
+            index.attrs["description"] = "rows of the test set that form the CKA probe set"
+        growable(f, schema.RECORD_ROUND, (), np.int64, schema.AX_RECORD)
+        growable(f, schema.RECORD_CLIENTS, (s,), np.int64, schema.AX_RECORD_CLIENT)
+        f.require_group(schema.GRAM)
+        for p in self.layout.params:
+            growable(f, schema.gram_path(p.name), (s, s), schema.GRAM_DTYPE, schema.AX_GRAM)
+        if self.control_names:
+            f.require_group(schema.CONTROL_NORM)
+            for name in self.control_names:
+                growable(
+                    f,
+                    schema.control_norm_path(name),
+                    (1 + num_clients,),
+                    schema.CONTROL_NORM_DTYPE,
+                    schema.AX_CONTROL_NORM,
+                )
+        growable(f, schema.UPDATE_ROUND, (), np.int64, schema.AX_UPDATE_ROUND)
+        f.require_group(schema.UPDATES)
+        dtype = np.dtype(cfg.update_dtype)
+        for p in self.stored:
+            cols = chunk_columns(p.numel, CHUNK_BYTES // (dtype.itemsize * s))
+            ds = growable(
+                f,
+                schema.updates_path(p.name),
+                (s, p.numel),
+                dtype,
+                schema.AX_UPDATES,
+                chunks=(1, s, cols),
+            )
+            ds.attrs["shape"] = list(p.shape)
+        growable(f, schema.CKA_ROUND, (), np.int64, schema.AX_CKA_ROUND)
+        if self.probe_size:
+            for kind in CKA_KINDS:
+                f.require_group(f"{schema.CKA}/{kind}")
+                for name in self.layer_names:
+                    growable(
+                        f,
+                        schema.cka_path(kind, name),
+                        (s + 1, s + 1),
+                        schema.CKA_DTYPE,
+                        schema.AX_CKA,
+                    )
 
     # ------------------------------------------------------------------ hooks
-    def on_round_start(self, sim: Simulator, round: int, clients: list[int]) -> None:
-        self._active = self.records(round)
-        self._cka_now = self._active and self._does_cka(round)
+    def on_round_start(self, event: RoundStarted) -> None:
+        cfg = self.cfg
+        self._active = schema.records(event.round, cfg.every)
+        self._cka_now = self._active and schema.does_cka(
+            event.round, cfg.every, cfg.cka_every, self.probe_size
+        )
         self._slot = 0
         self._grams = {name: [] for name in self.layer_names}
 
-    def on_client_end(self, sim: Simulator, round: int, result: ClientResult) -> None:
+    def on_client_end(self, event: ClientTrained) -> None:
         if not self._active:
             return
-        self._updates[self._slot].copy_(result.update)
+        self._updates[self._slot].copy_(event.update)
         self._slot += 1
         if self._cka_now:
-            self._probe_grams(sim.model)
+            self._probe_grams(event.params)
 
-    def on_round_end(self, sim: Simulator, round: int, summary: RoundSummary) -> None:
+    def on_round_end(self, event: RoundEnded) -> None:
         if not self._active:
             return
         ds = self._dataset
         d = self._updates
+        r = event.round
         for p in self.layout.params:
             gram = update_gram(d[:, p.offset : p.offset + p.numel])
-            append(ds(f"gram/{p.name}"), gram.numpy())
-        if self.control:
-            for name, norms in sim.algorithm.state_norms().items():
-                append(ds(f"control_norm/{name}"), norms.numpy())
-        if self._stores_updates(round):
+            append(ds(schema.gram_path(p.name)), gram.numpy())
+        for name in self.control_names:
+            append(ds(schema.control_norm_path(name)), event.control_norms[name].numpy())
+        if schema.stores_updates(r, self.cfg.every, self.cfg.updates_every):
             for p in self.stored:
                 block = d[:, p.offset : p.offset + p.numel].numpy()
-                append(ds(f"updates/{p.name}"), block.astype(self.cfg.update_dtype, copy=False))
-            append(ds("update_round"), round)
+                append(
+                    ds(schema.updates_path(p.name)),
+                    block.astype(self.cfg.update_dtype, copy=False),
+                )
+            append(ds(schema.UPDATE_ROUND), r)
         if self._cka_now:
-            sim.flat.params.copy_(sim.global_params)
-            self._probe_grams(sim.model)
+            self._probe_grams(event.global_params)
             for name in self.layer_names:
                 grams = torch.stack(self._grams[name]).numpy()  # (S+1, n, n), centred features
-                append(ds(f"cka/linear/{name}"), pairwise_cka(grams, centred=True))
-                append(ds(f"cka/rbf/{name}"), pairwise_cka(rbf_from_linear_gram(grams)))
-                append(ds(f"cka/debiased/{name}"), pairwise_cka(grams, debiased=True))
-            append(ds("cka_round"), round)
-        append(ds("clients"), np.asarray(summary.clients, dtype=np.int64))
-        append(ds("round"), round)  # written last among records
+                append(ds(schema.cka_path("linear", name)), pairwise_cka(grams, centred=True))
+                append(ds(schema.cka_path("rbf", name)), pairwise_cka(rbf_from_linear_gram(grams)))
+                append(ds(schema.cka_path("debiased", name)), pairwise_cka(grams, debiased=True))
+            append(ds(schema.CKA_ROUND), r)
+        append(ds(schema.RECORD_CLIENTS), np.asarray(event.clients, dtype=np.int64))
+        append(ds(schema.RECORD_ROUND), r)  # written last among records
 
     def _dataset(self, path: str) -> h5py.Dataset:
-        """The dataset ``/records/<path>``, its handle cached (h5py lookups cost ~0.1 ms each)."""
+        """The dataset at ``path``, its handle cached (h5py lookups cost ~0.1 ms each)."""
         handle = self._handles.get(path)
         if handle is None:
-            handle = self._handles[path] = self.file["records"][path]
+            handle = self._handles[path] = self.file[path]
         return handle
 
     @torch.no_grad()
-    def _probe_grams(self, model: nn.Module) -> None:
-        was_training = model.training
-        model.eval()
-        try:
-            with capture_activations(model, self.layer_names, reduce=centred_gram) as grams:
-                model(self.probe)
-                for name in self.layer_names:
-                    self._grams[name].append(grams[name])
-        finally:
-            model.train(was_training)
+    def _probe_grams(self, flat: torch.Tensor) -> None:
+        """Run the probe model with parameters ``flat`` (P,) (views, no copy) on the probe set and
+        keep each layer's centred-feature Gram."""
+        assert self.model is not None and self.probe is not None
+        params = {
+            p.name: flat[p.offset : p.offset + p.numel].view(p.shape) for p in self.layout.params
+        }
+        with capture_activations(self.model, self.layer_names, reduce=centred_gram) as grams:
+            torch.func.functional_call(self.model, params, (self.probe,))
+            for name in self.layer_names:
+                self._grams[name].append(grams[name])

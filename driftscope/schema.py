@@ -29,6 +29,12 @@ round, N = clients, n = probe size)::
     /records/cka_round          (cka,)              rounds with probe CKA
     /records/cka/<kind>/<layer> (cka, S+1, S+1) f64 pairwise CKA of the S client models and the new
                                                     global model (last index)
+    /state/round                (2,) int64          the round whose end state each slot holds (-1:
+                                                    none); written after the slot, before the
+                                                    round's commit marker
+    /state/<name>               (2, ...)            resume state by name (global_params,
+                                                    algorithm/c, ...), slot round % 2
+    attrs resumed_from          int64 array: the first round trained after each resume
 """
 
 from __future__ import annotations
@@ -137,6 +143,36 @@ def control_norm_path(param: str) -> str:
 
 def cka_path(kind: str, layer: str) -> str:
     return f"{CKA}/{kind}/{layer}"
+
+
+# rows to keep when a run is truncated to its committed rounds: every growable dataset under
+# these groups has one row per committed round ...
+ROUND_GROUPS = (METRICS, CLIENTS)
+# ... and each record index's committed rows (round <= last committed) are shared by the
+# datasets and groups listed with it
+RECORD_INDEXES = {
+    RECORD_ROUND: (RECORD_CLIENTS, GRAM, CONTROL_NORM),
+    UPDATE_ROUND: (UPDATES,),
+    CKA_ROUND: (CKA,),
+}
+
+# ---------------------------------------------------------------------------------- resume state
+STATE = "state"
+STATE_ROUND = "state/round"
+STATE_SLOTS = 2
+RESUMED_FROM = "resumed_from"  # root attribute
+WRITER_HOST = "writer_host"  # root attributes: who writes a "running" file
+WRITER_PID = "writer_pid"
+
+
+def state_path(name: str) -> str:
+    """``state/<name>``: (2, *shape), one slot per round parity."""
+    return f"{STATE}/{name}"
+
+
+def state_slot(round: int) -> int:
+    """The slot that holds the state at the end of ``round``."""
+    return round % STATE_SLOTS
 
 
 # ---------------------------------------------------------------------------------- schedule

@@ -1,72 +1,49 @@
 """In-process federated simulation: every client trains in turn on one shared working model.
 
-The model's parameters and gradients are bound to views of two flat vectors (:class:`FlatParams`),
-so loading a client's starting point, reading its update, averaging and applying control-variate
-corrections are each one vector operation, with no state-dict copies. Client data sit in memory as
-tensors and batches are cut by seeded permutations, with no DataLoader.
+The engine samples the clients of a round, trains each with :func:`driftscope.local.local_train`
+on one working model bound to flat vectors, averages the updates through the algorithm, evaluates
+the new global model, and tells its hooks with read-only :mod:`~driftscope.events`. Client data sit
+in memory as tensors.
 
 Seeding (all from ``RunConfig.seed``, see :mod:`driftscope.seeding`): the partition, the model's
 initialisation, each round's client sample, and each (round, client)'s batch order, augmentation and
-dropout are separate streams, so a run repeats exactly.
+dropout are separate streams, so a run repeats exactly, and a run resumed at round r (its global
+model and algorithm state loaded with :meth:`Simulator.load_state`) continues exactly.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from driftscope.algorithms import Algorithm, build_algorithm
 from driftscope.algorithms.aggregate import client_weights
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, load_dataset
-from driftscope.data.transforms import augment_batch
 from driftscope.errors import DivergenceError
-from driftscope.hooks import ClientResult, Hook, RoundSummary
-from driftscope.models import ModelLayout, build_model, model_layout
+from driftscope.events import (
+    ClientTrained,
+    Hook,
+    RoundEnded,
+    RoundStarted,
+    RunEnded,
+    RunStarted,
+)
+from driftscope.local import Augmentation, FlatParams, local_train
+from driftscope.models import build_model, model_layout
 from driftscope.partition import label_histogram, partition
-from driftscope.seeding import derive_seed, numpy_rng, torch_generator
+from driftscope.seeding import derive_seed, numpy_rng
 
 EVAL_BATCH = 1024
-
-
-class FlatParams:
-    """Binds ``model``'s parameters and gradients to views of flat vectors ``params`` and ``grads``.
-
-    After binding, ``params.copy_(x)`` loads a model and an in-place step on ``params`` moves every
-    layer. ``.grad`` of each parameter is a view of ``grads``: ``loss.backward()`` accumulates the
-    flat gradient there (zero it with ``grads.zero_()``, never ``model.zero_grad()``, which would
-    unbind it), and copying into the views fills it.
-    """
-
-    def __init__(self, model: nn.Module, layout: ModelLayout) -> None:
-        n = layout.numel
-        self.params = torch.empty(n)
-        self.grads = torch.zeros(n)
-        tensors = list(model.parameters())
-        for tensor, info in zip(tensors, layout.params, strict=True):
-            a, b = info.offset, info.offset + info.numel
-            self.params[a:b].copy_(tensor.detach().reshape(-1))
-            tensor.data = self.params[a:b].view(info.shape)
-            tensor.grad = self.grads[a:b].view(info.shape)
-
-
-def _per_param(momentum: float | torch.Tensor, layout: ModelLayout) -> list[float] | None:
-    """Momentum as one number per parameter tensor, or None if it varies within one."""
-    if not isinstance(momentum, torch.Tensor):
-        return [float(momentum)] * len(layout.params)
-    out = []
-    for p in layout.params:
-        seg = momentum[p.offset : p.offset + p.numel]
-        if not bool((seg == seg[0]).all()):
-            return None
-        out.append(float(seg[0]))
-    return out
+ENGINE = "simulator"
+GLOBAL_PARAMS = "global_params"  # state name of the global model; algorithm state: "algorithm/<k>"
+ALGORITHM_STATE = "algorithm/"
 
 
 class Simulator:
@@ -99,7 +76,7 @@ class Simulator:
         self.augment = ds.augment if cfg.data.augment is None else cfg.data.augment
         mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
         std = torch.tensor(ds.std).view(1, -1, 1, 1)
-        self._mean, self._std = mean, std
+        self.augmentation = Augmentation(ds.crop_padding, mean, std) if self.augment else None
         train_x = ds.train_x if self.augment else (ds.train_x - mean) / std
         self.client_x = [train_x[torch.from_numpy(p)] for p in self.parts]
         self.client_y = [ds.train_y[torch.from_numpy(p)] for p in self.parts]
@@ -112,57 +89,80 @@ class Simulator:
         self.layout = model_layout(self.model, cfg.model.head, cfg.model.head_last_k)
         self.flat = FlatParams(self.model, self.layout)
         self.global_params = self.flat.params.clone()
-        self._has_dropout = any(isinstance(m, nn.Dropout) for m in self.model.modules())
 
         # algorithm
         self.algorithm: Algorithm = build_algorithm(t, self.layout, t.clients)
-        self._momentum = self.algorithm.momentum()
-        self._update = torch.empty(self.layout.numel)
-        self._buf = torch.empty(self.layout.numel)
-        # Per-parameter views for the local step: autograd.grad returns fresh gradients, which
-        # the step applies layer by layer (torch._foreach_*) without first zeroing and
-        # accumulating into the flat gradient, or copies into the flat gradient when an algorithm
-        # works on it (gradient correction, weight decay, momentum that varies within a layer).
-        self._params = list(self.model.parameters())
-        self._grad_views = [p.grad for p in self._params]
-        self._buf_views = [
-            self._buf[i.offset : i.offset + i.numel].view(i.shape) for i in self.layout.params
-        ]
-        self._param_momentum = _per_param(self._momentum, self.layout)
-        self.round = 0
+        self.round = 0  # the next round to train
 
     # ------------------------------------------------------------------ public API
     @property
     def num_clients(self) -> int:
         return self.cfg.train.clients
 
-    def run(self, hooks: Sequence[Hook] = (), progress: bool = False) -> list[RoundSummary]:
-        """Train for ``cfg.train.rounds`` rounds, calling ``hooks``; returns each round's summary."""
+    def build_model(self) -> torch.nn.Module:
+        """A fresh model of this run's architecture (its parameters are not the run's)."""
+        ds = self.dataset
+        return build_model(self.cfg.model.name, ds.input_shape, ds.num_classes)
+
+    def run(
+        self,
+        hooks: Sequence[Hook] = (),
+        progress: bool = False,
+        commit: Callable[[RoundEnded], None] | None = None,
+    ) -> list[RoundEnded]:
+        """Train from round ``self.round`` to ``cfg.train.rounds``, telling ``hooks``.
+
+        ``commit(event)`` is called after every hook's ``on_round_end`` (the trainer writes the
+        round there). Returns each round's :class:`~driftscope.events.RoundEnded` without its
+        tensors (``global_params`` empty, no control norms): see :attr:`global_params`.
+        """
         from tqdm import tqdm  # plain text bar: no ipywidgets needed in notebooks
 
-        summaries: list[RoundSummary] = []
-        for hook in hooks:
-            hook.on_run_start(self)
+        rounds = self.cfg.train.rounds
+        summaries: list[RoundEnded] = []
+        status, message = "complete", ""
         bar = tqdm(
-            total=self.cfg.train.rounds,
+            total=rounds,
+            initial=self.round,
             disable=not progress,
             desc=self.cfg.train.algorithm,
             unit="round",
             dynamic_ncols=True,
         )
         try:
-            for _ in range(self.cfg.train.rounds):
-                summary = self.run_round(hooks)
-                summaries.append(summary)
+            started = RunStarted(
+                config=self.cfg,
+                layout=self.layout,
+                num_clients=self.num_clients,
+                clients_per_round=self.cfg.train.clients_per_round,
+                label_histogram=self.label_histogram,
+                engine=ENGINE,
+                start_round=self.round,
+            )
+            for hook in hooks:
+                hook.on_run_start(started)
+            while self.round < rounds:
+                event = self.run_round(hooks)
+                if commit is not None:
+                    commit(event)
+                summaries.append(_without_tensors(event))
                 bar.update(1)
-                if not math.isnan(summary.test_accuracy):
-                    bar.set_postfix(
-                        acc=f"{summary.test_accuracy:.3f}", loss=f"{summary.test_loss:.3f}"
-                    )
+                if not math.isnan(event.test_accuracy):
+                    bar.set_postfix(acc=f"{event.test_accuracy:.3f}", loss=f"{event.test_loss:.3f}")
+        except DivergenceError as err:
+            status, message = "diverged", str(err)
+            raise
+        except KeyboardInterrupt as err:
+            status, message = "interrupted", str(err) or "stopped by the user"
+            raise
+        except BaseException as err:
+            status, message = "failed", f"{type(err).__name__}: {err}"
+            raise
         finally:
             bar.close()
+            ended = RunEnded(status, message)
             for hook in hooks:
-                hook.on_run_end(self)
+                hook.on_run_end(ended)
         return summaries
 
     def sample_clients(self, round: int) -> list[int]:
@@ -173,36 +173,60 @@ class Simulator:
         rng = numpy_rng(self.cfg.seed, "sampling", round)
         return sorted(int(i) for i in rng.choice(self.num_clients, size=k, replace=False))
 
-    def run_round(self, hooks: Sequence[Hook] = ()) -> RoundSummary:
+    def run_round(self, hooks: Sequence[Hook] = ()) -> RoundEnded:
         """One communication round: local training on sampled clients, then aggregation."""
         start = time.perf_counter()
         r = self.round
-        clients = self.sample_clients(r)
+        t = self.cfg.train
+        clients = tuple(self.sample_clients(r))
+        round_started = RoundStarted(r, clients)
         for hook in hooks:
-            hook.on_round_start(self, r, clients)
+            hook.on_round_start(round_started)
         x = self.global_params
         sizes = torch.tensor([len(self.parts[c]) for c in clients])
-        weights = client_weights(sizes, self.cfg.train.weighting).tolist()
+        weights = client_weights(sizes, t.weighting).tolist()
         mean_update = torch.zeros_like(x)
         extras: list[torch.Tensor | None] = []
         losses: dict[int, float] = {}
         accs: dict[int, float] = {}
         for client, w in zip(clients, weights, strict=True):
-            result = self.local_train(r, client, x)
+            result = local_train(
+                self.flat,
+                self.client_x[client],
+                self.client_y[client],
+                self.algorithm,
+                x,
+                t,
+                seed=self.cfg.seed,
+                round=r,
+                client=client,
+                augmentation=self.augmentation,
+            )
             mean_update.add_(result.update, alpha=w)
-            extras.append(self.algorithm.end_client(client, x, self.flat.params, result.steps))
+            extras.append(result.extra)
             losses[client], accs[client] = result.train_loss, result.train_accuracy
+            trained = ClientTrained(
+                round=r,
+                client=client,
+                num_samples=result.num_samples,
+                steps=result.steps,
+                train_loss=result.train_loss,
+                train_accuracy=result.train_accuracy,
+                update=result.update,
+                params=result.params,
+                layout=self.layout,
+            )
             for hook in hooks:
-                hook.on_client_end(self, r, result)
+                hook.on_client_end(trained)
         self.global_params = self.algorithm.server_update(x, mean_update, extras)
         if not bool(torch.isfinite(self.global_params).all()):
             raise DivergenceError(f"the global model became non-finite at round {r}: lower --lr")
-        evaluate = (r + 1) % self.cfg.train.eval_every == 0 or r + 1 == self.cfg.train.rounds
+        evaluate = (r + 1) % t.eval_every == 0 or r + 1 == t.rounds
         test_loss, test_acc = (
             self.evaluate(self.global_params) if evaluate else (math.nan, math.nan)
         )
         down, up = self.algorithm.bytes_per_client()
-        summary = RoundSummary(
+        event = RoundEnded(
             round=r,
             clients=clients,
             test_loss=test_loss,
@@ -212,104 +236,36 @@ class Simulator:
             downlink_bytes=down * len(clients),
             uplink_bytes=up * len(clients),
             seconds=time.perf_counter() - start,
-            client_train_loss=losses,
-            client_train_accuracy=accs,
+            client_train_loss=MappingProxyType(losses),
+            client_train_accuracy=MappingProxyType(accs),
+            global_params=self.global_params,
+            control_norms=_LazyMapping(self.algorithm.state_norms),
         )
         for hook in hooks:
-            hook.on_round_end(self, r, summary)
+            hook.on_round_end(event)
         self.round += 1
-        return summary
+        return event
 
-    # ------------------------------------------------------------------ local training
-    def local_train(self, round: int, client: int, x: torch.Tensor) -> ClientResult:
-        """Train client ``client`` from global parameters ``x``; the working model ends at y."""
-        t = self.cfg.train
-        cx, cy = self.client_x[client], self.client_y[client]
-        n = len(cy)
-        params, grads = self.flat.params, self.flat.grads
-        params.copy_(x)
-        gen = torch_generator(self.cfg.seed, "batches", round, client)
-        if self._has_dropout:
-            torch.manual_seed(derive_seed(self.cfg.seed, "dropout", round, client))
-        algo = self.algorithm
-        algo.begin_client(client, x)
-        correct = algo.corrects_gradient
-        momentum = self._momentum
-        use_momentum = isinstance(momentum, torch.Tensor) or momentum > 0
-        if use_momentum:
-            self._buf.zero_()
-        lr, wd = t.lr, t.weight_decay
-        self.model.train()
+    # ------------------------------------------------------------------ state (resume)
+    def state(self) -> dict[str, torch.Tensor]:
+        """What continuing the run needs besides the config: the global model and the algorithm's
+        state (control variates), by name. Tensors are the live ones: copy what you keep."""
+        out = {GLOBAL_PARAMS: self.global_params}
+        for name, tensor in self.algorithm.state_dict().items():
+            out[ALGORITHM_STATE + name] = tensor
+        return out
 
-        total_loss = torch.zeros((), dtype=torch.float64)
-        correct_count = torch.zeros((), dtype=torch.int64)
-        seen = 0
-        steps = 0
-        per_layer = not correct and not wd and self._param_momentum is not None
-        for idx in self._batches(n, gen):
-            xb, yb = cx[idx], cy[idx]
-            if self.augment:
-                xb = (augment_batch(xb, self.dataset.crop_padding, gen) - self._mean) / self._std
-            logits = self.model(xb)
-            loss = F.cross_entropy(logits, yb)
-            g = torch.autograd.grad(loss, self._params)
-            with torch.no_grad():
-                if per_layer:  # same arithmetic as below, without the flat gradient
-                    if use_momentum:
-                        torch._foreach_mul_(self._buf_views, self._param_momentum)
-                        torch._foreach_add_(self._buf_views, g)
-                        torch._foreach_add_(self._params, self._buf_views, alpha=-lr)
-                    else:
-                        torch._foreach_add_(self._params, g, alpha=-lr)
-                else:
-                    torch._foreach_copy_(self._grad_views, g)
-                    if correct:
-                        algo.correct_gradient(grads, params, x)
-                    if wd:
-                        grads.add_(params, alpha=wd)
-                    if use_momentum:
-                        self._buf.mul_(momentum).add_(grads)
-                        params.add_(self._buf, alpha=-lr)
-                    else:
-                        params.add_(grads, alpha=-lr)
-                total_loss += loss.detach() * len(yb)
-                correct_count += (logits.argmax(1) == yb).sum()
-            seen += len(yb)
-            steps += 1
-        train_loss = float(total_loss) / max(seen, 1)
-        if not math.isfinite(train_loss) or not bool(torch.isfinite(params).all()):
-            raise DivergenceError(
-                f"training diverged at round {round}, client {client} (loss {train_loss}): "
-                "lower --lr or --local-epochs"
-            )
-        torch.sub(params, x, out=self._update)
-        return ClientResult(
-            round=round,
-            client=client,
-            num_samples=n,
-            steps=steps,
-            train_loss=train_loss,
-            train_accuracy=float(correct_count) / max(seen, 1),
-            update=self._update,
-        )
-
-    def _batches(self, n: int, gen: torch.Generator):
-        """Yield index tensors: local_epochs passes, or exactly local_steps batches."""
-        t = self.cfg.train
-        b = min(t.batch_size, n)
-        per_epoch = n // b if t.drop_last else math.ceil(n / b)
-        if t.local_steps is not None:
-            target = t.local_steps
-        else:
-            target = per_epoch * t.local_epochs
-        done = 0
-        while done < target:
-            perm = torch.randperm(n, generator=gen)
-            for k in range(per_epoch):
-                if done == target:
-                    return
-                yield perm[k * b : (k + 1) * b]
-                done += 1
+    def load_state(self, state: Mapping[str, np.ndarray | torch.Tensor], next_round: int) -> None:
+        """Continue at round ``next_round`` from a :meth:`state` saved after round next_round - 1."""
+        self.global_params = torch.as_tensor(state[GLOBAL_PARAMS]).clone()
+        algo = {
+            k[len(ALGORITHM_STATE) :]: torch.as_tensor(v)
+            for k, v in state.items()
+            if k.startswith(ALGORITHM_STATE)
+        }
+        if algo:
+            self.algorithm.load_state_dict(algo)
+        self.round = next_round
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -326,3 +282,34 @@ class Simulator:
             correct += int((logits.argmax(1) == yb).sum())
         n = len(self.test_y)
         return total / n, correct / n
+
+
+def _without_tensors(event: RoundEnded) -> RoundEnded:
+    import dataclasses
+
+    return dataclasses.replace(
+        event, global_params=torch.empty(0), control_norms=MappingProxyType({})
+    )
+
+
+class _LazyMapping(Mapping[str, torch.Tensor]):
+    """A mapping computed by ``compute()`` on first access (control-variate norms cost a pass over
+    the state, wasted in rounds nobody records)."""
+
+    def __init__(self, compute: Callable[[], dict[str, torch.Tensor]]) -> None:
+        self._compute = compute
+        self._value: dict[str, torch.Tensor] | None = None
+
+    def _get(self) -> dict[str, torch.Tensor]:
+        if self._value is None:
+            self._value = self._compute()
+        return self._value
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())

@@ -1,23 +1,29 @@
 """One call from a config to a finished run file: simulator + recorder + writer.
 
-Everything that can be wrong with the input (config, dataset, head patterns) fails while the
-:class:`~driftscope.simulator.Simulator` is built, before any file is created, so bad input never
-leaves a damaged run file. Once training starts, each completed round is committed to the file; if
-training stops early (divergence, Ctrl-C, a crash) the file is closed with that status and keeps
-every completed round.
+Everything that can be wrong with the input (config, dataset, head patterns, recording patterns)
+fails while the :class:`~driftscope.simulator.Simulator` and the recording plan are built, before
+any file is created, so bad input never leaves a damaged run file. Once training starts, each
+round is committed to the file by :meth:`~driftscope.runfile.RunWriter.commit` after every hook has
+seen its end, together with the state that continuing needs (global model, control variates); if
+training stops early (divergence, Ctrl-C, SIGTERM, a crash, SIGKILL) the file keeps every committed
+round, and ``train(..., resume=True)`` (``driftscope run --resume RUN.h5``) continues it from its
+last committed round to the same final state as an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from driftscope.config import RunConfig
 from driftscope.data import Dataset
-from driftscope.errors import DivergenceError
-from driftscope.hooks import Hook
-from driftscope.recorder import Recorder
-from driftscope.runfile import RunWriter
+from driftscope.errors import DivergenceError, RunFileError
+from driftscope.events import Hook, RoundEnded
+from driftscope.recorder import Recorder, probe_index, stored_params
+from driftscope.runfile import RunWriter, reopen_for_resume, resume_config
+from driftscope.signals import sigterm_as_interrupt
 from driftscope.simulator import Simulator
 
 
@@ -29,29 +35,103 @@ def train(
     progress: bool = False,
     dataset: Dataset | None = None,
     hooks: list[Hook] | None = None,
+    resume: bool = False,
 ) -> Path:
     """Train ``cfg`` and write the run file ``out``; returns its path.
 
     ``dataset`` reuses an already loaded dataset; ``hooks`` adds observers of your own (they run
-    before the recorder and the writer).
+    before the recorder). ``resume=True`` continues the interrupted, failed or killed run ``out``,
+    whose config must equal ``cfg`` (see :func:`resume`).
     """
-    sim = Simulator(cfg, dataset)
-    writer = RunWriter.create(out, sim, overwrite=overwrite)
-    try:
-        all_hooks: list[Hook] = list(hooks or [])
-        if cfg.record.enabled:
-            all_hooks.append(Recorder(writer, sim, cfg.record))
-        all_hooks.append(writer)
-        writer.start_swmr()
-        sim.run(all_hooks, progress=progress)
-    except DivergenceError as err:
-        writer.close("diverged", str(err))
-        raise
-    except KeyboardInterrupt:
-        writer.close("interrupted", "stopped by the user")
-        raise
-    except BaseException as err:
-        writer.close("failed", f"{type(err).__name__}: {err}")
-        raise
-    writer.close("complete")
-    return Path(out)
+    out = Path(out)
+    with sigterm_as_interrupt():
+        if resume:
+            _check_same_config(out, cfg, resume_config(out))
+        sim = Simulator(cfg, dataset)
+        stored_params(cfg.record, sim.layout)  # a bad pattern fails before any file is touched
+        if resume:
+            writer, state, start = reopen_for_resume(out, sim.num_clients)
+            if start > 0:
+                sim.load_state(state, start)
+        else:
+            writer = RunWriter.create(out, sim, overwrite=overwrite)
+        try:
+            all_hooks: list[Hook] = list(hooks or [])
+            if cfg.record.enabled:
+                all_hooks.append(_recorder(writer, sim))
+            if not resume:
+                shapes = {k: (tuple(v.shape), _dtype(v)) for k, v in sim.state().items()}
+                writer.declare_state(shapes)
+            writer.start_swmr()
+
+            def commit(event: RoundEnded) -> None:
+                writer.commit(event, {k: v.numpy() for k, v in sim.state().items()})
+
+            sim.run(all_hooks, progress=progress, commit=commit)
+        except DivergenceError as err:
+            writer.close("diverged", str(err))
+            raise
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (signals.Terminated)
+            writer.close("interrupted", str(err) or "stopped by the user")
+            raise
+        except BaseException as err:
+            writer.close("failed", f"{type(err).__name__}: {err}")
+            raise
+        writer.close("complete")
+    return out
+
+
+def resume(
+    path: str | os.PathLike,
+    *,
+    progress: bool = False,
+    dataset: Dataset | None = None,
+    hooks: list[Hook] | None = None,
+) -> Path:
+    """Continue the interrupted, failed or killed run ``path`` with its own config."""
+    cfg = RunConfig.from_dict(json.loads(resume_config(path)), source=str(path))
+    return train(cfg, path, progress=progress, dataset=dataset, hooks=hooks, resume=True)
+
+
+def _recorder(writer: RunWriter, sim: Simulator) -> Recorder:
+    rc = sim.cfg.record
+    rows = probe_index(sim.cfg.seed, len(sim.test_y), rc.probe_size) if rc.probe_size else None
+    return Recorder(
+        writer,
+        rc,
+        sim.layout,
+        clients_per_round=sim.cfg.train.clients_per_round,
+        num_clients=sim.num_clients,
+        model_factory=sim.build_model,
+        probe_inputs=sim.test_x[rows] if rows is not None else None,
+        probe_rows=rows,
+        control_names=tuple(sim.algorithm.state_norms()),
+    )
+
+
+def _dtype(tensor: Any) -> str:
+    return str(tensor.numpy().dtype)
+
+
+def _check_same_config(path: Path, cfg: RunConfig, stored_json: str) -> None:
+    """A resumed run must continue with the config it started with (data_dir may move)."""
+    stored = _flatten(json.loads(stored_json))
+    given = _flatten(json.loads(cfg.to_json()))
+    for key in sorted(set(stored) | set(given)):
+        if key == "data.data_dir":
+            continue
+        if stored.get(key) != given.get(key):
+            raise RunFileError(
+                f"{path} was run with {key} = {json.dumps(stored.get(key))}, not "
+                f"{json.dumps(given.get(key))}: resume it with its own config (drop the flag)"
+            )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out

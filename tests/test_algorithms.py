@@ -21,22 +21,23 @@ from driftscope.algorithms import (
 )
 from driftscope.config import RunConfig, TrainConfig
 from driftscope.errors import ConfigError
-from driftscope.hooks import Hook
+from driftscope.events import Hook
 from driftscope.simulator import Simulator
 
 
 class Capture(Hook):
-    """Keeps every client's y (= x + update) and the x it started from."""
+    """Keeps every client's y and the x it started from (``sim``'s global model)."""
 
-    def __init__(self):
+    def __init__(self, sim):
+        self.sim = sim
         self.x, self.y, self.steps = {}, {}, {}
 
-    def on_round_start(self, sim, round, clients):
-        self.x[round] = sim.global_params.clone()
+    def on_round_start(self, event):
+        self.x[event.round] = self.sim.global_params.clone()
 
-    def on_client_end(self, sim, round, result):
-        self.y[round, result.client] = self.x[round] + result.update
-        self.steps[round, result.client] = result.steps
+    def on_client_end(self, event):
+        self.y[event.round, event.client] = event.params.clone()
+        self.steps[event.round, event.client] = event.steps
 
 
 def final_params(digits, **overrides):
@@ -73,11 +74,13 @@ def test_fedprox_with_mu_zero_is_fedavg_and_mu_pulls_towards_x(digits):
     a = final_params(digits, train__algorithm="fedavg")
     b = final_params(digits, train__algorithm="fedprox", train__params__mu=0.0)
     assert torch.allclose(a, b, atol=0, rtol=0)
-    cap_avg, cap_prox = Capture(), Capture()
-    Simulator(small_config(train__rounds=1), digits).run([cap_avg])
-    Simulator(
+    avg = Simulator(small_config(train__rounds=1), digits)
+    prox = Simulator(
         small_config(train__rounds=1, train__algorithm="fedprox", train__params__mu=1.0), digits
-    ).run([cap_prox])
+    )
+    cap_avg, cap_prox = Capture(avg), Capture(prox)
+    avg.run([cap_avg])
+    prox.run([cap_prox])
     for key in cap_avg.y:
         d_avg = (cap_avg.y[key] - cap_avg.x[0]).norm()
         d_prox = (cap_prox.y[key] - cap_prox.x[0]).norm()
@@ -124,12 +127,12 @@ def test_control_variates_start_at_zero_and_follow_option_two(digits):
     sim = Simulator(cfg, digits)
     algo = sim.algorithm
     assert algo.c.abs().sum() == 0 and algo.c_clients.abs().sum() == 0
-    cap = Capture()
+    cap = Capture(sim)
     c_before = {}
 
     class Before(Hook):
-        def on_round_start(self, sim, round, clients):
-            c_before[round] = (algo.c.clone(), algo.c_clients.clone(), clients)
+        def on_round_start(self, event):
+            c_before[event.round] = (algo.c.clone(), algo.c_clients.clone(), event.clients)
 
     sim.run([Before(), cap])
     lr = cfg.train.lr
@@ -161,7 +164,7 @@ def test_fedpvr_control_variates_live_on_the_head_only(digits):
 def test_sample_weighted_average(digits):
     cfg = small_config(train__rounds=1, train__weighting="samples", record__enabled=False)
     sim = Simulator(cfg, digits)
-    cap = Capture()
+    cap = Capture(sim)
     sim.run([cap])
     sizes = torch.tensor([len(p) for p in sim.parts], dtype=torch.float64)
     w = sizes / sizes.sum()

@@ -17,11 +17,6 @@ import pytest
 import seaborn as sns
 import torch
 from conftest import small_config
-
-from driftscope import RunConfig, open_run, train
-from driftscope.analysis.tables import drift_table, layer_summary
-from driftscope.data import Dataset
-from driftscope.errors import DivergenceError
 from driftscope.figures import (
     accuracy_curves,
     cka_by_layer,
@@ -36,7 +31,12 @@ from driftscope.figures import (
     tidy,
     write_figures,
 )
-from driftscope.hooks import Hook
+
+from driftscope import RunConfig, open_run, train
+from driftscope.analysis.tables import drift_table, layer_summary
+from driftscope.data import Dataset
+from driftscope.errors import DivergenceError
+from driftscope.events import Hook
 
 VGG_LABELS = [f"conv{i}" for i in range(1, 9)] + ["fc1", "fc2", "fc3"]
 
@@ -312,9 +312,9 @@ class _DivergeAt(Hook):
     def __init__(self, round: int) -> None:
         self.round = round
 
-    def on_round_start(self, sim, round, clients):
-        if round == self.round:
-            raise DivergenceError(f"the global model became non-finite at round {round}")
+    def on_round_start(self, event):
+        if event.round == self.round:
+            raise DivergenceError(f"the global model became non-finite at round {event.round}")
 
 
 def test_accuracy_curves_mark_a_diverged_run(runs, tmp_path, digits):

@@ -9,7 +9,7 @@ from conftest import small_config
 
 from driftscope import open_run, train
 from driftscope.analysis import cka
-from driftscope.hooks import Hook
+from driftscope.events import Hook
 from driftscope.recorder import chunk_columns, update_gram
 from driftscope.simulator import Simulator
 
@@ -21,11 +21,11 @@ class Snapshots(Hook):
         self.clients: dict[int, list[torch.Tensor]] = {}
         self.global_: dict[int, torch.Tensor] = {}
 
-    def on_client_end(self, sim, round, result):
-        self.clients.setdefault(round, []).append(sim.flat.params.clone())
+    def on_client_end(self, event):
+        self.clients.setdefault(event.round, []).append(event.params.clone())
 
-    def on_round_end(self, sim, round, summary):
-        self.global_[round] = sim.global_params.clone()
+    def on_round_end(self, event):
+        self.global_[event.round] = event.global_params.clone()
 
 
 def activations(sim: Simulator, flat: torch.Tensor, x: torch.Tensor, layer: str) -> np.ndarray:

@@ -27,11 +27,11 @@ def test_client_sampling_and_local_steps(digits):
     cfg = small_config(train__rounds=3, train__client_fraction=0.3, train__local_steps=4)
     steps = []
 
-    from driftscope.hooks import Hook
+    from driftscope.events import Hook
 
     class Steps(Hook):
-        def on_client_end(self, sim, round, result):
-            steps.append(result.steps)
+        def on_client_end(self, event):
+            steps.append(event.steps)
 
     summaries = Simulator(cfg, digits).run([Steps()])
     assert all(len(s.clients) == 3 for s in summaries)
