@@ -285,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run file to write [runs/<dataset>-<algorithm>-<partition>-seed<seed>.h5]",
     )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--resume",
+        metavar="RUN.h5",
+        help="continue this interrupted, failed or killed run from its last committed round, "
+        "with its own config (flags given must agree with it)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_threads(p)
     _add_run_flags(p)
@@ -348,12 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """Config file (if any), then the flags that were given.
+def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """Config file (if any; else ``base`` or the default), then the flags that were given.
 
     An algorithm-parameter flag must belong to the algorithm in effect (from the flags or the file).
     """
-    cfg = RunConfig.from_toml(args.config) if getattr(args, "config", None) else RunConfig()
+    cfg = (
+        RunConfig.from_toml(args.config) if getattr(args, "config", None) else (base or RunConfig())
+    )
     overrides: dict[str, Any] = {}
     for dest, key in flag_keys().items():
         if hasattr(args, dest):
@@ -419,15 +427,26 @@ def default_out(cfg: RunConfig) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = resolve_config(args)
-    out = Path(args.out) if args.out else default_out(cfg)
-    if out.exists() and not args.overwrite:
-        raise DriftscopeError(f"{out} already exists: choose another --out or pass --overwrite")
+    if args.resume:
+        import json
+
+        from driftscope.runfile import resume_config
+
+        out = Path(args.resume)
+        if (args.out and Path(args.out) != out) or args.overwrite:
+            raise DriftscopeError("--resume continues RUN.h5 in place: drop --out and --overwrite")
+        stored = RunConfig.from_dict(json.loads(resume_config(out)), source=str(out))
+        cfg = resolve_config(args, stored)
+    else:
+        cfg = resolve_config(args)
+        out = Path(args.out) if args.out else default_out(cfg)
+        if out.exists() and not args.overwrite:
+            raise DriftscopeError(f"{out} already exists: choose another --out or pass --overwrite")
     warn_about(cfg)
     threads = apply_threads(cfg, args.threads)
     from driftscope.training import train
 
-    train(cfg, out, overwrite=args.overwrite, progress=not args.quiet)
+    train(cfg, out, overwrite=args.overwrite, progress=not args.quiet, resume=bool(args.resume))
     from driftscope.reader import open_run
 
     with open_run(out) as run:
@@ -528,14 +547,24 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from driftscope.signals import sigterm_as_interrupt
+
     try:
-        return COMMANDS[args.command](args)
+        with sigterm_as_interrupt():
+            return COMMANDS[args.command](args)
     except DriftscopeError as err:
         print(f"driftscope: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("driftscope: interrupted; the run file keeps every completed round", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (driftscope.signals.Terminated)
+        from driftscope.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
+
+        terminated = isinstance(err, Terminated)
+        print(
+            f"driftscope: {'terminated (SIGTERM)' if terminated else 'interrupted'}; "
+            "the run file keeps every completed round (continue with run --resume RUN.h5)",
+            file=sys.stderr,
+        )
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
