@@ -33,6 +33,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from driftscope.config import RunConfig  # noqa: E402
 from driftscope.data import Dataset, load_dataset  # noqa: E402
-from driftscope.hooks import Hook, RoundSummary  # noqa: E402
+from driftscope.events import Hook, RoundEnded, RoundStarted, RunEnded, RunStarted  # noqa: E402
 from driftscope.metrics.cka import pairwise_cka  # noqa: E402
 from driftscope.metrics.gram import centred_gram  # noqa: E402
 from driftscope.models import build_model  # noqa: E402
@@ -430,9 +431,9 @@ def bench_cka(quick: bool, tmp: Path) -> dict[str, Any]:
     trained: dict[int, torch.Tensor] = {}
 
     class Grab(Hook):
-        def on_client_end(self, sim, round, result):  # type: ignore[override]
-            if round == cfg.train.rounds - 1:
-                trained[result.client] = sim.flat.params.clone()
+        def on_client_end(self, event):
+            if event.round == cfg.train.rounds - 1:
+                trained[event.client] = event.params.clone()
 
     sim.run([Grab()])
     models = []
@@ -619,13 +620,16 @@ def bench_io(quick: bool, tmp: Path) -> dict[str, Any]:
             made.append(path)
         return path
 
-    summary = RoundSummary(0, list(range(s)), 0.0, 0.0, 0.0, 0.0, 0, 0, 0.0)
+    summary = RoundEnded(
+        0, tuple(range(s)), 0.0, 0.0, 0.0, 0.0, 0, 0, 0.0, {}, {}, torch.empty(0), {}
+    )
 
     def h5_write(sync: bool, suffix: str) -> float:
         path = fresh(suffix)
         os.sync()  # start each arm with no dirty pages left by the other (not timed)
         writer = RunWriter.create(path, sim)
-        rec = Recorder(writer, sim, cfg.record)  # creates the datasets as in a real run
+        # creates the datasets as in a real run
+        rec = Recorder(writer, cfg.record, sim.layout, s, sim.num_clients, sim.build_model)
         writer.start_swmr()
         updates = writer.file["records"]["updates"]
         t0 = time.perf_counter()
@@ -634,7 +638,7 @@ def bench_io(quick: bool, tmp: Path) -> dict[str, Any]:
                 block = d[:, p.offset : p.offset + p.numel].numpy()
                 append(updates[p.name], block.astype(cfg.record.update_dtype, copy=False))
             append(writer.file["records"]["update_round"], r)
-            writer.on_round_end(sim, r, summary)  # metrics row (the commit marker) + flush
+            writer.commit(replace(summary, round=r))  # metrics row (the commit marker) + flush
         writer.close()
         if sync:
             fsync_path(path)
@@ -755,15 +759,15 @@ class Sampler(Hook):
         self.rss: list[float] = []
         self.size: list[int] = []
 
-    def on_run_start(self, sim: Simulator) -> None:
+    def on_run_start(self, event: RunStarted) -> None:
         self.size0 = self.path.stat().st_size
 
-    def on_round_start(self, sim: Simulator, round: int, clients: list[int]) -> None:
+    def on_round_start(self, event: RoundStarted) -> None:
         self.starts.append(time.perf_counter())
         self.rss.append(rss_mb())
         self.size.append(self.path.stat().st_size)
 
-    def on_run_end(self, sim: Simulator) -> None:
+    def on_run_end(self, event: RunEnded) -> None:
         self.starts.append(time.perf_counter())
         self.rss.append(rss_mb())
 
@@ -772,7 +776,8 @@ def predicted_bytes(cfg: RunConfig, sim: Simulator) -> int:
     """Payload the storage policy implies for a whole run (no HDF5 overhead or chunk rounding)."""
     rc, s, n = cfg.record, cfg.train.clients_per_round, cfg.train.clients
     lay = sim.layout
-    total = 0
+    # resume state: two slots of the global model and the algorithm's state (control variates)
+    total = 2 * sum(v.numel() * v.element_size() for v in sim.state().values())
     for r in range(cfg.train.rounds):
         total += 8 * len(METRIC_NAMES) + 8 + 2 * 8 * n  # metrics, metrics/round, clients/*
         if not rc.enabled or r % rc.every:
