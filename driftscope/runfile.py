@@ -421,10 +421,15 @@ def reopen_for_resume(
         dst[schema.STATUS_MESSAGE][()] = np.bytes_("")
         dst.flush()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         src.close()
         if dst is not None:
             dst.close()
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise RunFileError(
+                f"{path} could not be copied for resuming ({str(err).splitlines()[0]}); "
+                "it is unchanged: free disk space or check the file"
+            ) from None
         raise
     return RunWriter(dst, path, num_clients), state, last + 1

@@ -51,11 +51,11 @@ def train(
         stored_params(cfg.record, sim.layout)  # a bad pattern fails before any file is touched
         if resume:
             writer, state, start = reopen_for_resume(out, sim.num_clients)
-            if start > 0:
-                sim.load_state(state, start)
         else:
             writer = RunWriter.create(out, sim, overwrite=overwrite)
         try:
+            if resume and start > 0:
+                sim.load_state(state, start)
             all_hooks: list[Hook] = list(hooks or [])
             if cfg.record.enabled:
                 all_hooks.append(_recorder(writer, sim))

@@ -25,9 +25,10 @@ ROOT = Path(driftscope.__file__).resolve().parent.parent
 IGNORED_DATASETS = {schema.metric_path("seconds")}
 IGNORED_ATTRS = {"created", "environment", schema.WRITER_PID, schema.RESUMED_FROM}
 
+SMALL = dict(train__rounds=4, train__clients=4, train__local_steps=3, record__probe_size=16)
 CONFIGS = {
-    "fedavg": dict(train__rounds=4),
-    "fedpvr": dict(train__rounds=4, train__algorithm="fedpvr", train__client_fraction=0.5),
+    "fedavg": SMALL,
+    "fedpvr": dict(SMALL, train__algorithm="fedpvr", train__client_fraction=0.5),
 }
 
 
@@ -174,17 +175,19 @@ def run_python(args: list[str], timeout: float = 120) -> subprocess.CompletedPro
 
 
 @pytest.mark.parametrize(
-    ("name", "where", "at"),
+    ("name", "where", "at", "cli"),
     [
-        ("fedavg", "client", 1),
-        ("fedavg", "marker", 0),
-        ("fedpvr", "marker", 2),
-        ("fedpvr", "state", 3),
+        ("fedavg", "client", 1, True),
+        ("fedavg", "marker", 0, False),
+        ("fedpvr", "marker", 2, False),
+        ("fedpvr", "state", 3, False),
     ],
 )
-def test_killed_run_resumes_to_the_same_state(tmp_path, uninterrupted, name, where, at):
+def test_killed_run_resumes_to_the_same_state(
+    tmp_path, digits, uninterrupted, name, where, at, cli
+):
     """SIGKILL in the middle of a round, after a round's records and state but before its commit
-    marker, or in the middle of writing the state; then `driftscope run --resume`."""
+    marker, or in the middle of writing the state; then `driftscope run --resume` (or resume())."""
     path = tmp_path / "r.h5"
     cfg = small_config(**CONFIGS[name])
     script = tmp_path / "killer.py"
@@ -193,8 +196,11 @@ def test_killed_run_resumes_to_the_same_state(tmp_path, uninterrupted, name, whe
     assert done.returncode == -9, done.stderr
     with open_run(path) as run:
         assert run.status == "running" and run.num_rounds == at
-    done = run_python(["-m", "driftscope", "run", "--resume", str(path), "-q"])
-    assert done.returncode == 0, done.stderr
+    if cli:
+        done = run_python(["-m", "driftscope", "run", "--resume", str(path), "-q"])
+        assert done.returncode == 0, done.stderr
+    else:
+        resume(path, dataset=digits)
     with open_run(path) as run:
         assert run.status == "complete" and run.num_rounds == 4
     assert_same_run(path, uninterrupted(name))
@@ -229,10 +235,38 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, digits, uninterrupted)
 def test_cli_resume_checks_flags_against_the_run(tmp_path, digits):
     path = tmp_path / "r.h5"
     with pytest.raises(KeyboardInterrupt):
-        train(small_config(train__rounds=2), path, dataset=digits, hooks=[StopAt(1)])
+        train(small_config(**dict(SMALL, train__rounds=2)), path, dataset=digits, hooks=[StopAt(1)])
     done = run_python(["-m", "driftscope", "run", "--resume", str(path), "--lr", "0.2"])
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.lr" in lines[0], done.stderr
     with open_run(path) as run:
         assert run.status == "interrupted" and json.loads(run.file.attrs["config"])
+
+
+def test_resume_refuses_a_run_that_is_still_being_written(tmp_path):
+    import time
+
+    from driftscope.runfile import resume_config
+
+    path = tmp_path / "r.h5"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "driftscope", "run", "--out", str(path), "--rounds", "500", "-q"]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with open_run(path) as run:
+                    if run.num_rounds >= 1:
+                        break
+            except RunFileError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        with pytest.raises(RunFileError, match=f"being written by process {proc.pid}"):
+            resume_config(path)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert json.loads(resume_config(path))["train"]["rounds"] == 500  # dead now: resumable
