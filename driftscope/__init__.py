@@ -20,12 +20,13 @@ from driftscope.config import RunConfig
 
 if TYPE_CHECKING:
     from driftscope.reader import Run, open_run
-    from driftscope.training import train
+    from driftscope.training import resume, train
 
 _LAZY = {
     "Run": "driftscope.reader",
     "open_run": "driftscope.reader",
     "train": "driftscope.training",
+    "resume": "driftscope.training",
 }
 
 
@@ -37,4 +38,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'driftscope' has no attribute {name!r}")
 
 
-__all__ = ["Run", "RunConfig", "__version__", "open_run", "train"]
+__all__ = ["Run", "RunConfig", "__version__", "open_run", "resume", "train"]

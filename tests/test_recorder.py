@@ -93,3 +93,106 @@ def test_chunk_columns_cover_the_parameter_with_little_waste(numel):
     assert cols <= max_cols
     assert chunks == -(-numel // max_cols)  # no more chunks than needed
     assert chunks * cols - numel < chunks  # waste: under one column per chunk
+
+
+def _recorder(writer, sim, cfg):
+    from driftscope.recorder import Recorder, probe_index
+
+    rows = probe_index(cfg.seed, len(sim.test_y), cfg.record.probe_size)
+    return Recorder(
+        writer,
+        cfg.record,
+        sim.layout,
+        cfg.train.clients_per_round,
+        sim.num_clients,
+        sim.build_model,
+        sim.test_x[rows],
+        rows,
+        tuple(sim.algorithm.state_norms()),
+    )
+
+
+def test_recorder_never_touches_the_training_model_or_the_rng(tmp_path, digits):
+    from driftscope.runfile import RunWriter
+
+    cfg = small_config(
+        train__rounds=3, train__clients=3, train__eval_every=2, record__probe_size=16
+    )
+    sim = Simulator(cfg, digits)
+    writer = RunWriter.create(tmp_path / "r.h5", sim)
+    rng = torch.get_rng_state()
+    rec = _recorder(writer, sim, cfg)  # builds its own probe model
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(
+        p.data_ptr() != q.data_ptr() for p in rec.model.parameters() for q in sim.model.parameters()
+    )
+
+    class Check(Hook):  # runs after the recorder
+        def on_client_end(self, event):
+            self.last = sim.flat.params.clone()
+
+        def on_round_end(self, event):
+            if np.isnan(event.test_accuracy):  # not evaluated: the engine left the last client
+                self.checked = True
+                assert torch.equal(sim.flat.params, self.last)
+
+    writer.start_swmr()
+    check = Check()
+    sim.run([rec, check], commit=writer.commit)
+    writer.close()
+    assert check.checked
+
+
+def test_recorder_records_events_from_any_engine(tmp_path, digits):
+    """Hand-made events (no engine): the Grams are the updates' inner products and the stored
+    updates are the updates."""
+    from driftscope.events import ClientTrained, RoundEnded, RoundStarted
+    from driftscope.runfile import RunWriter
+
+    cfg = small_config(train__clients=3, record__probe_size=8)
+    sim = Simulator(cfg, digits)  # metadata only
+    layout = sim.layout
+    writer = RunWriter.create(tmp_path / "r.h5", sim)
+    rec = _recorder(writer, sim, cfg)
+    writer.start_swmr()
+    g = torch.Generator().manual_seed(0)
+    x = sim.global_params.clone()
+    want = []
+    for r in range(2):
+        clients = (0, 1, 2)
+        rec.on_round_start(RoundStarted(r, clients))
+        d = torch.randn(3, layout.numel, generator=g) * 1e-2
+        want.append(d)
+        for i, c in enumerate(clients):
+            rec.on_client_end(ClientTrained(r, c, 10, 1, 0.0, 0.0, d[i], x + d[i], layout))
+        event = RoundEnded(r, clients, 0.0, 0.0, 0.0, 0.0, 0, 0, 0.0, {}, {}, x + d.mean(0), {})
+        rec.on_round_end(event)
+        writer.commit(event)
+    writer.close()
+    with open_run(tmp_path / "r.h5") as run:
+        for r, d in enumerate(want):
+            for p in layout.params:
+                block = d[:, p.offset : p.offset + p.numel].double()
+                np.testing.assert_allclose(run.gram(p.name, round=r), (block @ block.T).numpy())
+                np.testing.assert_array_equal(
+                    run.updates(p.name, round=r).reshape(3, -1),
+                    d[:, p.offset : p.offset + p.numel].numpy(),
+                )
+            cka = run.cka(run.layers[0].name, round=r)
+            assert cka.shape == (4, 4) and np.allclose(np.diag(cka), 1)
+
+
+def test_client_event_views_per_layer(digits):
+    from driftscope.events import ClientTrained
+
+    sim = Simulator(small_config(), digits)
+    layout = sim.layout
+    update = torch.arange(layout.numel, dtype=torch.float32)
+    event = ClientTrained(0, 0, 1, 1, 0.0, 0.0, update, update * 2, layout)
+    for p in layout.params:
+        view = event.layer_update(p.name)
+        assert view.data_ptr() == update[p.offset :].data_ptr() and len(view) == p.numel
+    for layer in layout.layers:
+        got = event.layer_update(layer)
+        want = torch.cat([event.layer_update(name) for name in layer.params])
+        assert torch.equal(got, want) and torch.equal(event.layer_params(layer.name), 2 * want)
