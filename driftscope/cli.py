@@ -430,20 +430,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         import json
 
-        from driftscope.runfile import resume_config
+        from driftscope.runfile import resume_config, stored_threads
 
         out = Path(args.resume)
         if (args.out and Path(args.out) != out) or args.overwrite:
             raise DriftscopeError("--resume continues RUN.h5 in place: drop --out and --overwrite")
         stored = RunConfig.from_dict(json.loads(resume_config(out)), source=str(out))
         cfg = resolve_config(args, stored)
+        requested = args.threads if args.threads is not None else stored_threads(out)
     else:
         cfg = resolve_config(args)
         out = Path(args.out) if args.out else default_out(cfg)
         if out.exists() and not args.overwrite:
             raise DriftscopeError(f"{out} already exists: choose another --out or pass --overwrite")
+        requested = args.threads
     warn_about(cfg)
-    threads = apply_threads(cfg, args.threads)
+    threads = apply_threads(cfg, requested)
     from driftscope.training import train
 
     train(cfg, out, overwrite=args.overwrite, progress=not args.quiet, resume=bool(args.resume))

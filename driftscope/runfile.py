@@ -351,6 +351,18 @@ def resume_config(path: str | os.PathLike) -> str:
         f.close()
 
 
+def stored_threads(path: str | os.PathLike) -> int | None:
+    """The torch thread count a run was written with (bit-identical resumes need the same)."""
+    f = _open_for_read(Path(path))
+    try:
+        threads = json.loads(str(f.attrs.get("environment", "{}"))).get("torch_threads")
+        return int(threads) if threads else None
+    except ValueError:
+        return None
+    finally:
+        f.close()
+
+
 def truncate_to_committed(f: h5py.File) -> int:
     """Cut every growable dataset back to the committed rounds (rows of a round in flight when
     the run stopped); returns the last committed round (-1 if none)."""
