@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from driftscope.data import Dataset
 from driftscope.errors import DivergenceError, RunFileError
 from driftscope.events import Hook, RoundEnded
 from driftscope.recorder import Recorder, probe_index, stored_params
-from driftscope.runfile import RunWriter, reopen_for_resume, resume_config
+from driftscope.runfile import RunWriter, reopen_for_resume, resume_config, stored_threads
 from driftscope.signals import sigterm_as_interrupt
 from driftscope.simulator import Simulator
 
@@ -47,6 +48,7 @@ def train(
     with sigterm_as_interrupt():
         if resume:
             _check_same_config(out, cfg, resume_config(out))
+            _check_same_threads(out)
         sim = Simulator(cfg, dataset)
         stored_params(cfg.record, sim.layout)  # a bad pattern fails before any file is touched
         if resume:
@@ -111,6 +113,18 @@ def _recorder(writer: RunWriter, sim: Simulator) -> Recorder:
 
 def _dtype(tensor: Any) -> str:
     return str(tensor.numpy().dtype)
+
+
+def _check_same_threads(path: Path) -> None:
+    import torch
+
+    stored, now = stored_threads(path), torch.get_num_threads()
+    if stored is not None and stored != now:
+        warnings.warn(
+            f"{path} was trained with {stored} torch threads, resumed with {now}: the resumed "
+            f"rounds will not be bit-identical to an uninterrupted run (torch.set_num_threads({stored}))",
+            stacklevel=3,
+        )
 
 
 def _check_same_config(path: Path, cfg: RunConfig, stored_json: str) -> None:
