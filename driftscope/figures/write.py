@@ -1,0 +1,78 @@
+"""Write every figure a set of runs supports: :func:`write_figures`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from driftscope.analysis.tables import tidy
+from driftscope.figures.accuracy import accuracy_curves
+from driftscope.figures.cka import cka_by_layer
+from driftscope.figures.clustermap import cosine_clustermap
+from driftscope.figures.labels import run_labels
+from driftscope.figures.partition import partition_histogram
+from driftscope.figures.profile import layer_heatmap, layer_profile
+from driftscope.figures.style import DPI, paper_style
+from driftscope.metrics import headline_metrics
+from driftscope.reader import Run
+
+__all__ = ["write_figures"]
+
+
+def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    try:
+        fig.savefig(paths[0], dpi=DPI, bbox_inches="tight")
+        fig.savefig(paths[1], bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return paths
+
+
+def write_figures(runs: Sequence[Run], out_dir: str | os.PathLike) -> list[Path]:
+    """Write every figure the runs support, each as PNG (200 dpi) and PDF, into ``out_dir``.
+
+    ``layer_profile_<metric>`` (each ``headline`` metric of METRICS the runs have: relative
+    variance, drift diversity, cosine divergence, and CKA when recorded), ``layer_heatmap_relative_variance`` (first recorded run), ``cka_by_layer``,
+    ``cosine_clustermap_<layer>`` (the head's last layer and the first layer of the first
+    recorded run), ``accuracy_curves`` and ``partition_histogram`` (first run). Figures a run
+    cannot support (no records, no CKA) are skipped. Returns the written paths.
+    """
+    runs = list(runs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if not runs:
+        return written
+    recorded = [r for r in runs if len(r.rounds)]
+    with paper_style():
+        if recorded:
+            data = tidy(recorded)
+            present = set(map(str, data["metric"].unique()))
+            for metric in headline_metrics():
+                if metric in present:
+                    ax = layer_profile(data, metric)
+                    written += _save(ax.figure, out, f"layer_profile_{metric}")
+            first = recorded[0]
+            first_label = run_labels(recorded)[0]
+            ax = layer_heatmap(data[data["run"] == first_label], "relative_variance")
+            written += _save(ax.figure, out, "layer_heatmap_relative_variance")
+            if any(len(r.cka_rounds) for r in recorded):
+                ax = cka_by_layer(recorded)
+                written += _save(ax.figure, out, "cka_by_layer")
+            heads = [ly for ly in first.layers if ly.group == "head"]
+            chosen = [heads[-1] if heads else first.layers[-1], first.layers[0]]
+            for ly in dict.fromkeys(chosen):
+                grid = cosine_clustermap(first, ly.name)
+                written += _save(grid.figure, out, f"cosine_clustermap_{ly.label}")
+        runs_with_metrics = [r for r in runs if r.num_rounds]
+        if runs_with_metrics:
+            ax = accuracy_curves(runs_with_metrics)
+            written += _save(ax.figure, out, "accuracy_curves")
+        ax = partition_histogram(runs[0])
+        written += _save(ax.figure, out, "partition_histogram")
+    return written
