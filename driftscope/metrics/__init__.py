@@ -6,6 +6,8 @@
 * :mod:`~driftscope.metrics.cka`: linear, RBF and debiased CKA; pairwise and minibatch forms.
 * :mod:`~driftscope.metrics.registry`: :data:`METRICS`, the :class:`Metric` records that tables,
   figures and reports read.
+* :mod:`~driftscope.metrics.attribution`: which labels drive a layer's drift (label alignment with a
+  Mantel test; per-class update variance of the output layer). Imported on use (it needs scipy).
 
 numpy only at import time (torch tensors are accepted, torch is never imported here), and nothing
 of driftscope above this package: the recorder imports it.
