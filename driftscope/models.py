@@ -18,6 +18,8 @@ Registry (``MODELS``):
 * ``vgg11``: the FedPVR paper's VGG-11 without BatchNorm for 32x32 inputs: 9,750,922 parameters for
   10 classes; head = the 3 linear layers; the reference code's initialisation.
 * ``mlp``: two hidden layers of 200; head = the output layer.
+* ``cnn1d``: ``small_cnn`` in one dimension for 1-D signals (``mnist1d``), in
+  :mod:`driftscope.models_1d`.
 """
 
 from __future__ import annotations
@@ -90,9 +92,16 @@ def _mlp(shape: Shape, k: int) -> nn.Module:
     return MLP(shape[0] * shape[1] * shape[2], k)
 
 
+def _cnn1d(shape: Shape, k: int) -> nn.Module:
+    from driftscope.models_1d import build_cnn1d
+
+    return build_cnn1d(shape, k)
+
+
 register_model(ModelSpec("small_cnn", "4 conv layers + 3-layer linear head (He init)", _small_cnn))
 register_model(ModelSpec("vgg11", "VGG-11 without BatchNorm, 32x32 inputs (the paper's)", _vgg11))
 register_model(ModelSpec("mlp", "2 hidden layers of 200 + linear output", _mlp))
+register_model(ModelSpec("cnn1d", "1-D CNN for signals (mnist1d) + 3-layer linear head", _cnn1d))
 
 
 def check_model_name(name: str) -> None:

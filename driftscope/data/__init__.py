@@ -14,6 +14,7 @@ Registry (``DATASETS``):
 name       source                                         default augmentation
 ========== ============================================== ============================
 digits     scikit-learn's handwritten digits (embedded)   none
+mnist1d    MNIST-1D, generated offline by ``mnist1d``     none
 mnist      torchvision MNIST in ``data_cache/``           none
 fashion_mnist  torchvision FashionMNIST                   none
 cifar10    torchvision CIFAR-10 (45k train / 5k val)      crop 32 pad 4 + flip
@@ -105,6 +106,12 @@ def _digits(data_dir: Path) -> Dataset:
     return load_digits()
 
 
+def _mnist1d(data_dir: Path) -> Dataset:
+    from driftscope.data.mnist1d import load_mnist1d
+
+    return load_mnist1d(data_dir)
+
+
 def _torchvision(name: str) -> Callable[[Path], Dataset]:
     def load(data_dir: Path) -> Dataset:
         from driftscope.data.torchvision_sets import load_raw, num_classes
@@ -128,6 +135,13 @@ def _torchvision(name: str) -> Callable[[Path], Dataset]:
 for _spec in (
     DatasetSpec(
         "digits", "scikit-learn's handwritten digits, 8x8 (embedded)", (1, 8, 8), 10, _digits
+    ),
+    DatasetSpec(
+        "mnist1d",
+        "MNIST-1D, 1-D signals of length 40 (generated offline by mnist1d; embedded)",
+        (1, 1, 40),
+        10,
+        _mnist1d,
     ),
     DatasetSpec(
         "mnist", "MNIST, 28x28 (torchvision files)", (1, 28, 28), 10, _torchvision("mnist")
