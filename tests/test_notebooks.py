@@ -36,6 +36,7 @@ EXPECTED = {
     "03_fedavg_scaffold_fedpvr": r"3 algorithms compared over 3 rounds",
     "04_reading_run_files": r"by-hand metrics match drift_table for 7 layers",
     "05_watching_a_run_live": r"status complete, 3 rounds committed, watched with \d+ redraws",
+    "06_which_labels_drive_drift": r"label alignment head -?[\d.]+ body -?[\d.]+ under skew",
 }
 
 
