@@ -156,3 +156,13 @@ def test_class_variance_concentrates_on_the_classes_clients_disagree_on():
     v = at.class_variance(w)
     assert set(np.argsort(v)[-2:]) == {2, 7}
     np.testing.assert_allclose(np.delete(v, [2, 7]), 0.0, atol=1e-24)
+
+
+def test_chunked_permutations_give_the_same_p_value(monkeypatch):
+    rng = np.random.default_rng(4)
+    d = rng.normal(size=(12, 40))
+    hist = _dirichlet_clients(rng, s=12)
+    whole = at.label_alignment(d @ d.T, hist, permutations=300, seed=5)
+    monkeypatch.setattr(at, "CHUNK_VALUES", 100)  # 66 pairs: one relabelling per chunk
+    chunked = at.label_alignment(d @ d.T, hist, permutations=300, seed=5)
+    assert chunked == whole

@@ -59,6 +59,7 @@ FloatArray = NDArray[np.float64]
 METHODS = ("spearman", "pearson")
 DEFAULT_PERMUTATIONS = 999
 TIE_DECIMALS = 10  # similarities are ranked after rounding to this many decimals
+CHUNK_VALUES = 1 << 22  # permuted pair values held at once (32 MiB of float64)
 
 
 @dataclass(frozen=True)
@@ -191,10 +192,15 @@ def mantel(
     observed = float(np.dot(zx, zy))
     perms, exact = _permutations(s, permutations, seed)
     # Permuting the clients of y permutes its pair values, so their ranks are permuted ranks:
-    # rank once, then only re-index. (n, S, S) -> (n, pairs).
-    py_perm = _pairs(y[perms[:, :, None], perms[:, None, :]])
-    stats = _standardise(py_perm) @ zx
-    hits = int(np.sum(stats >= observed - 1e-12))
+    # rank once, then only re-index: pair (i, j) of relabelling pi reads y[pi_i, pi_j]. Chunks of
+    # relabellings keep the (chunk, pairs) block under CHUNK_VALUES for many clients.
+    i, j = np.triu_indices(s, k=1)
+    hits = 0
+    step = max(1, CHUNK_VALUES // n_pairs)
+    for start in range(0, len(perms), step):
+        p = perms[start : start + step]
+        stats = _standardise(y[p[:, i], p[:, j]]) @ zx
+        hits += int(np.sum(stats >= observed - 1e-12))
     n = len(perms)
     p = hits / n if exact else (1 + hits) / (1 + n)
     return Alignment(observed, float(p), n, exact, n_pairs)
