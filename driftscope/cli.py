@@ -304,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--csv",
         metavar="PATH",
-        help="also write the tidy table (round, layer, group, metric, value)",
+        help="also write the tidy table (round, layer, label, group, metric, value): drift "
+        "metrics and label_alignment, label_alignment_p",
     )
 
     p = sub.add_parser(
@@ -471,7 +472,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         summary = layer_summary(run)
         print(format_summary(run, summary))
         if args.csv:
-            table = drift_table(run)
+            import pandas as pd
+
+            from driftscope.analysis.attribution import label_alignment_table
+
+            table = pd.concat([drift_table(run), label_alignment_table(run)], ignore_index=True)
             Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(args.csv, index=False)
             print(f"wrote {args.csv} ({len(table)} rows)")

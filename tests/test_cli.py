@@ -287,6 +287,8 @@ def test_analyze_and_inspect(make_run, tmp_path, capsys):
     table = pd.read_csv(csv)
     assert list(table.columns) == ["round", "layer", "label", "group", "metric", "value"]
     assert {"relative_variance", "drift_diversity", "cosine_divergence", "cka"} <= set(table.metric)
+    alignment = table[table.metric == "label_alignment_p"]["value"]
+    assert len(alignment) and alignment.between(0, 1).all()  # label attribution rows too
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
     assert "records/gram" in text and "fc3" in text and "schema: driftscope-run v1" in text
