@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--no-figures", action="store_true", help="skip writing figures")
     _add_threads(p)
+    p.add_argument("--dataset", default="digits", help="dataset [digits]; e.g. mnist1d")
+    p.add_argument("--model", default=None, help="model [cnn1d for mnist1d, else small_cnn]")
     return parser
 
 
@@ -535,6 +537,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         figures=not args.no_figures,
         log=lambda line: print(line, flush=True),
+        dataset=args.dataset,
+        model=args.model,
     )
     print(format_reproduce(result))
     print(threads)

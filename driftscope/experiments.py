@@ -206,6 +206,10 @@ class ReproduceResult:
     figures_dir: Path
 
 
+# The model a dataset is reproduced with when none is named (inputs need a matching network).
+DEFAULT_MODELS = {"mnist1d": "cnn1d"}
+
+
 def reproduce(
     out_dir: Path,
     rounds: int | None = None,
@@ -214,25 +218,30 @@ def reproduce(
     figures: bool = True,
     arms: Sequence[Arm] = REPRODUCE_ARMS,
     log: Log = _quiet,
+    dataset: str = "digits",
+    model: str | None = None,
 ) -> ReproduceResult:
     """Run the arms on the default config (embedded digits, Dirichlet alpha 0.1) into
     ``out_dir``, overwriting earlier reproduce runs there, and read the observation back.
 
     ``log`` receives one line per event (``"[fedavg] training ..."`` when ``progress``; a line
     for each arm that diverged). The arms must include ``fedavg`` and ``fedavg-iid``.
+    ``dataset``/``model``: another dataset, e.g. ``"mnist1d"`` (``model`` defaults to
+    ``DEFAULT_MODELS`` or the config's); every other setting stays the default config's.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset("digits")
+    model = model or DEFAULT_MODELS.get(dataset, RunConfig().model.name)
+    data = load_dataset(dataset)
     paths: dict[str, Path] = {}
     diverged: dict[str, str] = {}
     for arm in arms:
-        overrides: dict[str, Any] = {"seed": seed}
+        overrides: dict[str, Any] = {"seed": seed, "data.dataset": dataset, "model.name": model}
         if rounds is not None:
             overrides["train.rounds"] = rounds
         path = out_dir / f"{arm.name}.h5"
         if progress:
             log(f"[{arm.name}] training ...")
-        err = train_arm(RunConfig(), arm, path, overrides, dataset, progress)
+        err = train_arm(RunConfig(), arm, path, overrides, data, progress)
         if err is not None:
             diverged[arm.name] = str(err)
             log(f"[{arm.name}] {err}; its run file keeps the rounds before")

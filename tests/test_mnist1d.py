@@ -115,3 +115,16 @@ def test_train_runs_on_mnist1d(tmp_path):
         assert run.label_histogram.to_numpy().sum() == 4000
         assert [ly.group for ly in run.layers][-3:] == ["head"] * 3
         assert np.isfinite(run.gram("fc3")).all()
+
+
+def test_reproduce_prints_the_observation_on_mnist1d(tmp_path, monkeypatch, capsys):
+    from driftscope.cli import main
+
+    monkeypatch.setenv("DRIFTSCOPE_DATA", str(tmp_path / "cache"))
+    args = ["reproduce", "--dataset", "mnist1d", "--rounds", "1", "--quiet", "--no-figures"]
+    assert main([*args, "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "head vs body" in out and "fc3" in out and "conv4" in out
+    with open_run(tmp_path / "rep" / "fedavg-iid.h5") as run:
+        assert run.config["data"]["dataset"] == "mnist1d"
+        assert run.config["model"]["name"] == "cnn1d"
