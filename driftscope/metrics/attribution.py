@@ -123,8 +123,9 @@ def _symmetric(m: FloatArray) -> FloatArray:
     return (m + np.swapaxes(m, -1, -2)) / 2
 
 
-def _standardise(v: FloatArray) -> FloatArray | None:
-    """Centre and scale to unit norm along the last axis; None if constant (last-axis 1-D input)."""
+def _standardise(v: FloatArray) -> FloatArray:
+    """Centre and scale to unit norm along the last axis (``nan`` where ``v`` is constant), so a
+    dot product of two standardised vectors is their Pearson correlation."""
     c = v - v.mean(axis=-1, keepdims=True)
     norm = np.sqrt(np.sum(c * c, axis=-1, keepdims=True))
     with np.errstate(invalid="ignore", divide="ignore"):
