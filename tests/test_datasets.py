@@ -65,7 +65,14 @@ def test_cli_trains_on_mnist_files(tmp_path, capsys, monkeypatch):
 def test_registry_specs_describe_what_they_load(tmp_path, monkeypatch):
     from driftscope.data import DATASETS
 
-    assert DATASETS.names() == ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+    assert DATASETS.names() == (
+        "digits",
+        "mnist1d",
+        "mnist",
+        "fashion_mnist",
+        "cifar10",
+        "cifar100",
+    )
     ds = load_dataset("digits")
     spec = DATASETS.get("digits")
     assert (spec.input_shape, spec.num_classes) == (ds.input_shape, ds.num_classes)

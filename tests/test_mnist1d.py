@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from driftscope import RunConfig, open_run, train
-from driftscope.data import load_dataset
+from driftscope.data import DATASETS, load_dataset
 from driftscope.data import mnist1d as m1d
 from driftscope.errors import ConfigError
-from driftscope.models import build_model, model_layout
+from driftscope.models import MODELS, build_model, model_layout
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,8 @@ def test_cache_is_npz_without_pickle_and_is_reused(tmp_path, generated, monkeypa
     assert ds.train_x.shape == (4000, 1, 1, 40) and ds.train_x.dtype == torch.float32
     assert ds.test_x.shape == (1000, 1, 1, 40) and ds.num_classes == 10
     assert ds.input_shape == (1, 1, 40)
+    spec = DATASETS.get("mnist1d")  # the registry's torch-free description matches the load
+    assert (spec.input_shape, spec.num_classes) == (ds.input_shape, ds.num_classes)
     np.testing.assert_array_equal(ds.train_x[:, 0, 0].numpy(), generated["x"].astype(np.float32))
     assert torch.equal(ds.test_y, torch.from_numpy(generated["y_test"]))
 
@@ -90,6 +92,7 @@ def test_cnn1d_declares_its_head_and_classifies():
     ]
     assert layout.head_numel == 8970 and layout.numel == 33536 + 8970
     assert layout.numel == sum(p.numel() for p in model.parameters())
+    assert MODELS.get("cnn1d").num_params((1, 1, 40), 10) == layout.numel
     x = torch.randn(5, 1, 1, 40)
     assert model(x).shape == (5, 10)
     torch.testing.assert_close(model(x), model(x[:, :, 0]))  # (B, C, L) works the same

@@ -88,7 +88,7 @@ def test_unknown_model():
 
 
 def test_registry_specs_are_torch_free_and_count_parameters():
-    assert MODELS.names() == ("small_cnn", "vgg11", "mlp")
+    assert MODELS.names() == ("small_cnn", "vgg11", "mlp", "cnn1d")
     spec = MODELS.get("vgg11")
     assert spec.num_params((3, 32, 32), 10) == 9_750_922  # counted on the meta device
     assert spec.num_params((3, 32, 32), 100) == 9_797_092
