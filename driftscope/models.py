@@ -19,7 +19,7 @@ Registry (``MODELS``):
   10 classes; head = the 3 linear layers; the reference code's initialisation.
 * ``mlp``: two hidden layers of 200; head = the output layer.
 * ``cnn1d``: ``small_cnn`` in one dimension for 1-D signals (``mnist1d``), in
-  :mod:`driftscope.models_1d`.
+  :mod:`driftscope.nets_1d`.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _mlp(shape: Shape, k: int) -> nn.Module:
 
 
 def _cnn1d(shape: Shape, k: int) -> nn.Module:
-    from driftscope.models_1d import build_cnn1d
+    from driftscope.nets_1d import build_cnn1d
 
     return build_cnn1d(shape, k)
 

@@ -1,4 +1,4 @@
-"""Models for 1-D signals (MNIST-1D): ``cnn1d``, a small 1-D CNN with a declared 3-layer head.
+"""Networks for 1-D signals (MNIST-1D): ``cnn1d``, a small 1-D CNN with a declared 3-layer head.
 
 ``CNN1D`` is :class:`~driftscope.models.SmallCNN` in one dimension, so a run on MNIST-1D differs
 from the digits default in the data, not in the shape of the network: a conv body (16, 32, M, 64,
