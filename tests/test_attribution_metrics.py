@@ -7,6 +7,7 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 from driftscope.metrics import attribution as at
+from driftscope.metrics.drift import pairwise_cosine
 
 # Three clients. Update cosines (pairs 01, 02, 12) = (0.9, 0.1, 0.5), carried by a Gram whose
 # diagonal is not 1 (norms 1, 2, 3), so the normalisation is exercised.
@@ -18,7 +19,7 @@ HIST = np.array([[5, 0], [3, 3], [0, 7]])
 
 
 def test_hand_computed_three_clients():
-    np.testing.assert_allclose(at.update_cosine(GRAM), COS)
+    np.testing.assert_allclose(pairwise_cosine(GRAM), COS)
     s = 1 / math.sqrt(2)
     np.testing.assert_allclose(at.label_similarity(HIST), [[1, s, 0], [s, 1, s], [0, s, 1]])
     # Spearman: ranks (3, 1, 2) against (2.5, 1, 2.5): centred (1, -1, 0) . (.5, -1, .5) = 1.5,
@@ -54,7 +55,7 @@ def test_matches_a_slow_loop_over_permutations(method, s):
     res = at.label_alignment(d @ d.T, hist, method=method, permutations=200, seed=3)
     perms, exact = at._permutations(s, 200, 3)
     observed, stats = _slow_mantel(
-        at.update_cosine(d @ d.T), at.label_similarity(hist), perms, method
+        pairwise_cosine(d @ d.T), at.label_similarity(hist), perms, method
     )
     assert res.statistic == pytest.approx(observed)
     hits = int(np.sum(stats >= observed - 1e-12))

@@ -5,7 +5,8 @@ Two questions, for one layer and one round with ``S`` participating clients:
 1. **Does the clients' disagreement follow their label distributions?** (:func:`label_alignment`)
    Compare two ``S x S`` similarity matrices over the ``S (S - 1) / 2`` client pairs ``i < j``:
 
-   * update cosine ``U_ij = G_ij / sqrt(G_ii G_jj)`` from the layer's update Gram ``G``;
+   * update cosine ``U_ij = G_ij / sqrt(G_ii G_jj)`` from the layer's update Gram ``G``
+     (:func:`driftscope.metrics.drift.pairwise_cosine`);
    * label similarity ``L_ij = cos(h_i, h_j)``, the cosine of the clients' class-count vectors.
 
    The statistic is **Spearman's rank correlation** of the pair values (the default; Pearson on
@@ -45,6 +46,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import rankdata
 
+from driftscope.metrics.drift import pairwise_cosine
+
 __all__ = [
     "METHODS",
     "Alignment",
@@ -52,7 +55,6 @@ __all__ = [
     "label_alignment",
     "label_similarity",
     "mantel",
-    "update_cosine",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -84,21 +86,6 @@ def _f64(x: Any) -> FloatArray:
     return np.asarray(x, dtype=np.float64)
 
 
-def update_cosine(gram: Any) -> FloatArray:
-    """``U_ij = G_ij / sqrt(G_ii G_jj)`` from an ``(S, S)`` (or ``(..., S, S)``) update Gram.
-
-    Entries involving a zero update are ``nan``; values are clipped to ``[-1, 1]``.
-    """
-    g = _f64(gram)
-    if g.ndim < 2 or g.shape[-1] != g.shape[-2]:
-        raise ValueError(f"gram must be shaped (..., S, S); got {g.shape}")
-    d = np.diagonal(g, axis1=-2, axis2=-1)
-    den = np.sqrt(np.clip(d[..., :, None] * d[..., None, :], 0.0, None))
-    out = np.full(g.shape, np.nan)
-    np.divide(g, den, out=out, where=den > 0)
-    return np.clip(out, -1.0, 1.0)
-
-
 def label_similarity(histograms: Any) -> FloatArray:
     """Cosine similarity of clients' class-count vectors: ``(S, K)`` counts -> ``(S, S)``.
 
@@ -109,7 +96,7 @@ def label_similarity(histograms: Any) -> FloatArray:
         raise ValueError(f"histograms must be shaped (S, K); got {h.shape}")
     if np.any(h < 0):
         raise ValueError("label histograms must be non-negative counts")
-    return update_cosine(h @ h.T)
+    return pairwise_cosine(h @ h.T)
 
 
 def _pairs(m: FloatArray) -> FloatArray:
@@ -232,7 +219,7 @@ def label_alignment(
     if g.ndim != 2 or h.ndim != 2 or g.shape[0] != h.shape[0]:
         raise ValueError(f"gram (S, S) and histograms (S, K) disagree: {g.shape} and {h.shape}")
     return mantel(
-        update_cosine(g),
+        pairwise_cosine(g),
         label_similarity(h),
         method=method,
         permutations=permutations,
