@@ -5,7 +5,7 @@ import numpy as np
 
 from driftscope import open_run
 from driftscope.analysis.attribution import class_variance_table, label_alignment_summary
-from driftscope.attribution_figures import (
+from driftscope.figures.attribution import (
     class_variance_heatmap,
     label_alignment_profile,
     write_attribution_figures,

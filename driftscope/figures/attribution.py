@@ -12,7 +12,9 @@ function                                  what it shows
 :func:`write_attribution_figures`         both, as PNG and PDF
 ========================================  ===========================================================
 
-Like every driftscope figure these read only run files and return the Axes they drew on.
+Like every driftscope figure these read only run files and return the Axes they drew on. They
+depend on nothing else in :mod:`driftscope.figures`; to include them in ``write_figures``, call
+:func:`write_attribution_figures` for the first recorded run inside its paper style.
 """
 
 from __future__ import annotations
@@ -163,23 +165,24 @@ def class_variance_heatmap(
 
 def write_attribution_figures(run: Run, out_dir: str | os.PathLike) -> list[Path]:
     """``label_alignment_profile`` and (when updates are stored) ``class_variance_heatmap`` of
-    one run, as PNG (200 dpi) and PDF in ``out_dir``; returns the written paths."""
+    one run, as PNG (200 dpi) and PDF in ``out_dir``; returns the written paths.
+
+    Draws in the current matplotlib style: call it inside ``figures.paper_style()`` for
+    print-ready files.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if not len(run.rounds):
         return written
-    from driftscope.figures import paper_style
-
     try:
         table = class_variance_table(run)
     except RunFileError:  # updates of the output layer not stored: skip that figure
         table = pd.DataFrame()
-    with paper_style():
-        figures = [("label_alignment_profile", label_alignment_profile(run).figure)]
-        if len(table):
-            ax = class_variance_heatmap(run, table=table)
-            figures.append(("class_variance_heatmap", ax.figure))
+    figures = [("label_alignment_profile", label_alignment_profile(run).figure)]
+    if len(table):
+        ax = class_variance_heatmap(run, table=table)
+        figures.append(("class_variance_heatmap", ax.figure))
     for name, fig in figures:
         paths = [out / f"{name}.png", out / f"{name}.pdf"]
         try:
