@@ -17,6 +17,9 @@ function (module)              what it shows
 :func:`cosine_clustermap`      client x client cosine of one layer's updates, clustered
 :func:`accuracy_curves`        test accuracy per round, legend with communication per round
 :func:`partition_histogram`    each client's label histogram
+:func:`label_alignment_profile`  per layer, how far the clients' update disagreement follows their
+(``attribution``)              label histograms; :func:`class_variance_heatmap`: the output
+                               layer's update variance per class and round
 :func:`write_figures`          all of the above that the runs support, as PNG and PDF
 =============================  ================================================================
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 from driftscope.analysis.tables import communication_factor, tidy
 from driftscope.figures.accuracy import accuracy_curves
+from driftscope.figures.attribution import class_variance_heatmap, label_alignment_profile
 from driftscope.figures.cka import cka_by_layer
 from driftscope.figures.clustermap import cosine_clustermap
 from driftscope.figures.labels import algorithm_label, metric_label, run_label, run_labels
@@ -40,8 +44,10 @@ __all__ = [
     "accuracy_curves",
     "algorithm_label",
     "cka_by_layer",
+    "class_variance_heatmap",
     "communication_factor",
     "cosine_clustermap",
+    "label_alignment_profile",
     "layer_heatmap",
     "layer_profile",
     "metric_label",

@@ -13,7 +13,7 @@ function                                  what it shows
 ========================================  ===========================================================
 
 Like every driftscope figure these read only run files and return the Axes they drew on. They
-depend on nothing else in :mod:`driftscope.figures`; to include them in ``write_figures``, call
+depend on nothing else in :mod:`driftscope.figures`; ``write_figures`` calls
 :func:`write_attribution_figures` for the first recorded run inside its paper style.
 """
 
@@ -34,6 +34,7 @@ from driftscope.analysis.attribution import (
     label_alignment_summary,
     label_alignment_table,
 )
+from driftscope.analysis.labels import run_label
 from driftscope.errors import RunFileError
 from driftscope.reader import Run
 
@@ -52,8 +53,7 @@ def _ax(ax: Axes | None, figsize: tuple[float, float] = FIGSIZE) -> Axes:
 
 
 def _title(run: Run) -> str:
-    c = run.config
-    return f"{c['train']['algorithm']} on {c['data']['dataset']}"
+    return run_label(run)
 
 
 def label_alignment_profile(
@@ -168,7 +168,7 @@ def write_attribution_figures(run: Run, out_dir: str | os.PathLike) -> list[Path
     one run, as PNG (200 dpi) and PDF in ``out_dir``; returns the written paths.
 
     Draws in the current matplotlib style: call it inside ``figures.paper_style()`` for
-    print-ready files.
+    print-ready files (``write_figures`` does).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

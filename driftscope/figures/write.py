@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from driftscope.analysis.tables import tidy
 from driftscope.figures.accuracy import accuracy_curves
+from driftscope.figures.attribution import write_attribution_figures
 from driftscope.figures.cka import cka_by_layer
 from driftscope.figures.clustermap import cosine_clustermap
 from driftscope.figures.labels import run_labels
@@ -39,7 +40,9 @@ def write_figures(runs: Sequence[Run], out_dir: str | os.PathLike) -> list[Path]
     ``layer_profile_<metric>`` (each ``headline`` metric of METRICS the runs have: relative
     variance, drift diversity, cosine divergence, and CKA when recorded), ``layer_heatmap_relative_variance`` (first recorded run), ``cka_by_layer``,
     ``cosine_clustermap_<layer>`` (the head's last layer and the first layer of the first
-    recorded run), ``accuracy_curves`` and ``partition_histogram`` (first run). Figures a run
+    recorded run), ``label_alignment_profile`` and ``class_variance_heatmap`` (first recorded run;
+    :mod:`driftscope.figures.attribution`), ``accuracy_curves`` and ``partition_histogram`` (first
+    run). Figures a run
     cannot support (no records, no CKA) are skipped. Returns the written paths.
     """
     runs = list(runs)
@@ -69,6 +72,7 @@ def write_figures(runs: Sequence[Run], out_dir: str | os.PathLike) -> list[Path]
             for ly in dict.fromkeys(chosen):
                 grid = cosine_clustermap(first, ly.name)
                 written += _save(grid.figure, out, f"cosine_clustermap_{ly.label}")
+            written += write_attribution_figures(first, out)
         runs_with_metrics = [r for r in runs if r.num_rounds]
         if runs_with_metrics:
             ax = accuracy_curves(runs_with_metrics)
