@@ -17,6 +17,12 @@ import pytest
 import seaborn as sns
 import torch
 from conftest import small_config
+
+from driftscope import RunConfig, open_run, train
+from driftscope.analysis.tables import drift_table, layer_summary
+from driftscope.data import Dataset
+from driftscope.errors import DivergenceError
+from driftscope.events import Hook
 from driftscope.figures import (
     accuracy_curves,
     cka_by_layer,
@@ -31,12 +37,6 @@ from driftscope.figures import (
     tidy,
     write_figures,
 )
-
-from driftscope import RunConfig, open_run, train
-from driftscope.analysis.tables import drift_table, layer_summary
-from driftscope.data import Dataset
-from driftscope.errors import DivergenceError
-from driftscope.events import Hook
 
 VGG_LABELS = [f"conv{i}" for i in range(1, 9)] + ["fc1", "fc2", "fc3"]
 

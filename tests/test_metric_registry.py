@@ -6,11 +6,11 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from driftscope.figures import layer_profile, write_figures
 
 from driftscope import open_run
 from driftscope.analysis import drift_table, layer_summary
 from driftscope.errors import ConfigError
+from driftscope.figures import layer_profile, write_figures
 from driftscope.metrics import METRICS, Metric, register_metric
 from driftscope.report import format_summary
 

@@ -26,7 +26,9 @@ def as_runs(runs: Run | Sequence[Run]) -> list[Run]:
 def as_tidy(data: Run | Sequence[Run] | pd.DataFrame) -> pd.DataFrame:
     if isinstance(data, pd.DataFrame):
         if "run" not in data.columns:
-            raise ValueError("a tidy table needs a 'run' column: build it with driftscope.analysis.tidy(runs)")
+            raise ValueError(
+                "a tidy table needs a 'run' column: build it with driftscope.analysis.tidy(runs)"
+            )
         return data
     return tidy(data)
 
@@ -45,7 +47,6 @@ def metric_rows(df: pd.DataFrame, metric: str) -> pd.DataFrame:
         have = ", ".join(sorted(map(str, df["metric"].unique()))) or "none"
         raise ValueError(f"no '{metric}' in the table (metrics: {have})")
     return sub
-
 
 
 def head_spans(labels: Sequence[str], head: set[str]) -> list[tuple[int, int]]:
@@ -138,5 +139,3 @@ def legend_above(ax: Axes, title: str | None = None) -> None:
         columnspacing=1.0,
         handletextpad=0.4,
     )
-
-

@@ -80,7 +80,6 @@ def set_style() -> None:
     mpl.rcParams.update(_style_rc())
 
 
-
 class PlainLogFormatter(mticker.LogFormatter):
     """Log-axis tick labels as plain numbers ("0.5", "20") instead of "2x10^1"; matplotlib
     still decides which minor ticks get a label."""
@@ -93,7 +92,6 @@ class PlainLogFormatter(mticker.LogFormatter):
 def plain_log_ticks(axis: Any) -> None:
     axis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
     axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-
 
 
 @contextmanager
@@ -115,5 +113,3 @@ def new_ax(ax: Axes | None, figsize: tuple[float, float] = FIGSIZE) -> Axes:
         return ax
     _, ax = plt.subplots(figsize=figsize)
     return ax
-
-
