@@ -24,6 +24,14 @@ def one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+class RunWriteError(RunFileError, OSError):
+    """A write that failed (disk full, size limit, I/O error): a one-line RunFileError that is
+    also an OSError, so callers that handle OSError keep working."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class Lock:
     """An exclusive ``flock`` on ``<path>.lock`` holding the writer's host and PID."""
 

@@ -52,7 +52,7 @@ from driftscope import schema
 from driftscope.errors import RunFileError
 from driftscope.h5open import open_file, writer_alive
 from driftscope.layout import ModelLayout
-from driftscope.outputs import Lock, check_output, unwritable, write_error
+from driftscope.outputs import Lock, RunWriteError, check_output, unwritable, write_error
 
 __all__ = [
     "RunWriter",
@@ -334,18 +334,24 @@ class RunWriter:
             append(self._ds(schema.metric_path(name)), getattr(event, name))
         rnd = int(event.round)
         if state:
-            # overwrite slot round % 2, then say which round it holds; the other slot keeps the
-            # previous committed round's state until this round's commit marker is written
-            slot = schema.state_slot(rnd)
-            for name, value in state.items():
-                if schema.state_path(name) not in self.file:
-                    raise RunFileError(f"resume state '{name}' was not declared (declare_state)")
-                arr = value.detach().cpu().numpy() if hasattr(value, "detach") else value
-                self._ds(schema.state_path(name))[slot] = np.asarray(arr)
-            self._ds(schema.STATE_ROUND)[slot] = rnd
-        append(self._ds(schema.METRICS_ROUND), rnd)  # commit marker: written last
-        self.file.flush()
+            self._write_state(rnd, state)
+        self._mark(rnd)
         self._check_room(rnd)
+
+    def _write_state(self, round: int, state: Mapping[str, Any]) -> None:
+        """Overwrite slot ``round % 2``, then say which round it holds; the other slot keeps the
+        previous committed round's state until this round's commit marker is written."""
+        slot = schema.state_slot(round)
+        for name, value in state.items():
+            if schema.state_path(name) not in self.file:
+                raise RunFileError(f"resume state '{name}' was not declared (declare_state)")
+            arr = value.detach().cpu().numpy() if hasattr(value, "detach") else value
+            self._ds(schema.state_path(name))[slot] = np.asarray(arr)
+        self._ds(schema.STATE_ROUND)[slot] = round
+
+    def _mark(self, round: int) -> None:
+        append(self._ds(schema.METRICS_ROUND), round)  # commit marker: written last
+        self.file.flush()
 
     def _check_room(self, rnd: int) -> None:
         """Stop cleanly before a round that would not fit: HDF5 cannot recover from a write that
@@ -434,7 +440,7 @@ class RunWriter:
         except (OSError, RuntimeError) as err:
             reason = write_error(err)
             self._fail(reason)
-            raise RunFileError(f"cannot write {self.path}: {reason}") from None
+            raise RunWriteError(f"cannot write {self.path}: {reason}") from None
 
     def _fail(self, reason: str) -> None:
         """After a write error: mark the run failed if that can still be written, then close.
