@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from driftscope import schema  # noqa: E402
 from driftscope.config import RunConfig  # noqa: E402
 from driftscope.data import Dataset, load_dataset  # noqa: E402
 from driftscope.events import Hook, RoundEnded, RoundStarted, RunEnded, RunStarted  # noqa: E402
@@ -631,13 +632,13 @@ def bench_io(quick: bool, tmp: Path) -> dict[str, Any]:
         # creates the datasets as in a real run
         rec = Recorder(writer, cfg.record, sim.layout, s, sim.num_clients, sim.build_model)
         writer.start_swmr()
-        updates = writer.file["records"]["updates"]
+        updates = writer.file[schema.UPDATES]
         t0 = time.perf_counter()
         for r in range(rounds):  # Recorder.on_round_end's update-storing lines
             for p in rec.stored:
                 block = d[:, p.offset : p.offset + p.numel].numpy()
                 append(updates[p.name], block.astype(cfg.record.update_dtype, copy=False))
-            append(writer.file["records"]["update_round"], r)
+            append(writer.file[schema.UPDATE_ROUND], r)
             writer.commit(replace(summary, round=r))  # metrics row (the commit marker) + flush
         writer.close()
         if sync:

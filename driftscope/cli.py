@@ -444,8 +444,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(args)
         out = Path(args.out) if args.out else default_out(cfg)
-        if out.exists() and not args.overwrite:
-            raise DriftscopeError(f"{out} already exists: choose another --out or pass --overwrite")
+        from driftscope.runfile import check_output
+
+        check_output(out, args.overwrite)  # before any data is loaded or any file is touched
         requested = args.threads
     warn_about(cfg)
     threads = apply_threads(cfg, requested)
@@ -469,9 +470,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from driftscope.analysis.tables import drift_table, layer_summary
     from driftscope.reader import open_run
     from driftscope.report import format_summary
+    from driftscope.runfile import check_output
 
+    if args.csv:
+        check_output(args.csv, overwrite=True, what="--csv")
     with open_run(args.run) as run:
-        summary = layer_summary(run)
+        try:
+            summary = layer_summary(run)
+        except DriftscopeError as err:  # damaged records: say which, show what is readable
+            print(format_summary(run, None))
+            print(f"driftscope: drift metrics unreadable: {err}", file=sys.stderr)
+            return 2
         print(format_summary(run, summary))
         if args.csv:
             import pandas as pd
@@ -479,8 +488,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             from driftscope.analysis.attribution import label_alignment_table
 
             table = pd.concat([drift_table(run), label_alignment_table(run)], ignore_index=True)
-            Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-            table.to_csv(args.csv, index=False)
+            try:
+                table.to_csv(args.csv, index=False)
+            except OSError as err:
+                raise DriftscopeError(f"cannot write {args.csv}: {err.strerror}") from None
             print(f"wrote {args.csv} ({len(table)} rows)")
     return 0
 
@@ -498,9 +509,23 @@ def cmd_figures(args: argparse.Namespace) -> int:
     from driftscope.figures import write_figures
     from driftscope.reader import open_run
 
-    runs = [open_run(p) for p in args.runs]
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DriftscopeError(f"{out} is a file, not a folder: give --out a folder for the figures")
     try:
-        written = write_figures(runs, args.out)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DriftscopeError(
+            f"cannot create {out}: {err.strerror}; choose another --out"
+        ) from None
+    runs = []
+    try:
+        for p in args.runs:
+            runs.append(open_run(p))
+        try:
+            written = write_figures(runs, out)
+        except OSError as err:
+            raise DriftscopeError(f"cannot write figures into {out}: {err.strerror}") from None
     finally:
         for run in runs:
             run.close()

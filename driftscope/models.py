@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from driftscope.errors import ConfigError
+from driftscope.layout import LayerInfo, ModelLayout, ParamInfo
 from driftscope.registry import Registry
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 Shape = tuple[int, int, int]
@@ -123,72 +123,7 @@ def __getattr__(name: str) -> object:
 
 
 # ---------------------------------------------------------------------------------------- layout
-@dataclass(frozen=True)
-class ParamInfo:
-    """One parameter tensor: its slot ``[offset, offset + numel)`` in the flat parameter vector."""
-
-    name: str
-    layer: str
-    group: str  # "head" or "body"
-    shape: tuple[int, ...]
-    offset: int
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """A module that owns parameters. ``label`` is a short display name (conv1, fc2, ...)."""
-
-    name: str
-    label: str
-    kind: str
-    group: str
-    params: tuple[str, ...]
-    numel: int
-
-
-@dataclass(frozen=True)
-class ModelLayout:
-    """Parameters and layers of a model in order, split into head and body."""
-
-    params: tuple[ParamInfo, ...]
-    layers: tuple[LayerInfo, ...]
-
-    @property
-    def numel(self) -> int:
-        return sum(p.numel for p in self.params)
-
-    @property
-    def head_numel(self) -> int:
-        return sum(p.numel for p in self.params if p.group == "head")
-
-    @property
-    def head_share(self) -> float:
-        return self.head_numel / self.numel
-
-    def head_mask(self) -> torch.Tensor:
-        """Bool (numel,) over the flat parameter vector, True on head entries."""
-        import torch
-
-        mask = torch.zeros(self.numel, dtype=torch.bool)
-        for p in self.params:
-            if p.group == "head":
-                mask[p.offset : p.offset + p.numel] = True
-        return mask
-
-    def param(self, name: str) -> ParamInfo:
-        for p in self.params:
-            if p.name == name:
-                return p
-        raise KeyError(name)
-
-
+# ParamInfo, LayerInfo and ModelLayout live in the torch-free driftscope.layout (re-exported here)
 _KIND_LABEL = {"Conv2d": "conv", "Conv1d": "conv", "Linear": "fc"}
 
 

@@ -1,16 +1,22 @@
-"""Read run files: ``driftscope.open_run(path)`` returns a :class:`Run`.
+"""Read run files: ``driftscope.open_run(path)`` returns a :class:`Run`. Torch-free.
 
-The reader opens files in SWMR read mode, so it can follow a run that is still being written
-(call :meth:`Run.refresh` to see new rounds). It trusts only committed rounds: ``/metrics/round``
-is written last in each round, so rows beyond it (a round in flight when a run was killed) are
-ignored.
+The reader trusts only committed rounds: ``/metrics/round`` is written last in each round, so rows
+beyond it (a round in flight when a run was killed) are ignored. It can follow a run that is still
+being written (call :meth:`Run.refresh` to see new rounds).
+
+Robustness (issues 10 and 13): a file still marked for writing (a live run, or a killed one) is
+opened in SWMR read mode with a bounded number of metadata read attempts, so damaged metadata fails
+in milliseconds instead of hanging; "running" with a writer that is no longer alive (same host, dead
+PID) counts as stopped, so the truncation check applies; every read goes through one place that
+turns a missing or damaged dataset (checksum errors included) into a one-line
+:class:`~driftscope.errors.RunFileError` naming it. Every path comes from :mod:`driftscope.schema`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,23 +25,15 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from driftscope.errors import RunFileError
-from driftscope.models import LayerInfo as Layer
-from driftscope.runfile import FORMAT, METRIC_NAMES, SCHEMA_VERSION
+from driftscope import schema
+from driftscope.errors import DriftscopeError, RunFileError
+from driftscope.h5open import SWMR_READ_ATTEMPTS, open_file, writer_alive
+from driftscope.h5open import one_line as _one_line
+from driftscope.h5open import strings as _strings
+from driftscope.layout import LayerInfo, ModelLayout, ParamInfo
+from driftscope.run_records import RecordsMixin, _guarded
 
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    layer: str
-    group: str
-    shape: tuple[int, ...]
-    offset: int
-    numel: int
-
-
-def _strings(ds: h5py.Dataset) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]]
+__all__ = ["SWMR_READ_ATTEMPTS", "Run", "open_run", "writer_alive"]
 
 
 def open_run(path: str | os.PathLike) -> Run:
@@ -53,100 +51,126 @@ def open_run(path: str | os.PathLike) -> Run:
         raise RunFileError(
             f"{path} is not an HDF5 file: give a run file written by 'driftscope run'"
         )
+    f = open_file(path)
     try:
-        f = h5py.File(path, "r", swmr=True, libver="latest")
-    except OSError as err:
-        try:
-            f = h5py.File(path, "r")
-        except OSError:
+        attrs = f.attrs
+        fmt = attrs.get(schema.ATTR_FORMAT)
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode(errors="replace")
+        if fmt != schema.FORMAT:
             raise RunFileError(
-                f"{path} cannot be read as HDF5 ({str(err).splitlines()[0]}): the file is truncated "
-                "or damaged"
-            ) from None
-    try:
-        fmt = f.attrs.get("format")
-        if fmt != FORMAT:
-            raise RunFileError(
-                f"{path} is an HDF5 file but not a driftscope run (no format={FORMAT!r})"
+                f"{path} is an HDF5 file but not a driftscope run (no format={schema.FORMAT!r})"
             )
-        version = int(f.attrs.get("schema_version", -1))
-        if version > SCHEMA_VERSION:
+        try:
+            version = int(attrs.get(schema.ATTR_SCHEMA_VERSION, -1))
+        except (TypeError, ValueError):
+            version = -1
+        if version > max(schema.READABLE_VERSIONS):
             raise RunFileError(
                 f"{path} uses run-file schema {version}, newer than this driftscope reads "
-                f"({SCHEMA_VERSION}): upgrade driftscope"
+                f"({max(schema.READABLE_VERSIONS)}): upgrade driftscope"
             )
-        if version < 1:
+        if version not in schema.READABLE_VERSIONS:
             raise RunFileError(f"{path} has an invalid schema_version {version}")
-        expected, actual = f.id.get_filesize(), path.stat().st_size
-        if actual < expected and f["status"][()] != b"running":
-            raise RunFileError(
-                f"{path} is truncated ({actual:,} of {expected:,} bytes): copy the whole file again"
-            )
-        return Run(f, path)
-    except RunFileError:
+        run = Run(f, path)
+        if not run.live:
+            expected, actual = f.id.get_filesize(), path.stat().st_size
+            if actual < expected:
+                raise RunFileError(
+                    f"{path} is truncated ({actual:,} of {expected:,} bytes): copy the whole "
+                    "file again"
+                )
+        return run
+    except DriftscopeError:
         f.close()
         raise
-    except (KeyError, OSError, ValueError) as err:
+    except (KeyError, OSError, ValueError, TypeError, RuntimeError) as err:
         f.close()
         raise RunFileError(
-            f"{path} is a damaged driftscope run ({err}): re-run the training"
+            f"{path} is a damaged driftscope run ({_one_line(err)}): re-run the training"
         ) from None
 
 
-class Run:
+class Run(RecordsMixin):
     """A recorded run. Use as a context manager or call :meth:`close`.
 
-    Attributes: ``config`` (dict), ``environment`` (dict), ``params`` and ``layers`` (model order,
-    each with its group, head or body), ``clients`` (ids), ``rounds`` (recorded rounds),
-    ``metrics`` (DataFrame, one row per committed round).
+    ``config`` (RunConfig), ``environment`` (dict), ``layout`` (:class:`ModelLayout`: ``params``
+    and ``layers`` in model order, each head or body), ``clients`` (ids), ``rounds`` (recorded
+    rounds), ``metrics`` (DataFrame, one row per committed round). Only this class opens the file.
     """
 
     def __init__(self, file: h5py.File, path: Path) -> None:
-        self.file = file
+        self._file = file
         self.path = path
+
+    @property
+    def file(self) -> h5py.File:
+        """The open h5py file, for low-level inspection in tests and the file-format notebook only;
+        library code uses the methods of this class (which check what they read)."""
+        return self._file
+
+    # ------------------------------------------------------------------ raw access (one place)
+    def _get(self, name: str) -> Any:
+        """The dataset or group at ``name``; a missing or damaged one is a one-line RunFileError."""
         try:
-            self.config: dict[str, Any] = json.loads(file.attrs["config"])
-            self.environment: dict[str, Any] = json.loads(file.attrs["environment"])
-            m = file["model"]
-            names = _strings(m["param_name"])
-            layers_of = _strings(m["param_layer"])
-            groups = _strings(m["param_group"])
-            shapes = [tuple(json.loads(s)) for s in _strings(m["param_shape"])]
-            offsets = m["param_offset"][()]
-            numels = m["param_numel"][()]
-        except KeyError as err:
-            raise RunFileError(f"{path} is a damaged driftscope run (missing {err})") from None
-        self.params: list[Param] = [
-            Param(n, ly, g, s, int(o), int(k))
-            for n, ly, g, s, o, k in zip(
-                names, layers_of, groups, shapes, offsets, numels, strict=True
+            return self._file[name]
+        except (KeyError, OSError, ValueError, RuntimeError, TypeError) as err:
+            missing = isinstance(err, KeyError) and "doesn't exist" in str(err)
+            what = "is missing" if missing else f"is damaged ({_one_line(err)})"
+            raise RunFileError(
+                f"{self.path.name}: {name} {what}; the rest of the file may still be readable"
+            ) from None
+
+    def _read(self, name: str, sel: Any = ()) -> np.ndarray:
+        """Read ``name[sel]``; checksum and other read errors become a RunFileError naming it."""
+        ds = self._dataset(name)
+        try:
+            return ds[sel]
+        except (OSError, ValueError, RuntimeError, TypeError, IndexError) as err:
+            raise RunFileError(
+                f"{self.path.name}: {name} is damaged ({_one_line(err)}); its checksum or "
+                "layout does not match: copy the file again or re-run"
+            ) from None
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """The dataset at ``name``, checked against the schema's kind and number of axes."""
+        ds = self._get(name)
+        if not isinstance(ds, h5py.Dataset):
+            raise RunFileError(f"{self.path.name}: {name} is damaged (a group, not a dataset)")
+        kind, ndim = schema.expected(name)
+        try:
+            dkind = ds.dtype.kind
+            shape = ds.shape
+        except (OSError, ValueError, RuntimeError, TypeError) as err:
+            raise RunFileError(f"{self.path.name}: {name} is damaged ({_one_line(err)})") from None
+        ok = dkind in "fiub" if kind == "num" else dkind in "OSU"
+        if not ok or (ndim is not None and len(shape or ()) != ndim):
+            raise RunFileError(
+                f"{self.path.name}: {name} is damaged (dtype {ds.dtype}, shape {shape}; expected "
+                f"{'numbers' if kind == 'num' else 'strings'} with {ndim} axes)"
             )
-        ]
-        self.layers: list[Layer] = [
-            Layer(
-                name,
-                label,
-                kind,
-                group,
-                tuple(p.name for p in self.params if p.layer == name),
-                int(numel),
-            )
-            for name, label, kind, group, numel in zip(
-                _strings(m["layer_name"]),
-                _strings(m["layer_label"]),
-                _strings(m["layer_kind"]),
-                _strings(m["layer_group"]),
-                m["layer_numel"][()],
-                strict=True,
-            )
-        ]
-        self._params = {p.name: p for p in self.params}
-        self._layers = {layer.name: layer for layer in self.layers}
-        self._labels = {layer.label: layer for layer in self.layers}
+        return ds
+
+    def _has(self, name: str) -> bool:
+        try:
+            return name in self._file
+        except (OSError, KeyError, ValueError, RuntimeError):
+            return False
+
+    def _attr(self, name: str, default: Any = None, obj: str = "/") -> Any:
+        try:
+            value = self._file[obj].attrs.get(name, default)
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError):
+            return default
+        return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+    def _length(self, name: str) -> int:
+        return int(self._dataset(name).shape[0])
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        self.file.close()
+        with contextlib.suppress(Exception):
+            self._file.close()
 
     def __enter__(self) -> Run:
         return self
@@ -156,89 +180,247 @@ class Run:
 
     def refresh(self) -> None:
         """See rounds written since opening (for a live run)."""
-        for ds in self._datasets():
-            ds.refresh()
-        self.__dict__.pop("metrics", None)
-
-    def _datasets(self):
+        if not self._file.swmr_mode:
+            return
         out: list[h5py.Dataset] = []
-        self.file.visititems(
+        self._file.visititems(
             lambda _, obj: out.append(obj) if isinstance(obj, h5py.Dataset) else None
         )
-        return out
+        for ds in out:
+            ds.refresh()
 
     def __repr__(self) -> str:
-        c = self.config
-        return (
-            f"<Run {self.path.name}: {c['train']['algorithm']} on {c['data']['dataset']} "
-            f"({c['model']['name']}), {self.num_rounds} rounds, {len(self.clients)} clients, "
-            f"status {self.status}>"
-        )
+        try:
+            c = self.config
+            what = f"{c.train.algorithm} on {c.data.dataset} ({c.model.name}), "
+        except DriftscopeError:
+            what = ""
+        try:
+            n = f"{self.num_rounds} rounds, {len(self.clients)} clients, "
+        except DriftscopeError:
+            n = ""
+        return f"<Run {self.path.name}: {what}{n}status {self.status_text}>"
 
-    # ------------------------------------------------------------------ basics
+    # ------------------------------------------------------------------ file facts
     @property
-    def status(self) -> str:
-        self.file["status"].refresh()
-        return self.file["status"][()].decode()
-
-    @property
-    def status_message(self) -> str:
-        return self.file["status_message"][()].decode()
-
-    @property
-    def num_rounds(self) -> int:
-        """Committed rounds."""
-        ds = self.file["metrics/round"]
-        return int(ds.shape[0])
+    def schema_version(self) -> int:
+        return int(self._attr(schema.ATTR_SCHEMA_VERSION, -1))
 
     @property
-    def clients(self) -> list[int]:
-        return list(range(self.file["partition/label_histogram"].shape[0]))
+    def created(self) -> str:
+        return str(self._attr(schema.ATTR_CREATED, "unknown"))
 
     @property
-    def clients_per_round(self) -> int:
-        """Clients sampled each round (the config's fraction of all clients, at least one)."""
-        train = self.config["train"]
-        return max(1, round(float(train.get("client_fraction", 1.0)) * int(train["clients"])))
+    def engine(self) -> str:
+        """The engine that produced the run ("inprocess" for schema-1 files)."""
+        return str(self._attr(schema.ATTR_ENGINE, "inprocess"))
 
     @property
-    def client_sizes(self) -> np.ndarray:
-        """(clients,) training samples each client holds."""
-        return self.file["partition/client_size"][()]
+    def writer(self) -> dict[str, Any]:
+        """Host, PID and start time (seconds since the epoch) of the writing process (schema 2)."""
+        pid = self._attr(schema.WRITER_PID)
+        started = self._attr(schema.WRITER_STARTED)
+        return {
+            "host": self._attr(schema.WRITER_HOST),
+            "pid": None if pid is None else int(pid),
+            "started": None if started is None else float(started),
+        }
+
+    @property
+    def live(self) -> bool:
+        """Whether a writer is still adding rounds: status "running" and the writer alive."""
+        try:
+            status = self.status
+        except DriftscopeError:
+            return False
+        if status != schema.RUNNING:
+            return False
+        w = self.writer
+        return writer_alive(w["host"], w["pid"], w["started"])
+
+    # ------------------------------------------------------------------ config
+    @cached_property
+    def config_dict(self) -> dict[str, Any]:
+        """The config as stored (JSON), for tools that show it verbatim."""
+        raw = self._attr(schema.ATTR_CONFIG)
+        if raw is None:
+            raise RunFileError(f"{self.path.name}: the config attribute is missing")
+        try:
+            value = json.loads(raw)
+        except (TypeError, ValueError) as err:
+            raise RunFileError(f"{self.path.name}: the config is damaged ({err})") from None
+        if not isinstance(value, dict):
+            raise RunFileError(f"{self.path.name}: the config is damaged (not a JSON object)")
+        return value
+
+    @cached_property
+    def config(self) -> Any:
+        """The run's :class:`~driftscope.config.RunConfig` (schema-1 configs migrated on load)."""
+        from driftscope.config import RunConfig
+
+        try:
+            return RunConfig.from_dict(self.config_dict, source=f"{self.path.name} config")
+        except DriftscopeError as err:
+            raise RunFileError(f"{self.path.name}: the stored config is invalid ({err})") from None
+
+    @cached_property
+    def environment(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self._attr(schema.ATTR_ENVIRONMENT, "{}"))
+        except (TypeError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    # ------------------------------------------------------------------ layout
+    @cached_property
+    @_guarded
+    def layout(self) -> ModelLayout:
+        """Parameters and layers in model order (:class:`~driftscope.layout.ModelLayout`)."""
+        f = schema.param_field
+        names = _strings(self._read(f("name")))
+        layers_of = _strings(self._read(f("layer")))
+        groups = _strings(self._read(f("group")))
+        try:
+            shapes = [
+                tuple(int(v) for v in json.loads(s)) for s in _strings(self._read(f("shape")))
+            ]
+        except (TypeError, ValueError):
+            raise RunFileError(f"{self.path.name}: {f('shape')} is damaged") from None
+        offsets = self._read(f("offset"))
+        lf = schema.layer_field
+        lnames = _strings(self._read(lf("name")))
+        columns = [
+            lnames,
+            _strings(self._read(lf("label"))),
+            _strings(self._read(lf("kind"))),
+            _strings(self._read(lf("group"))),
+            self._read(lf("numel")),
+        ]
+        try:
+            params = tuple(
+                ParamInfo(n, ly, g, s, int(o))
+                for n, ly, g, s, o in zip(names, layers_of, groups, shapes, offsets, strict=True)
+            )
+            layers = tuple(
+                LayerInfo(
+                    name,
+                    label,
+                    kind,
+                    group,
+                    tuple(p.name for p in params if p.layer == name),
+                    int(numel),
+                )
+                for name, label, kind, group, numel in zip(*columns, strict=True)
+            )
+        except (TypeError, ValueError) as err:
+            raise RunFileError(
+                f"{self.path.name}: {schema.MODEL} is damaged ({_one_line(err)})"
+            ) from None
+        return ModelLayout(params, layers)
+
+    @property
+    def params(self) -> tuple[ParamInfo, ...]:
+        return self.layout.params
+
+    @property
+    def layers(self) -> tuple[LayerInfo, ...]:
+        return self.layout.layers
 
     @property
     def head_share(self) -> float:
-        return float(self.file["model"].attrs["head_numel"] / self.file["model"].attrs["numel"])
+        return self.layout.head_share
 
-    def layer(self, name: str) -> Layer:
+    @property
+    def numel(self) -> int:
+        """Parameters of the model."""
+        return self.layout.numel
+
+    def layer(self, name: str) -> LayerInfo:
         """A layer by module name (``classifier.4``) or label (``fc3``)."""
-        if name in self._layers:
-            return self._layers[name]
-        if name in self._labels:
-            return self._labels[name]
-        raise RunFileError(
-            f"no layer '{name}' in {self.path.name}; layers are "
-            + ", ".join(f"{ly.label} ({ly.name})" for ly in self.layers)
-        )
+        try:
+            return self.layout.layer(name)
+        except KeyError:
+            raise RunFileError(
+                f"no layer '{name}' in {self.path.name}; layers are "
+                + ", ".join(f"{ly.label} ({ly.name})" for ly in self.layers)
+            ) from None
 
-    def param(self, name: str) -> Param:
-        if name not in self._params:
+    def param(self, name: str) -> ParamInfo:
+        try:
+            return self.layout.param(name)
+        except KeyError:
             raise RunFileError(
                 f"no parameter '{name}' in {self.path.name}; parameters are "
                 + ", ".join(p.name for p in self.params[:8])
                 + (", ..." if len(self.params) > 8 else "")
-            )
-        return self._params[name]
+            ) from None
+
+    # ------------------------------------------------------------------ status
+    @property
+    def status(self) -> str:
+        """As written: running | complete | diverged | interrupted | failed."""
+        ds = self._get(schema.STATUS)
+        if self._file.swmr_mode:
+            with contextlib.suppress(Exception):
+                ds.refresh()
+        value = self._read(schema.STATUS)
+        return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+    @property
+    def status_message(self) -> str:
+        try:
+            value = self._read(schema.STATUS_MESSAGE)
+        except RunFileError:
+            return ""
+        return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+    @property
+    def status_text(self) -> str:
+        """The status for people: "running (writer not alive)" for a killed run."""
+        try:
+            status = self.status
+        except DriftscopeError:
+            return "unknown (status missing)"
+        if status == schema.RUNNING and not self.live:
+            return "running (writer not alive: killed or crashed)"
+        return status
+
+    # ------------------------------------------------------------------ partition
+    @property
+    def num_rounds(self) -> int:
+        """Committed rounds."""
+        return self._length(schema.METRICS_ROUND)
+
+    @property
+    def clients(self) -> list[int]:
+        return list(range(self._length(schema.LABEL_HISTOGRAM)))
+
+    @property
+    @_guarded
+    def client_sizes(self) -> np.ndarray:
+        """(clients,) training samples per client."""
+        return np.asarray(self._read(schema.CLIENT_SIZE), dtype=np.int64)
+
+    @property
+    @_guarded
+    def clients_per_round(self) -> int:
+        """S, the clients sampled per round (the width of every record)."""
+        if self._has(schema.RECORD_CLIENTS):
+            shape = self._dataset(schema.RECORD_CLIENTS).shape
+            if len(shape) == 2:
+                return int(shape[1])
+        return int(self.config.train.clients_per_round)
 
     # ------------------------------------------------------------------ tables
     @property
+    @_guarded
     def metrics(self) -> pd.DataFrame:
         """One row per committed round: round, test_accuracy, test_loss, train_loss, ... ."""
         n = self.num_rounds
-        g = self.file["metrics"]
-        data = {"round": g["round"][:n]}
-        for name in METRIC_NAMES:
-            col = g[name][:n]
+        data = {"round": self._read(schema.METRICS_ROUND, slice(0, n))}
+        for name in schema.METRIC_NAMES:
+            path = schema.metric_path(name)
+            col = self._read(path, slice(0, n)) if self._has(path) else np.zeros(0)
             data[name] = col if len(col) == n else np.full(n, np.nan)
         return pd.DataFrame(data)
 
@@ -251,11 +433,12 @@ class Run:
         return float((m["downlink_bytes"] + m["uplink_bytes"]).mean())
 
     @property
+    @_guarded
     def client_metrics(self) -> pd.DataFrame:
         """Long table: round, client, train_loss, train_accuracy (participating clients only)."""
         n = self.num_rounds
-        loss = self.file["clients/train_loss"][:n]
-        acc = self.file["clients/train_accuracy"][:n]
+        loss = self._read(schema.client_metric_path("train_loss"), slice(0, n))
+        acc = self._read(schema.client_metric_path("train_accuracy"), slice(0, n))
         r, c = np.nonzero(~np.isnan(loss))
         return pd.DataFrame(
             {
@@ -267,137 +450,12 @@ class Run:
         )
 
     @property
+    @_guarded
     def label_histogram(self) -> pd.DataFrame:
         """(client x class) sample counts of the partition."""
-        h = self.file["partition/label_histogram"][()]
+        h = self._read(schema.LABEL_HISTOGRAM)
         return pd.DataFrame(
             h,
             index=pd.Index(range(h.shape[0]), name="client"),
             columns=pd.Index(range(h.shape[1]), name="class"),
         )
-
-    # ------------------------------------------------------------------ records
-    def _committed(self, index_name: str) -> np.ndarray:
-        """Rows of a record index whose round is committed (<= last committed round)."""
-        rec = self.file["records"]
-        if index_name not in rec:
-            return np.zeros(0, dtype=np.int64)
-        rounds = rec[index_name][()]
-        committed = self.file["metrics/round"][: self.num_rounds]
-        last = int(committed[-1]) if len(committed) else -1
-        return rounds[rounds <= last]
-
-    @property
-    def rounds(self) -> np.ndarray:
-        """Rounds with per-layer records (Gram matrices), in order."""
-        return self._committed("round")
-
-    @property
-    def update_rounds(self) -> np.ndarray:
-        """Rounds whose full client updates are stored."""
-        return self._committed("update_round")
-
-    @property
-    def cka_rounds(self) -> np.ndarray:
-        return self._committed("cka_round")
-
-    @property
-    def participants(self) -> np.ndarray:
-        """(recorded rounds, S) client ids in the row order of every record."""
-        return self.file["records/clients"][: len(self.rounds)]
-
-    def _row(self, rounds: np.ndarray, round: int, what: str) -> int:
-        hits = np.flatnonzero(rounds == round)
-        if not len(hits):
-            shown = ", ".join(str(int(r)) for r in rounds[:10]) + (
-                " ..." if len(rounds) > 10 else ""
-            )
-            raise RunFileError(
-                f"round {round} has no {what} in {self.path.name}; recorded: {shown or 'none'}"
-            )
-        return int(hits[0])
-
-    def gram(self, name: str, round: int | None = None) -> np.ndarray:
-        """Gram matrices of client updates for a parameter or a layer (sum of its parameters'):
-        (rounds, S, S), or (S, S) for one ``round``."""
-        names = self._names(name)
-        n = len(self.rounds)
-        rows = slice(None) if round is None else self._row(self.rounds, round, "records")
-        g = self.file["records/gram"]
-        out = sum(g[p][:n][rows] for p in names)
-        return np.asarray(out)
-
-    def updates(self, name: str, round: int | None = None) -> np.ndarray:
-        """Stored client updates of a parameter, shaped (rounds, S, *param shape), or of a layer,
-        shaped (rounds, S, layer numel) with its parameters concatenated. ``round`` selects one."""
-        names = self._names(name)
-        u = self.file["records/updates"]
-        missing = [p for p in names if p not in u]
-        if missing:
-            raise RunFileError(
-                f"updates of '{missing[0]}' were not stored in {self.path.name} "
-                "(record.update_layers): use gram() for drift metrics"
-            )
-        n = len(self.update_rounds)
-        rows = (
-            slice(None)
-            if round is None
-            else [self._row(self.update_rounds, round, "stored updates")]
-        )
-        blocks = [u[p][:n][rows] for p in names]
-        if len(names) == 1 and name in self._params:
-            shape = self._params[name].shape
-            out = blocks[0].reshape(*blocks[0].shape[:2], *shape)
-        else:
-            out = np.concatenate(blocks, axis=-1)
-        return out[0] if round is not None else out
-
-    def cka(self, layer: str, kind: str = "linear", round: int | None = None) -> np.ndarray:
-        """Pairwise CKA of the S client models and the global model (last index) on the probe set:
-        (cka rounds, S+1, S+1), or (S+1, S+1) for one ``round``."""
-        rec = self.file["records"]
-        if "cka" not in rec:
-            raise RunFileError(f"{self.path.name} has no probe CKA (recorded with probe_size 0)")
-        if kind not in rec["cka"]:
-            raise RunFileError(f"unknown CKA kind '{kind}': choose one of {', '.join(rec['cka'])}")
-        ly = self.layer(layer)
-        n = len(self.cka_rounds)
-        data = rec["cka"][kind][ly.name][:n]
-        if round is None:
-            return data
-        return data[self._row(self.cka_rounds, round, "CKA")]
-
-    def control_norms(self, param: str) -> np.ndarray:
-        """(rounds, 1 + clients): ||c|| then each ||c_i|| after each recorded round."""
-        rec = self.file["records"]
-        if "control_norm" not in rec or param not in rec["control_norm"]:
-            raise RunFileError(f"no control-variate norms for '{param}' in {self.path.name}")
-        return rec["control_norm"][param][: len(self.rounds)]
-
-    def _names(self, name: str) -> tuple[str, ...]:
-        if name in self._params:
-            return (name,)
-        return self.layer(name).params
-
-    # ------------------------------------------------------------------ description
-    @cached_property
-    def records_policy(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.file["records"].attrs.items()}
-
-    def describe_datasets(self) -> pd.DataFrame:
-        """Every dataset in the file: path, shape, dtype, stored bytes."""
-        rows = []
-
-        def visit(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset):
-                rows.append(
-                    {
-                        "dataset": name,
-                        "shape": tuple(obj.shape),
-                        "dtype": str(obj.dtype),
-                        "bytes": int(obj.id.get_storage_size()),
-                    }
-                )
-
-        self.file.visititems(visit)
-        return pd.DataFrame(rows)

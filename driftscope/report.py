@@ -3,43 +3,75 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
+from driftscope.errors import DriftscopeError
 from driftscope.metrics import headline_metrics
 from driftscope.reader import Run
 
 
-def format_summary(run: Run, summary: pd.DataFrame) -> str:
-    """Per-layer drift table, layers in model order, head rows marked with '*'."""
-    c = run.config
-    lines = [
-        f"{run.path.name}: {c['train']['algorithm']} on {c['data']['dataset']} ({c['model']['name']}), "
-        f"{c['data']['partition']}"
-        + (f" alpha={c['data']['alpha']:g}" if c["data"]["partition"] == "dirichlet" else "")
-        + f", {len(run.clients)} clients, {run.num_rounds} rounds ({run.status})",
-        f"per-layer drift over {len(run.rounds)} recorded rounds (ratios of sums; CKA = mean linear "
-        "CKA over client pairs); * = head",
-        "",
-    ]
-    table = summary.copy()
-    table.insert(0, " ", np.where(table["group"] == "head", "*", ""))
-    cols = [" ", "label", "layer", "group", "numel", *headline_metrics()]
-    table = table[[col for col in cols if col in table]]
-    lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if len(table) and "relative_variance" in summary:
-        by = summary.groupby("group")[["relative_variance", "drift_diversity", "cka"]].mean()
-        if {"head", "body"} <= set(by.index):
-            lines += [
-                "",
-                "mean over layers       body      head",
-                *(
-                    f"{metric:<20} {by.loc['body', metric]:8.4f}  {by.loc['head', metric]:8.4f}"
-                    for metric in ("relative_variance", "drift_diversity", "cka")
-                ),
-            ]
-    m = run.metrics
+def _run_title(run: Run) -> str:
+    try:
+        c = run.config
+        data = c.data
+        what = (
+            f"{c.train.algorithm} on {data.dataset} ({c.model.name}), {data.partition}"
+            + (f" alpha={data.alpha:g}" if data.partition == "dirichlet" else "")
+            + ", "
+        )
+    except DriftscopeError as err:
+        what = f"(config unreadable: {err}) "
+    parts = []
+    for label, get in (("clients", lambda: len(run.clients)), ("rounds", lambda: run.num_rounds)):
+        try:
+            parts.append(f"{get()} {label}")
+        except DriftscopeError:
+            parts.append(f"? {label}")
+    return f"{run.path.name}: {what}{', '.join(parts)} ({run.status_text})"
+
+
+def format_summary(run: Run, summary: pd.DataFrame | None) -> str:
+    """Per-layer drift table, layers in model order, head rows marked with '*' (``summary`` None:
+    the title and the metrics only, for a file whose records cannot be read)."""
+    lines = [_run_title(run)]
+    if summary is None:
+        pass
+    elif not run.recorded:
+        lines.append(
+            "no per-layer records: this run was recorded with --no-record (record.enabled = "
+            "false); re-run without --no-record to get drift metrics"
+        )
+    else:
+        lines += [
+            f"per-layer drift over {len(run.rounds)} recorded rounds (ratios of sums; CKA = mean "
+            "linear CKA over client pairs); * = head",
+            "",
+        ]
+        table = summary.copy()
+        table.insert(0, " ", np.where(table["group"] == "head", "*", ""))
+        cols = [" ", "label", "layer", "group", "numel", *headline_metrics()]
+        table = table[[col for col in cols if col in table]]
+        lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if len(table) and "relative_variance" in summary:
+            means = ["relative_variance", "drift_diversity", "cka"]
+            by = summary.groupby("group")[[m for m in means if m in summary]].mean()
+            if {"head", "body"} <= set(by.index):
+                lines += [
+                    "",
+                    "mean over layers       body      head",
+                    *(
+                        f"{metric:<20} {by.loc['body', metric]:8.4f}  {by.loc['head', metric]:8.4f}"
+                        for metric in by.columns
+                    ),
+                ]
+    try:
+        m = run.metrics
+    except DriftscopeError as err:
+        lines += ["", f"metrics unreadable: {err}"]
+        return "\n".join(lines)
     if len(m):
         last = m.iloc[-1]
         lines += [
@@ -50,43 +82,95 @@ def format_summary(run: Run, summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _section(lines: list[str], title: str, body: Callable[[], list[str]]) -> None:
+    """Append ``body()``; a damaged part prints one line saying so, and the rest still prints."""
+    try:
+        lines.extend(body())
+    except DriftscopeError as err:
+        lines.append(f"  {title}: unreadable ({err})")
+
+
+def _dataset_groups(ds: pd.DataFrame) -> list[str]:
+    """One line per dataset, or per group of like datasets with its count and total size."""
+    lines = []
+    parents = ds["dataset"].str.rsplit("/", n=1).str[0].where(ds["dataset"].str.contains("/"), "")
+    ds = ds.assign(parent=parents)
+    for parent, sub in ds.groupby("parent", sort=False):
+        if len(sub) <= 2:
+            for _, row in sub.iterrows():
+                lines.append(
+                    f"    {row['dataset']:<44} {row['shape']!s:<20} {row['dtype']:<8} "
+                    f"{row['bytes'] / 1e6:10.3f} MB"
+                )
+            continue
+        dtypes = "/".join(sorted(set(sub["dtype"])))
+        lines.append(
+            f"    {parent + '/*':<44} {f'{len(sub)} datasets':<20} {dtypes:<8} "
+            f"{sub['bytes'].sum() / 1e6:10.3f} MB in all"
+        )
+    return lines
+
+
 def format_inspect(run: Run) -> str:
     """What a run file holds: config, environment, layers, rounds and datasets with sizes."""
-    lines = [
-        f"{run.path}",
-        f"  status: {run.status}" + (f" ({run.status_message})" if run.status_message else ""),
-    ]
+    lines = [f"{run.path}"]
+    status = run.status_text
+    lines.append(f"  status: {status}" + (f" ({run.status_message})" if run.status_message else ""))
+    w = run.writer
+    writer = f", writer {w['host']} pid {w['pid']}" if w["host"] else ""
     lines.append(
-        f"  schema: {run.file.attrs['format']} v{int(run.file.attrs['schema_version'])}, created {run.file.attrs['created']}"
+        f"  schema: driftscope-run v{run.schema_version}, created {run.created}, "
+        f"engine {run.engine}{writer}"
     )
-    lines.append("  config:")
-    for section, values in run.config.items():
-        if isinstance(values, dict):
-            lines.append(
-                f"    [{section}] " + ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
-            )
-        else:
-            lines.append(f"    {section} = {json.dumps(values)}")
+    missing = run.missing()
+    if missing:
+        shown = ", ".join(missing[:6]) + (
+            f" (+{len(missing) - 6} more)" if len(missing) > 6 else ""
+        )
+        lines.append(f"  MISSING ({len(missing)}): {shown}; the file is damaged, the rest follows")
+
+    def config() -> list[str]:
+        out = ["  config:"]
+        for section, values in run.config_dict.items():
+            if isinstance(values, dict):
+                out.append(
+                    f"    [{section}] "
+                    + ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+                )
+            else:
+                out.append(f"    {section} = {json.dumps(values)}")
+        return out
+
+    _section(lines, "config", config)
     env = run.environment
     lines.append("  environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
-    lines.append(
-        f"  clients: {len(run.clients)}; rounds committed: {run.num_rounds}; "
-        f"recorded: {len(run.rounds)}; with updates: {len(run.update_rounds)}; with CKA: {len(run.cka_rounds)}"
-    )
-    lines.append(f"  layers ({len(run.layers)}, head share {run.head_share:.2%}):")
-    for layer in run.layers:
-        lines.append(
-            f"    {layer.label:<6} {layer.name:<20} {layer.kind:<8} {layer.group:<5} {layer.numel:>10,d} params"
-        )
+
+    def counts() -> list[str]:
+        return [
+            f"  clients: {len(run.clients)}; rounds committed: {run.num_rounds}; "
+            f"recorded: {len(run.rounds)}; with updates: {len(run.update_rounds)}; "
+            f"with CKA: {len(run.cka_rounds)}"
+            + ("" if run.recorded else " (recording was off: --no-record)")
+        ]
+
+    _section(lines, "rounds", counts)
+
+    def layers() -> list[str]:
+        out = [f"  layers ({len(run.layers)}, head share {run.head_share:.2%}):"]
+        for layer in run.layers:
+            out.append(
+                f"    {layer.label:<6} {layer.name:<20} {layer.kind:<8} {layer.group:<5} "
+                f"{layer.numel:>10,d} params"
+            )
+        return out
+
+    _section(lines, "layers", layers)
     ds = run.describe_datasets()
-    lines.append(f"  datasets ({len(ds)}, {ds['bytes'].sum() / 1e6:.2f} MB stored):")
-    groups = ds.assign(top=ds["dataset"].str.split("/").str[:2].str.join("/"))
-    for _, sub in groups.groupby("top", sort=False):
-        first = sub.iloc[0]
-        extra = f" (+{len(sub) - 1} more like it)" if len(sub) > 1 else ""
-        lines.append(
-            f"    {first['dataset']:<40} {first['shape']!s:<22} {first['dtype']:<8} {sub['bytes'].sum() / 1e6:9.3f} MB{extra}"
-        )
+    lines.append(
+        f"  datasets ({len(ds)}, {ds['bytes'].sum() / 1e6:.2f} MB stored; a group of like "
+        "datasets shows its count and total size):"
+    )
+    lines += _dataset_groups(ds)
     return "\n".join(lines)
 
 

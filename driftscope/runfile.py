@@ -1,81 +1,100 @@
-"""The run file: one self-describing HDF5 file per run, written round by round.
+"""The run file's writer: one self-describing HDF5 file per run, committed round by round.
 
-Layout (schema version 1; every array's axes are labelled with ``dims[i].label``)::
+The layout (every path, label and dtype) is :mod:`driftscope.schema`'s. Lifecycle::
 
-    /                       attrs: format="driftscope-run", schema_version, driftscope_version,
-                                   config (JSON), environment (JSON), created (ISO 8601)
-    /status                 scalar string: running | complete | diverged | interrupted
-    /status_message         scalar string: why it stopped, if it did not complete
-    /model/param_*          name, layer, group, shape (JSON), offset, numel  (param,)
-    /model/layer_*          name, label, kind, group, numel                 (layer,)
-    /partition/label_histogram  (client, class) int64;  /partition/client_size (client,)
-    /metrics/<name>         (round,)  test_accuracy, test_loss, train_loss, train_accuracy,
-                                      uplink_bytes, downlink_bytes, seconds
-    /metrics/round          (round,)  written last: its length is the number of committed rounds
-    /clients/train_loss     (round, client) NaN where a client did not take part
-    /clients/train_accuracy (round, client)
-    /records/...            per-layer recordings (see driftscope.recorder)
+    writer = RunWriter.create(path, config=cfg, layout=layout, label_histogram=hist,
+                              overwrite=False, engine="inprocess")
+    # the recorder declares its datasets under writer.file[schema.RECORDS]; declare_state(...)
+    writer.start_swmr()          # the new run replaces the old file here (see below)
+    for each round: writer.commit(round_ended_event, state)   # after every hook has run
+    writer.close("complete")     # or "diverged" / "interrupted" / "failed", with a message
 
 Written with HDF5 single-writer/multiple-reader (SWMR) mode and flushed after every round, so a
-reader (a notebook) can follow a live run and a run killed at any moment leaves a valid file with
-every completed round. SWMR forbids creating objects once it is on, so every dataset is created
-before training starts, with an unlimited first (round) axis.
+reader can follow a live run and a run killed at any moment leaves a valid file with every
+committed round. SWMR forbids creating objects once it is on, so every dataset is created before.
+
+Safety (issue 13):
+
+* **One writer per path.** The writer holds ``<path>.lock`` (``fcntl.flock``, released by the
+  kernel if the process dies) for its whole life; a second writer on the same path is refused
+  with the first one's host and PID.
+* **No stub, no lost run.** A new run is created at a hidden temporary name next to ``path``;
+  every input the writer and the recorder check fails there, and the temporary file is deleted.
+  The new run replaces ``path`` (``os.replace``, atomic) only in :meth:`start_swmr`, once every
+  dataset is declared: an old run survives any bad input, a reader that holds the old file keeps
+  reading its (unlinked) copy, and from the first round on the run is live under its own name, so a
+  killed run keeps its committed rounds where the user asked for them.
+* **A dead writer is visible.** The file stores the writer's host, PID and start time; the reader
+  treats "running" with a dead writer as stopped.
+* **Checksums.** Every chunked dataset has HDF5's fletcher32 filter: a flipped byte in a data chunk
+  is a read error instead of a different number.
+* **Write errors** (disk full, file-size limit) become one :class:`RunFileError`; the writer tries
+  to mark the file "failed" and closes it once, never again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
+import resource
+import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import numpy as np
 
 from driftscope import schema
 from driftscope.errors import RunFileError
+from driftscope.h5open import open_file, writer_alive
+from driftscope.layout import ModelLayout
+from driftscope.outputs import Lock, RunWriteError, check_output, unwritable, write_error
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping
+__all__ = [
+    "RunWriter",
+    "append",
+    "check_output",
+    "environment",
+    "growable",
+    "reopen_for_resume",
+    "resume_config",
+    "stored_threads",
+    "truncate_to_committed",
+]
 
-    from driftscope.events import RoundEnded
-    from driftscope.simulator import Simulator
-
-FORMAT = "driftscope-run"
-SCHEMA_VERSION = 1
-METRIC_NAMES = (
-    "test_accuracy",
-    "test_loss",
-    "train_loss",
-    "train_accuracy",
-    "uplink_bytes",
-    "downlink_bytes",
-    "seconds",
-)
+# re-exported for older imports; the names live in driftscope.schema
+FORMAT = schema.FORMAT
+SCHEMA_VERSION = schema.SCHEMA_VERSION
+METRIC_NAMES = schema.METRIC_NAMES
 STR = h5py.string_dtype()
-STATUS_DTYPE = "S32"
-MESSAGE_DTYPE = "S512"
+STATUS_DTYPE = schema.STATUS_DTYPE
+MESSAGE_DTYPE = schema.MESSAGE_DTYPE
 
 
 def environment() -> dict[str, Any]:
-    """Versions and machine facts stored with every run."""
-    import torch
+    """Versions and machine facts stored with every run (torch's, if torch is imported)."""
+    import sys
 
     import driftscope
 
-    return {
+    env: dict[str, Any] = {
         "driftscope": driftscope.__version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
         "numpy": np.__version__,
         "h5py": h5py.__version__,
         "hdf5": h5py.version.hdf5_version,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
     }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["torch"] = torch.__version__
+        env["torch_threads"] = torch.get_num_threads()
+    return env
 
 
 def growable(
@@ -87,7 +106,8 @@ def growable(
     chunks: tuple[int, ...] | None = None,
     fill: Any = None,
 ) -> h5py.Dataset:
-    """A dataset shaped (0, *shape) that grows along its first (round) axis, axes labelled."""
+    """A dataset shaped (0, *shape) that grows along its first (round) axis, axes labelled, with a
+    fletcher32 checksum on every chunk."""
     kwargs: dict[str, Any] = {}
     if fill is not None:
         kwargs["fillvalue"] = fill
@@ -97,6 +117,7 @@ def growable(
         maxshape=(None, *shape),
         dtype=dtype,
         chunks=chunks or (max(1, min(64, 2**20 // max(1, int(np.prod(shape)) * 8))), *shape),
+        fletcher32=schema.CHECKSUM,
         **kwargs,
     )
     for i, label in enumerate(labels):
@@ -119,164 +140,342 @@ def _labelled(group: h5py.Group, name: str, data: Any, labels: tuple[str, ...]) 
 
 
 class RunWriter:
-    """Creates the run file and commits rounds.
+    """Creates the run file, commits rounds, closes it with a status.
 
-    Use :meth:`create`, let other writers (the recorder) declare their datasets on ``.file`` and
-    :meth:`declare_state`, then call :meth:`start_swmr` before training. After every hook has seen
-    a round's end, the trainer calls :meth:`commit`, which writes ``/metrics/round`` (the commit
-    marker) after everything else of the round.
+    Use :meth:`create`; let other writers (the recorder) declare their datasets on ``.file``, call
+    :meth:`declare_state` if the run keeps resume state, then :meth:`start_swmr` before training.
     """
 
-    def __init__(self, file: h5py.File, path: Path, num_clients: int) -> None:
+    def __init__(
+        self,
+        file: h5py.File,
+        path: Path,
+        num_clients: int,
+        temp: Path | None = None,
+        lock: Lock | None = None,
+    ) -> None:
         self.file = file
         self.path = path
         self.num_clients = num_clients
+        self._temp = temp  # where the file lives until start_swmr moves it onto path
+        self._lock = lock
         self._swmr = False
+        self._closed = False
+        self._state: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self._handles: dict[str, h5py.Dataset] = {}
+        self._size = 0  # file size after the last commit
+        self._most = 0  # the most one round has added
 
+    # ------------------------------------------------------------------ create
     @classmethod
-    def create(cls, path: str | os.PathLike, sim: Simulator, overwrite: bool = False) -> RunWriter:
-        """Create ``path`` with the static metadata of ``sim``'s run."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise RunFileError(f"{path} already exists: choose another --out or pass --overwrite")
-        if path.exists() and path.is_dir():
-            raise RunFileError(f"{path} is a directory: give --out a file path ending in .h5")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = h5py.File(path, "w", libver="latest")
+    def create(
+        cls,
+        path: str | os.PathLike,
+        sim: Any = None,
+        *,
+        config: Any = None,
+        layout: ModelLayout | None = None,
+        label_histogram: np.ndarray | None = None,
+        overwrite: bool = False,
+        engine: str = "inprocess",
+    ) -> RunWriter:
+        """Create a new run for ``path`` (at a temporary name until :meth:`start_swmr`).
+
+        ``config`` is a RunConfig (anything with ``to_json()``) or a JSON-able dict. ``sim`` (an
+        object with ``cfg``, ``layout`` and ``label_histogram``) may stand for the three.
+        """
+        if sim is not None:
+            config = sim.cfg if config is None else config
+            layout = sim.layout if layout is None else layout
+            label_histogram = sim.label_histogram if label_histogram is None else label_histogram
+        if config is None or layout is None or label_histogram is None:
+            raise TypeError("RunWriter.create needs config, layout and label_histogram")
+        path = check_output(path, overwrite)
+        lock = Lock(path)
         try:
-            f.attrs["format"] = FORMAT
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["driftscope_version"] = environment()["driftscope"]
-            f.attrs["config"] = sim.cfg.to_json()
-            f.attrs["environment"] = json.dumps(environment(), sort_keys=True)
-            f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-            _mark_writer(f)
-            f.create_dataset("status", data=np.bytes_("running"), dtype=STATUS_DTYPE)
-            f.create_dataset("status_message", data=np.bytes_(""), dtype=MESSAGE_DTYPE)
-
-            m = f.create_group("model")
-            lay = sim.layout
-            _labelled(
-                m, "param_name", np.array([p.name for p in lay.params], dtype=STR), ("param",)
-            )
-            _labelled(
-                m, "param_layer", np.array([p.layer for p in lay.params], dtype=STR), ("param",)
-            )
-            _labelled(
-                m, "param_group", np.array([p.group for p in lay.params], dtype=STR), ("param",)
-            )
-            _labelled(
-                m,
-                "param_shape",
-                np.array([json.dumps(p.shape) for p in lay.params], dtype=STR),
-                ("param",),
-            )
-            _labelled(
-                m,
-                "param_offset",
-                np.array([p.offset for p in lay.params], dtype=np.int64),
-                ("param",),
-            )
-            _labelled(
-                m,
-                "param_numel",
-                np.array([p.numel for p in lay.params], dtype=np.int64),
-                ("param",),
-            )
-            for field in ("name", "label", "kind", "group"):
-                _labelled(
-                    m,
-                    f"layer_{field}",
-                    np.array([getattr(layer, field) for layer in lay.layers], dtype=STR),
-                    ("layer",),
-                )
-            _labelled(
-                m,
-                "layer_numel",
-                np.array([layer.numel for layer in lay.layers], dtype=np.int64),
-                ("layer",),
-            )
-            m.attrs["numel"] = lay.numel
-            m.attrs["head_numel"] = lay.head_numel
-
-            p = f.create_group("partition")
-            _labelled(p, "label_histogram", sim.label_histogram, ("client", "class"))
-            _labelled(p, "client_size", sim.label_histogram.sum(axis=1), ("client",))
-
-            g = f.create_group("metrics")
-            growable(g, "round", (), np.int64, ("round",))
-            for name in METRIC_NAMES:
-                dtype = np.int64 if name.endswith("_bytes") else np.float64
-                growable(g, name, (), dtype, ("round",))
-            c = f.create_group("clients")
-            n = sim.num_clients
-            growable(c, "train_loss", (n,), np.float64, ("round", "client"), fill=np.nan)
-            growable(c, "train_accuracy", (n,), np.float64, ("round", "client"), fill=np.nan)
-            f.create_group("records")
+            # checked again under the lock: another writer may have finished in between
+            check_output(path, overwrite)
+            temp = schema.temp_path(path, os.getpid())
+            try:
+                f = h5py.File(temp, "w", libver="latest")
+            except OSError as err:
+                raise RunFileError(unwritable(path, err)) from None
         except BaseException:
-            f.close()
-            path.unlink(missing_ok=True)
+            lock.release()
             raise
-        return cls(f, path, n)
+        hist = np.asarray(label_histogram, dtype=np.int64)
+        writer = cls(f, path, int(hist.shape[0]), temp, lock)
+        try:
+            writer._write_static(config, layout, hist, engine)
+        except BaseException as err:
+            writer.abandon()
+            if isinstance(err, OSError):
+                raise RunFileError(unwritable(path, err)) from None
+            raise
+        return writer
+
+    def _write_static(
+        self, config: Any, layout: ModelLayout, hist: np.ndarray, engine: str
+    ) -> None:
+        f = self.file
+        env = environment()
+        config_json = config.to_json() if hasattr(config, "to_json") else json.dumps(config)
+        a = f.attrs
+        a[schema.ATTR_FORMAT] = schema.FORMAT
+        a[schema.ATTR_SCHEMA_VERSION] = schema.SCHEMA_VERSION
+        a[schema.ATTR_DRIFTSCOPE_VERSION] = env["driftscope"]
+        a[schema.ATTR_CONFIG] = config_json
+        a[schema.ATTR_ENVIRONMENT] = json.dumps(env, sort_keys=True)
+        a[schema.ATTR_CREATED] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        a[schema.ATTR_ENGINE] = engine
+        a[schema.WRITER_HOST] = platform.node()
+        a[schema.WRITER_PID] = os.getpid()
+        a[schema.WRITER_STARTED] = time.time()
+        f.create_dataset(schema.STATUS, data=np.bytes_(schema.RUNNING), dtype=schema.STATUS_DTYPE)
+        f.create_dataset(schema.STATUS_MESSAGE, data=np.bytes_(""), dtype=schema.MESSAGE_DTYPE)
+
+        m = f.create_group(schema.MODEL)
+        lab = ("param",)
+        rows = layout.params
+        for field, values, dtype in (
+            ("name", [p.name for p in rows], STR),
+            ("layer", [p.layer for p in rows], STR),
+            ("group", [p.group for p in rows], STR),
+            ("shape", [json.dumps(list(p.shape)) for p in rows], STR),
+            ("offset", [p.offset for p in rows], np.int64),
+            ("numel", [p.numel for p in rows], np.int64),
+        ):
+            _labelled(f, schema.param_field(field), np.array(values, dtype=dtype), lab)
+        for field in ("name", "label", "kind", "group"):
+            values = [getattr(layer, field) for layer in layout.layers]
+            _labelled(f, schema.layer_field(field), np.array(values, dtype=STR), ("layer",))
+        numels = np.array([layer.numel for layer in layout.layers], dtype=np.int64)
+        _labelled(f, schema.layer_field("numel"), numels, ("layer",))
+        m.attrs[schema.MODEL_NUMEL] = layout.numel
+        m.attrs[schema.MODEL_HEAD_NUMEL] = layout.head_numel
+
+        f.create_group(schema.PARTITION)
+        _labelled(f, schema.LABEL_HISTOGRAM, hist, ("client", "class"))
+        _labelled(f, schema.CLIENT_SIZE, hist.sum(axis=1), ("client",))
+
+        g = f.create_group(schema.METRICS)
+        growable(g, "round", (), np.int64, schema.AX_ROUND)
+        for name in schema.METRIC_NAMES:
+            growable(g, name, (), schema.metric_dtype(name), schema.AX_ROUND)
+        c = f.create_group(schema.CLIENTS)
+        n = int(hist.shape[0])
+        for name in schema.CLIENT_METRICS:
+            growable(c, name, (n,), np.float64, schema.AX_ROUND_CLIENT, fill=np.nan)
+        f.create_group(schema.RECORDS)
+
+    def declare_state(self, shapes: Mapping[str, Any]) -> None:
+        """Create the resume-state slots ``state/<name>`` (2, *shape) and ``state/round`` (2,).
+
+        ``shapes``: ``{name: (shape, dtype)}`` (or ``{name: shape}`` for float32). Round r's state
+        goes to slot r % 2, so a round killed while its state is written leaves the previous
+        committed round's state whole. Call before :meth:`start_swmr`."""
+        if self._swmr:
+            raise RunFileError("declare_state must come before start_swmr")
+        f = self.file
+        if schema.STATE_ROUND not in f:
+            f.create_dataset(schema.STATE_ROUND, data=np.full(schema.STATE_SLOTS, -1, np.int64))
+        for name, spec in shapes.items():
+            if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], tuple | list):
+                shape, dtype = tuple(int(s) for s in spec[0]), np.dtype(spec[1])
+            else:
+                shape, dtype = tuple(int(s) for s in spec), np.dtype(np.float32)
+            full = (schema.STATE_SLOTS, *shape)
+            kwargs: dict[str, Any] = {}
+            if int(np.prod(full)) > 0:
+                kwargs = {"chunks": (1, *shape) if shape else True, "fletcher32": schema.CHECKSUM}
+            f.create_dataset(schema.state_path(name), shape=full, dtype=dtype, **kwargs)
+            self._state[name] = (shape, dtype)
 
     def start_swmr(self) -> None:
-        """Turn on SWMR: from here readers may open the file while it is written."""
+        """Turn on SWMR and move the new run onto its path (replacing an old run there)."""
+        self._guard(self._start_swmr)
+
+    def _start_swmr(self) -> None:
         self.file.flush()
         self.file.swmr_mode = True
         self._swmr = True
+        with contextlib.suppress(OSError, ValueError, RuntimeError, TypeError):
+            self._size = os.fstat(int(self.file.id.get_vfd_handle())).st_size
+        if self._temp is not None:
+            os.replace(self._temp, self.path)
+            self._temp = None
 
-    # ------------------------------------------------------------------ commit
-    def commit(self, event: RoundEnded, state: Mapping[str, np.ndarray] | None = None) -> None:
-        """Write round ``event.round``: client metrics, metrics, the resume ``state`` (see
-        :meth:`declare_state`), then the commit marker ``/metrics/round``, then flush."""
-        f = self.file
+    # ------------------------------------------------------------------ rounds
+    def _ds(self, path: str) -> h5py.Dataset:
+        handle = self._handles.get(path)
+        if handle is None:
+            handle = self._handles[path] = self.file[path]
+        return handle
+
+    def commit(self, event: Any, state: Mapping[str, Any] | None = None) -> None:
+        """Write one round and commit it: client metrics, round metrics, resume state (into slot
+        ``round % 2``), then the commit marker ``metrics/round``, then flush.
+
+        ``event`` is a RoundEnded (or the older RoundSummary): ``round``, ``client_train_loss`` and
+        ``client_train_accuracy`` (client -> value), and one attribute per ``schema.METRIC_NAMES``.
+        """
+        self._guard(self._commit, event, state)
+
+    def _commit(self, event: Any, state: Mapping[str, Any] | None) -> None:
         losses = np.full(self.num_clients, np.nan)
         accs = np.full(self.num_clients, np.nan)
-        for client, value in event.client_train_loss.items():
-            losses[client] = value
-        for client, value in event.client_train_accuracy.items():
-            accs[client] = value
-        append(f["clients/train_loss"], losses)
-        append(f["clients/train_accuracy"], accs)
-        for name in METRIC_NAMES:
-            append(f[f"metrics/{name}"], getattr(event, name))
-        if state is not None:
-            self._write_state(event.round, state)
-        self._mark(event.round)
+        for client, value in dict(getattr(event, "client_train_loss", {}) or {}).items():
+            losses[int(client)] = value
+        for client, value in dict(getattr(event, "client_train_accuracy", {}) or {}).items():
+            accs[int(client)] = value
+        append(self._ds(schema.client_metric_path("train_loss")), losses)
+        append(self._ds(schema.client_metric_path("train_accuracy")), accs)
+        for name in schema.METRIC_NAMES:
+            append(self._ds(schema.metric_path(name)), getattr(event, name))
+        rnd = int(event.round)
+        if state:
+            self._write_state(rnd, state)
+        self._mark(rnd)
+        self._check_room(rnd)
 
-    def _mark(self, round: int) -> None:
-        append(self.file[schema.METRICS_ROUND], round)  # commit marker: written last
-        self.file.flush()
-
-    # ---------------------------------------------- resume state (wave-core; see end of module)
-    def declare_state(self, shapes: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
-        """Create the resume-state slots ``state/<name>`` (2, *shape) and ``state/round`` (2,);
-        call before :meth:`start_swmr`."""
-        f = self.file
-        f.create_dataset(schema.STATE_ROUND, data=np.full(schema.STATE_SLOTS, -1, dtype=np.int64))
-        for name, (shape, dtype) in shapes.items():
-            f.create_dataset(
-                schema.state_path(name), shape=(schema.STATE_SLOTS, *shape), dtype=dtype
-            )
-
-    def _write_state(self, round: int, state: Mapping[str, np.ndarray]) -> None:
+    def _write_state(self, round: int, state: Mapping[str, Any]) -> None:
         """Overwrite slot ``round % 2``, then say which round it holds; the other slot keeps the
-        previous committed round's state until the commit marker of this one is written."""
-        f = self.file
+        previous committed round's state until this round's commit marker is written."""
         slot = schema.state_slot(round)
         for name, value in state.items():
-            f[schema.state_path(name)][slot] = value
-        f[schema.STATE_ROUND][slot] = round
+            if schema.state_path(name) not in self.file:
+                raise RunFileError(f"resume state '{name}' was not declared (declare_state)")
+            arr = value.detach().cpu().numpy() if hasattr(value, "detach") else value
+            self._ds(schema.state_path(name))[slot] = np.asarray(arr)
+        self._ds(schema.STATE_ROUND)[slot] = round
 
+    def _mark(self, round: int) -> None:
+        append(self._ds(schema.METRICS_ROUND), round)  # commit marker: written last
+        self.file.flush()
+
+    def _check_room(self, rnd: int) -> None:
+        """Stop cleanly before a round that would not fit: HDF5 cannot recover from a write that
+        fails half-way (its metadata may then point past the end of the file), so the writer
+        refuses to start a round when the space left (free disk, or the file-size limit) is less
+        than the most any round took so far, plus a margin."""
+        try:
+            size = os.fstat(int(self.file.id.get_vfd_handle())).st_size
+            vfs = os.statvfs(self.path.parent)
+        except (OSError, ValueError, RuntimeError, TypeError):
+            return
+        grown = size - self._size
+        self._size = size
+        self._most = max(self._most, grown)  # rounds differ (updates every few rounds)
+        grown = self._most
+        room = vfs.f_bavail * vfs.f_frsize
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            room = min(room, limit - size)
+        if grown > 0 and room < grown + grown // 4 + (1 << 16):
+            what = (
+                "file size limit"
+                if limit != resource.RLIM_INFINITY and room == limit - size
+                else "disk"
+            )
+            reason = (
+                f"the {what} leaves {room:,} bytes, too few for another round ({grown:,} bytes); "
+                f"stopped after round {rnd}, the file keeps every committed round"
+            )
+            self._set_status("failed", reason)
+            self._closed = True
+            self.file.close()
+            if self._lock is not None:
+                self._lock.release()
+            raise RunFileError(f"cannot write {self.path}: {reason}")
+
+    # ------------------------------------------------------------------ status, close
     def set_status(self, status: str, message: str = "") -> None:
-        self.file["status"][()] = np.bytes_(status)
-        self.file["status_message"][()] = np.bytes_(message.encode()[:511])
+        self._guard(self._set_status, status, message)
+
+    def _set_status(self, status: str, message: str) -> None:
+        self.file[schema.STATUS][()] = np.bytes_(status)
+        msg = message.encode()[: int(schema.MESSAGE_DTYPE[1:]) - 1]
+        self.file[schema.STATUS_MESSAGE][()] = np.bytes_(msg)
         self.file.flush()
 
     def close(self, status: str = "complete", message: str = "") -> None:
-        if self.file.id.valid:
-            self.set_status(status, message)
+        """Write the final status and close; safe to call more than once, and after a write error.
+
+        Before :meth:`start_swmr` the run was never moved into place: closing deletes it."""
+        if self._closed:
+            return
+        if self._temp is not None:
+            self.abandon()
+            return
+        self._closed = True
+        try:
+            if self.file.id.valid:
+                with contextlib.suppress(Exception):
+                    self._set_status(status, message)
+                with contextlib.suppress(Exception):
+                    self.file.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def abandon(self) -> None:
+        """Close and delete a run that never started (bad input found before :meth:`start_swmr`)."""
+        self._closed = True
+        with contextlib.suppress(Exception):
             self.file.close()
+        if self._temp is not None:
+            with contextlib.suppress(OSError):
+                self._temp.unlink()
+            self._temp = None
+        if self._lock is not None:
+            self._lock.release()
+
+    def _guard(self, fn: Any, *args: Any) -> None:
+        """Run a write; an OSError (disk full, size limit) marks the run failed once, closes the
+        file and becomes one RunFileError."""
+        if self._closed:
+            raise RunFileError(f"{self.path} is closed")
+        try:
+            fn(*args)
+        except (OSError, RuntimeError) as err:
+            reason = write_error(err)
+            self._fail(reason)
+            raise RunWriteError(f"cannot write {self.path}: {reason}") from None
+
+    def _fail(self, reason: str) -> None:
+        """After a write error: mark the run failed if that can still be written, then close.
+
+        HDF5 keeps the metadata it could not write and retries on every later flush and close
+        (and on the garbage collection of every handle), which ends in a storm of tracebacks and a
+        segfault. So once the status is written (or not), the file's descriptor is pointed at
+        /dev/null: the close "succeeds" there, and the file on disk stays as of its last
+        successful flush, which holds every committed round.
+        """
+        self._closed = True
+        try:
+            status_written = False
+            with contextlib.suppress(Exception):
+                self._set_status("failed", reason)
+                status_written = True
+            if not status_written:
+                self._detach()
+            with contextlib.suppress(Exception):
+                self.file.close()
+        finally:
+            if self._temp is not None:
+                with contextlib.suppress(OSError):
+                    self._temp.unlink()
+                self._temp = None
+            if self._lock is not None:
+                self._lock.release()
+
+    def _detach(self) -> None:
+        """Point the HDF5 file's descriptor at /dev/null, so nothing more reaches the disk."""
+        with contextlib.suppress(Exception):
+            fd = int(self.file.id.get_vfd_handle())
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, fd)
+            os.close(null)
 
 
 # ============================================================================ resume (wave-core)
@@ -289,31 +488,26 @@ def _mark_writer(f: h5py.File) -> None:
     """Record which process writes the file, so a resume can refuse a live run."""
     f.attrs[schema.WRITER_HOST] = platform.node()
     f.attrs[schema.WRITER_PID] = os.getpid()
+    f.attrs[schema.WRITER_STARTED] = time.time()
 
 
 def _writer_alive(f: h5py.File) -> int | None:
     """The pid of the process writing ``f`` if it still runs on this host, else None."""
     host, pid = f.attrs.get(schema.WRITER_HOST), f.attrs.get(schema.WRITER_PID)
-    if host is None or pid is None or str(host) != platform.node() or int(pid) == os.getpid():
+    started = f.attrs.get(schema.WRITER_STARTED)
+    if host is None or pid is None or int(pid) == os.getpid():
         return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return int(pid)
-    return int(pid)
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    if host != platform.node():
+        return None  # another machine: cannot be checked from here
+    alive = writer_alive(host, int(pid), None if started is None else float(started))
+    return int(pid) if alive else None
 
 
 def _open_for_read(path: Path) -> h5py.File:
     if not path.is_file():
         raise RunFileError(f"{path} does not exist: give the run file to resume")
-    try:
-        return h5py.File(path, "r", swmr=True, libver="latest")
-    except OSError as err:
-        raise RunFileError(
-            f"{path} cannot be read as HDF5 ({str(err).splitlines()[0]}): it cannot be resumed"
-        ) from None
+    return open_file(path)  # plain or SWMR with bounded retries: a damaged file fails fast
 
 
 def resume_config(path: str | os.PathLike) -> str:
@@ -402,7 +596,12 @@ def reopen_for_resume(
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.resume")
-    src = _open_for_read(path)
+    lock = Lock(path)  # no second writer (or resume) on the same file meanwhile
+    try:
+        src = _open_for_read(path)
+    except BaseException:
+        lock.release()
+        raise
     dst = None
     try:
         dst = h5py.File(tmp, "w", libver="latest")
@@ -438,10 +637,11 @@ def reopen_for_resume(
         if dst is not None:
             dst.close()
         tmp.unlink(missing_ok=True)
+        lock.release()
         if isinstance(err, OSError):
             raise RunFileError(
                 f"{path} could not be copied for resuming ({str(err).splitlines()[0]}); "
                 "it is unchanged: free disk space or check the file"
             ) from None
         raise
-    return RunWriter(dst, path, num_clients), state, last + 1
+    return RunWriter(dst, path, num_clients, lock=lock), state, last + 1

@@ -4,11 +4,12 @@ This is the only module that spells a run-file path. The writer (:mod:`driftscop
 recorder (:mod:`driftscope.recorder`), the reader (:mod:`driftscope.reader`) and the benchmarks
 build paths with the names and functions below. Torch-free.
 
-Layout (schema version 1; every array's axes are labelled with ``dims[i].label``; S = clients per
+Layout (schema version 2; every array's axes are labelled with ``dims[i].label``; S = clients per
 round, N = clients, n = probe size)::
 
     /                           attrs: format="driftscope-run", schema_version, driftscope_version,
-                                       config (JSON), environment (JSON), created (ISO 8601)
+                                       config (JSON), environment (JSON), created (ISO 8601),
+                                       engine, writer_host, writer_pid, writer_started (v2)
     /status                     scalar string: running | complete | diverged | interrupted | failed
     /status_message             scalar string: why it stopped, if it did not complete
     /model/param_*              name, layer, group, shape (JSON), offset, numel  (param,)
@@ -31,16 +32,56 @@ round, N = clients, n = probe size)::
                                                     global model (last index)
     /state/round                (2,) int64          the round whose end state each slot holds (-1:
                                                     none); written after the slot, before the
-                                                    round's commit marker
+                                                    round's commit marker (v2)
     /state/<name>               (2, ...)            resume state by name (global_params,
-                                                    algorithm/c, ...), slot round % 2
-    attrs resumed_from          int64 array: the first round trained after each resume
+                                                    algorithm/c, ...), slot round % 2 (v2)
+    attrs resumed_from          int64 array: the first round trained after each resume (v2)
+
+Schema 2 adds the writer's identity (so a reader can tell a live writer from a killed one), the
+engine, the resume-state slots and fletcher32 checksums on every chunked dataset; everything else
+is schema 1, and the reader reads both (:data:`READABLE_VERSIONS`).
+
+Next to the run file ``run.h5`` a writer holds the lock file ``run.h5.lock`` (:func:`lock_path`),
+and writes a new run to :func:`temp_path` before moving it into place.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 FORMAT = "driftscope-run"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+
+# ---------------------------------------------------------------------------------- root attrs
+ATTR_FORMAT = "format"
+ATTR_SCHEMA_VERSION = "schema_version"
+ATTR_DRIFTSCOPE_VERSION = "driftscope_version"
+ATTR_CONFIG = "config"
+ATTR_ENVIRONMENT = "environment"
+ATTR_CREATED = "created"
+ATTR_ENGINE = "engine"
+WRITER_HOST = "writer_host"  # who writes a "running" file: host (platform.node()) ...
+WRITER_PID = "writer_pid"  # ... process id ...
+WRITER_STARTED = "writer_started"  # ... and its start, seconds since the epoch (float)
+RESUMED_FROM = "resumed_from"  # int64 array: the first round trained after each resume
+
+# every chunked dataset carries a fletcher32 checksum, so a flipped byte is an error, not a number
+CHECKSUM = True
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file a writer holds next to the run file: ``<run file>.lock``."""
+    p = Path(path)
+    return p.with_name(p.name + ".lock")
+
+
+def temp_path(path: str | os.PathLike, pid: int) -> Path:
+    """Where a writer creates a new run before moving it onto ``path``: same directory, hidden."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.{pid}.tmp")
+
 
 # ---------------------------------------------------------------------------------- root
 STATUS = "status"
@@ -49,8 +90,12 @@ STATUS_DTYPE = "S32"
 MESSAGE_DTYPE = "S512"
 STATUSES = ("running", "complete", "diverged", "interrupted", "failed")
 
+RUNNING = "running"
+
 # ---------------------------------------------------------------------------------- model
 MODEL = "model"
+MODEL_NUMEL = "numel"  # attrs of /model
+MODEL_HEAD_NUMEL = "head_numel"
 PARAM_FIELDS = ("name", "layer", "group", "shape", "offset", "numel")
 LAYER_FIELDS = ("name", "label", "kind", "group", "numel")
 
@@ -160,9 +205,6 @@ RECORD_INDEXES = {
 STATE = "state"
 STATE_ROUND = "state/round"
 STATE_SLOTS = 2
-RESUMED_FROM = "resumed_from"  # root attribute
-WRITER_HOST = "writer_host"  # root attributes: who writes a "running" file
-WRITER_PID = "writer_pid"
 
 
 def state_path(name: str) -> str:
@@ -171,7 +213,7 @@ def state_path(name: str) -> str:
 
 
 def state_slot(round: int) -> int:
-    """The slot that holds the state at the end of ``round``."""
+    """The slot that holds the state at the end of ``round`` (double buffering)."""
     return round % STATE_SLOTS
 
 
@@ -189,3 +231,24 @@ def stores_updates(round: int, every: int, updates_every: int) -> bool:
 def does_cka(round: int, every: int, cka_every: int, probe_size: int) -> bool:
     """Whether ``round`` computes probe CKA (every ``cka_every`` recorded rounds)."""
     return probe_size > 0 and round % (every * cka_every) == 0
+
+
+# ---------------------------------------------------------------------------------- validation
+def expected(path: str) -> tuple[str, int | None]:
+    """What the dataset at ``path`` must be: ("str" | "num", number of axes or None for any).
+
+    The reader checks every dataset against this before using it, so a file whose dataset was
+    replaced by one of another type or shape is a clear error rather than a wrong answer."""
+    if path in (STATUS, STATUS_MESSAGE):
+        return "str", 0
+    if path.startswith(f"{MODEL}/"):
+        numeric = path.endswith(("_offset", "_numel"))
+        return ("num" if numeric else "str"), 1
+    two_axes = (LABEL_HISTOGRAM, RECORD_CLIENTS)
+    if path in two_axes or path.startswith((f"{CLIENTS}/", f"{CONTROL_NORM}/")):
+        return "num", 2
+    if path.startswith((f"{GRAM}/", f"{UPDATES}/", f"{CKA}/")):
+        return "num", 3
+    if path.startswith(f"{STATE}/") and path != STATE_ROUND:
+        return "num", None
+    return "num", 1  # metrics/*, partition/client_size, record indices, probe_index, state/round

@@ -266,8 +266,8 @@ def test_config_file_then_flags(tmp_path, capsys):
     assert main(["run", "--config", str(cfg), "--rounds", "2", "--quiet", "--out", str(out)]) == 0
     assert "final test accuracy" in capsys.readouterr().out
     with open_run(out) as run:
-        assert run.config["train"]["algorithm"] == "fedpvr"  # from the file
-        assert run.config["train"]["rounds"] == 2 == run.num_rounds  # the flag wins
+        assert run.config.train.algorithm == "fedpvr"  # from the file
+        assert run.config.train.rounds == 2 == run.num_rounds  # the flag wins
 
 
 def test_analyze_and_inspect(make_run, tmp_path, capsys):
@@ -291,4 +291,4 @@ def test_analyze_and_inspect(make_run, tmp_path, capsys):
     assert len(alignment) and alignment.between(0, 1).all()  # label attribution rows too
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
-    assert "records/gram" in text and "fc3" in text and "schema: driftscope-run v1" in text
+    assert "records/gram" in text and "fc3" in text and "schema: driftscope-run v2" in text

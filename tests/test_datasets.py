@@ -57,7 +57,7 @@ def test_cli_trains_on_mnist_files(tmp_path, capsys, monkeypatch):
     ]
     assert main(args) == 0
     with open_run(out) as run:
-        assert run.config["data"]["dataset"] == "mnist"
+        assert run.config.data.dataset == "mnist"
         assert run.label_histogram.to_numpy().sum() == 200
         assert run.num_rounds == 2
 

@@ -341,7 +341,7 @@ def test_partition_histogram_totals(fedavg):
     for p in ax.patches:
         y = round(p.get_y() + p.get_height() / 2)
         totals[y] = totals.get(y, 0.0) + p.get_width()
-    sizes = fedavg.file["partition/client_size"][()]
+    sizes = fedavg.client_sizes
     assert [totals[c] for c in range(len(sizes))] == pytest.approx(list(sizes))
     assert ax.get_xlabel() == "samples" and ax.get_ylabel() == "client"
     assert len(ax.get_legend().texts) == fedavg.label_histogram.shape[1]

@@ -50,7 +50,7 @@ def test_recorded_cka_equals_cka_of_the_client_and_global_models(tmp_path, digit
     path = train(cfg, tmp_path / "r.h5", dataset=digits, hooks=[snaps])
     sim = Simulator(cfg, digits)  # same architecture; parameters come from the snapshots
     with open_run(path) as run:
-        idx = run.file["records/probe_index"][()]
+        idx = run.probe_index
         assert len(idx) == 48 and len(set(idx.tolist())) == 48
         probe = sim.test_x[torch.from_numpy(idx)]
         for r in run.cka_rounds:

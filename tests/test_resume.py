@@ -23,7 +23,13 @@ from driftscope.training import resume
 
 ROOT = Path(driftscope.__file__).resolve().parent.parent
 IGNORED_DATASETS = {schema.metric_path("seconds")}
-IGNORED_ATTRS = {"created", "environment", schema.WRITER_PID, schema.RESUMED_FROM}
+IGNORED_ATTRS = {
+    "created",
+    "environment",
+    schema.WRITER_PID,
+    schema.WRITER_STARTED,
+    schema.RESUMED_FROM,
+}
 
 SMALL = dict(train__rounds=4, train__clients=4, train__local_steps=3, record__probe_size=16)
 CONFIGS = {

@@ -18,7 +18,7 @@ from driftscope.errors import RunFileError
 
 def test_reader_api(make_run):
     with open_run(make_run("scaffold", train__algorithm="scaffold")) as run:
-        assert run.config["train"]["algorithm"] == "scaffold"
+        assert run.config.train.algorithm == "scaffold"
         assert [ly.label for ly in run.layers] == [
             "conv1",
             "conv2",
@@ -44,7 +44,7 @@ def test_reader_api(make_run):
         numel = sum(ly.numel for ly in run.layers)
         assert numel == 69_194  # the small CNN on 8x8 digits
         assert run.bytes_per_round == 4 * 4 * numel * 10
-        assert run.label_histogram.to_numpy().sum() == run.file["partition/client_size"][()].sum()
+        assert run.label_histogram.to_numpy().sum() == run.client_sizes.sum()
         assert run.status == "complete"
 
 
@@ -98,8 +98,9 @@ def test_storage_policy(make_run):
     with open_run(path) as run:
         assert list(run.rounds) == [0, 1, 2, 3]
         assert list(run.update_rounds) == [0, 2]
-        assert run.file["records/updates/classifier.4.weight"].dtype == np.float16
-        assert "features.0.weight" not in run.file["records/updates"]
+        assert run.updates("classifier.4.weight").dtype == np.float16
+        with pytest.raises(RunFileError, match="not stored"):
+            run.updates("features.0.weight")
         with pytest.raises(RunFileError, match="not stored"):
             run.updates("conv1")
         with pytest.raises(RunFileError, match="no probe CKA"):

@@ -1,0 +1,105 @@
+"""Output paths: checked before any work starts, one writer at a time, write errors in one line.
+
+``check_output`` refuses a directory, an existing file without ``--overwrite`` or a path whose
+folder cannot be created; :class:`Lock` is the writer's ``flock`` on ``<run file>.lock`` (host and
+PID inside, released by the kernel if the process dies); :func:`write_error` names what a failed
+write ran into. Used by :mod:`driftscope.runfile` and the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import platform
+from pathlib import Path
+
+from driftscope import schema
+from driftscope.errors import RunFileError
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+class RunWriteError(RunFileError, OSError):
+    """A write that failed (disk full, size limit, I/O error): a one-line RunFileError that is
+    also an OSError, so callers that handle OSError keep working."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class Lock:
+    """An exclusive ``flock`` on ``<path>.lock`` holding the writer's host and PID."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = schema.lock_path(path)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RunFileError(unwritable(path, err)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunFileError(
+                f"{path} is being written by {holder}: wait for that run to end or choose "
+                "another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{platform.node()} pid {os.getpid()}\n".encode())
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = None
+
+
+def unwritable(path: Path, err: OSError) -> str:
+    reason = {
+        errno.ENOTDIR: "a part of the path is a file, not a directory",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EROFS: "the file system is read-only",
+        errno.ENOSPC: "no space left on the device",
+        errno.EISDIR: "it is a directory",
+    }.get(err.errno or 0, err.strerror or one_line(err))
+    return f"cannot write {path}: {reason}; choose another --out"
+
+
+def check_output(path: str | os.PathLike, overwrite: bool = False, what: str = "--out") -> Path:
+    """Check that a file can be written at ``path`` before any work starts: not a directory, not an
+    existing file without ``overwrite``, its directory creatable. One-line :class:`RunFileError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise RunFileError(f"{path} is a directory: give {what} a file path")
+    if path.exists() and not overwrite:
+        raise RunFileError(f"{path} already exists: choose another {what} or pass --overwrite")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunFileError(unwritable(path, err).replace("--out", what)) from None
+    if not os.access(path.parent, os.W_OK):
+        raise RunFileError(
+            f"cannot write {path}: its directory is read-only; choose another {what}"
+        )
+    return path
+
+
+def write_error(err: Exception) -> str:
+    text = str(err).lower()
+    code = getattr(err, "errno", None)
+    if code == errno.ENOSPC or "no space" in text:
+        return "no space left on the device; free space and re-run"
+    if code == errno.EFBIG or "file too large" in text:
+        return "the file size limit (ulimit -f) was reached; raise it and re-run"
+    return f"{one_line(err)}; re-run"
