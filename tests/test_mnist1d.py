@@ -129,5 +129,5 @@ def test_reproduce_prints_the_observation_on_mnist1d(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert "head vs body" in out and "fc3" in out and "conv4" in out
     with open_run(tmp_path / "rep" / "fedavg-iid.h5") as run:
-        assert run.config["data"]["dataset"] == "mnist1d"
-        assert run.config["model"]["name"] == "cnn1d"
+        assert run.config.data.dataset == "mnist1d"
+        assert run.config.model.name == "cnn1d"
