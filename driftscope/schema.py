@@ -20,6 +20,7 @@ round, N = clients, n = probe size)::
     /metrics/round              (round,)  written last in a round: the commit marker
     /clients/train_loss         (round, client) NaN where a client did not take part
     /clients/train_accuracy     (round, client)
+    /clients/failed             (round, client) int8, Flower runs only: 1 = reply failed
     /records/round              (rec,)              recorded rounds; written last among records
     /records/clients            (rec, S)            which clients took part, in row order
     /records/gram/<param>       (rec, S, S) f64     G_ij = <d_i, d_j> of the parameter's updates
@@ -129,6 +130,9 @@ METRIC_NAMES = (
 )
 CLIENTS = "clients"
 CLIENT_METRICS = ("train_loss", "train_accuracy")
+# Flower engine: 1 where a sampled client's reply was an error or never came (round, client) int8
+CLIENT_FAILED = "clients/failed"
+ENGINE_ATTR = "engine"  # root attr: which engine produced the run ("inprocess", "flower")
 
 
 def metric_path(name: str) -> str:

@@ -1,0 +1,164 @@
+"""driftscope's Flower ``ClientApp``: one client's local training, the same code as in-process.
+
+A node is client ``i`` when its node config says ``partition-id = i``. It rebuilds the run from
+the config the server sends (dataset, the seeded partition, the model), so client ``i`` holds the
+same data as client ``i`` of the in-process simulator, and trains with the one local-training
+function every engine uses. Its control variate (SCAFFOLD, FedPVR) lives in ``Context.state`` for
+the whole run and never leaves the node; only its change is sent.
+
+``app`` is the ClientApp (``driftscope.flower.client:app`` in the app's pyproject).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from driftscope.config import RunConfig
+from driftscope.errors import DriftscopeError
+from driftscope.flower import wire
+
+
+@dataclass
+class LocalResult:
+    """What one client's local training returns to the server."""
+
+    params: torch.Tensor  # y (P,)
+    delta: torch.Tensor | None  # c_i+ - c_i, or None
+    control: torch.Tensor | None  # c_i+ (kept on the node)
+    num_samples: int
+    steps: int
+    train_loss: float
+    train_accuracy: float
+
+
+class ClientRuntime:
+    """What a process needs to train any client of one run: the data, the model, the algorithm.
+
+    Built once per process and config (loading and partitioning the data is the slow part) and
+    reused for every message of the run.
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        from driftscope.simulator import Simulator
+
+        self.cfg = cfg
+        self.sim = Simulator(cfg)
+        self.layout = self.sim.layout
+        self.algorithm = self.sim.algorithm
+
+    @property
+    def has_control(self) -> bool:
+        return hasattr(self.algorithm, "c") and self.algorithm.selection.size > 0
+
+    def control_size(self) -> int:
+        return self.algorithm.selection.size if self.has_control else 0
+
+    def train(
+        self,
+        round: int,
+        client: int,
+        x: torch.Tensor,
+        c: torch.Tensor | None,
+        c_i: torch.Tensor | None,
+    ) -> LocalResult:
+        """Train ``client`` from global ``x`` with server control ``c`` and its own ``c_i``."""
+        algo = self.algorithm
+        if self.has_control:
+            algo.c = c.clone()
+            algo.c_clients[client] = c_i
+        result = self.sim.local_train(round, client, x)
+        y = self.sim.flat.params.clone()
+        delta = algo.end_client(client, x, y, result.steps)
+        control = algo.c_clients[client].clone() if self.has_control else None
+        return LocalResult(
+            params=y,
+            delta=None if delta is None else delta.clone(),
+            control=control,
+            num_samples=result.num_samples,
+            steps=result.steps,
+            train_loss=result.train_loss,
+            train_accuracy=result.train_accuracy,
+        )
+
+
+_RUNTIME: dict[str, ClientRuntime] = {}
+
+
+def runtime_for(config_json: str) -> ClientRuntime:
+    """The process's runtime for this run config (one kept: a node serves one run at a time)."""
+    runtime = _RUNTIME.get(config_json)
+    if runtime is None:
+        cfg = RunConfig.from_dict(json.loads(config_json), source="the server's run config")
+        _RUNTIME.clear()
+        runtime = _RUNTIME[config_json] = ClientRuntime(cfg)
+    return runtime
+
+
+def partition_id(context: Context) -> int:
+    """The stable client id the operator gave this node (``--node-config partition-id=i``)."""
+    if wire.PARTITION_ID not in context.node_config:
+        raise DriftscopeError(
+            "this SuperNode has no partition-id: start it with "
+            "--node-config 'partition-id=I num-partitions=N'"
+        )
+    return int(context.node_config[wire.PARTITION_ID])
+
+
+app = ClientApp()
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Answer the server's first question: which client is this node?"""
+    metrics = MetricRecord({wire.PARTITION_ID: partition_id(context)})
+    return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local training for this node's client."""
+    config: ConfigRecord = msg.content[wire.CONFIG]
+    client = partition_id(context)
+    if int(config[wire.CLIENT]) != client:
+        raise DriftscopeError(
+            f"the server addressed client {config[wire.CLIENT]} but this node is partition "
+            f"{client}: give every SuperNode a distinct partition-id"
+        )
+    rt = runtime_for(str(config[wire.RUN_CONFIG]))
+    round = int(config[wire.ROUND])
+    x = wire.arrays_to_flat(msg.content[wire.ARRAYS], rt.layout)
+    c = c_i = None
+    if rt.has_control:
+        c = wire.record_vector(msg.content[wire.CONTROL], wire.SERVER_CONTROL)
+        saved = context.state.get(wire.STATE_CONTROL)
+        c_i = (
+            wire.record_vector(saved, wire.STATE_CI)
+            if isinstance(saved, ArrayRecord)
+            else torch.zeros(rt.control_size())  # control variates start at zero
+        )
+    result = rt.train(round, client, x, c, c_i)
+    content = RecordDict(
+        {
+            wire.ARRAYS: wire.flat_to_arrays(result.params, rt.layout),
+            wire.METRICS: MetricRecord(
+                {
+                    wire.PARTITION_ID: client,
+                    wire.ROUND: round,
+                    wire.NUM_EXAMPLES: result.num_samples,
+                    wire.STEPS: result.steps,
+                    wire.TRAIN_LOSS: result.train_loss,
+                    wire.TRAIN_ACCURACY: result.train_accuracy,
+                }
+            ),
+        }
+    )
+    if result.delta is not None:
+        content[wire.CONTROL] = wire.vector_record(wire.CONTROL_DELTA, result.delta)
+    if result.control is not None:
+        context.state[wire.STATE_CONTROL] = wire.vector_record(wire.STATE_CI, result.control)
+    return Message(content, reply_to=msg)

@@ -1,0 +1,83 @@
+"""``driftscope run --engine flower``: a driftscope config on Flower's simulation engine (Ray).
+
+One virtual SuperNode per client (node ``i`` has ``partition-id = i``); the ServerApp runs
+:class:`~driftscope.flower.strategy.DriftscopeStrategy` in this process, the ClientApps run in Ray
+actors. Works offline; telemetry is off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from driftscope.config import RunConfig
+from driftscope.data import Dataset
+from driftscope.flower import require_flwr
+from driftscope.flower.strategy import FlowerRunError
+
+
+def run_simulation(
+    cfg: RunConfig,
+    out: str | os.PathLike,
+    *,
+    supernodes: int | None = None,
+    client_cpus: float = 1.0,
+    client_gpus: float = 0.0,
+    overwrite: bool = False,
+    dataset: Dataset | None = None,
+    round_timeout: float = 3600.0,
+    verbose: bool = False,
+) -> Path:
+    """Train ``cfg`` on Flower's simulation engine and write the run file ``out``; returns its path.
+
+    ``supernodes`` must equal ``cfg.train.clients`` (each SuperNode holds one client's partition;
+    default: that number). ``client_cpus``/``client_gpus``: Ray resources per ClientApp, which
+    set how many clients train at once.
+    """
+    require_flwr(simulation=True)
+    nodes = cfg.train.clients if supernodes is None else supernodes
+    if nodes != cfg.train.clients:
+        raise FlowerRunError(
+            f"--supernodes {nodes} but the config has {cfg.train.clients} clients: each SuperNode "
+            "holds one client's partition, so give --supernodes equal to --clients (or leave it out)"
+        )
+    if client_cpus <= 0 or client_gpus < 0:
+        raise FlowerRunError(
+            f"client resources must be positive (got {client_cpus} CPUs, {client_gpus} GPUs): "
+            "try --client-cpus 1"
+        )
+
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    from driftscope.flower.client import app as client_app
+    from driftscope.flower.strategy import DriftscopeStrategy
+
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    # Built before Flower starts: a bad config or an existing --out fails here, before Ray.
+    strategy = DriftscopeStrategy(cfg, out, dataset=dataset, overwrite=overwrite)
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy.start(grid, timeout=round_timeout)
+
+    backend_config = {
+        "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
+        "init_args": {"logging_level": "ERROR" if not verbose else "INFO"},
+    }
+    try:
+        flwr_run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=nodes,
+            backend_config=backend_config,
+            verbose_logging=verbose,
+        )
+    finally:
+        if strategy.writer is not None:  # Flower failed before the strategy started
+            strategy.writer.close("failed", "Flower's simulation engine stopped before training")
+    return Path(out)

@@ -1,0 +1,372 @@
+"""driftscope's Flower strategy: the in-process simulator's round, with Flower moving the messages.
+
+:class:`DriftscopeStrategy` is a Message-API :class:`flwr.serverapp.strategy.Strategy`. Per round
+it samples clients with driftscope's seed stream (the same clients as in-process for the same seed
+and round), sends each sampled client one message (global model, server control variate, round),
+and aggregates the replies through the algorithm's own server step, in client order, so the global
+model equals the in-process one. It emits the same hook events as the simulator, so the unchanged
+recorder writes the same run file, which says ``engine = "flower"``.
+
+Faults: a client whose reply is an error (its ClientApp raised) or that did not answer within the
+timeout is left out of the round's average (the others' weights are renormalised) and marked in
+``/clients/failed``; its Gram rows are NaN. A client that diverged stops the run as in-process.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from logging import INFO, WARNING
+
+import h5py
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.result import Result
+from flwr.supercore import log
+
+from driftscope import schema
+from driftscope.algorithms.aggregate import client_weights
+from driftscope.config import RunConfig
+from driftscope.data import Dataset
+from driftscope.errors import DivergenceError, DriftscopeError
+from driftscope.flower import ENGINE, wire
+from driftscope.hooks import ClientResult, Hook, RoundSummary
+from driftscope.runfile import append, growable
+
+NODE_WAIT_S = 120.0  # how long to wait for every SuperNode to connect
+
+
+class FlowerRunError(DriftscopeError):
+    """The Flower federation cannot run this config (missing or duplicate SuperNodes)."""
+
+
+class FailureLog(Hook):
+    """Writes ``/clients/failed`` (round, client) int8: 1 where a sampled client failed."""
+
+    def __init__(self, file: h5py.File, num_clients: int) -> None:
+        self.ds = growable(
+            file.require_group(schema.CLIENTS),
+            schema.CLIENT_FAILED.split("/", 1)[1],
+            (num_clients,),
+            np.int8,
+            schema.AX_ROUND_CLIENT,
+        )
+        self.ds.attrs["description"] = (
+            "1 where a sampled client's reply was an error or never came; "
+            "its Gram rows are NaN and it is left out of the average"
+        )
+        self.num_clients = num_clients
+        self.failed: dict[int, str] = {}
+
+    def on_round_end(self, sim, round: int, summary: RoundSummary) -> None:
+        row = np.zeros(self.num_clients, dtype=np.int8)
+        row[list(self.failed)] = 1
+        append(self.ds, row)
+
+
+class DriftscopeStrategy(Strategy):
+    """A driftscope run on Flower: seeded sampling, per-client messages, the algorithm's server step.
+
+    ``out``: the run file to write (None: no file, ``hooks`` only). ``dataset`` reuses a loaded
+    dataset on the server (the server evaluates the global model and draws the probe set).
+    ``timeout``: seconds to wait for a round's replies. Call :meth:`start` with a grid; the
+    initial arrays and the number of rounds come from the config.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out=None,
+        *,
+        dataset: Dataset | None = None,
+        overwrite: bool = False,
+        hooks: Sequence[Hook] = (),
+        node_wait_s: float = NODE_WAIT_S,
+    ) -> None:
+        from driftscope.simulator import Simulator
+
+        self.cfg = cfg
+        # The server's copy of the run: layout, algorithm state, test set, the initial model.
+        self.sim = Simulator(cfg, dataset)
+        self.sim.engine = ENGINE
+        self.layout = self.sim.layout
+        self.algorithm = self.sim.algorithm
+        self.num_clients = cfg.train.clients
+        self.x = self.sim.global_params.clone()
+        self.node_wait_s = node_wait_s
+        self.hooks: list[Hook] = list(hooks)
+        self.writer = None
+        self.failures: FailureLog | None = None
+        if out is not None:
+            self._open(out, overwrite)
+        self._node_of: dict[int, int] = {}  # client -> node id
+        self._client_of: dict[int, int] = {}  # node id -> client
+        self._clients: list[int] = []
+        self._round_start = 0.0
+        self.failed_rounds: dict[int, dict[int, str]] = {}
+
+    # ------------------------------------------------------------------ run file
+    def _open(self, out, overwrite: bool) -> None:
+        from driftscope.recorder import Recorder
+        from driftscope.runfile import RunWriter
+
+        writer = RunWriter.create(out, self.sim, overwrite=overwrite)
+        try:
+            writer.file.attrs[schema.ENGINE_ATTR] = ENGINE
+            self.failures = FailureLog(writer.file, self.num_clients)
+            if self.cfg.record.enabled:
+                self.hooks.append(Recorder(writer, self.sim, self.cfg.record))
+            self.hooks.append(self.failures)
+            self.hooks.append(writer)  # last: /metrics/round commits the round
+            writer.start_swmr()
+        except BaseException:
+            writer.close("failed", "could not set up the recording")
+            raise
+        self.writer = writer
+
+    def initial_arrays(self) -> ArrayRecord:
+        """The seeded initial global model, as Flower arrays."""
+        return wire.flat_to_arrays(self.x, self.layout)
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord | None = None,
+        num_rounds: int | None = None,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn=None,
+    ) -> Result:
+        """Run ``cfg.train.rounds`` rounds on ``grid``; the run file is closed with the outcome."""
+        rounds = self.cfg.train.rounds if num_rounds is None else num_rounds
+        if initial_arrays is not None:
+            self.x = wire.arrays_to_flat(initial_arrays, self.layout)
+        for hook in self.hooks:
+            hook.on_run_start(self.sim)
+        status, message = "complete", ""
+        try:
+            return super().start(
+                grid,
+                self.initial_arrays(),
+                num_rounds=rounds,
+                timeout=timeout,
+                train_config=train_config,
+                evaluate_config=evaluate_config,
+                evaluate_fn=evaluate_fn,
+            )
+        except DivergenceError as err:
+            status, message = "diverged", str(err)
+            raise
+        except KeyboardInterrupt:
+            status, message = "interrupted", "stopped by the user"
+            raise
+        except BaseException as err:
+            status, message = "failed", f"{type(err).__name__}: {err}"
+            raise
+        finally:
+            for hook in self.hooks:
+                hook.on_run_end(self.sim)
+            if self.writer is not None:
+                self.writer.close(status, message)
+
+    def summary(self) -> None:
+        t = self.cfg.train
+        log(INFO, "\t├──> driftscope %s: %d clients, %d per round", t.algorithm, t.clients, t.clients_per_round)
+        log(INFO, "\t└──> seed %d, recording %s", self.cfg.seed, "on" if self.cfg.record.enabled else "off")
+
+    # ------------------------------------------------------------------ clients and nodes
+    def _map_nodes(self, grid: Grid, timeout: float) -> None:
+        """Ask every node for its partition id, once: client i is the node with partition-id i."""
+        deadline = time.monotonic() + self.node_wait_s
+        while len(nodes := list(grid.get_node_ids())) < self.num_clients:
+            if time.monotonic() > deadline:
+                raise FlowerRunError(
+                    f"only {len(nodes)} of {self.num_clients} SuperNodes connected after "
+                    f"{self.node_wait_s:.0f} s: start one SuperNode per client "
+                    "(--node-config 'partition-id=I num-partitions=N')"
+                )
+            time.sleep(0.5)
+        asks = [
+            Message(RecordDict({wire.CONFIG: ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
+            for n in nodes
+        ]
+        for reply in grid.send_and_receive(asks, timeout=min(timeout, self.node_wait_s)):
+            if reply.has_error():
+                log(WARNING, "node %d did not say its partition id: %s", reply.metadata.src_node_id, reply.error.reason)
+                continue
+            pid = int(reply.content[wire.METRICS][wire.PARTITION_ID])
+            node = reply.metadata.src_node_id
+            if pid in self._node_of and self._node_of[pid] != node:
+                raise FlowerRunError(
+                    f"two SuperNodes say partition-id={pid}: give each node a distinct partition-id"
+                )
+            self._node_of[pid] = node
+            self._client_of[node] = pid
+        missing = [c for c in range(self.num_clients) if c not in self._node_of]
+        if missing:
+            raise FlowerRunError(
+                f"no SuperNode holds partition-id {missing[0]} (of 0..{self.num_clients - 1}): "
+                f"start one SuperNode per client with --node-config 'partition-id=I num-partitions={self.num_clients}'"
+            )
+
+    # ------------------------------------------------------------------ training round
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._round_start = time.perf_counter()
+        if not self._node_of:
+            self._map_nodes(grid, timeout=3600)
+        r = server_round - 1  # driftscope counts rounds from 0, Flower from 1
+        clients = self.sim.sample_clients(r)
+        self._clients = clients
+        if self.failures is not None:
+            self.failures.failed = {}
+        for hook in self.hooks:
+            hook.on_round_start(self.sim, r, clients)
+        global_arrays = wire.flat_to_arrays(self.x, self.layout)
+        control = None
+        if hasattr(self.algorithm, "c") and self.algorithm.selection.size > 0:
+            control = wire.vector_record(wire.SERVER_CONTROL, self.algorithm.c)
+        run_config = self.cfg.to_json()
+        messages = []
+        for client in clients:
+            content = RecordDict(
+                {
+                    wire.ARRAYS: global_arrays,
+                    wire.CONFIG: ConfigRecord(
+                        {wire.RUN_CONFIG: run_config, wire.ROUND: r, wire.CLIENT: client}
+                    ),
+                }
+            )
+            if control is not None:
+                content[wire.CONTROL] = control
+            messages.append(
+                Message(content, dst_node_id=self._node_of[client], message_type=MessageType.TRAIN)
+            )
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        r = server_round - 1
+        clients = self._clients
+        answers: dict[int, Message] = {}
+        failed: dict[int, str] = {}
+        for reply in replies:
+            client = self._client_of.get(reply.metadata.src_node_id)
+            if client is None or client not in clients:
+                continue
+            if reply.has_error():
+                reason = reply.error.reason
+                if "DivergenceError" in reason:
+                    raise DivergenceError(
+                        f"training diverged at round {r}, client {client}: lower --lr or --local-epochs"
+                    )
+                failed[client] = reason
+                continue
+            echoed = int(reply.content[wire.METRICS][wire.PARTITION_ID])
+            if echoed != client:
+                failed[client] = f"reply from node of client {client} says partition-id {echoed}"
+                continue
+            answers[client] = reply
+        for client in clients:
+            if client not in answers and client not in failed:
+                failed[client] = "no reply within the round's timeout"
+        for client, reason in failed.items():
+            log(WARNING, "round %d: client %d failed and is left out: %s", r, client, reason)
+        self.failed_rounds[r] = failed
+        if self.failures is not None:
+            self.failures.failed = failed
+
+        answered = [c for c in clients if c in answers]
+        x = self.x
+        sizes = torch.tensor([len(self.sim.parts[c]) for c in answered])
+        weights = client_weights(sizes, self.cfg.train.weighting).tolist() if answered else []
+        mean_update = torch.zeros_like(x)
+        update = torch.empty_like(x)
+        extras: list[torch.Tensor | None] = []
+        losses: dict[int, float] = {}
+        accs: dict[int, float] = {}
+        weight_of = dict(zip(answered, weights, strict=True))
+        for client in clients:  # in the simulator's order, so the sums round the same way
+            if client in answers:
+                content = answers[client].content
+                y = wire.arrays_to_flat(content[wire.ARRAYS], self.layout)
+                torch.sub(y, x, out=update)
+                mean_update.add_(update, alpha=weight_of[client])
+                delta = None
+                if wire.CONTROL in content:
+                    delta = wire.record_vector(content[wire.CONTROL], wire.CONTROL_DELTA)
+                    self.algorithm.c_clients[client].add_(delta)  # mirror c_i for its norm
+                extras.append(delta)
+                m = content[wire.METRICS]
+                result = ClientResult(
+                    round=r,
+                    client=client,
+                    num_samples=int(m[wire.NUM_EXAMPLES]),
+                    steps=int(m[wire.STEPS]),
+                    train_loss=float(m[wire.TRAIN_LOSS]),
+                    train_accuracy=float(m[wire.TRAIN_ACCURACY]),
+                    update=update,
+                )
+                losses[client], accs[client] = result.train_loss, result.train_accuracy
+            else:  # keep the recorder's rows aligned with the sampled clients: NaN, not stale
+                y = torch.full_like(x, math.nan)
+                update.fill_(math.nan)
+                result = ClientResult(r, client, len(self.sim.parts[client]), 0, math.nan, math.nan, update)
+            self.sim.flat.params.copy_(y)  # the hooks probe the client's model
+            for hook in self.hooks:
+                hook.on_client_end(self.sim, r, result)
+
+        if answered:
+            new_x = self.algorithm.server_update(x, mean_update, extras)
+        else:
+            new_x = x.clone()
+        if not bool(torch.isfinite(new_x).all()):
+            raise DivergenceError(f"the global model became non-finite at round {r}: lower --lr")
+        self.x = new_x
+        self.sim.global_params = new_x
+        self.sim.round = r
+        t = self.cfg.train
+        evaluate = (r + 1) % t.eval_every == 0 or r + 1 == t.rounds
+        test_loss, test_acc = self.sim.evaluate(new_x) if evaluate else (math.nan, math.nan)
+        down, up = self.algorithm.bytes_per_client()
+        summary = RoundSummary(
+            round=r,
+            clients=list(clients),
+            test_loss=test_loss,
+            test_accuracy=test_acc,
+            train_loss=float(np.mean(list(losses.values()))) if losses else math.nan,
+            train_accuracy=float(np.mean(list(accs.values()))) if accs else math.nan,
+            downlink_bytes=down * len(clients),
+            uplink_bytes=up * len(answered),
+            seconds=time.perf_counter() - self._round_start,
+            client_train_loss=losses,
+            client_train_accuracy=accs,
+        )
+        for hook in self.hooks:
+            hook.on_round_end(self.sim, r, summary)
+        self.sim.round = r + 1
+        metrics = MetricRecord(
+            {
+                "train-loss": summary.train_loss,
+                "test-loss": test_loss,
+                "test-accuracy": test_acc,
+                "clients-failed": len(failed),
+            }
+        )
+        return wire.flat_to_arrays(new_x, self.layout), metrics
+
+    # ------------------------------------------------------------------ evaluation: on the server
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []  # the server evaluates the global model on the test set, as in-process
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None

@@ -1,0 +1,83 @@
+"""What driftscope's server and client apps send each other, as Flower records.
+
+A training message (server -> client ``i``), one per sampled client::
+
+    "arrays"   ArrayRecord   the global model x, one array per parameter (layout order, float32)
+    "control"  ArrayRecord   "c": the server control variate (SCAFFOLD: every entry; FedPVR: the
+                             head entries only); absent for FedAvg and FedProx
+    "config"   ConfigRecord  "run-config": the RunConfig as JSON, "round" (0-based), "client": i
+
+The reply (client -> server)::
+
+    "arrays"   ArrayRecord   the client's model y after local training
+    "control"  ArrayRecord   "delta": c_i+ - c_i (control-variate algorithms only)
+    "metrics"  MetricRecord  "partition-id" (echoed: the stable client id), "round",
+                             "num-examples", "steps", "train-loss", "train-accuracy"
+
+A query message ("query" type, sent once before the first round) asks each node for its
+``partition-id`` so the server can address client ``i`` from then on: Flower's node ids are
+random and change every run, the partition id is what the operator gave the node.
+
+float32 arrays cross the wire bit-exactly (Flower serialises them with ``numpy.save``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+if TYPE_CHECKING:
+    from driftscope.models import ModelLayout
+
+ARRAYS = "arrays"
+CONTROL = "control"
+CONFIG = "config"
+METRICS = "metrics"
+SERVER_CONTROL = "c"
+CONTROL_DELTA = "delta"
+RUN_CONFIG = "run-config"
+ROUND = "round"
+CLIENT = "client"
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+NUM_EXAMPLES = "num-examples"
+STEPS = "steps"
+TRAIN_LOSS = "train-loss"
+TRAIN_ACCURACY = "train-accuracy"
+STATE_CONTROL = "driftscope-control"  # Context.state key of a client's control variate
+STATE_CI = "c_i"
+
+
+def flat_to_arrays(flat: torch.Tensor, layout: ModelLayout) -> ArrayRecord:
+    """A flat (P,) parameter vector as one named array per parameter."""
+    values = flat.detach().numpy()
+    record = ArrayRecord()
+    for p in layout.params:
+        piece = values[p.offset : p.offset + p.numel].reshape(p.shape)
+        record[p.name] = Array(np.ascontiguousarray(piece))
+    return record
+
+
+def arrays_to_flat(record: ArrayRecord, layout: ModelLayout) -> torch.Tensor:
+    """The inverse of :func:`flat_to_arrays`: a float32 (P,) vector in layout order."""
+    out = torch.empty(layout.numel)
+    for p in layout.params:
+        if p.name not in record:
+            raise KeyError(f"parameter {p.name!r} missing from the ArrayRecord")
+        values = np.asarray(record[p.name].numpy(), dtype=np.float32).reshape(-1)
+        if values.size != p.numel:
+            raise ValueError(f"parameter {p.name!r} has {values.size} values, expected {p.numel}")
+        out[p.offset : p.offset + p.numel] = torch.from_numpy(values)
+    return out
+
+
+def vector_record(key: str, vector: torch.Tensor) -> ArrayRecord:
+    """One flat vector (a control variate or its delta) as a one-array record."""
+    return ArrayRecord({key: Array(np.ascontiguousarray(vector.detach().numpy()))})
+
+
+def record_vector(record: ArrayRecord, key: str) -> torch.Tensor:
+    return torch.from_numpy(np.array(record[key].numpy(), dtype=np.float32).reshape(-1))
