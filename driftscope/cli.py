@@ -293,6 +293,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_threads(p)
+    g = p.add_argument_group("engine")
+    g.add_argument(
+        "--engine",
+        choices=("inprocess", "flower"),
+        default="inprocess",
+        help="inprocess: every client in this process; flower: Flower's simulation engine "
+        "(pip install 'driftscope[flower]'), the same run file",
+    )
+    g.add_argument(
+        "--supernodes",
+        type=int,
+        metavar="N",
+        help="--engine flower: virtual SuperNodes, one per client [--clients]",
+    )
+    g.add_argument(
+        "--client-cpus", type=float, default=1.0, help="--engine flower: CPUs per ClientApp"
+    )
+    g.add_argument(
+        "--client-gpus", type=float, default=0.0, help="--engine flower: GPUs per ClientApp"
+    )
     _add_run_flags(p)
 
     p = sub.add_parser(
@@ -450,9 +470,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         requested = args.threads
     warn_about(cfg)
     threads = apply_threads(cfg, requested)
-    from driftscope.training import train
+    if args.engine == "flower":
+        from driftscope.flower import require_flwr
 
-    train(cfg, out, overwrite=args.overwrite, progress=not args.quiet, resume=bool(args.resume))
+        require_flwr(simulation=True)
+        if args.resume:
+            raise DriftscopeError(
+                "--resume is not available with --engine flower: resume with --engine inprocess"
+            )
+        from driftscope.flower.simulation import run_simulation
+
+        run_simulation(
+            cfg,
+            out,
+            supernodes=args.supernodes,
+            client_cpus=args.client_cpus,
+            client_gpus=args.client_gpus,
+            overwrite=args.overwrite,
+            quiet=args.quiet,
+        )
+    else:
+        from driftscope.training import train
+
+        train(cfg, out, overwrite=args.overwrite, progress=not args.quiet, resume=bool(args.resume))
     from driftscope.reader import open_run
 
     with open_run(out) as run:

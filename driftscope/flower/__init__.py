@@ -36,6 +36,10 @@ class FlowerMissingError(DriftscopeError):
     """flwr (or its simulation extra, ray) is not installed."""
 
 
+class FlowerRunError(DriftscopeError):
+    """The Flower federation cannot run this config (missing or duplicate SuperNodes, ...)."""
+
+
 def require_flwr(simulation: bool = False) -> None:
     """Raise :class:`FlowerMissingError` unless flwr (and ray, for ``simulation``) import."""
     if importlib.util.find_spec("flwr") is None:
@@ -64,6 +68,7 @@ __all__ = [
     "ENGINE",
     "DriftscopeStrategy",
     "FlowerMissingError",
+    "FlowerRunError",
     "RecordingStrategy",
     "recording",
     "require_flwr",

@@ -11,6 +11,7 @@ the whole run and never leaves the node; only its change is sent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ class ClientRuntime:
         from driftscope.simulator import Simulator
 
         self.cfg = cfg
+        # which run a control variate in Context.state belongs to (a node may serve several)
+        self.fingerprint = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:16]
         self.sim = Simulator(cfg)
         self.layout = self.sim.layout
         self.algorithm = self.sim.algorithm
@@ -136,9 +139,11 @@ def train(msg: Message, context: Context) -> Message:
     if rt.has_control:
         c = wire.record_vector(msg.content[wire.CONTROL], wire.SERVER_CONTROL)
         saved = context.state.get(wire.STATE_CONTROL)
+        run = context.state.get(wire.STATE_RUN)
+        same_run = isinstance(run, ConfigRecord) and run.get(wire.STATE_RUN) == rt.fingerprint
         c_i = (
             wire.record_vector(saved, wire.STATE_CI)
-            if isinstance(saved, ArrayRecord)
+            if same_run and isinstance(saved, ArrayRecord)
             else torch.zeros(rt.control_size())  # control variates start at zero
         )
     result = rt.train(round, client, x, c, c_i)
@@ -161,4 +166,5 @@ def train(msg: Message, context: Context) -> Message:
         content[wire.CONTROL] = wire.vector_record(wire.CONTROL_DELTA, result.delta)
     if result.control is not None:
         context.state[wire.STATE_CONTROL] = wire.vector_record(wire.STATE_CI, result.control)
+        context.state[wire.STATE_RUN] = ConfigRecord({wire.STATE_RUN: rt.fingerprint})
     return Message(content, reply_to=msg)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from driftscope.config import RunConfig
 from driftscope.data import Dataset
-from driftscope.flower import require_flwr
-from driftscope.flower.strategy import FlowerRunError
+from driftscope.flower import FlowerRunError, require_flwr
 
 
 def run_simulation(
@@ -27,13 +26,13 @@ def run_simulation(
     overwrite: bool = False,
     dataset: Dataset | None = None,
     round_timeout: float = 3600.0,
-    verbose: bool = False,
+    quiet: bool = True,
 ) -> Path:
     """Train ``cfg`` on Flower's simulation engine and write the run file ``out``; returns its path.
 
     ``supernodes`` must equal ``cfg.train.clients`` (each SuperNode holds one client's partition;
     default: that number). ``client_cpus``/``client_gpus``: Ray resources per ClientApp, which
-    set how many clients train at once.
+    set how many clients train at once. ``quiet``: only Flower's warnings.
     """
     require_flwr(simulation=True)
     nodes = cfg.train.clients if supernodes is None else supernodes
@@ -55,7 +54,7 @@ def run_simulation(
     from driftscope.flower.client import app as client_app
     from driftscope.flower.strategy import DriftscopeStrategy
 
-    if not verbose:
+    if quiet:  # else Flower logs each round at INFO
         logging.getLogger("flwr").setLevel(logging.WARNING)
     # Built before Flower starts: a bad config or an existing --out fails here, before Ray.
     strategy = DriftscopeStrategy(cfg, out, dataset=dataset, overwrite=overwrite)
@@ -67,7 +66,7 @@ def run_simulation(
 
     backend_config = {
         "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
-        "init_args": {"logging_level": "ERROR" if not verbose else "INFO"},
+        "init_args": {"logging_level": "ERROR"},
     }
     try:
         flwr_run_simulation(
@@ -75,7 +74,6 @@ def run_simulation(
             client_app=client_app,
             num_supernodes=nodes,
             backend_config=backend_config,
-            verbose_logging=verbose,
         )
     finally:
         if strategy.writer is not None:  # Flower failed before the strategy started

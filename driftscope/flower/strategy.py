@@ -32,16 +32,12 @@ from driftscope import schema
 from driftscope.algorithms.aggregate import client_weights
 from driftscope.config import RunConfig
 from driftscope.data import Dataset
-from driftscope.errors import DivergenceError, DriftscopeError
-from driftscope.flower import ENGINE, wire
+from driftscope.errors import DivergenceError
+from driftscope.flower import ENGINE, FlowerRunError, wire
 from driftscope.hooks import ClientResult, Hook, RoundSummary
 from driftscope.runfile import append, growable
 
 NODE_WAIT_S = 120.0  # how long to wait for every SuperNode to connect
-
-
-class FlowerRunError(DriftscopeError):
-    """The Flower federation cannot run this config (missing or duplicate SuperNodes)."""
 
 
 class FailureLog(Hook):

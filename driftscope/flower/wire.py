@@ -49,6 +49,7 @@ TRAIN_LOSS = "train-loss"
 TRAIN_ACCURACY = "train-accuracy"
 STATE_CONTROL = "driftscope-control"  # Context.state key of a client's control variate
 STATE_CI = "c_i"
+STATE_RUN = "driftscope-run"  # Context.state: the fingerprint of the run that c_i belongs to
 
 
 def flat_to_arrays(flat: torch.Tensor, layout: ModelLayout) -> ArrayRecord:
