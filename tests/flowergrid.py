@@ -58,7 +58,9 @@ class LocalGrid(Grid):
         return None
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+        return Message(
+            content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id
+        )
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
@@ -88,4 +90,3 @@ class LocalGrid(Grid):
             replies.append(reply)
         self.rng.shuffle(replies)
         return replies
-

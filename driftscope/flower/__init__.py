@@ -43,7 +43,9 @@ class FlowerRunError(DriftscopeError):
 def require_flwr(simulation: bool = False) -> None:
     """Raise :class:`FlowerMissingError` unless flwr (and ray, for ``simulation``) import."""
     if importlib.util.find_spec("flwr") is None:
-        raise FlowerMissingError(f"the Flower engine needs flwr, which is not installed: {INSTALL_HINT}")
+        raise FlowerMissingError(
+            f"the Flower engine needs flwr, which is not installed: {INSTALL_HINT}"
+        )
     if simulation and importlib.util.find_spec("ray") is None:
         raise FlowerMissingError(
             f"Flower's simulation engine needs ray, which is not installed: {INSTALL_HINT}"

@@ -41,7 +41,10 @@ NODE_WAIT_S = 120.0  # how long to wait for every SuperNode to connect
 
 
 class FailureLog(Hook):
-    """Writes ``/clients/failed`` (round, client) int8: 1 where a sampled client failed."""
+    """Writes ``/clients/failed`` (round, client) int8: 1 where a sampled client failed.
+
+    Put it after the recorder and before the writer among the hooks.
+    """
 
     def __init__(self, file: h5py.File, num_clients: int) -> None:
         self.ds = growable(
@@ -62,6 +65,24 @@ class FailureLog(Hook):
         row = np.zeros(self.num_clients, dtype=np.int8)
         row[list(self.failed)] = 1
         append(self.ds, row)
+        if self.failed:
+            self._blank_cka(round, [summary.clients.index(c) for c in self.failed])
+
+    def _blank_cka(self, round: int, slots: list[int]) -> None:
+        """NaN the failed clients' rows of this round's probe CKA (the recorder probed the global
+        model in their place: it cannot run a model that does not exist)."""
+        file = self.ds.file
+        if schema.CKA_ROUND not in file or schema.CKA not in file:
+            return
+        rounds = file[schema.CKA_ROUND]
+        if not rounds.shape[0] or int(rounds[-1]) != round:
+            return
+        for kind in file[schema.CKA].values():
+            for ds in kind.values():
+                block = ds[-1]
+                block[slots, :] = np.nan
+                block[:, slots] = np.nan
+                ds[-1] = block
 
 
 class DriftscopeStrategy(Strategy):
@@ -172,8 +193,19 @@ class DriftscopeStrategy(Strategy):
 
     def summary(self) -> None:
         t = self.cfg.train
-        log(INFO, "\t├──> driftscope %s: %d clients, %d per round", t.algorithm, t.clients, t.clients_per_round)
-        log(INFO, "\t└──> seed %d, recording %s", self.cfg.seed, "on" if self.cfg.record.enabled else "off")
+        log(
+            INFO,
+            "\t├──> driftscope %s: %d clients, %d per round",
+            t.algorithm,
+            t.clients,
+            t.clients_per_round,
+        )
+        log(
+            INFO,
+            "\t└──> seed %d, recording %s",
+            self.cfg.seed,
+            "on" if self.cfg.record.enabled else "off",
+        )
 
     # ------------------------------------------------------------------ clients and nodes
     def _map_nodes(self, grid: Grid, timeout: float) -> None:
@@ -188,12 +220,21 @@ class DriftscopeStrategy(Strategy):
                 )
             time.sleep(0.5)
         asks = [
-            Message(RecordDict({wire.CONFIG: ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
+            Message(
+                RecordDict({wire.CONFIG: ConfigRecord({})}),
+                dst_node_id=n,
+                message_type=MessageType.QUERY,
+            )
             for n in nodes
         ]
         for reply in grid.send_and_receive(asks, timeout=min(timeout, self.node_wait_s)):
             if reply.has_error():
-                log(WARNING, "node %d did not say its partition id: %s", reply.metadata.src_node_id, reply.error.reason)
+                log(
+                    WARNING,
+                    "node %d did not say its partition id: %s",
+                    reply.metadata.src_node_id,
+                    reply.error.reason,
+                )
                 continue
             pid = int(reply.content[wire.METRICS][wire.PARTITION_ID])
             node = reply.metadata.src_node_id
@@ -312,9 +353,11 @@ class DriftscopeStrategy(Strategy):
                 )
                 losses[client], accs[client] = result.train_loss, result.train_accuracy
             else:  # keep the recorder's rows aligned with the sampled clients: NaN, not stale
-                y = torch.full_like(x, math.nan)
+                y = x  # probed in its place; FailureLog blanks its CKA rows
                 update.fill_(math.nan)
-                result = ClientResult(r, client, len(self.sim.parts[client]), 0, math.nan, math.nan, update)
+                result = ClientResult(
+                    r, client, len(self.sim.parts[client]), 0, math.nan, math.nan, update
+                )
             self.sim.flat.params.copy_(y)  # the hooks probe the client's model
             for hook in self.hooks:
                 hook.on_client_end(self.sim, r, result)
@@ -364,5 +407,7 @@ class DriftscopeStrategy(Strategy):
     ) -> Iterable[Message]:
         return []  # the server evaluates the global model on the test set, as in-process
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         return None

@@ -194,7 +194,9 @@ class RecordingStrategy(Strategy):
     def summary(self) -> None:
         self.strategy.summary()
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs) -> Result:
+    def start(
+        self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs
+    ) -> Result:
         """The base class's loop (it calls the wrapped methods); closes the run file at the end."""
         self.num_rounds = num_rounds
         status, message = "complete", ""
@@ -356,8 +358,8 @@ class RecordingStrategy(Strategy):
                     failed[client] = "the reply holds no ArrayRecord"
                 else:
                     y = self._flat(record)
-            if y is None:
-                y = torch.full_like(x, math.nan)
+            if y is None:  # NaN Gram rows; probed as the global model, CKA rows blanked later
+                y = x
                 update.fill_(math.nan)
                 num, loss, acc = 0, math.nan, math.nan
             else:
@@ -388,7 +390,9 @@ class RecordingStrategy(Strategy):
     ) -> Iterable[Message]:
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
         if self._pending is not None:
             self._commit(metrics)
