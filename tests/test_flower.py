@@ -16,20 +16,20 @@ from conftest import small_config
 
 pytest.importorskip("flwr")
 
-from flowergrid import LocalGrid  # noqa: E402
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.serverapp.strategy import FedAvg  # noqa: E402
-from torch import nn  # noqa: E402
+from flowergrid import LocalGrid
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp.strategy import FedAvg
+from torch import nn
 
-from driftscope import open_run, train  # noqa: E402
-from driftscope.cli import main  # noqa: E402
-from driftscope.errors import DivergenceError  # noqa: E402
-from driftscope.flower import FlowerMissingError, FlowerRunError, recording, require_flwr  # noqa: E402
-from driftscope.flower.client import app as client_app  # noqa: E402
-from driftscope.flower.strategy import DriftscopeStrategy  # noqa: E402
-from driftscope.hooks import Hook  # noqa: E402
-from driftscope.simulator import Simulator  # noqa: E402
+from driftscope import open_run, train
+from driftscope.cli import main
+from driftscope.errors import DivergenceError
+from driftscope.flower import FlowerMissingError, FlowerRunError, recording, require_flwr
+from driftscope.flower.client import app as client_app
+from driftscope.flower.strategy import DriftscopeStrategy
+from driftscope.hooks import Hook
+from driftscope.simulator import Simulator
 
 # the equivalence config: 3 clients, 2 rounds (3 local steps, 16 probe inputs: fast)
 EQUIV = {

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from driftscope.errors import DriftscopeError
 
 if TYPE_CHECKING:
-    from driftscope.flower.wrapper import RecordingStrategy, recording
     from driftscope.flower.strategy import DriftscopeStrategy
+    from driftscope.flower.wrapper import RecordingStrategy, recording
 
 ENGINE = "flower"
 INSTALL_HINT = "pip install 'driftscope[flower]'"
