@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from driftscope.config import RunConfig
 from driftscope.data import Dataset
 from driftscope.flower import FlowerRunError, require_flwr
+
+if TYPE_CHECKING:
+    from driftscope.flower.strategy import DriftscopeStrategy
 
 
 def run_simulation(
@@ -47,22 +52,55 @@ def run_simulation(
             "try --client-cpus 1"
         )
 
+    from driftscope.flower.strategy import DriftscopeStrategy
+
+    # Built before Flower starts: a bad config or an existing --out fails here, before Ray.
+    strategy = DriftscopeStrategy(cfg, out, dataset=dataset, overwrite=overwrite)
+    simulate(
+        [strategy],
+        client_cpus=client_cpus,
+        client_gpus=client_gpus,
+        round_timeout=round_timeout,
+        quiet=quiet,
+    )
+    return Path(out)
+
+
+def simulate(
+    strategies: Sequence[DriftscopeStrategy],
+    *,
+    client_cpus: float = 1.0,
+    client_gpus: float = 0.0,
+    round_timeout: float = 3600.0,
+    quiet: bool = True,
+) -> None:
+    """Run driftscope strategies one after another on one start of Flower's simulation engine.
+
+    All must have the same number of clients (one virtual SuperNode each). Starting the engine
+    costs tens of seconds, so a sweep of configs shares one start. Each strategy's run file is
+    closed when it ends; one that never started is closed as failed.
+    """
+    require_flwr(simulation=True)
+    nodes = {s.num_clients for s in strategies}
+    if len(nodes) != 1:
+        raise FlowerRunError(
+            f"strategies with different numbers of clients {sorted(nodes)} cannot share one "
+            "simulation: run them separately"
+        )
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     from driftscope.flower.client import app as client_app
-    from driftscope.flower.strategy import DriftscopeStrategy
 
     if quiet:  # else Flower logs each round at INFO
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    # Built before Flower starts: a bad config or an existing --out fails here, before Ray.
-    strategy = DriftscopeStrategy(cfg, out, dataset=dataset, overwrite=overwrite)
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy.start(grid, timeout=round_timeout)
+        for strategy in strategies:
+            strategy.start(grid, timeout=round_timeout)
 
     backend_config = {
         "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
@@ -72,10 +110,10 @@ def run_simulation(
         flwr_run_simulation(
             server_app=server_app,
             client_app=client_app,
-            num_supernodes=nodes,
+            num_supernodes=nodes.pop(),
             backend_config=backend_config,
         )
     finally:
-        if strategy.writer is not None:  # Flower failed before the strategy started
-            strategy.writer.close("failed", "Flower's simulation engine stopped before training")
-    return Path(out)
+        for strategy in strategies:
+            if strategy.writer is not None:  # still open: it never ran
+                strategy.writer.close("failed", "Flower's simulation engine stopped before it ran")
