@@ -1,0 +1,51 @@
+"""driftscope's Flower ``ServerApp`` for ``flwr run``: the app's run config is a driftscope config.
+
+``app`` (``driftscope.flower.server:app`` in ``driftscope/flower/app/pyproject.toml``) reads its
+run config, which Flower flattens to dotted keys and ``flwr run --run-config`` overrides::
+
+    out            the run file to write (on the SuperLink's machine)
+    overwrite      replace ``out`` if it exists
+    config-file    a driftscope TOML config (optional); the keys below override it
+    round-timeout  seconds to wait for a round's replies
+    seed, data.*, model.*, train.*, record.*   driftscope config keys (see driftscope.config)
+
+and runs :class:`~driftscope.flower.strategy.DriftscopeStrategy` for ``train.rounds`` rounds.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from driftscope.config import RunConfig
+from driftscope.flower.strategy import DriftscopeStrategy
+
+APP_KEYS = ("out", "overwrite", "config-file", "round-timeout")
+SECTIONS = ("data", "model", "train", "record")
+
+
+def config_from_run_config(run_config: dict) -> RunConfig:
+    """The driftscope config a Flower run config describes (file first, then dotted keys)."""
+    path = str(run_config.get("config-file", "") or "")
+    cfg = RunConfig.from_toml(path) if path else RunConfig()
+    overrides = {
+        k: v
+        for k, v in run_config.items()
+        if k == "seed" or (k not in APP_KEYS and k.split(".", 1)[0] in SECTIONS)
+    }
+    return cfg.replace(overrides) if overrides else cfg
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_config = dict(context.run_config)
+    cfg = config_from_run_config(run_config)
+    strategy = DriftscopeStrategy(
+        cfg,
+        str(run_config.get("out", "runs/flower.h5")),
+        overwrite=bool(run_config.get("overwrite", False)),
+    )
+    strategy.start(grid, timeout=float(run_config.get("round-timeout", 3600.0)))
