@@ -101,7 +101,7 @@ def test_sampling_and_client_ids_match_the_simulator(digits, tmp_path):
         assert run.file["records/clients"][()].tolist() == expected
 
 
-def test_failed_clients_are_left_out_and_marked(digits, tmp_path):
+def test_failed_clients_are_left_out_and_marked(digits, tmp_path, capsys):
     """Round 0: client 1 answers with an error; round 1: client 2 never answers. Each round
     averages the clients that answered, the run completes, /clients/failed says who failed."""
 
@@ -134,6 +134,7 @@ def test_failed_clients_are_left_out_and_marked(digits, tmp_path):
                 expected = _param(models[r], strategy, name) + u[answered].mean(axis=0)
                 got = _param(models[r + 1], strategy, name)
                 np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert main(["analyze", str(tmp_path / "f.h5")]) == 0  # NaN rows do not break the analysis
 
 
 def _param(flat: torch.Tensor, strategy: DriftscopeStrategy, name: str) -> np.ndarray:
