@@ -22,7 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
-from driftscope import open_run, train
+from driftscope import RunConfig, open_run, train
 from driftscope.cli import main
 from driftscope.errors import DivergenceError
 from driftscope.flower import FlowerMissingError, FlowerRunError, recording, require_flwr
@@ -301,3 +301,23 @@ def test_recording_without_a_model_names_layers_by_array_keys(tmp_path):
         assert [layer.name for layer in run.layers] == ["0", "2"]
         assert [layer.group for layer in run.layers] == ["body", "head"]
         assert len(run.cka_rounds) == 0 and len(run.rounds) == 2
+
+
+def test_the_flower_apps_run_config_is_a_driftscope_config():
+    """driftscope/flower/app/pyproject.toml's run config, flattened as Flower does, with
+    ``--run-config`` style overrides, is a valid RunConfig; Flower's own checker accepts the app."""
+    import tomllib
+    from pathlib import Path
+
+    from flwr.cli.config_utils import load_and_validate
+    from flwr.common.config import flatten_dict
+
+    from driftscope.flower.server import config_from_run_config
+
+    app = Path(__file__).resolve().parents[1] / "driftscope" / "flower" / "app" / "pyproject.toml"
+    load_and_validate(app)  # raises on a malformed app (components must import)
+    run_config = flatten_dict(tomllib.loads(app.read_text())["tool"]["flwr"]["app"]["config"])
+    assert config_from_run_config(run_config) == RunConfig()  # the app's defaults are driftscope's
+    run_config.update({"train.algorithm": "fedpvr", "train.rounds": 2, "seed": 3})
+    cfg = config_from_run_config(run_config)
+    assert (cfg.train.algorithm, cfg.train.rounds, cfg.seed) == ("fedpvr", 2, 3)
