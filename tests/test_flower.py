@@ -303,7 +303,7 @@ def test_recording_without_a_model_names_layers_by_array_keys(tmp_path):
         assert len(run.cka_rounds) == 0 and len(run.rounds) == 2
 
 
-def test_the_flower_apps_run_config_is_a_driftscope_config():
+def test_the_flower_apps_run_config_is_a_driftscope_config(tmp_path):
     """driftscope/flower/app/pyproject.toml's run config, flattened as Flower does, with
     ``--run-config`` style overrides, is a valid RunConfig; Flower's own checker accepts the app."""
     import tomllib
@@ -321,3 +321,8 @@ def test_the_flower_apps_run_config_is_a_driftscope_config():
     run_config.update({"train.algorithm": "fedpvr", "train.rounds": 2, "seed": 3})
     cfg = config_from_run_config(run_config)
     assert (cfg.train.algorithm, cfg.train.rounds, cfg.seed) == ("fedpvr", 2, 3)
+    # a config file keeps its values where the run config holds only the app's defaults
+    (tmp_path / "c.toml").write_text("[train]\nrounds = 7\nlr = 0.1\n")
+    run_config["config-file"] = str(tmp_path / "c.toml")
+    cfg = config_from_run_config(run_config)
+    assert (cfg.train.rounds, cfg.train.lr, cfg.train.algorithm) == (2, 0.1, "fedpvr")

@@ -25,15 +25,35 @@ SECTIONS = ("data", "model", "train", "record")
 
 
 def config_from_run_config(run_config: dict) -> RunConfig:
-    """The driftscope config a Flower run config describes (file first, then dotted keys)."""
+    """The driftscope config a Flower run config describes.
+
+    Without ``config-file``: driftscope's defaults with the dotted keys applied. With it: the file,
+    then the dotted keys whose values differ from driftscope's defaults (Flower hands the ServerApp
+    every key of the app's config, the ones nobody set included, so a key still at its default
+    cannot be told from one set to the default and must not undo the file's value).
+    """
     path = str(run_config.get("config-file", "") or "")
-    cfg = RunConfig.from_toml(path) if path else RunConfig()
-    overrides = {
+    dotted = {
         k: v
         for k, v in run_config.items()
         if k == "seed" or (k not in APP_KEYS and k.split(".", 1)[0] in SECTIONS)
     }
+    if not path:
+        return RunConfig().replace(dotted) if dotted else RunConfig()
+    defaults = _flatten(RunConfig().to_dict())
+    overrides = {k: v for k, v in dotted.items() if defaults.get(k, object()) != v}
+    cfg = RunConfig.from_toml(path)
     return cfg.replace(overrides) if overrides else cfg
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 app = ServerApp()
