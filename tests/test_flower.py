@@ -25,10 +25,10 @@ from torch import nn
 from driftscope import RunConfig, open_run, train
 from driftscope.cli import main
 from driftscope.errors import DivergenceError
+from driftscope.events import Hook
 from driftscope.flower import FlowerMissingError, FlowerRunError, recording, require_flwr
 from driftscope.flower.client import app as client_app
 from driftscope.flower.strategy import DriftscopeStrategy
-from driftscope.hooks import Hook
 from driftscope.simulator import Simulator
 
 # the equivalence config: 3 clients, 2 rounds (3 local steps, 16 probe inputs: fast)
@@ -112,8 +112,8 @@ def test_failed_clients_are_left_out_and_marked(digits, tmp_path, capsys):
         return {(0, 1): "error", (1, 2): "drop"}.get((r, client))
 
     class Globals(Hook):
-        def on_round_end(self, sim, round, summary):
-            models.append(sim.global_params.clone())
+        def on_round_end(self, event):
+            models.append(event.global_params.clone())
 
     models: list[torch.Tensor] = []
     cfg = small_config(train__clients=3, train__rounds=2, train__local_steps=2)

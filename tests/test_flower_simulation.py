@@ -20,9 +20,9 @@ pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
 from driftscope import open_run, train
+from driftscope.events import Hook
 from driftscope.flower.simulation import simulate
 from driftscope.flower.strategy import DriftscopeStrategy
-from driftscope.hooks import Hook
 
 EQUIV = {
     "train__clients": 3,
@@ -36,8 +36,8 @@ class Globals(Hook):
     def __init__(self) -> None:
         self.models: list[torch.Tensor] = []
 
-    def on_round_end(self, sim, round, summary) -> None:
-        self.models.append(sim.global_params.clone())
+    def on_round_end(self, event) -> None:
+        self.models.append(event.global_params.clone())
 
 
 @pytest.mark.slow

@@ -38,7 +38,8 @@ class LocalResult:
 
 
 class ClientRuntime:
-    """What a process needs to train any client of one run: the data, the model, the algorithm.
+    """What a process needs to train any client of one run: the data, the model, the algorithm
+    (the in-process simulator's own set-up, so the partition and the model match it exactly).
 
     Built once per process and config (loading and partitioning the data is the slow part) and
     reused for every message of the run.
@@ -70,18 +71,28 @@ class ClientRuntime:
         c_i: torch.Tensor | None,
     ) -> LocalResult:
         """Train ``client`` from global ``x`` with server control ``c`` and its own ``c_i``."""
-        algo = self.algorithm
+        from driftscope.local import local_train
+
+        algo, sim = self.algorithm, self.sim
         if self.has_control:
             algo.c = c.clone()
             algo.c_clients[client] = c_i
-        result = self.sim.local_train(round, client, x)
-        y = self.sim.flat.params.clone()
-        delta = algo.end_client(client, x, y, result.steps)
-        control = algo.c_clients[client].clone() if self.has_control else None
+        result = local_train(
+            sim.flat,
+            sim.client_x[client],
+            sim.client_y[client],
+            algo,
+            x,
+            self.cfg.train,
+            seed=self.cfg.seed,
+            round=round,
+            client=client,
+            augmentation=sim.augmentation,
+        )
         return LocalResult(
-            params=y,
-            delta=None if delta is None else delta.clone(),
-            control=control,
+            params=result.params.clone(),
+            delta=None if result.extra is None else result.extra.clone(),
+            control=algo.c_clients[client].clone() if self.has_control else None,
             num_samples=result.num_samples,
             steps=result.steps,
             train_loss=result.train_loss,

@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
+from types import MappingProxyType
 
 import h5py
 import numpy as np
@@ -33,8 +34,8 @@ from driftscope.algorithms.aggregate import client_weights
 from driftscope.config import RunConfig
 from driftscope.data import Dataset
 from driftscope.errors import DivergenceError
+from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunEnded, RunStarted
 from driftscope.flower import ENGINE, FlowerRunError, wire
-from driftscope.hooks import ClientResult, Hook, RoundSummary
 from driftscope.runfile import append, growable
 
 NODE_WAIT_S = 120.0  # how long to wait for every SuperNode to connect
@@ -61,12 +62,12 @@ class FailureLog(Hook):
         self.num_clients = num_clients
         self.failed: dict[int, str] = {}
 
-    def on_round_end(self, sim, round: int, summary: RoundSummary) -> None:
+    def on_round_end(self, event: RoundEnded) -> None:
         row = np.zeros(self.num_clients, dtype=np.int8)
         row[list(self.failed)] = 1
         append(self.ds, row)
         if self.failed:
-            self._blank_cka(round, [summary.clients.index(c) for c in self.failed])
+            self._blank_cka(event.round, [event.clients.index(c) for c in self.failed])
 
     def _blank_cka(self, round: int, slots: list[int]) -> None:
         """NaN the failed clients' rows of this round's probe CKA (the recorder probed the global
@@ -109,7 +110,6 @@ class DriftscopeStrategy(Strategy):
         self.cfg = cfg
         # The server's copy of the run: layout, algorithm state, test set, the initial model.
         self.sim = Simulator(cfg, dataset)
-        self.sim.engine = ENGINE
         self.layout = self.sim.layout
         self.algorithm = self.sim.algorithm
         self.num_clients = cfg.train.clients
@@ -128,17 +128,35 @@ class DriftscopeStrategy(Strategy):
 
     # ------------------------------------------------------------------ run file
     def _open(self, out, overwrite: bool) -> None:
-        from driftscope.recorder import Recorder
+        from driftscope.recorder import Recorder, probe_index, stored_params
         from driftscope.runfile import RunWriter
 
-        writer = RunWriter.create(out, self.sim, overwrite=overwrite)
+        sim, rc = self.sim, self.cfg.record
+        stored_params(rc, self.layout)  # a bad pattern fails before any file is touched
+        writer = RunWriter.create(out, sim, overwrite=overwrite)
         try:
             writer.file.attrs[schema.ENGINE_ATTR] = ENGINE
+            if rc.enabled:
+                rows = (
+                    probe_index(self.cfg.seed, len(sim.test_y), rc.probe_size)
+                    if rc.probe_size
+                    else None
+                )
+                self.hooks.append(
+                    Recorder(
+                        writer,
+                        rc,
+                        self.layout,
+                        clients_per_round=self.cfg.train.clients_per_round,
+                        num_clients=self.num_clients,
+                        model_factory=sim.build_model,
+                        probe_inputs=sim.test_x[rows] if rows is not None else None,
+                        probe_rows=rows,
+                        control_names=tuple(self.algorithm.state_norms()),
+                    )
+                )
             self.failures = FailureLog(writer.file, self.num_clients)
-            if self.cfg.record.enabled:
-                self.hooks.append(Recorder(writer, self.sim, self.cfg.record))
-            self.hooks.append(self.failures)
-            self.hooks.append(writer)  # last: /metrics/round commits the round
+            self.hooks.append(self.failures)  # after the recorder: it blanks failed CKA rows
             writer.start_swmr()
         except BaseException:
             writer.close("failed", "could not set up the recording")
@@ -163,8 +181,16 @@ class DriftscopeStrategy(Strategy):
         rounds = self.cfg.train.rounds if num_rounds is None else num_rounds
         if initial_arrays is not None:
             self.x = wire.arrays_to_flat(initial_arrays, self.layout)
+        started = RunStarted(
+            config=self.cfg,
+            layout=self.layout,
+            num_clients=self.num_clients,
+            clients_per_round=self.cfg.train.clients_per_round,
+            label_histogram=self.sim.label_histogram,
+            engine=ENGINE,
+        )
         for hook in self.hooks:
-            hook.on_run_start(self.sim)
+            hook.on_run_start(started)
         status, message = "complete", ""
         try:
             return super().start(
@@ -186,8 +212,9 @@ class DriftscopeStrategy(Strategy):
             status, message = "failed", f"{type(err).__name__}: {err}"
             raise
         finally:
+            ended = RunEnded(status, message)
             for hook in self.hooks:
-                hook.on_run_end(self.sim)
+                hook.on_run_end(ended)
             if self.writer is not None:
                 self.writer.close(status, message)
 
@@ -263,8 +290,9 @@ class DriftscopeStrategy(Strategy):
         self._clients = clients
         if self.failures is not None:
             self.failures.failed = {}
+        round_started = RoundStarted(r, tuple(clients))
         for hook in self.hooks:
-            hook.on_round_start(self.sim, r, clients)
+            hook.on_round_start(round_started)
         global_arrays = wire.flat_to_arrays(self.x, self.layout)
         control = None
         if hasattr(self.algorithm, "c") and self.algorithm.selection.size > 0:
@@ -342,7 +370,7 @@ class DriftscopeStrategy(Strategy):
                     self.algorithm.c_clients[client].add_(delta)  # mirror c_i for its norm
                 extras.append(delta)
                 m = content[wire.METRICS]
-                result = ClientResult(
+                trained = ClientTrained(
                     round=r,
                     client=client,
                     num_samples=int(m[wire.NUM_EXAMPLES]),
@@ -350,17 +378,25 @@ class DriftscopeStrategy(Strategy):
                     train_loss=float(m[wire.TRAIN_LOSS]),
                     train_accuracy=float(m[wire.TRAIN_ACCURACY]),
                     update=update,
+                    params=y,
+                    layout=self.layout,
                 )
-                losses[client], accs[client] = result.train_loss, result.train_accuracy
+                losses[client], accs[client] = trained.train_loss, trained.train_accuracy
             else:  # keep the recorder's rows aligned with the sampled clients: NaN, not stale
-                y = x  # probed in its place; FailureLog blanks its CKA rows
-                update.fill_(math.nan)
-                result = ClientResult(
-                    r, client, len(self.sim.parts[client]), 0, math.nan, math.nan, update
+                update.fill_(math.nan)  # the recorder probes x in its place; FailureLog blanks it
+                trained = ClientTrained(
+                    r,
+                    client,
+                    len(self.sim.parts[client]),
+                    0,
+                    math.nan,
+                    math.nan,
+                    update,
+                    x,
+                    self.layout,
                 )
-            self.sim.flat.params.copy_(y)  # the hooks probe the client's model
             for hook in self.hooks:
-                hook.on_client_end(self.sim, r, result)
+                hook.on_client_end(trained)
 
         if answered:
             new_x = self.algorithm.server_update(x, mean_update, extras)
@@ -369,15 +405,13 @@ class DriftscopeStrategy(Strategy):
         if not bool(torch.isfinite(new_x).all()):
             raise DivergenceError(f"the global model became non-finite at round {r}: lower --lr")
         self.x = new_x
-        self.sim.global_params = new_x
-        self.sim.round = r
         t = self.cfg.train
         evaluate = (r + 1) % t.eval_every == 0 or r + 1 == t.rounds
         test_loss, test_acc = self.sim.evaluate(new_x) if evaluate else (math.nan, math.nan)
         down, up = self.algorithm.bytes_per_client()
-        summary = RoundSummary(
+        event = RoundEnded(
             round=r,
-            clients=list(clients),
+            clients=tuple(clients),
             test_loss=test_loss,
             test_accuracy=test_acc,
             train_loss=float(np.mean(list(losses.values()))) if losses else math.nan,
@@ -385,15 +419,18 @@ class DriftscopeStrategy(Strategy):
             downlink_bytes=down * len(clients),
             uplink_bytes=up * len(answered),
             seconds=time.perf_counter() - self._round_start,
-            client_train_loss=losses,
-            client_train_accuracy=accs,
+            client_train_loss=MappingProxyType(losses),
+            client_train_accuracy=MappingProxyType(accs),
+            global_params=new_x,
+            control_norms=MappingProxyType(self.algorithm.state_norms()),
         )
         for hook in self.hooks:
-            hook.on_round_end(self.sim, r, summary)
-        self.sim.round = r + 1
+            hook.on_round_end(event)
+        if self.writer is not None:
+            self.writer.commit(event)  # after every hook: /metrics/round commits the round
         metrics = MetricRecord(
             {
-                "train-loss": summary.train_loss,
+                "train-loss": event.train_loss,
                 "test-loss": test_loss,
                 "test-accuracy": test_acc,
                 "clients-failed": len(failed),

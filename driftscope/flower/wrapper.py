@@ -38,7 +38,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from logging import WARNING
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -52,9 +52,9 @@ from torch import nn
 
 from driftscope import schema
 from driftscope.config import RecordConfig, RunConfig
+from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunEnded, RunStarted
 from driftscope.flower import ENGINE
 from driftscope.flower.strategy import FailureLog
-from driftscope.hooks import ClientResult, Hook, RoundSummary
 from driftscope.models import LayerInfo, ModelLayout, ParamInfo, model_layout
 
 LOSS_KEYS = ("loss", "test_loss", "eval_loss", "test-loss")
@@ -215,8 +215,9 @@ class RecordingStrategy(Strategy):
 
     def close(self, status: str = "complete", message: str = "") -> None:
         if self.writer is not None:
+            ended = RunEnded(status, message)
             for hook in self.hooks:
-                hook.on_run_end(self._sim)
+                hook.on_run_end(ended)
             self.writer.close(status, message)
             self.writer = None
 
@@ -237,9 +238,8 @@ class RecordingStrategy(Strategy):
     def _open(self, arrays: ArrayRecord, grid: Grid, num_sampled: int) -> None:
         from driftscope.recorder import Recorder
         from driftscope.runfile import RunWriter
-        from driftscope.simulator import FlatParams
 
-        layout, model = self._layout(arrays)
+        layout, _ = self._layout(arrays)
         nodes = sorted(grid.get_node_ids())
         for node in nodes:
             self.client_of.setdefault(node, len(self.client_of))
@@ -257,35 +257,42 @@ class RecordingStrategy(Strategy):
                 },
             }
         )
-        if model is None:  # a plain module holding the flat vector, for the recorder's hooks
-            model = nn.Module()
-        flat = FlatParams(model, layout) if self.model_factory is not None else None
+        histogram = np.zeros((n, 1), dtype=np.int64)  # the server cannot know the partition
         self._sim = SimpleNamespace(
-            cfg=cfg,
-            layout=layout,
-            num_clients=n,
-            label_histogram=np.zeros((n, 1), dtype=np.int64),  # the server cannot know
-            algorithm=SimpleNamespace(),
-            model=model,
-            flat=flat or SimpleNamespace(params=torch.zeros(layout.numel)),
-            global_params=torch.zeros(layout.numel),
-            test_x=self.probe_inputs,
-            test_y=self.probe_inputs if self.probe_inputs is not None else torch.zeros(0),
-            engine=ENGINE,
+            cfg=cfg, layout=layout, num_clients=n, label_histogram=histogram
         )
         writer = RunWriter.create(self.out, self._sim, overwrite=self.overwrite)
         try:
             writer.file.attrs[schema.ENGINE_ATTR] = ENGINE
             writer.file.attrs["flower_strategy"] = type(self.strategy).__name__
+            probe = self.probe_inputs
+            recorder = Recorder(
+                writer,
+                cfg.record,
+                layout,
+                clients_per_round=cfg.train.clients_per_round,
+                num_clients=n,
+                model_factory=self.model_factory or nn.Module,
+                probe_inputs=probe,
+                probe_rows=np.arange(len(probe)) if probe is not None else None,
+            )
             self.failures = FailureLog(writer.file, n)
-            self.hooks = [Recorder(writer, self._sim, cfg.record), self.failures, writer]
+            self.hooks = [recorder, self.failures]
             writer.start_swmr()
         except BaseException:
             writer.close("failed", "could not set up the recording")
             raise
         self.writer = writer
+        started = RunStarted(
+            config=cfg,
+            layout=layout,
+            num_clients=n,
+            clients_per_round=cfg.train.clients_per_round,
+            label_histogram=histogram,
+            engine=ENGINE,
+        )
         for hook in self.hooks:
-            hook.on_run_start(self._sim)
+            hook.on_run_start(started)
 
     def _flat(self, arrays: ArrayRecord) -> torch.Tensor:
         layout = self._sim.layout
@@ -327,8 +334,9 @@ class RecordingStrategy(Strategy):
         self._round_clients = [self.client_of[n] for n in self._node_of_slot]
         self._x = self._flat(arrays)
         r = server_round - 1
+        round_started = RoundStarted(r, tuple(self._round_clients))
         for hook in self.hooks:
-            hook.on_round_start(self._sim, r, self._round_clients)
+            hook.on_round_start(round_started)
         return messages
 
     def aggregate_train(
@@ -369,10 +377,9 @@ class RecordingStrategy(Strategy):
                 num = 0 if math.isnan(num) else int(num)
                 loss, acc = _pick(metrics, TRAIN_LOSS_KEYS), _pick(metrics, TRAIN_ACCURACY_KEYS)
                 losses[client], accs[client] = loss, acc
-            if self.model_factory is not None:
-                self._sim.flat.params.copy_(y)
+            trained = ClientTrained(r, client, num, 0, loss, acc, update, y, self._sim.layout)
             for hook in self.hooks:
-                hook.on_client_end(self._sim, r, ClientResult(r, client, num, 0, loss, acc, update))
+                hook.on_client_end(trained)
         agg_arrays, _ = result
         new_x = self._flat(agg_arrays) if agg_arrays is not None else x.clone()
         self._pending = {
@@ -408,16 +415,12 @@ class RecordingStrategy(Strategy):
     def _commit(self, eval_metrics: MetricRecord | None) -> None:
         """The round's end: the recorder's Grams (and CKA), the metrics, the commit marker."""
         p, self._pending = self._pending, None
-        sim = self._sim
-        sim.global_params = p["new_x"]
-        if self.model_factory is not None:
-            sim.flat.params.copy_(p["new_x"])
         self.failures.failed = p["failed"]
         losses, accs = p["losses"], p["accs"]
-        numel = sim.layout.numel
-        summary = RoundSummary(
+        numel = self._sim.layout.numel
+        event = RoundEnded(
             round=p["round"],
-            clients=list(self._round_clients),
+            clients=tuple(self._round_clients),
             test_loss=_pick(eval_metrics, LOSS_KEYS),
             test_accuracy=_pick(eval_metrics, ACCURACY_KEYS),
             train_loss=_finite_mean(losses.values()),
@@ -425,8 +428,11 @@ class RecordingStrategy(Strategy):
             downlink_bytes=4 * numel * len(self._round_clients),
             uplink_bytes=4 * numel * p["answered"],
             seconds=time.perf_counter() - self._started,
-            client_train_loss=losses,
-            client_train_accuracy=accs,
+            client_train_loss=MappingProxyType(losses),
+            client_train_accuracy=MappingProxyType(accs),
+            global_params=p["new_x"],
+            control_norms=MappingProxyType({}),
         )
         for hook in self.hooks:
-            hook.on_round_end(sim, p["round"], summary)
+            hook.on_round_end(event)
+        self.writer.commit(event)
