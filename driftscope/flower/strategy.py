@@ -4,8 +4,10 @@
 it samples clients with driftscope's seed stream (the same clients as in-process for the same seed
 and round), sends each sampled client one message (global model, server control variate, round),
 and aggregates the replies through the algorithm's own server step, in client order, so the global
-model equals the in-process one. It emits the same hook events as the simulator, so the unchanged
-recorder writes the same run file, which says ``engine = "flower"``.
+model equals the in-process one. It emits the same events as the simulator
+(:mod:`driftscope.events`), so the unchanged recorder writes the same run file, committed round by
+round with :meth:`~driftscope.runfile.RunWriter.commit`; the file says ``engine = "flower"``.
+Resuming a Flower run (``--resume``) is not supported: no resume state is written.
 
 Faults: a client whose reply is an error (its ClientApp raised) or that did not answer within the
 timeout is left out of the round's average (the others' weights are renormalised) and marked in
@@ -44,7 +46,7 @@ NODE_WAIT_S = 120.0  # how long to wait for every SuperNode to connect
 class FailureLog(Hook):
     """Writes ``/clients/failed`` (round, client) int8: 1 where a sampled client failed.
 
-    Put it after the recorder and before the writer among the hooks.
+    Put it after the recorder among the hooks (the trainer commits the round after all of them).
     """
 
     def __init__(self, file: h5py.File, num_clients: int) -> None:
