@@ -94,7 +94,11 @@ def simulate(
     from driftscope.flower.client import app as client_app
 
     if quiet:  # else Flower logs each round at INFO
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        flwr_logger = logging.getLogger("flwr")
+        flwr_logger.setLevel(logging.WARNING)
+        if not any(isinstance(f, _DropDeprecation) for f in flwr_logger.filters):
+            flwr_logger.addFilter(_DropDeprecation())
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
     server_app = ServerApp()
 
     @server_app.main()
@@ -117,3 +121,11 @@ def simulate(
         for strategy in strategies:
             if strategy.writer is not None:  # still open: it never ran
                 strategy.writer.close("failed", "Flower's simulation engine stopped before it ran")
+
+
+class _DropDeprecation(logging.Filter):
+    """Flower deprecates ``run_simulation`` in favour of ``flwr run``, which needs a SuperLink;
+    driftscope calls it on purpose, so the notice is noise for its users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
