@@ -30,7 +30,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 if TYPE_CHECKING:
-    from driftscope.models import ModelLayout
+    from driftscope.layout import ModelLayout
 
 ARRAYS = "arrays"
 CONTROL = "control"

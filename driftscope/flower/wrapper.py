@@ -55,7 +55,8 @@ from driftscope.config import RecordConfig, RunConfig
 from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunEnded, RunStarted
 from driftscope.flower import ENGINE
 from driftscope.flower.strategy import FailureLog
-from driftscope.models import LayerInfo, ModelLayout, ParamInfo, model_layout
+from driftscope.layout import LayerInfo, ModelLayout, ParamInfo
+from driftscope.models import model_layout
 
 LOSS_KEYS = ("loss", "test_loss", "eval_loss", "test-loss")
 ACCURACY_KEYS = ("accuracy", "acc", "test_accuracy", "eval_acc", "test-accuracy")
