@@ -1,5 +1,6 @@
 """The issue's equivalence test on Flower's real simulation engine (Ray): slow (one engine start,
-20-60 s on 2 cores), so both algorithms share it. CI runs it; skip locally with ``-m "not slow"``.
+20-60 s on 2 cores), so both algorithms, and a client fault, share it. CI runs it; skip locally
+with ``-m "not slow"``.
 
 Same seed and config (3 clients, 2 rounds), in-process vs Flower: the global model, each client's
 update and every Gram matrix agree to float32 rounding. Tolerance: rtol 1e-6 / atol 1e-7 on the
@@ -40,6 +41,18 @@ class Globals(Hook):
         self.models.append(event.global_params.clone())
 
 
+class CorruptOne(DriftscopeStrategy):
+    """Sends client 1 a round-0 message without the global model."""
+
+    def configure_train(self, server_round, arrays, config, grid):
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if server_round == 1:
+            for m in messages:
+                if m.metadata.dst_node_id == self._node_of[1]:
+                    del m.content["arrays"]
+        return messages
+
+
 @pytest.mark.slow
 def test_flower_simulation_engine_matches_inprocess(digits, tmp_path):
     algorithms = ("fedavg", "fedpvr")
@@ -56,7 +69,10 @@ def test_flower_simulation_engine_matches_inprocess(digits, tmp_path):
                 cfg, tmp_path / f"{algorithm}-flower.h5", dataset=digits, hooks=[theirs]
             )
         )
-    simulate(strategies)
+    # a fault on the real engine: client 1's round-0 message is corrupt, its ClientApp raises in
+    # a Ray actor, Flower answers with an error reply; the round goes on with clients 0 and 2
+    faulty = CorruptOne(small_config(**EQUIV), tmp_path / "faulty.h5", dataset=digits)
+    simulate([*strategies, faulty])
 
     for algorithm, ours, theirs in zip(algorithms, inprocess_models, flower_models, strict=True):
         assert len(ours) == len(theirs) == 2
@@ -76,3 +92,9 @@ def test_flower_simulation_engine_matches_inprocess(digits, tmp_path):
             np.testing.assert_allclose(
                 b.metrics.test_accuracy.to_numpy(), a.metrics.test_accuracy.to_numpy()
             )
+    with open_run(tmp_path / "faulty.h5") as run:
+        assert run.status == "complete" and len(run.rounds) == 2
+        assert run.file["clients/failed"][()].tolist() == [[0, 1, 0], [0, 0, 0]]
+        g = run.gram("features.0.weight")
+        assert np.isnan(g[0, 1]).all() and np.isfinite(g[0][np.ix_([0, 2], [0, 2])]).all()
+        assert np.isfinite(g[1]).all()
