@@ -132,7 +132,7 @@ CLIENTS = "clients"
 CLIENT_METRICS = ("train_loss", "train_accuracy")
 # Flower engine: 1 where a sampled client's reply was an error or never came (round, client) int8
 CLIENT_FAILED = "clients/failed"
-ENGINE_ATTR = "engine"  # root attr: which engine produced the run ("inprocess", "flower")
+ENGINE_ATTR = "engine"  # root attr written by the Flower engine ("flower"); absent: in-process
 
 
 def metric_path(name: str) -> str:
