@@ -136,18 +136,21 @@ def test_control_variates_start_at_zero_and_follow_option_two(digits):
 
     sim.run([Before(), cap])
     lr = cfg.train.lr
+    # state after round r: the next round's starting state, or the algorithm's final state
+    after = {0: (c_before[1][0], c_before[1][1]), 1: (algo.c, algo.c_clients)}
     for r in (0, 1):
         c, c_i, clients = c_before[r]
+        c_after, c_i_after = after[r]
         deltas = []
         for k in clients:
             x, y, steps = cap.x[r], cap.y[r, k], cap.steps[r, k]
             expected = c_i[k] - c + (x - y) / (steps * lr)
             deltas.append(expected - c_i[k])
-            if r == 1:
-                torch.testing.assert_close(algo.c_clients[k], expected, rtol=1e-5, atol=1e-6)
-        if r == 1:
-            expected_c = c + (len(clients) / cfg.train.clients) * torch.stack(deltas).mean(0)
-            torch.testing.assert_close(algo.c, expected_c, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(c_i_after[k], expected, rtol=1e-5, atol=1e-6)
+        expected_c = c + (len(clients) / cfg.train.clients) * torch.stack(deltas).mean(0)
+        torch.testing.assert_close(c_after, expected_c, rtol=1e-5, atol=1e-6)
+    # round 0 starts from zero, so its control variates are (x - y) / (K lr) exactly
+    assert c_before[1][0].abs().sum() > 0
     # clients that did not take part keep their control variate
     absent = set(range(cfg.train.clients)) - set(c_before[1][2]) - set(c_before[0][2])
     for k in absent:
