@@ -108,6 +108,12 @@ def _general_flags() -> list[Flag]:
             "training",
             choices=("uniform", "samples"),
         ),
+        Flag(
+            "train.batched",
+            "train a round's clients in one vmapped step (auto: from 32 clients, small inputs)",
+            "training",
+            choices=("auto", "on", "off"),
+        ),
         Flag("train.eval_every", "evaluate the global model every K rounds", "training", type=int),
         Flag("seed", "fixes partition, init, sampling and batch order", "training", type=int),
         Flag(

@@ -138,6 +138,7 @@ class TrainConfig:
     server_lr: float = 1.0
     weighting: str = "uniform"  # "uniform" (the paper's) or "samples"
     eval_every: int = 1
+    batched: str = "auto"  # train sampled clients in one vmapped step: "auto", "on" or "off"
     params: Any = None  # the algorithm's Params; None: its defaults
 
     def __post_init__(self) -> None:
@@ -175,6 +176,10 @@ class TrainConfig:
         _check(
             self.weighting in ("uniform", "samples"),
             f"unknown weighting '{self.weighting}': choose uniform or samples",
+        )
+        _check(
+            self.batched in ("auto", "on", "off"),
+            f"unknown batched '{self.batched}': choose auto, on or off",
         )
         _check(self.eval_every >= 1, f"eval_every must be >= 1 (got {self.eval_every})")
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from driftscope import batched
 from driftscope.algorithms import Algorithm, build_algorithm
 from driftscope.algorithms.aggregate import client_weights
 from driftscope.config import RunConfig
@@ -35,7 +36,7 @@ from driftscope.events import (
     RunEnded,
     RunStarted,
 )
-from driftscope.local import Augmentation, FlatParams, local_train
+from driftscope.local import Augmentation, FlatParams, LocalResult, local_train
 from driftscope.models import build_model, model_layout
 from driftscope.partition import label_histogram, partition
 from driftscope.seeding import derive_seed, numpy_rng
@@ -189,19 +190,7 @@ class Simulator:
         extras: list[torch.Tensor | None] = []
         losses: dict[int, float] = {}
         accs: dict[int, float] = {}
-        for client, w in zip(clients, weights, strict=True):
-            result = local_train(
-                self.flat,
-                self.client_x[client],
-                self.client_y[client],
-                self.algorithm,
-                x,
-                t,
-                seed=self.cfg.seed,
-                round=r,
-                client=client,
-                augmentation=self.augmentation,
-            )
+        for client, w, result in zip(clients, weights, self._train(clients, x), strict=True):
             mean_update.add_(result.update, alpha=w)
             extras.append(result.extra)
             losses[client], accs[client] = result.train_loss, result.train_accuracy
@@ -245,6 +234,23 @@ class Simulator:
             hook.on_round_end(event)
         self.round += 1
         return event
+
+    def _train(self, clients: Sequence[int], x: torch.Tensor) -> Iterator[LocalResult]:
+        """Each client's local training, in order: batched (:mod:`driftscope.batched`) or one by
+        one (:func:`local_train`), as ``train.batched`` says."""
+        t, seed, r = self.cfg.train, self.cfg.seed, self.round
+        if batched.use_batched(t, self.model, self.layout.numel, self.dataset.input_shape):
+            data = [(self.client_x[c], self.client_y[c]) for c in clients]
+            yield from batched.train_clients(
+                self.model, self.layout, data, clients, self.algorithm, x, t,
+                seed=seed, round=r, augmentation=self.augmentation,
+            )  # fmt: skip
+            return
+        for client in clients:
+            yield local_train(
+                self.flat, self.client_x[client], self.client_y[client], self.algorithm, x, t,
+                seed=seed, round=r, client=client, augmentation=self.augmentation,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ state (resume)
     def state(self) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ import it), so parsing arguments and validating configs stay torch-free.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -79,6 +80,17 @@ class Algorithm:
 
     def correct_gradient(self, grads: torch.Tensor, params: torch.Tensor, x: torch.Tensor) -> None:
         """Modify the flat gradient (P,) in place before the SGD step."""
+
+    def correct_gradients(
+        self, clients: Sequence[int], grads: torch.Tensor, params: torch.Tensor, x: torch.Tensor
+    ) -> None:
+        """:meth:`correct_gradient` for a group of clients trained at once
+        (:mod:`driftscope.batched`): row k of ``grads`` and ``params`` (G, P) is client
+        ``clients[k]``'s. The default calls ``begin_client`` and ``correct_gradient`` on each row
+        (so ``begin_client`` must only set up per-client state); override it to batch."""
+        for k, client in enumerate(clients):
+            self.begin_client(client, x)
+            self.correct_gradient(grads[k], params[k], x)
 
     def end_client(
         self, client: int, x: torch.Tensor, y: torch.Tensor, steps: int

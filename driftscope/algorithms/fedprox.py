@@ -4,6 +4,7 @@ proximal term (mu / 2) ||y - x||^2 added to each client's local objective."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,3 +35,8 @@ class FedProx(Algorithm):
         # grads += mu * (y - x), without allocating a temporary (P,) vector twice
         mu = self.params.mu
         grads.add_(params, alpha=mu).sub_(x, alpha=mu)
+
+    def correct_gradients(
+        self, clients: Sequence[int], grads: torch.Tensor, params: torch.Tensor, x: torch.Tensor
+    ) -> None:
+        self.correct_gradient(grads, params, x)  # (G, P) rows; x (P,) broadcasts

@@ -8,6 +8,7 @@ exist only for the selected entries (M of P), so FedPVR's state and traffic scal
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,18 @@ class ControlVariates(Algorithm):
 
     def correct_gradient(self, grads: torch.Tensor, params: torch.Tensor, x: torch.Tensor) -> None:
         self.selection.add_(grads, self._correction)  # g[sel] += c - c_i
+
+    def correct_gradients(
+        self, clients: Sequence[int], grads: torch.Tensor, params: torch.Tensor, x: torch.Tensor
+    ) -> None:
+        import torch
+
+        correction = self.c - self.c_clients[torch.tensor(clients)]  # (G, M)
+        sel = self.selection
+        if sel.slice is not None:
+            grads[:, sel.slice].add_(correction)
+        elif sel.size:
+            grads.index_add_(1, sel.index, correction)
 
     def end_client(
         self, client: int, x: torch.Tensor, y: torch.Tensor, steps: int
