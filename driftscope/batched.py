@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from driftscope.models import ModelLayout
 
 GROUP_BYTES = 64 * 2**20  # clients per group: their (G, P) parameters fit in this many bytes
-MAX_GROUP = 256
+MAX_GROUP = 32  # measured: 200 clients of 8x8 digits ran 1.5-2x faster in groups of 32 than of 200
 AUTO_MIN_CLIENTS = 32  # "auto": batched from this many clients per round ...
 AUTO_MAX_PIXELS = 16 * 16  # ... on inputs of at most this many pixels (H x W) ...
 AUTO_MAX_PARAMS = 200_000  # ... for models of at most this many parameters
