@@ -196,8 +196,8 @@ def _train_group(
         _Client(dx, dy, train, augmentation, seed, round, c)
         for (dx, dy), c in zip(data, clients, strict=True)
     ]
-    total_loss = torch.zeros(g_all, dtype=torch.float64)
-    correct_count = torch.zeros(g_all, dtype=torch.int64)
+    total_loss = torch.zeros(g_all, dtype=torch.float64, device=x.device)
+    correct_count = torch.zeros(g_all, dtype=torch.int64, device=x.device)
     seen = [0] * g_all
     steps = [0] * g_all
     while True:
@@ -211,8 +211,8 @@ def _train_group(
             pairs = [streams[k].take() for k in rows]
             xb = torch.stack([p[0] for p in pairs])
             yb = torch.stack([p[1] for p in pairs])
-            whole = len(rows) == g_all
-            index = None if whole else torch.tensor(rows)
+            rows_t = torch.tensor(rows, device=x.device)
+            index = None if len(rows) == g_all else rows_t
             y = params if index is None else params.index_select(0, index)
             g = len(rows)
             p_dict = {
@@ -237,14 +237,13 @@ def _train_group(
                 if index is not None:
                     params.index_copy_(0, index, y)
                 n_b = yb.shape[1]
-                loss64 = (loss.detach() * n_b).double()
-                for j, k in enumerate(rows):
-                    total_loss[k] += loss64[j]
-                    correct_count[k] += hits[j]
+                total_loss.index_add_(0, rows_t, (loss.detach() * n_b).double())
+                correct_count.index_add_(0, rows_t, hits)
+                for k in rows:
                     seen[k] += n_b
                     steps[k] += 1
 
-    update = torch.empty(layout.numel)
+    update = torch.empty_like(x)
     for k, client in enumerate(clients):
         y = params[k]
         train_loss = float(total_loss[k]) / max(seen[k], 1)

@@ -58,7 +58,8 @@ class ControlVariates(Algorithm):
     ) -> None:
         import torch
 
-        correction = self.c - self.c_clients[torch.tensor(clients)]  # (G, M)
+        rows = torch.tensor(clients, device=self.c_clients.device)
+        correction = self.c - self.c_clients[rows]  # (G, M)
         sel = self.selection
         if sel.slice is not None:
             grads[:, sel.slice].add_(correction)
