@@ -48,6 +48,12 @@ class Registry(Generic[T]):
         self._items[name] = item
         return item
 
+    def unregister(self, name: str) -> T:
+        """Remove and return ``name`` (a plug-in unloaded, a test cleaning up after itself)."""
+        if name not in self._items:
+            raise KeyError(name)
+        return self._items.pop(name)
+
     def get(self, name: str) -> T:
         """The item registered as ``name``; an unknown name is a :class:`ConfigError`."""
         try:

@@ -212,11 +212,17 @@ class ServerScaled(Algorithm):
         return x + self.params.scale * mean_update
 
 
-if "toy_scaled" not in ALGORITHMS:
+@pytest.fixture
+def toy_algorithm():
+    """ServerScaled registered for one test only, so it never leaks into other tests' choices."""
     register_algorithm(ServerScaled)
+    try:
+        yield ServerScaled
+    finally:
+        ALGORITHMS.unregister(ServerScaled.name)
 
 
-def test_an_algorithm_from_outside_runs_end_to_end(tmp_path, digits):
+def test_an_algorithm_from_outside_runs_end_to_end(tmp_path, digits, toy_algorithm):
     """scale 0 never moves the global model (flat test accuracy and loss); scale 1 is FedAvg,
     bit for bit. Both go through the public registry, config and driftscope.train."""
     base = small_config(train__rounds=3, record__enabled=False)

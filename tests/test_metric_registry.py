@@ -36,7 +36,7 @@ def toy_metric():
         )
     )
     yield metric
-    del METRICS._items[TOY]  # tests only: the registry has no public removal
+    METRICS.unregister(TOY)
 
 
 def test_a_registered_metric_reaches_tables_and_figures(toy_metric, make_run, tmp_path):

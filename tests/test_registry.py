@@ -46,3 +46,14 @@ def test_unknown_name_suggests_the_nearest_and_lists_choices(name, guess):
 def test_unhashable_name_is_still_a_config_error():
     with pytest.raises(ConfigError, match="unknown algorithm"):
         make().get(["fedavg"])  # type: ignore[arg-type]
+
+
+def test_unregister_removes_a_name_and_unknown_names_raise():
+    from driftscope.registry import Registry
+
+    reg: Registry[int] = Registry("thing")
+    reg.register("a", 1)
+    assert reg.unregister("a") == 1
+    assert "a" not in reg and reg.names() == ()
+    with pytest.raises(KeyError):
+        reg.unregister("a")
