@@ -64,14 +64,18 @@ class FlatParams:
         self._momentum_of: object = None
         self._momentum: float | torch.Tensor = 0.0
         self._param_momentum: list[float] | None = None
+        self._momentum_key: tuple[int, ...] = ()
 
     def momentum(self, algorithm: Algorithm) -> tuple[float | torch.Tensor, list[float] | None]:
         """The algorithm's momentum, and the same as one number per parameter tensor (or None if
-        it varies within one); computed once per algorithm object."""
-        if self._momentum_of is not algorithm:
+        it varies within one); computed once per algorithm object and ``momentum_version`` (an
+        algorithm whose momentum changes mid-run, such as fedpvr_auto's, bumps the version)."""
+        key = (algorithm.momentum_version,)
+        if self._momentum_of is not algorithm or self._momentum_key != key:
             self._momentum = algorithm.momentum()
             self._param_momentum = _per_param(self._momentum, self.layout)
             self._momentum_of = algorithm
+            self._momentum_key = key
         return self._momentum, self._param_momentum
 
 

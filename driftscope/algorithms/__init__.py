@@ -18,6 +18,7 @@ from driftscope.algorithms.base import (
 from driftscope.algorithms.fedavg import FedAvg
 from driftscope.algorithms.fedprox import FedProx
 from driftscope.algorithms.fedpvr import FedPVR
+from driftscope.algorithms.fedpvr_auto import FedPVRAuto
 from driftscope.algorithms.scaffold import Scaffold
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Algorithm",
     "FedAvg",
     "FedPVR",
+    "FedPVRAuto",
     "FedProx",
     "NoParams",
     "Scaffold",

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from driftscope.registry import Registry
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from driftscope.config import TrainConfig
@@ -55,6 +56,9 @@ class Algorithm:
     label: ClassVar[str] = "FedAvg"
     Params: ClassVar[type] = NoParams
     corrects_gradient: bool = False
+    #: An algorithm whose :meth:`momentum` changes during a run increments this; engines read
+    #: ``momentum()`` again after :meth:`begin_client` when it changed (it is cached otherwise).
+    momentum_version: int = 0
 
     def __init__(
         self, train: TrainConfig, params: Any, layout: ModelLayout, num_clients: int
@@ -119,6 +123,12 @@ class Algorithm:
 
     def state_norms(self) -> dict[str, torch.Tensor]:
         """Per-parameter norms of internal state (control variates), for the recorder."""
+        return {}
+
+    def round_record(self) -> dict[str, np.ndarray]:
+        """Per-round arrays of fixed shape that the run file stores under ``algorithm/<key>``
+        (one row per round), e.g. which layers carry control variates; {} for most algorithms.
+        Read after :meth:`server_update`; describes the round that just ended."""
         return {}
 
     # ---------------------------------------------------------------- resume

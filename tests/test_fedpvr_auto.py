@@ -1,0 +1,233 @@
+"""FedPVR with a drift-chosen head (``fedpvr_auto``) against the algorithms it reduces to, the layer
+rule against a slow obvious version, and its accounting and state against the selection."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_config
+from torch import nn
+
+from driftscope.algorithms import build_algorithm
+from driftscope.algorithms.fedpvr_auto import FedPVRAutoParams, choose_layers
+from driftscope.analysis import drift
+from driftscope.config import RunConfig
+from driftscope.errors import ConfigError
+from driftscope.models import model_layout
+from driftscope.simulator import Simulator
+
+
+def auto(**params):
+    return {"train__algorithm": "fedpvr_auto", **{f"train__params__{k}": v for k, v in params.items()}}
+
+
+def trajectory(digits, rounds=3, **overrides):
+    """Global parameters after each round, and the simulator."""
+    sim = Simulator(small_config(train__rounds=rounds, record__enabled=False, **overrides), digits)
+    out = []
+    for _ in range(rounds):
+        sim.run_round()
+        out.append(sim.global_params.clone())
+    return out, sim
+
+
+def test_warmup_rounds_are_fedavg_then_the_choice_differs(digits):
+    fedavg, _ = trajectory(digits, rounds=4, train__algorithm="fedavg")
+    mine, sim = trajectory(digits, rounds=4, **auto(warmup_rounds=2, body_momentum=None))
+    assert torch.equal(mine[0], fedavg[0]) and torch.equal(mine[1], fedavg[1])
+    assert sim.algorithm.chosen.any()  # the default share chose something ...
+    # ... whose control variates start at zero (round 2 is FedAvg's too, as SCAFFOLD's first
+    # round is) and correct from round 3 on
+    assert torch.equal(mine[2], fedavg[2])
+    assert not torch.equal(mine[3], fedavg[3])
+
+
+def test_warmup_uses_body_momentum_everywhere(digits):
+    fedavg, _ = trajectory(digits, rounds=2, train__algorithm="fedavg", train__momentum=0.9)
+    mine, _ = trajectory(digits, rounds=2, **auto(warmup_rounds=2, body_momentum=0.9))
+    assert torch.equal(mine[1], fedavg[1])
+
+
+def test_share_zero_is_fedavg(digits):
+    fedavg, _ = trajectory(digits, train__algorithm="fedavg")
+    mine, sim = trajectory(
+        digits, **auto(warmup_rounds=1, variance_share=0.0, rechoose_every=1, body_momentum=None)
+    )
+    assert not sim.algorithm.chosen.any()
+    assert torch.equal(mine[-1], fedavg[-1])
+
+
+def test_share_one_without_momentum_is_scaffold_after_warmup(digits):
+    mine, sim = trajectory(digits, rounds=3, **auto(warmup_rounds=1, variance_share=1.0, body_momentum=None))
+    assert sim.algorithm.chosen.all()
+    # SCAFFOLD started, with fresh control variates, from the warm-up's model at round 1
+    ref = Simulator(
+        small_config(train__rounds=3, record__enabled=False, train__algorithm="scaffold"), digits
+    )
+    fedavg, _ = trajectory(digits, rounds=1, train__algorithm="fedavg")
+    ref.global_params = fedavg[0].clone()
+    ref.round = 1
+    ref.run_round()
+    ref.run_round()
+    assert torch.equal(mine[0], fedavg[0])
+    assert torch.equal(mine[2], ref.global_params)
+
+
+def test_communication_follows_the_selection(digits):
+    sim = Simulator(
+        small_config(record__enabled=False, **auto(warmup_rounds=1, variance_share=0.5)), digits
+    )
+    numel = sim.layout.numel
+    first = sim.run_round()
+    assert (first.downlink_bytes, first.uplink_bytes) == (4 * numel * 10, 4 * numel * 10)
+    second = sim.run_round()
+    algo = sim.algorithm
+    chosen = sum(layer.numel for layer, c in zip(sim.layout.layers, algo.chosen, strict=True) if c)
+    assert 0 < chosen < numel
+    assert algo.values_per_client() == (numel + chosen, numel + chosen)
+    assert second.uplink_bytes == second.downlink_bytes == 4 * (numel + chosen) * 10
+    assert algo.c.numel() == chosen and algo.c_clients.shape == (10, chosen)
+    # the chosen layers are a top block with the default order, and carry momentum 0
+    idx = np.flatnonzero(algo.chosen)
+    assert idx[-1] == len(algo.chosen) - 1 and np.all(np.diff(idx) == 1)
+    record = algo.round_record()
+    assert record["chosen_layers"].dtype == np.uint8
+    assert np.array_equal(record["chosen_layers"].astype(bool), algo.chosen)
+
+
+# ------------------------------------------------------------------ the rule
+
+
+def slow_choice(v, share, order):
+    """Try every candidate set in order of size; the first holding the share wins."""
+    v = np.asarray(v, float)
+    n = len(v)
+    ranked = list(range(n))[::-1] if order == "top" else sorted(range(n), key=lambda i: -v[i])
+    if share <= 0:
+        return set()
+    if share >= 1:
+        return set(range(n))
+    for k in range(1, n + 1):
+        if sum(v[i] for i in ranked[:k]) >= share * v.sum():
+            return set(ranked[:k])
+    return set(range(n))
+
+
+@pytest.mark.parametrize("order", ["top", "variance"])
+def test_choose_layers_against_the_slow_rule(order):
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        v = rng.exponential(size=int(rng.integers(1, 8)))
+        share = float(rng.choice([0.0, 0.1, 0.5, 0.9, 1.0, rng.random()]))
+        got = set(np.flatnonzero(choose_layers(v, share, order)))
+        assert got == slow_choice(v, share, order)
+
+
+def test_choose_layers_hand_cases():
+    v = np.array([1.0, 6.0, 2.0, 1.0])  # input first; total 10
+    assert list(choose_layers(v, 0.1, "top")) == [False, False, False, True]
+    assert list(choose_layers(v, 0.3, "top")) == [False, False, True, True]
+    assert list(choose_layers(v, 0.5, "top")) == [False, True, True, True]
+    assert list(choose_layers(v, 0.5, "variance")) == [False, True, False, False]
+    assert not choose_layers(np.zeros(3), 0.5).any()
+
+
+def tiny_algorithm(**params):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    layout = model_layout(model)
+    cfg = RunConfig().replace(
+        {"train.algorithm": "fedpvr_auto", **{f"train.params.{k}": v for k, v in params.items()}}
+    )
+    return build_algorithm(cfg.train, layout, 5), layout
+
+
+def feed_round(algo, layout, noisy_layer, rng, clients=5):
+    """One round where every client's update is the same except on ``noisy_layer``."""
+    x = torch.zeros(layout.numel)
+    common = torch.from_numpy(rng.normal(size=layout.numel)).float() * 0.1
+    updates = []
+    for i in range(clients):
+        algo.begin_client(i, x)
+        u = common.clone()
+        for p in layout.params:
+            if p.layer == noisy_layer:
+                u[p.offset : p.offset + p.numel] = torch.from_numpy(rng.normal(size=p.numel)).float()
+        updates.append(u)
+        algo.end_client(i, x, x + u, steps=1)
+    algo.server_update(x, torch.stack(updates).mean(0), [None] * clients)
+    return torch.stack(updates)
+
+
+@pytest.mark.parametrize("noisy", ["0", "1", "2"])
+def test_the_layer_whose_updates_disagree_is_chosen(noisy):
+    rng = np.random.default_rng(1)
+    algo, layout = tiny_algorithm(warmup_rounds=2, variance_share=0.5, order="variance")
+    for _ in range(2):
+        updates = feed_round(algo, layout, noisy, rng)
+    # the measured variance matches driftscope's drift math on the update Gram (uniform weights)
+    for i, layer in enumerate(layout.layers):
+        cols = torch.cat(
+            [updates[:, p.offset : p.offset + p.numel] for p in layout.params if p.layer == layer.name],
+            dim=1,
+        )
+        expected = drift.update_variance(drift.gram(cols))
+        assert algo.last_variance[i] == pytest.approx(float(expected), rel=1e-9)
+    algo.begin_client(0, torch.zeros(layout.numel))  # the choice applies from the next round
+    names = [layer.name for layer, c in zip(layout.layers, algo.chosen, strict=True) if c]
+    assert names == [noisy]
+    # from the top down, the set reaches down to the disagreeing layer
+    top, _ = tiny_algorithm(warmup_rounds=2, variance_share=0.5, order="top")
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        feed_round(top, layout, noisy, rng)
+    top.begin_client(0, torch.zeros(layout.numel))
+    names = [layer.name for layer, c in zip(layout.layers, top.chosen, strict=True) if c]
+    assert names == [layer.name for layer in layout.layers][int(noisy) :]
+
+
+def test_rechoosing_keeps_the_control_variates_of_layers_that_stay():
+    algo, layout = tiny_algorithm(warmup_rounds=1, variance_share=0.5, order="variance")
+    algo._apply(np.array([False, True, True]))
+    algo.c.copy_(torch.arange(algo.c.numel()).float() + 1)
+    algo.c_clients.copy_(algo.c.expand_as(algo.c_clients))
+    kept = torch.cat([algo.c[: layout.layers[1].numel]])  # layer 1 comes first in c
+    algo._apply(np.array([True, True, False]))
+    n0, n1 = layout.layers[0].numel, layout.layers[1].numel
+    assert algo.c.numel() == n0 + n1
+    assert torch.equal(algo.c[:n0], torch.zeros(n0))  # newly chosen: zero
+    assert torch.equal(algo.c[n0:], kept)  # kept
+    assert torch.equal(algo.c_clients[:, n0:], kept.expand(5, n1))
+    assert algo.values_per_client() == (layout.numel + n0 + n1,) * 2
+    norms = algo.state_norms()
+    assert set(norms) == {p.name for p in layout.params}  # same names whatever the choice
+
+
+def test_state_dict_resumes_mid_run(digits):
+    over = auto(warmup_rounds=1, variance_share=0.5, rechoose_every=2)
+    full, _ = trajectory(digits, rounds=4, **over)
+    _, sim = trajectory(digits, rounds=2, **over)
+    state = sim.algorithm.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    again = Simulator(small_config(train__rounds=4, record__enabled=False, **over), digits)
+    assert {k: tuple(v.shape) for k, v in again.algorithm.state_dict().items()} == shapes
+    again.algorithm.load_state_dict({k: v.clone() for k, v in state.items()})
+    again.global_params = sim.global_params.clone()
+    again.round = 2
+    again.run_round()
+    again.run_round()
+    assert torch.equal(again.global_params, full[-1])
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"warmup_rounds": 0}, "warmup_rounds"),
+        ({"variance_share": 1.5}, "variance_share"),
+        ({"order": "bottom"}, "order"),
+        ({"rechoose_every": -1}, "rechoose_every"),
+        ({"body_momentum": 1.0}, "body_momentum"),
+    ],
+)
+def test_params_are_checked(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        FedPVRAutoParams(**bad)
