@@ -196,6 +196,7 @@ def _param_flags() -> list[Flag]:
                 "algorithm parameters",
                 kind,
                 type=parse if kind == "value" else None,
+                choices=f.metadata.get("choices"),
             )
         )
     return flags

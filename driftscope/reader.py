@@ -459,3 +459,32 @@ class Run(RecordsMixin):
             index=pd.Index(range(h.shape[0]), name="client"),
             columns=pd.Index(range(h.shape[1]), name="class"),
         )
+
+    # ------------------------------------------------------------------ algorithm records
+    @property
+    def algorithm_record_keys(self) -> tuple[str, ...]:
+        """Names of the per-round, per-layer values the algorithm reported (``algorithm/<key>``),
+        e.g. ``chosen_layers`` and ``layer_variance`` for fedpvr_auto; () for most algorithms."""
+        if not self._has(schema.ALGORITHM):
+            return ()
+        return tuple(self._get(schema.ALGORITHM))
+
+    @_guarded
+    def algorithm_record(self, key: str) -> pd.DataFrame:
+        """(committed round x layer label) table of ``algorithm/<key>``."""
+        if key not in self.algorithm_record_keys:
+            have = ", ".join(self.algorithm_record_keys) or "none"
+            raise RunFileError(f"{self.path.name} has no algorithm record '{key}' (it has: {have})")
+        n = self.num_rounds
+        data = self._read(schema.algorithm_record_path(key), slice(0, n))
+        labels = [layer.label for layer in self.layers]
+        if data.shape[1:] != (len(labels),):
+            raise RunFileError(
+                f"{self.path.name}: {schema.algorithm_record_path(key)} is damaged (shape "
+                f"{data.shape}; expected (rounds, {len(labels)} layers))"
+            )
+        return pd.DataFrame(
+            data,
+            index=pd.Index(self._read(schema.METRICS_ROUND, slice(0, n)), name="round"),
+            columns=pd.Index(labels, name="layer"),
+        )

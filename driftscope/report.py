@@ -165,6 +165,7 @@ def format_inspect(run: Run) -> str:
         return out
 
     _section(lines, "layers", layers)
+    _section(lines, "layers with control variates", lambda: format_chosen_layers(run))
     ds = run.describe_datasets()
     lines.append(
         f"  datasets ({len(ds)}, {ds['bytes'].sum() / 1e6:.2f} MB stored; a group of like "
@@ -172,6 +173,26 @@ def format_inspect(run: Run) -> str:
     )
     lines += _dataset_groups(ds)
     return "\n".join(lines)
+
+
+def format_chosen_layers(run: Run) -> list[str]:
+    """Lines naming the layers that carried control variates, by spans of rounds (fedpvr_auto's
+    ``chosen_layers`` record); [] for runs without it."""
+    if "chosen_layers" not in run.algorithm_record_keys:
+        return []
+    table = run.algorithm_record("chosen_layers")
+    if table.empty:
+        return ["  layers with control variates: no round committed"]
+    lines = ["  layers with control variates (chosen from measured drift):"]
+    rows = [" ".join(c for c, v in row.items() if v) or "none" for _, row in table.iterrows()]
+    rounds = table.index.to_numpy()
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i] != rows[start]:
+            span = f"{rounds[start]}" if i - 1 == start else f"{rounds[start]}-{rounds[i - 1]}"
+            lines.append(f"    rounds {span:<9} {rows[start]}")
+            start = i
+    return lines
 
 
 def markdown_table(df: pd.DataFrame, float_format: str = "{:.3f}") -> str:

@@ -291,6 +291,19 @@ class RunWriter:
             f.create_dataset(schema.state_path(name), shape=full, dtype=dtype, **kwargs)
             self._state[name] = (shape, dtype)
 
+    def declare_algorithm_record(self, record: Mapping[str, Any]) -> None:
+        """Create ``algorithm/<key>`` (round, layer) for each per-layer array the algorithm reports
+        each round (``Algorithm.round_record``, e.g. fedpvr_auto's chosen layers); call before
+        :meth:`start_swmr` with the record's shape (its value before round 0). {} creates nothing."""
+        if self._swmr:
+            raise RunFileError("declare_algorithm_record must come before start_swmr")
+        if not record:
+            return
+        g = self.file.require_group(schema.ALGORITHM)
+        for key, value in record.items():
+            value = np.asarray(value)
+            growable(g, key, value.shape, value.dtype, schema.AX_ROUND_LAYER)
+
     def start_swmr(self) -> None:
         """Turn on SWMR and move the new run onto its path (replacing an old run there)."""
         self._guard(self._start_swmr)
@@ -312,16 +325,27 @@ class RunWriter:
             handle = self._handles[path] = self.file[path]
         return handle
 
-    def commit(self, event: Any, state: Mapping[str, Any] | None = None) -> None:
+    def commit(
+        self,
+        event: Any,
+        state: Mapping[str, Any] | None = None,
+        algorithm_record: Mapping[str, Any] | None = None,
+    ) -> None:
         """Write one round and commit it: client metrics, round metrics, resume state (into slot
-        ``round % 2``), then the commit marker ``metrics/round``, then flush.
+        ``round % 2``), the algorithm's per-layer record (``algorithm/<key>``, see
+        :meth:`declare_algorithm_record`), then the commit marker ``metrics/round``, then flush.
 
         ``event`` is a RoundEnded (or the older RoundSummary): ``round``, ``client_train_loss`` and
         ``client_train_accuracy`` (client -> value), and one attribute per ``schema.METRIC_NAMES``.
         """
-        self._guard(self._commit, event, state)
+        self._guard(self._commit, event, state, algorithm_record)
 
-    def _commit(self, event: Any, state: Mapping[str, Any] | None) -> None:
+    def _commit(
+        self,
+        event: Any,
+        state: Mapping[str, Any] | None,
+        algorithm_record: Mapping[str, Any] | None = None,
+    ) -> None:
         losses = np.full(self.num_clients, np.nan)
         accs = np.full(self.num_clients, np.nan)
         for client, value in dict(getattr(event, "client_train_loss", {}) or {}).items():
@@ -335,6 +359,8 @@ class RunWriter:
         rnd = int(event.round)
         if state:
             self._write_state(rnd, state)
+        for key, value in (algorithm_record or {}).items():
+            append(self._ds(schema.algorithm_record_path(key)), np.asarray(value))
         self._mark(rnd)
         self._check_room(rnd)
 
@@ -573,7 +599,8 @@ def truncate_to_committed(f: h5py.File) -> int:
                 ds.resize(rows, axis=0)
 
     for group in schema.ROUND_GROUPS:
-        cut(f[group], n)
+        if group in f:  # algorithm/ exists only where the algorithm reports per-round values
+            cut(f[group], n)
     for index, followers in schema.RECORD_INDEXES.items():
         if index not in f:
             continue

@@ -25,6 +25,8 @@ round, N = clients, n = probe size)::
     /records/clients            (rec, S)            which clients took part, in row order
     /records/gram/<param>       (rec, S, S) f64     G_ij = <d_i, d_j> of the parameter's updates
     /records/control_norm/<param> (rec, 1 + N) f32  ||c|| then ||c_i|| (SCAFFOLD, FedPVR)
+    /algorithm/<key>            (round, layer)      per-layer values an algorithm reports each round
+                                                    (fedpvr_auto: chosen_layers u8, layer_variance)
     /records/update_round       (upd,)              rounds whose full updates are stored
     /records/updates/<param>    (upd, S, numel)     client updates, float32 or float16
     /records/probe_index        (n,)                test-set rows of the probe set
@@ -194,9 +196,20 @@ def cka_path(kind: str, layer: str) -> str:
     return f"{CKA}/{kind}/{layer}"
 
 
+# ---------------------------------------------------------------------------------- algorithm
+# Per-round, per-layer values an algorithm reports (``Algorithm.round_record``), e.g. which layers
+# carry control variates (fedpvr_auto): algorithm/<key> (round, layer), one row per committed round.
+ALGORITHM = "algorithm"
+AX_ROUND_LAYER = ("round", "layer")
+
+
+def algorithm_record_path(key: str) -> str:
+    return f"{ALGORITHM}/{key}"
+
+
 # rows to keep when a run is truncated to its committed rounds: every growable dataset under
 # these groups has one row per committed round ...
-ROUND_GROUPS = (METRICS, CLIENTS)
+ROUND_GROUPS = (METRICS, CLIENTS, ALGORITHM)  # ALGORITHM only where an algorithm reports
 # ... and each record index's committed rows (round <= last committed) are shared by the
 # datasets and groups listed with it
 RECORD_INDEXES = {
@@ -250,6 +263,8 @@ def expected(path: str) -> tuple[str, int | None]:
         return ("num" if numeric else "str"), 1
     two_axes = (LABEL_HISTOGRAM, RECORD_CLIENTS)
     if path in two_axes or path.startswith((f"{CLIENTS}/", f"{CONTROL_NORM}/")):
+        return "num", 2
+    if path.startswith(f"{ALGORITHM}/"):
         return "num", 2
     if path.startswith((f"{GRAM}/", f"{UPDATES}/", f"{CKA}/")):
         return "num", 3

@@ -64,10 +64,15 @@ def train(
             if not resume:
                 shapes = {k: (tuple(v.shape), _dtype(v)) for k, v in sim.state().items()}
                 writer.declare_state(shapes)
+                writer.declare_algorithm_record(sim.algorithm.round_record())
             writer.start_swmr()
 
             def commit(event: RoundEnded) -> None:
-                writer.commit(event, {k: v.numpy() for k, v in sim.state().items()})
+                writer.commit(
+                    event,
+                    {k: v.numpy() for k, v in sim.state().items()},
+                    sim.algorithm.round_record(),
+                )
 
             sim.run(all_hooks, progress=progress, commit=commit)
         except DivergenceError as err:

@@ -9,15 +9,19 @@ from torch import nn
 
 from driftscope.algorithms import build_algorithm
 from driftscope.algorithms.fedpvr_auto import FedPVRAutoParams, choose_layers
-from driftscope.analysis import drift
 from driftscope.config import RunConfig
 from driftscope.errors import ConfigError
+from driftscope.metrics import drift
+from driftscope.metrics.gram import update_gram
 from driftscope.models import model_layout
 from driftscope.simulator import Simulator
 
 
 def auto(**params):
-    return {"train__algorithm": "fedpvr_auto", **{f"train__params__{k}": v for k, v in params.items()}}
+    return {
+        "train__algorithm": "fedpvr_auto",
+        **{f"train__params__{k}": v for k, v in params.items()},
+    }
 
 
 def trajectory(digits, rounds=3, **overrides):
@@ -57,7 +61,9 @@ def test_share_zero_is_fedavg(digits):
 
 
 def test_share_one_without_momentum_is_scaffold_after_warmup(digits):
-    mine, sim = trajectory(digits, rounds=3, **auto(warmup_rounds=1, variance_share=1.0, body_momentum=None))
+    mine, sim = trajectory(
+        digits, rounds=3, **auto(warmup_rounds=1, variance_share=1.0, body_momentum=None)
+    )
     assert sim.algorithm.chosen.all()
     # SCAFFOLD started, with fresh control variates, from the warm-up's model at round 1
     ref = Simulator(
@@ -151,7 +157,9 @@ def feed_round(algo, layout, noisy_layer, rng, clients=5):
         u = common.clone()
         for p in layout.params:
             if p.layer == noisy_layer:
-                u[p.offset : p.offset + p.numel] = torch.from_numpy(rng.normal(size=p.numel)).float()
+                u[p.offset : p.offset + p.numel] = torch.from_numpy(
+                    rng.normal(size=p.numel)
+                ).float()
         updates.append(u)
         algo.end_client(i, x, x + u, steps=1)
     algo.server_update(x, torch.stack(updates).mean(0), [None] * clients)
@@ -161,22 +169,26 @@ def feed_round(algo, layout, noisy_layer, rng, clients=5):
 @pytest.mark.parametrize("noisy", ["0", "1", "2"])
 def test_the_layer_whose_updates_disagree_is_chosen(noisy):
     rng = np.random.default_rng(1)
-    algo, layout = tiny_algorithm(warmup_rounds=2, variance_share=0.5, order="variance")
+    algo, layout = tiny_algorithm(warmup_rounds=2, variance_share=0.5, layer_order="variance")
     for _ in range(2):
         updates = feed_round(algo, layout, noisy, rng)
     # the measured variance matches driftscope's drift math on the update Gram (uniform weights)
     for i, layer in enumerate(layout.layers):
         cols = torch.cat(
-            [updates[:, p.offset : p.offset + p.numel] for p in layout.params if p.layer == layer.name],
+            [
+                updates[:, p.offset : p.offset + p.numel]
+                for p in layout.params
+                if p.layer == layer.name
+            ],
             dim=1,
         )
-        expected = drift.update_variance(drift.gram(cols))
+        expected = drift.update_variance(update_gram(cols.numpy()))
         assert algo.last_variance[i] == pytest.approx(float(expected), rel=1e-9)
     algo.begin_client(0, torch.zeros(layout.numel))  # the choice applies from the next round
     names = [layer.name for layer, c in zip(layout.layers, algo.chosen, strict=True) if c]
     assert names == [noisy]
     # from the top down, the set reaches down to the disagreeing layer
-    top, _ = tiny_algorithm(warmup_rounds=2, variance_share=0.5, order="top")
+    top, _ = tiny_algorithm(warmup_rounds=2, variance_share=0.5, layer_order="top")
     rng = np.random.default_rng(1)
     for _ in range(2):
         feed_round(top, layout, noisy, rng)
@@ -186,7 +198,7 @@ def test_the_layer_whose_updates_disagree_is_chosen(noisy):
 
 
 def test_rechoosing_keeps_the_control_variates_of_layers_that_stay():
-    algo, layout = tiny_algorithm(warmup_rounds=1, variance_share=0.5, order="variance")
+    algo, layout = tiny_algorithm(warmup_rounds=1, variance_share=0.5, layer_order="variance")
     algo._apply(np.array([False, True, True]))
     algo.c.copy_(torch.arange(algo.c.numel()).float() + 1)
     algo.c_clients.copy_(algo.c.expand_as(algo.c_clients))
@@ -223,7 +235,7 @@ def test_state_dict_resumes_mid_run(digits):
     [
         ({"warmup_rounds": 0}, "warmup_rounds"),
         ({"variance_share": 1.5}, "variance_share"),
-        ({"order": "bottom"}, "order"),
+        ({"layer_order": "bottom"}, "layer_order"),
         ({"rechoose_every": -1}, "rechoose_every"),
         ({"body_momentum": 1.0}, "body_momentum"),
     ],
@@ -231,3 +243,68 @@ def test_state_dict_resumes_mid_run(digits):
 def test_params_are_checked(bad, match):
     with pytest.raises(ConfigError, match=match):
         FedPVRAutoParams(**bad)
+
+
+# ------------------------------------------------------------------ run file, inspect, figure
+
+
+def test_the_choice_is_in_the_run_file_inspect_and_a_figure(tmp_path, digits):
+    from driftscope import open_run, train
+    from driftscope.figures import chosen_layers_map, write_figures
+    from driftscope.report import format_inspect
+
+    cfg = small_config(
+        train__rounds=4,
+        record__enabled=False,
+        **auto(warmup_rounds=2, variance_share=0.5, rechoose_every=1),
+    )
+    path = train(cfg, tmp_path / "auto.h5", dataset=digits)
+    with open_run(path) as run:
+        assert set(run.algorithm_record_keys) == {"chosen_layers", "layer_variance"}
+        chosen = run.algorithm_record("chosen_layers")
+        assert list(chosen.index) == [0, 1, 2, 3]
+        assert list(chosen.columns) == [layer.label for layer in run.layers]
+        assert not chosen.loc[[0, 1]].to_numpy().any() and chosen.loc[2].any()
+        # the traffic of every round follows that round's recorded choice
+        numel = np.array([layer.numel for layer in run.layers])
+        per_client = numel.sum() + chosen.to_numpy().astype(bool) @ numel
+        m = run.metrics
+        assert np.array_equal(m["downlink_bytes"], 4 * 10 * per_client)
+        assert np.array_equal(m["uplink_bytes"], 4 * 10 * per_client)
+        variance = run.algorithm_record("layer_variance")
+        assert (variance.to_numpy() > 0).all()
+        text = format_inspect(run)
+        assert "layers with control variates" in text and "rounds 0-1       none" in text
+        ax = chosen_layers_map(run)
+        dots = ax.collections[1].get_offsets()
+        assert len(dots) == int(chosen.to_numpy().sum())
+        written = write_figures([run], tmp_path / "figures")
+        assert tmp_path / "figures" / "chosen_layers.png" in written
+    with open_run(make_fedavg(tmp_path, digits)) as run:
+        assert run.algorithm_record_keys == ()
+        assert "layers with control variates" not in format_inspect(run)
+
+
+def make_fedavg(tmp_path, digits):
+    from driftscope import train
+
+    cfg = small_config(train__rounds=1, record__enabled=False)
+    return train(cfg, tmp_path / "fedavg.h5", dataset=digits)
+
+
+def test_cli_runs_it_with_its_flags(tmp_path, capsys):
+    from driftscope import open_run
+    from driftscope.cli import main
+
+    out = tmp_path / "cli.h5"
+    argv = ["run", "--algorithm", "fedpvr_auto", "--rounds", "2", "--local-epochs", "1"]
+    argv += ["--warmup-rounds", "1", "--variance-share", "1", "--layer-order", "variance"]
+    assert main([*argv, "--no-record", "--out", str(out)]) == 0
+    with open_run(out) as run:
+        assert run.algorithm_record("chosen_layers").loc[1].all()
+    assert main(["inspect", str(out)]) == 0
+    assert "rounds 1" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit:  # argparse names the choices
+        main([*argv[:3], "--layer-order", "bottom", "--out", str(tmp_path / "y.h5")])
+    assert exit.value.code == 2
+    assert "invalid choice: 'bottom'" in capsys.readouterr().err

@@ -35,6 +35,14 @@ SMALL = dict(train__rounds=4, train__clients=4, train__local_steps=3, record__pr
 CONFIGS = {
     "fedavg": SMALL,
     "fedpvr": dict(SMALL, train__algorithm="fedpvr", train__client_fraction=0.5),
+    # layers chosen after round 0, chosen again after round 2: state and algorithm/ rows resume
+    "fedpvr_auto": dict(
+        SMALL,
+        train__algorithm="fedpvr_auto",
+        train__client_fraction=0.5,
+        train__params__warmup_rounds=1,
+        train__params__rechoose_every=2,
+    ),
 }
 
 

@@ -6,12 +6,12 @@ Schedule. The first ``warmup_rounds`` rounds are plain FedAvg (no control variat
 from the ``x`` and ``y`` it sees in :meth:`end_client`, each layer's cross-client update variance
 per round, ``V_l = mean_i ||d_i,l - m_l||^2`` with ``d_i = y_i - x`` and ``m`` the unweighted mean
 over the round's participants (``update_variance`` of :mod:`driftscope.metrics.drift` with uniform
-weights), summed over the rounds of the window. At the end of the window it chooses the layers:
+weights; the tests hold the two equal), summed over the rounds of the window. At the end of the window it chooses the layers:
 
-    order "top" (default): the smallest set of layers taken from the top of the network down (the
+    layer_order "top" (default): the smallest set of layers taken from the top of the network down (the
         output layer first) whose summed variance holds ``variance_share`` of the total variance
         over all layers, i.e. the head depth k = min{k : sum of the top k layers' V >= share * V};
-    order "variance": the smallest set of layers, taken in decreasing order of variance, that
+    layer_order "variance": the smallest set of layers, taken in decreasing order of variance, that
         holds the same share (any layers, not necessarily adjacent).
 
 ``variance_share = 0`` chooses no layer (FedAvg from then on), ``variance_share = 1`` every layer
@@ -43,13 +43,12 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from driftscope.algorithms.base import Selection, register_algorithm
 from driftscope.algorithms.scaffold import ControlVariates
 from driftscope.errors import ConfigError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from driftscope.config import TrainConfig
@@ -61,6 +60,8 @@ ORDERS = ("top", "variance")
 def choose_layers(variance: np.ndarray, share: float, order: str = "top") -> np.ndarray:
     """Bool (L,): the layers to correct, from per-layer variances ``variance`` (L,) in model order
     (input first). See the module docstring for the rule; ``share >= 1`` chooses every layer."""
+    import numpy as np
+
     v = np.asarray(variance, dtype=np.float64)
     n = len(v)
     chosen = np.zeros(n, dtype=bool)
@@ -94,9 +95,12 @@ class FedPVRAutoParams:
         default=0.5,
         metadata={"help": "share of the total update variance the chosen layers must hold"},
     )
-    order: str = field(
+    layer_order: str = field(
         default="top",
-        metadata={"help": "top: layers from the output down; variance: largest variance first"},
+        metadata={
+            "help": "which layers count first: top (output down) or variance (largest first)",
+            "choices": ORDERS,
+        },
     )
     rechoose_every: int = field(
         default=0,
@@ -104,7 +108,9 @@ class FedPVRAutoParams:
     )
     body_momentum: float | None = field(
         default=0.9,
-        metadata={"help": "local SGD momentum on layers without control variates (none: --momentum)"},
+        metadata={
+            "help": "local SGD momentum on layers without control variates (none: --momentum)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -116,8 +122,10 @@ class FedPVRAutoParams:
         s = self.variance_share
         if not (math.isfinite(s) and 0 <= s <= 1):
             raise ConfigError(f"variance_share must be in [0, 1] (got {s}): e.g. 0.5")
-        if self.order not in ORDERS:
-            raise ConfigError(f"order must be one of {', '.join(ORDERS)} (got {self.order!r})")
+        if self.layer_order not in ORDERS:
+            raise ConfigError(
+                f"layer_order must be one of {', '.join(ORDERS)} (got {self.layer_order!r})"
+            )
         if not (isinstance(self.rechoose_every, int) and self.rechoose_every >= 0):
             raise ConfigError(
                 f"rechoose_every must be an integer >= 0 (got {self.rechoose_every}): 0 = never"
@@ -136,6 +144,7 @@ class FedPVRAuto(ControlVariates):
     def __init__(
         self, train: TrainConfig, params: Any, layout: ModelLayout, num_clients: int
     ) -> None:
+        import numpy as np
         import torch
 
         n_layers = len(layout.layers)
@@ -168,6 +177,7 @@ class FedPVRAuto(ControlVariates):
     # ---------------------------------------------------------------- selection
     def layer_mask(self, chosen: np.ndarray) -> torch.Tensor:
         """Bool (P,): the flat entries of the layers ``chosen`` (L,)."""
+        import numpy as np
         import torch
 
         mask = torch.zeros(self._numel, dtype=torch.bool)
@@ -181,6 +191,7 @@ class FedPVRAuto(ControlVariates):
 
     def _apply(self, chosen: np.ndarray) -> None:
         """Switch to ``chosen``: keep the control variates of layers that stay, zero for new ones."""
+        import numpy as np
         import torch
 
         if np.array_equal(chosen, self.chosen):
@@ -245,6 +256,7 @@ class FedPVRAuto(ControlVariates):
     def server_update(
         self, x: torch.Tensor, mean_update: torch.Tensor, extras: list[torch.Tensor | None]
     ) -> torch.Tensor:
+        import numpy as np
         import torch
 
         new_x = super().server_update(x, mean_update, extras)
@@ -261,7 +273,7 @@ class FedPVRAuto(ControlVariates):
         self._count = 0
         if self._chooses_after(self.round):
             p = self.params
-            self._pending = choose_layers(self.window, p.variance_share, p.order)
+            self._pending = choose_layers(self.window, p.variance_share, p.layer_order)
             self.window = np.zeros_like(self.window)
         self.round += 1
         return new_x
@@ -269,6 +281,8 @@ class FedPVRAuto(ControlVariates):
     # ---------------------------------------------------------------- records
     def round_record(self) -> dict[str, np.ndarray]:
         """This round's ``chosen_layers`` (L,) uint8 and measured ``layer_variance`` (L,) f64."""
+        import numpy as np
+
         return {
             "chosen_layers": self.chosen.astype(np.uint8),
             "layer_variance": self.last_variance.astype(np.float64),
@@ -298,6 +312,7 @@ class FedPVRAuto(ControlVariates):
         """Fixed shapes whatever the selection: ``c`` (P,) and ``c_clients`` (N, P) with zeros
         outside the chosen layers, ``chosen`` and ``pending`` (L,) (pending all -1: none),
         ``window`` (L,) f64 and ``round`` (1,)."""
+        import numpy as np
         import torch
 
         c, c_clients = self._full()
@@ -314,6 +329,7 @@ class FedPVRAuto(ControlVariates):
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        import numpy as np
         import torch
 
         keys = {"c", "c_clients", "chosen", "pending", "window", "round"}

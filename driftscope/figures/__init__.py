@@ -20,6 +20,8 @@ function (module)              what it shows
 :func:`label_alignment_profile`  per layer, how far the clients' update disagreement follows their
 (``attribution``)              label histograms; :func:`class_variance_heatmap`: the output
                                layer's update variance per class and round
+:func:`chosen_layers_map`      layer x round: share of update variance and the layers that carried
+(``chosen_layers``)            control variates (fedpvr_auto's drift-chosen head)
 :func:`write_figures`          all of the above that the runs support, as PNG and PDF
 =============================  ================================================================
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 from driftscope.analysis.tables import communication_factor, tidy
 from driftscope.figures.accuracy import accuracy_curves
 from driftscope.figures.attribution import class_variance_heatmap, label_alignment_profile
+from driftscope.figures.chosen_layers import chosen_layers_map
 from driftscope.figures.cka import cka_by_layer
 from driftscope.figures.clustermap import cosine_clustermap
 from driftscope.figures.labels import algorithm_label, metric_label, run_label, run_labels
@@ -43,6 +46,7 @@ from driftscope.figures.write import write_figures
 __all__ = [
     "accuracy_curves",
     "algorithm_label",
+    "chosen_layers_map",
     "cka_by_layer",
     "class_variance_heatmap",
     "communication_factor",

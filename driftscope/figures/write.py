@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from driftscope.analysis.tables import tidy
 from driftscope.figures.accuracy import accuracy_curves
 from driftscope.figures.attribution import write_attribution_figures
+from driftscope.figures.chosen_layers import chosen_layers_map, has_chosen_layers
 from driftscope.figures.cka import cka_by_layer
 from driftscope.figures.clustermap import cosine_clustermap
 from driftscope.figures.labels import run_labels
@@ -41,8 +42,9 @@ def write_figures(runs: Sequence[Run], out_dir: str | os.PathLike) -> list[Path]
     variance, drift diversity, cosine divergence, and CKA when recorded), ``layer_heatmap_relative_variance`` (first recorded run), ``cka_by_layer``,
     ``cosine_clustermap_<layer>`` (the head's last layer and the first layer of the first
     recorded run), ``label_alignment_profile`` and ``class_variance_heatmap`` (first recorded run;
-    :mod:`driftscope.figures.attribution`), ``accuracy_curves`` and ``partition_histogram`` (first
-    run). Figures a run
+    :mod:`driftscope.figures.attribution`), ``accuracy_curves``, ``partition_histogram`` (first
+    run) and ``chosen_layers`` (the first run whose algorithm chose its control-variate layers,
+    fedpvr_auto). Figures a run
     cannot support (no records, no CKA) are skipped. Returns the written paths.
     """
     runs = list(runs)
@@ -79,4 +81,8 @@ def write_figures(runs: Sequence[Run], out_dir: str | os.PathLike) -> list[Path]
             written += _save(ax.figure, out, "accuracy_curves")
         ax = partition_histogram(runs[0])
         written += _save(ax.figure, out, "partition_histogram")
+        auto = [r for r in runs if has_chosen_layers(r) and r.num_rounds]
+        if auto:
+            ax = chosen_layers_map(auto[0])
+            written += _save(ax.figure, out, "chosen_layers")
     return written
