@@ -97,7 +97,7 @@ def one_run(job: tuple[str, dict, str, int]) -> dict:
 
 
 def table(df: pd.DataFrame) -> str:
-    def ms(s: pd.Series, fmt: str, none: str = "never") -> str:
+    def ms(s: pd.Series, fmt: str, none: str = "never", some: str = "seeds reach it") -> str:
         s = s.astype(float)
         reached = s.dropna()
         if reached.empty:
@@ -106,12 +106,13 @@ def table(df: pd.DataFrame) -> str:
         if len(reached) > 1:
             text += f" ± {fmt.format(reached.std(ddof=1))}"
         if len(reached) < len(s):
-            text += f" ({len(reached)}/{len(s)} seeds reach it)"
+            text += f" ({len(reached)}/{len(s)} {some})"
         return text
 
     def final(g: pd.DataFrame) -> str:
         div = g.diverged_at.dropna()
-        text = ms(g.final_accuracy, "{:.4f}") if len(div) < len(g) else ""
+        done = "seeds complete"
+        text = ms(g.final_accuracy, "{:.4f}", some=done) if len(div) < len(g) else ""
         if len(div):
             at = ", ".join(str(int(r)) for r in div)  # 0-based, as the error message says
             text += f" diverged in {len(div)}/{len(g)} seeds (at round {at})"
@@ -139,7 +140,7 @@ def table(df: pd.DataFrame) -> str:
         delta = " ".join(f"{100 * d:+.1f}" for d in paired) if arm != "FedAvg" else ""
         lines.append(
             f"| {arm} | {final(g)} | {ms(g.rounds_to_target, '{:.1f}')} "
-            f"| {ms(g.mb_to_target, '{:.1f}')} | {ms(g.total_mb, '{:.1f}', '-')} "
+            f"| {ms(g.mb_to_target, '{:.1f}')} | {ms(g.total_mb, '{:.1f}', '-', 'seeds complete')} "
             f"| {delta or '-'} | {'; '.join(chosen) if arm != 'FedAvg' else '-'} |"
         )
     return "\n".join(lines)
