@@ -39,7 +39,11 @@ from benchmarks.harness import (
 
 # ---------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python benchmarks/run.py",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run (~1 min), not representative")
     ap.add_argument("--only", choices=list(SECTIONS), action="append", help="run only this section")
     ap.add_argument(
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.growth import child_growth
 
         clients, rounds, out = args.child.split(",", 2)
-        print(json.dumps(child_growth(int(clients), int(rounds), out)))
+        print(json.dumps(child_growth(int(clients), int(rounds), out), default=str))
         return 0
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(
                     f"  {r['name'].strip()}: {r['median']:.4g} (target {r['target']}, met {r['met']})"
                 )
+            # after every section: a later section's failure keeps the finished ones
+            latest.write_text(json.dumps(results, indent=1, default=str) + "\n")
     results["environment"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["environment"]["total_seconds"] = round(time.perf_counter() - t_all, 1)
     latest.write_text(json.dumps(results, indent=1, default=str) + "\n")
