@@ -16,7 +16,7 @@ setup: $(STAMP)
 
 ## the main job: FedAvg vs SCAFFOLD vs FedPVR on the embedded digits, and where drift lives
 demo: setup
-	$(BIN)/driftscope reproduce --quiet --out runs/reproduce
+	$(BIN)/driftscope reproduce --out runs/reproduce
 
 ## the whole test suite: lint, format check, tests (notebooks included)
 test: setup

@@ -259,13 +259,7 @@ class Recorder(Hook):
         for name in self.control_names:
             append(ds(schema.control_norm_path(name)), event.control_norms[name].numpy())
         if schema.stores_updates(r, self.cfg.every, self.cfg.updates_every):
-            for p in self.stored:
-                block = d[:, p.offset : p.offset + p.numel].numpy()
-                append(
-                    ds(schema.updates_path(p.name)),
-                    block.astype(self.cfg.update_dtype, copy=False),
-                )
-            append(ds(schema.UPDATE_ROUND), r)
+            self.store_updates(r, d)
         if self._cka_now:
             self._probe_grams(event.global_params)
             for name in self.layer_names:
@@ -276,6 +270,17 @@ class Recorder(Hook):
             append(ds(schema.CKA_ROUND), r)
         append(ds(schema.RECORD_CLIENTS), np.asarray(event.clients, dtype=np.int64))
         append(ds(schema.RECORD_ROUND), r)  # written last among records
+
+    def store_updates(self, round: int, updates: torch.Tensor) -> None:
+        """Append the stored parameters' columns of ``updates`` (S, P) as ``round``'s updates
+        (also what the I/O benchmark times)."""
+        for p in self.stored:
+            block = updates[:, p.offset : p.offset + p.numel].numpy()
+            append(
+                self._dataset(schema.updates_path(p.name)),
+                block.astype(self.cfg.update_dtype, copy=False),
+            )
+        append(self._dataset(schema.UPDATE_ROUND), round)
 
     def _dataset(self, path: str) -> h5py.Dataset:
         """The dataset at ``path``, its handle cached (h5py lookups cost ~0.1 ms each)."""

@@ -246,20 +246,37 @@ def _mean_std(mean: float, std: float, n: int, fmt: str) -> str:
 
 def format_reproduce(result) -> str:  # result: driftscope.experiments.ReproduceResult
     """The printed report of ``driftscope reproduce``: per-layer drift head vs body, then accuracy
-    and communication, then where the figures went."""
-
-    def table(df: pd.DataFrame) -> str:
-        return df.to_string(index=False, float_format=lambda v: f"{v:.3f}")
-
-    layers = result.layers.copy()
-    layers.insert(0, " ", ["*" if g == "head" else "" for g in layers["group"]])
+    and communication, then where the figures went. Markdown tables, as the README shows them."""
+    names = {"relative_variance": "rel. variance", "drift_diversity": "drift diversity"}
+    layers = result.layers
+    cols = {
+        "layer": [
+            f"{lab} *" if g == "head" else lab for lab, g in zip(layers["label"], layers["group"])
+        ]
+    }
+    for col in layers.columns.drop(["label", "group"]):
+        metric, part = col.rsplit(" ", 1)
+        name = f"{names.get(metric, metric.upper())} {'IID' if part == 'iid' else 'α=0.1'}"
+        digits = 2 if metric == "relative_variance" else 3
+        cols[name] = [f"{v:.{digits}f}" for v in layers[col]]
+    acc = result.accuracy
+    accuracy = pd.DataFrame(
+        {
+            "run": [result.labels.get(name, name) for name in acc["run"]],
+            "final acc.": ["-" if np.isnan(v) else f"{v:.3f}" for v in acc["final acc"]],
+            "best acc.": [f"{v:.3f}" for v in acc["best acc"]],
+            "MB / round": [f"{v:.2f}" for v in acc["MB / round"]],
+            "x FedAvg": [f"{v:.2f}" for v in acc["x FedAvg"]],
+            "status": acc["status"],
+        }
+    )
     lines = [
         "\n== Where drift lives: FedAvg, per layer (aggregated over rounds; * = head) ==",
-        table(layers.drop(columns="group")),
+        markdown_table(pd.DataFrame(cols)),
         "\nhead vs body (mean over layers of each group):",
-        table(result.head_vs_body),
+        markdown_table(result.head_vs_body),
         "\n== Accuracy and communication ==",
-        table(result.accuracy),
+        markdown_table(accuracy),
     ]
     if result.figures:
         lines.append(f"\nwrote {len(result.figures)} figure files to {result.figures_dir}")

@@ -41,11 +41,12 @@ DODGE = 0.45  # share of a layer's slot that the conditions' markers spread over
 
 
 def profile_note(metric: str, seeds: bool = False) -> str:
-    """What a layer-profile point and bar show, as written under the figure's x axis."""
+    """What a layer-profile point and bar show, as written under the figure's x axis (two lines:
+    one line was wider than the figure and clipped at both edges)."""
     pooled = "all rounds" + (" and seeds" if seeds else "")
     m = METRICS.get(metric) if metric in METRICS else None
     how = "ratio of sums over " if m is not None and m.ratio is not None else "mean over "
-    return f"marker: {how}{pooled}, as in analyze; bar: middle 50% of rounds"
+    return f"marker: {how}{pooled}, as in analyze\nbar: middle 50% of rounds"
 
 
 def layer_profile(
