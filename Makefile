@@ -18,10 +18,11 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/driftscope reproduce --out runs/reproduce
 
-## the whole test suite: lint, format check, tests (notebooks included)
+## the whole test suite: lint, format check, type check, tests (notebooks included)
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	MPLBACKEND=Agg $(BIN)/python -m pytest
 
 ## benchmarks (not part of the tests): writes benchmarks/results/latest.json and the README table
@@ -29,4 +30,4 @@ bench: setup
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf runs figures .pytest_cache .ruff_cache
+	rm -rf runs figures .pytest_cache .ruff_cache .mypy_cache

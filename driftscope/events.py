@@ -129,7 +129,7 @@ class Hook:
 def _span(layout: ModelLayout, key: Any) -> slice:
     """The flat slice of a parameter or a layer (its parameters are contiguous, in model order)."""
     if isinstance(key, str):
-        found = [p for p in layout.params if p.name == key] or [
+        found: list[ParamInfo] | list[LayerInfo] = [p for p in layout.params if p.name == key] or [
             layer for layer in layout.layers if layer.name == key
         ]
         if not found:

@@ -47,14 +47,14 @@ class FlatParams:
         self.layout = layout
         self.params = torch.empty(n)
         self.grads = torch.zeros(n)
-        tensors = list(model.parameters())
+        tensors: list[torch.Tensor] = list(model.parameters())
         for tensor, info in zip(tensors, layout.params, strict=True):
             a, b = info.offset, info.offset + info.numel
             self.params[a:b].copy_(tensor.detach().reshape(-1))
             tensor.data = self.params[a:b].view(info.shape)
             tensor.grad = self.grads[a:b].view(info.shape)
         self.tensors = tensors
-        self.grad_views = [t.grad for t in tensors]
+        self.grad_views: list[torch.Tensor] = [t.grad for t in tensors]  # type: ignore[misc]  # set above
         self.momentum_buf = torch.empty(n)
         self.momentum_views = [
             self.momentum_buf[i.offset : i.offset + i.numel].view(i.shape) for i in layout.params
@@ -161,6 +161,7 @@ def local_train(
         with torch.no_grad():
             if per_layer:
                 if use_momentum:
+                    assert param_momentum is not None  # per_layer implies it
                     torch._foreach_mul_(flat.momentum_views, param_momentum)
                     torch._foreach_add_(flat.momentum_views, g)
                     torch._foreach_add_(flat.tensors, flat.momentum_views, alpha=-lr)

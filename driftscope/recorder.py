@@ -74,7 +74,7 @@ def capture_activations(
     captured: dict[str, torch.Tensor] = {}
     handles = []
 
-    def make_hook(name: str):
+    def make_hook(name: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             if name in captured:
                 raise DriftscopeError(
@@ -183,7 +183,7 @@ class Recorder(Hook):
         rec.attrs["every"] = cfg.every
         rec.attrs["updates_every"] = cfg.updates_every
         rec.attrs["cka_every"] = cfg.cka_every
-        rec.attrs["probe_size"] = self.probe_size and len(self.probe)
+        rec.attrs["probe_size"] = self.probe_size and len(self.probe)  # type: ignore[arg-type]
         if self.probe_size:
             index = f.create_dataset(schema.PROBE_INDEX, data=np.asarray(probe_rows))
             index.attrs["description"] = "rows of the test set that form the CKA probe set"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,9 @@ import pandas as pd
 from driftscope.errors import DriftscopeError
 from driftscope.metrics import headline_metrics
 from driftscope.reader import Run
+
+if TYPE_CHECKING:
+    from driftscope.experiments import ReproduceResult
 
 
 def _run_title(run: Run) -> str:
@@ -244,7 +248,7 @@ def _mean_std(mean: float, std: float, n: int, fmt: str) -> str:
     return f"{format(mean, fmt)} ± {format(std, fmt)}"
 
 
-def format_reproduce(result) -> str:  # result: driftscope.experiments.ReproduceResult
+def format_reproduce(result: ReproduceResult) -> str:
     """The printed report of ``driftscope reproduce``: per-layer drift head vs body, then accuracy
     and communication, then where the figures went. Markdown tables, as the README shows them."""
     names = {"relative_variance": "rel. variance", "drift_diversity": "drift diversity"}

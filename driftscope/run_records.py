@@ -48,7 +48,9 @@ class RecordsMixin:
     if TYPE_CHECKING:
         path: Path
         _file: h5py.File
-        params: tuple[ParamInfo, ...]
+
+        @property
+        def params(self) -> tuple[ParamInfo, ...]: ...
 
         @property
         def num_rounds(self) -> int: ...

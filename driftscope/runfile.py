@@ -281,6 +281,7 @@ class RunWriter:
             f.create_dataset(schema.STATE_ROUND, data=np.full(schema.STATE_SLOTS, -1, np.int64))
         for name, spec in shapes.items():
             if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], tuple | list):
+                dtype: np.dtype[Any]
                 shape, dtype = tuple(int(s) for s in spec[0]), np.dtype(spec[1])
             else:
                 shape, dtype = tuple(int(s) for s in spec), np.dtype(np.float32)

@@ -150,7 +150,7 @@ A = TypeVar("A", bound=type[Algorithm])
 def register_algorithm(cls: A) -> A:
     """Class decorator: check ``name``/``label``/``Params`` and add ``cls`` to :data:`ALGORITHMS`."""
     params = cls.__dict__.get("Params", cls.Params)
-    if not (dataclasses.is_dataclass(params) and params.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+    if not (dataclasses.is_dataclass(params) and params.__dataclass_params__.frozen):  # type: ignore[union-attr]
         raise TypeError(f"{cls.__name__}.Params must be a frozen dataclass")
     for f in dataclasses.fields(params):
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:

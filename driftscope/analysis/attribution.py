@@ -44,6 +44,7 @@ import pandas as pd
 
 from driftscope.analysis.tables import aggregation_weights
 from driftscope.errors import RunFileError
+from driftscope.layout import LayerInfo
 from driftscope.metrics import attribution as at
 from driftscope.reader import Run
 
@@ -143,7 +144,7 @@ def label_alignment_summary(
     return pd.DataFrame(rows)
 
 
-def output_layer(run: Run, layer: str | None = None):
+def output_layer(run: Run, layer: str | None = None) -> tuple[LayerInfo, str, str | None]:
     """The classifier's output layer (default: the last layer) and its (weight, bias) names.
 
     Its weight's first axis must have one row per class of the label histograms.

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from driftscope.analysis.labels import config_value, run_labels
 from driftscope.errors import RunFileError
+from driftscope.layout import LayerInfo
 from driftscope.metrics import METRICS, Metric
 from driftscope.metrics.drift import as_gram
 from driftscope.reader import Run
@@ -102,8 +105,16 @@ def drift_table(run: Run, parts: bool = False) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _frame(rounds, layer, metric, values, num, den, parts: bool) -> pd.DataFrame:
-    data = {
+def _frame(
+    rounds: ArrayLike,
+    layer: LayerInfo,
+    metric: str,
+    values: ArrayLike,
+    num: ArrayLike | None,
+    den: ArrayLike | None,
+    parts: bool,
+) -> pd.DataFrame:
+    data: dict[str, Any] = {
         "round": np.asarray(rounds).astype(int),
         "layer": layer.name,
         "label": layer.label,

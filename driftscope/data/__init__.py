@@ -122,6 +122,8 @@ def _torchvision(name: str) -> Callable[[Path], Dataset]:
         test_x = test_x.float().div_(255.0)
         if name.startswith("cifar"):
             train_x, train_y = train_x[:CIFAR_TRAIN], train_y[:CIFAR_TRAIN]
+            mean: tuple[float, ...]
+            std: tuple[float, ...]
             mean, std, augment = CIFAR_MEAN, CIFAR_STD, True
         else:
             mean, std, augment = (float(train_x.mean()),), (float(train_x.std()),), False

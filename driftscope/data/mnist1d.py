@@ -25,8 +25,12 @@ import random
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from driftscope.data import Dataset
 
 NUM_SAMPLES = 5000  # mnist1d's default: 4,000 train + 1,000 test
 SEED = 42  # mnist1d's default seed
@@ -96,7 +100,7 @@ def _write(path: Path, arrays: dict[str, np.ndarray]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".npz.tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # stubs: **kwargs could fill allow_pickle
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -116,7 +120,7 @@ def load_arrays(data_dir: str | os.PathLike) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_mnist1d(data_dir: str | os.PathLike):
+def load_mnist1d(data_dir: str | os.PathLike) -> Dataset:
     """MNIST-1D as a :class:`~driftscope.data.Dataset`: float32 ``(N, 1, 1, 40)``, 10 classes."""
     import torch
 

@@ -42,7 +42,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torchvision import datasets as tvd
@@ -54,7 +54,7 @@ __all__ = ["CIFAR_MD5", "SUPPORTED", "expected_location", "load_raw", "num_class
 SUPPORTED = ("cifar10", "cifar100", "mnist", "fashion_mnist")
 
 
-def _published_md5(cls: type) -> dict[str, str]:
+def _published_md5(cls: type[Any]) -> dict[str, str]:
     """File name -> the MD5 sum published with the dataset (as torchvision records it)."""
     sums = {str(f): str(md5) for f, md5 in cls.train_list + cls.test_list}
     sums[cls.meta["filename"]] = cls.meta["md5"]
@@ -95,7 +95,7 @@ class _CIFAR100Files(tvd.CIFAR100):
 @dataclass(frozen=True)
 class _Spec:
     title: str  # as people write it, for messages
-    cls: type  # the torchvision class that reads it
+    cls: type[Any]  # the torchvision class that reads it
     public_cls: str  # the torchvision class to download it with
     folder: tuple[str, ...]  # where the files sit, relative to root
     files: tuple[str, ...]  # the files torchvision needs there
@@ -103,11 +103,11 @@ class _Spec:
     shape: tuple[int, int, int]  # (C, H, W)
 
 
-def _cifar_files(cls: type) -> tuple[str, ...]:
+def _cifar_files(cls: type[Any]) -> tuple[str, ...]:
     return (*(f for f, _ in cls.train_list + cls.test_list), cls.meta["filename"])
 
 
-def _mnist_files(cls: type) -> tuple[str, ...]:
+def _mnist_files(cls: type[Any]) -> tuple[str, ...]:
     return tuple(os.path.splitext(archive)[0] for archive, _ in cls.resources)
 
 

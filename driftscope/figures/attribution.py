@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from driftscope.analysis.attribution import (
     SIGNIFICANCE,
@@ -184,6 +185,7 @@ def write_attribution_figures(run: Run, out_dir: str | os.PathLike) -> list[Path
         ax = class_variance_heatmap(run, table=table)
         figures.append(("class_variance_heatmap", ax.figure))
     for name, fig in figures:
+        assert isinstance(fig, Figure)  # the axes' own figure, not a subfigure
         paths = [out / f"{name}.png", out / f"{name}.pdf"]
         try:
             fig.savefig(paths[0], dpi=DPI, bbox_inches="tight")

@@ -106,7 +106,7 @@ def layer_ticks(ax: Axes, labels: Sequence[str], head: set[str], axis: str = "x"
         if len(labels) > ROTATE_ABOVE:
             for t in texts:
                 t.set_rotation(45)
-                t.set_ha("right")
+                t.set_horizontalalignment("right")
                 t.set_rotation_mode("anchor")
     else:
         texts = ax.get_yticklabels()
@@ -126,9 +126,10 @@ def legend_columns(texts: Sequence[str]) -> int:
 
 def legend_above(ax: Axes, title: str | None = None) -> None:
     """Move the axes' legend above the plot, out of the data."""
-    if ax.get_legend() is None:
+    legend = ax.get_legend()
+    if legend is None:
         return
-    texts = [t.get_text() for t in ax.get_legend().texts]
+    texts = [t.get_text() for t in legend.texts]
     sns.move_legend(
         ax,
         "lower center",

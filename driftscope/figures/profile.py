@@ -160,7 +160,9 @@ def layer_heatmap(
     ticks = [i for i, r in enumerate(rounds) if r % step == 0] or [0]
     ax.set_xticks([i + 0.5 for i in ticks], [str(rounds[i]) for i in ticks], rotation=0)
     if norm is not None:
-        plain_log_ticks(ax.collections[0].colorbar.ax.yaxis)
+        colorbar = ax.collections[0].colorbar
+        assert colorbar is not None  # heatmap drew one
+        plain_log_ticks(colorbar.ax.yaxis)
     spans = head_spans(labels, head)
     for i0, _ in spans:
         if i0 > 0:

@@ -16,6 +16,7 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import seaborn as sns
+from matplotlib import rcsetup
 from matplotlib.axes import Axes
 
 __all__ = ["COLUMN_WIDTH", "DPI", "FIGSIZE", "PlainLogFormatter", "paper_style", "set_style"]
@@ -57,10 +58,10 @@ PAPER_RC: dict[str, Any] = {
 }
 
 
-def _style_rc() -> dict[str, Any]:
-    rc: dict[str, Any] = dict(sns.axes_style("ticks"))
+def _style_rc() -> dict[Any, Any]:  # rc keys: matplotlib's Literal RcKeyType
+    rc: dict[Any, Any] = dict(sns.axes_style("ticks"))
     rc.update(PAPER_RC)
-    rc["axes.prop_cycle"] = mpl.cycler(color=sns.color_palette("colorblind"))
+    rc["axes.prop_cycle"] = rcsetup.cycler(color=sns.color_palette("colorblind"))
     return rc
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 
 from driftscope.analysis.tables import tidy
 from driftscope.figures.accuracy import accuracy_curves
@@ -25,7 +25,8 @@ from driftscope.reader import Run
 __all__ = ["write_figures"]
 
 
-def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+def _save(fig: Figure | SubFigure, out_dir: Path, name: str) -> list[Path]:
+    assert isinstance(fig, Figure)  # the axes' own figure, not a subfigure
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     try:
         fig.savefig(paths[0], dpi=DPI, bbox_inches="tight")

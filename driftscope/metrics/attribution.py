@@ -190,8 +190,8 @@ def mantel(
         stats = _standardise(y[p[:, i], p[:, j]]) @ zx
         hits += int(np.sum(stats >= observed - 1e-12))
     n = len(perms)
-    p = hits / n if exact else (1 + hits) / (1 + n)
-    return Alignment(observed, float(p), n, exact, n_pairs)
+    p_value = hits / n if exact else (1 + hits) / (1 + n)
+    return Alignment(observed, float(p_value), n, exact, n_pairs)
 
 
 def label_alignment(

@@ -80,11 +80,11 @@ def update_gram(updates: Any, chunk_values: int = CHUNK_VALUES) -> Any:
         raise ValueError(f"updates must be shaped (..., N, P); got {u.shape}")
     s, numel = u.shape[-2:]
     step = max(1, chunk_values // max(1, s))
-    gram = np.zeros((*u.shape[:-1], s), dtype=np.float64)
+    out = np.zeros((*u.shape[:-1], s), dtype=np.float64)
     for start in range(0, numel, step):
         part = u[..., start : start + step].astype(np.float64)
-        gram += part @ np.swapaxes(part, -1, -2)
-    return gram
+        out += part @ np.swapaxes(part, -1, -2)
+    return out
 
 
 def centred_gram(features: Any) -> Any:
