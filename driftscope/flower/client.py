@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -53,7 +54,7 @@ class ClientRuntime:
         self.fingerprint = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:16]
         self.sim = Simulator(cfg)
         self.layout = self.sim.layout
-        self.algorithm = self.sim.algorithm
+        self.algorithm: Any = self.sim.algorithm  # SCAFFOLD's c, c_clients, selection: duck-typed
 
     @property
     def has_control(self) -> bool:
@@ -75,6 +76,7 @@ class ClientRuntime:
 
         algo, sim = self.algorithm, self.sim
         if self.has_control:
+            assert c is not None  # the server sends c when has_control
             algo.c = c.clone()
             algo.c_clients[client] = c_i
         result = local_train(
@@ -136,11 +138,12 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training for this node's client."""
-    config: ConfigRecord = msg.content[wire.CONFIG]
+    config = msg.content[wire.CONFIG]
+    assert isinstance(config, ConfigRecord)
     client = partition_id(context)
     if int(config[wire.CLIENT]) != client:
         raise DriftscopeError(
-            f"the server addressed client {config[wire.CLIENT]} but this node is partition "
+            f"the server addressed client {int(config[wire.CLIENT])} but this node is partition "
             f"{client}: give every SuperNode a distinct partition-id"
         )
     rt = runtime_for(str(config[wire.RUN_CONFIG]))

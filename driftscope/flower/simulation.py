@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from driftscope.config import RunConfig
 from driftscope.data import Dataset
@@ -106,7 +106,7 @@ def simulate(
         for strategy in strategies:
             strategy.start(grid, timeout=round_timeout)
 
-    backend_config = {
+    backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
         "init_args": {"logging_level": "ERROR"},
     }

@@ -17,10 +17,12 @@ timeout is left out of the round's average (the others' weights are renormalised
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
 from types import MappingProxyType
+from typing import Any
 
 import h5py
 import numpy as np
@@ -38,7 +40,7 @@ from driftscope.data import Dataset
 from driftscope.errors import DivergenceError
 from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunEnded, RunStarted
 from driftscope.flower import ENGINE, FlowerRunError, wire
-from driftscope.runfile import append, growable
+from driftscope.runfile import RunWriter, append, growable
 
 NODE_WAIT_S = 120.0  # how long to wait for every SuperNode to connect
 
@@ -100,7 +102,7 @@ class DriftscopeStrategy(Strategy):
     def __init__(
         self,
         cfg: RunConfig,
-        out=None,
+        out: str | os.PathLike[str] | None = None,
         *,
         dataset: Dataset | None = None,
         overwrite: bool = False,
@@ -113,12 +115,12 @@ class DriftscopeStrategy(Strategy):
         # The server's copy of the run: layout, algorithm state, test set, the initial model.
         self.sim = Simulator(cfg, dataset)
         self.layout = self.sim.layout
-        self.algorithm = self.sim.algorithm
+        self.algorithm: Any = self.sim.algorithm  # SCAFFOLD's c, c_clients, selection: duck-typed
         self.num_clients = cfg.train.clients
         self.x = self.sim.global_params.clone()
         self.node_wait_s = node_wait_s
         self.hooks: list[Hook] = list(hooks)
-        self.writer = None
+        self.writer: RunWriter | None = None
         self.failures: FailureLog | None = None
         if out is not None:
             self._open(out, overwrite)
@@ -129,7 +131,7 @@ class DriftscopeStrategy(Strategy):
         self.failed_rounds: dict[int, dict[int, str]] = {}
 
     # ------------------------------------------------------------------ run file
-    def _open(self, out, overwrite: bool) -> None:
+    def _open(self, out: str | os.PathLike[str], overwrite: bool) -> None:
         from driftscope.recorder import Recorder, probe_index, stored_params
         from driftscope.runfile import RunWriter
 
@@ -177,7 +179,7 @@ class DriftscopeStrategy(Strategy):
         timeout: float = 3600,
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
-        evaluate_fn=None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     ) -> Result:
         """Run ``cfg.train.rounds`` rounds on ``grid``; the run file is closed with the outcome."""
         rounds = self.cfg.train.rounds if num_rounds is None else num_rounds
@@ -329,7 +331,7 @@ class DriftscopeStrategy(Strategy):
             if client is None or client not in clients:
                 continue
             if reply.has_error():
-                reason = reply.error.reason
+                reason = str(reply.error.reason)  # flwr: str | None
                 if "DivergenceError" in reason:
                     raise DivergenceError(
                         f"training diverged at round {r}, client {client}: lower --lr or --local-epochs"

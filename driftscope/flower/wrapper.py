@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from logging import WARNING
 from types import MappingProxyType, SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -57,6 +57,9 @@ from driftscope.flower import ENGINE
 from driftscope.flower.strategy import FailureLog
 from driftscope.layout import LayerInfo, ModelLayout, ParamInfo
 from driftscope.models import model_layout
+
+if TYPE_CHECKING:
+    from driftscope.runfile import RunWriter
 
 LOSS_KEYS = ("loss", "test_loss", "eval_loss", "test-loss")
 ACCURACY_KEYS = ("accuracy", "acc", "test_accuracy", "eval_acc", "test-accuracy")
@@ -175,7 +178,7 @@ class RecordingStrategy(Strategy):
         self.record = dataclasses.replace(record or RecordConfig(), probe_size=probe_size)
         self.overwrite = overwrite
         self.num_rounds = 0
-        self.writer = None
+        self.writer: RunWriter | None = None
         self.hooks: list[Hook] = []
         self.failures: FailureLog | None = None
         self.client_of: dict[int, int] = {}  # node id -> client index
@@ -195,8 +198,8 @@ class RecordingStrategy(Strategy):
     def summary(self) -> None:
         self.strategy.summary()
 
-    def start(
-        self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs
+    def start(  # type: ignore[override]  # the inner strategy's keywords, passed on by name
+        self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs: Any
     ) -> Result:
         """The base class's loop (it calls the wrapped methods); closes the run file at the end."""
         self.num_rounds = num_rounds
@@ -360,7 +363,7 @@ class RecordingStrategy(Strategy):
             if reply is None:
                 failed[client] = "no reply within the round's timeout"
             elif reply.has_error():
-                failed[client] = reply.error.reason
+                failed[client] = str(reply.error.reason)  # flwr: str | None
             else:
                 record = self._reply_arrays(reply)
                 if record is None:
@@ -372,10 +375,11 @@ class RecordingStrategy(Strategy):
                 update.fill_(math.nan)
                 num, loss, acc = 0, math.nan, math.nan
             else:
+                assert reply is not None  # y came from it
                 torch.sub(y, x, out=update)
                 metrics = next(iter(reply.content.metric_records.values()), None)
-                num = _pick(metrics, ("num-examples", "num_examples"))
-                num = 0 if math.isnan(num) else int(num)
+                picked = _pick(metrics, ("num-examples", "num_examples"))
+                num = 0 if math.isnan(picked) else int(picked)
                 loss, acc = _pick(metrics, TRAIN_LOSS_KEYS), _pick(metrics, TRAIN_ACCURACY_KEYS)
                 losses[client], accs[client] = loss, acc
             trained = ClientTrained(r, client, num, 0, loss, acc, update, y, self._sim.layout)
@@ -409,13 +413,14 @@ class RecordingStrategy(Strategy):
     def _reply_arrays(self, reply: Message) -> ArrayRecord | None:
         records = reply.content.array_records
         key = getattr(self.strategy, "arrayrecord_key", None)
-        if key in records:
+        if isinstance(key, str) and key in records:
             return records[key]
         return next(iter(records.values()), None)
 
     def _commit(self, eval_metrics: MetricRecord | None) -> None:
         """The round's end: the recorder's Grams (and CKA), the metrics, the commit marker."""
         p, self._pending = self._pending, None
+        assert p is not None and self.failures is not None and self.writer is not None  # _train
         self.failures.failed = p["failed"]
         losses, accs = p["losses"], p["accs"]
         numel = self._sim.layout.numel
