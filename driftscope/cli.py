@@ -115,6 +115,19 @@ def _general_flags() -> list[Flag]:
             choices=("auto", "on", "off"),
         ),
         Flag("train.eval_every", "evaluate the global model every K rounds", "training", type=int),
+        Flag(
+            "train.device",
+            "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps",
+            "training",
+            metavar="DEVICE",
+        ),
+        Flag(
+            "train.state_budget_mb",
+            "MiB of memory for per-client state (control variates); beyond it a scratch file",
+            "training",
+            type=float,
+            metavar="MIB",
+        ),
         Flag("seed", "fixes partition, init, sampling and batch order", "training", type=int),
         Flag(
             "record.enabled",

@@ -34,6 +34,7 @@ from typing import Any
 
 from driftscope.algorithms import ALGORITHMS
 from driftscope.data import DATASETS
+from driftscope.device import check_device_name
 from driftscope.errors import ConfigError
 from driftscope.models import MODELS
 from driftscope.registry import nearest
@@ -139,6 +140,8 @@ class TrainConfig:
     weighting: str = "uniform"  # "uniform" (the paper's) or "samples"
     eval_every: int = 1
     batched: str = "auto"  # train sampled clients in one vmapped step: "auto", "on" or "off"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (driftscope.device)
+    state_budget_mb: float = 1024.0  # client state (control variates) in memory; more: scratch file
     params: Any = None  # the algorithm's Params; None: its defaults
 
     def __post_init__(self) -> None:
@@ -182,6 +185,11 @@ class TrainConfig:
             f"unknown batched '{self.batched}': choose auto, on or off",
         )
         _check(self.eval_every >= 1, f"eval_every must be >= 1 (got {self.eval_every})")
+        check_device_name(self.device)
+        _check(
+            self.state_budget_mb > 0,
+            f"state_budget_mb must be > 0 (got {self.state_budget_mb}): e.g. --state-budget-mb 1024",
+        )
 
     @property
     def clients_per_round(self) -> int:

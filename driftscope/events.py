@@ -139,3 +139,12 @@ def _span(layout: ModelLayout, key: Any) -> slice:
         return slice(key.offset, key.offset + key.numel)
     params = [layout.param(name) for name in key.params]  # LayerInfo
     return slice(params[0].offset, params[-1].offset + params[-1].numel)
+
+
+@dataclass(frozen=True)
+class StateRows:
+    """Some rows of a per-client state table (N, ...): ``values[k]`` is row ``rows[k]`` (rows
+    sorted, unique). An engine hands these to the run-file writer instead of the whole table."""
+
+    rows: np.ndarray
+    values: np.ndarray

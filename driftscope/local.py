@@ -41,13 +41,21 @@ class FlatParams:
     and the update ``y - x``, each with per-parameter views for the per-layer fast path.
     """
 
-    def __init__(self, model: nn.Module, layout: ModelLayout) -> None:
+    def __init__(
+        self, model: nn.Module, layout: ModelLayout, device: torch.device | str | None = None
+    ) -> None:
         n = layout.numel
+        tensors: list[torch.Tensor] = list(model.parameters())
+        if device is None:  # the model's own device
+            device = tensors[0].device if tensors else torch.device("cpu")
+        device = torch.device(device)
+        model.to(device)  # buffers; the parameters are rebound to the flat vectors below
+        tensors = list(model.parameters())
+        self.device = device
         self.model = model
         self.layout = layout
-        self.params = torch.empty(n)
-        self.grads = torch.zeros(n)
-        tensors: list[torch.Tensor] = list(model.parameters())
+        self.params = torch.empty(n, device=device)
+        self.grads = torch.zeros(n, device=device)
         for tensor, info in zip(tensors, layout.params, strict=True):
             a, b = info.offset, info.offset + info.numel
             self.params[a:b].copy_(tensor.detach().reshape(-1))
@@ -55,11 +63,11 @@ class FlatParams:
             tensor.grad = self.grads[a:b].view(info.shape)
         self.tensors = tensors
         self.grad_views: list[torch.Tensor] = [t.grad for t in tensors]  # type: ignore[misc]  # set above
-        self.momentum_buf = torch.empty(n)
+        self.momentum_buf = torch.empty(n, device=device)
         self.momentum_views = [
             self.momentum_buf[i.offset : i.offset + i.numel].view(i.shape) for i in layout.params
         ]
-        self.update = torch.empty(n)
+        self.update = torch.empty(n, device=device)
         self.has_dropout = any(isinstance(m, nn.Dropout) for m in model.modules())
         self._momentum_of: object = None
         self._momentum: float | torch.Tensor = 0.0
@@ -119,7 +127,11 @@ def local_train(
     """Train client ``client`` from global parameters ``x`` on ``(data_x, data_y)``.
 
     ``data_x`` is normalised, or raw in [0, 1] when ``augmentation`` is given (augmentation works on
-    raw images and normalises each batch). Local SGD with the algorithm's momentum and gradient
+    raw images and normalises each batch). Training runs on ``flat.device``; data held elsewhere
+    (host memory) are copied there batch by batch. Batch order and augmentation are drawn on the
+    CPU (the index is moved to the device once per epoch), so every device sees the same batches.
+    Losses and accuracy are summed on the device and read once per client (no host round trip per
+    step). Local SGD with the algorithm's momentum and gradient
     correction; ``algorithm.begin_client`` before and ``algorithm.end_client`` after. Raises
     :class:`~driftscope.errors.DivergenceError` on a non-finite loss or model.
     """
@@ -140,8 +152,11 @@ def local_train(
     lr, wd = train.lr, train.weight_decay
     model.train()
 
-    total_loss = torch.zeros((), dtype=torch.float64)
-    correct_count = torch.zeros((), dtype=torch.int64)
+    device = flat.device
+    on_device = data_x.device == device
+    loss_dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+    total_loss = torch.zeros((), dtype=loss_dtype, device=device)
+    correct_count = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     steps = 0
     # Per-parameter step: autograd.grad returns fresh gradients, which the step applies layer by
@@ -149,8 +164,11 @@ def local_train(
     # is for algorithms that work on the flat gradient (gradient correction, weight decay,
     # momentum that varies within a layer). Both do the same arithmetic.
     per_layer = not correct and not wd and param_momentum is not None
-    for idx in batches(n, train, gen):
+    for idx in batches(n, train, gen, device if on_device else None):
         xb, yb = data_x[idx], data_y[idx]
+        if not on_device:
+            xb = xb.to(device, non_blocking=True)
+            yb = yb.to(device, non_blocking=True)
         if augmentation is not None:
             xb = (
                 augment_batch(xb, augmentation.padding, gen) - augmentation.mean
@@ -201,15 +219,20 @@ def local_train(
     )
 
 
-def batches(n: int, train: TrainConfig, gen: torch.Generator) -> Iterator[torch.Tensor]:
+def batches(
+    n: int, train: TrainConfig, gen: torch.Generator, device: torch.device | None = None
+) -> Iterator[torch.Tensor]:
     """Index tensors into a client's n samples: local_epochs passes, or exactly local_steps
-    batches, each pass a fresh permutation from ``gen``."""
+    batches, each pass a fresh permutation from ``gen`` (a CPU generator), moved to ``device``
+    once per pass when given (the same batches on every device)."""
     b = min(train.batch_size, n)
     per_epoch = n // b if train.drop_last else math.ceil(n / b)
     target = train.local_steps if train.local_steps is not None else per_epoch * train.local_epochs
     done = 0
     while done < target:
         perm = torch.randperm(n, generator=gen)
+        if device is not None and device.type != "cpu":
+            perm = perm.to(device, non_blocking=True)
         for k in range(per_epoch):
             if done == target:
                 return

@@ -50,6 +50,7 @@ import numpy as np
 
 from driftscope import schema
 from driftscope.errors import RunFileError
+from driftscope.events import StateRows
 from driftscope.h5open import open_file, writer_alive
 from driftscope.layout import ModelLayout
 from driftscope.outputs import Lock, RunWriteError, check_output, unwritable, write_error
@@ -178,6 +179,7 @@ class RunWriter:
         label_histogram: np.ndarray | None = None,
         overwrite: bool = False,
         engine: str = "inprocess",
+        device: str | None = None,
     ) -> RunWriter:
         """Create a new run for ``path`` (at a temporary name until :meth:`start_swmr`).
 
@@ -185,6 +187,10 @@ class RunWriter:
         object with ``cfg``, ``layout`` and ``label_histogram``) may stand for the three.
         """
         if sim is not None:
+            if device is None and hasattr(sim, "device"):
+                from driftscope.device import device_name
+
+                device = device_name(sim.device)
             config = sim.cfg if config is None else config
             layout = sim.layout if layout is None else layout
             label_histogram = sim.label_histogram if label_histogram is None else label_histogram
@@ -206,7 +212,7 @@ class RunWriter:
         hist = np.asarray(label_histogram, dtype=np.int64)
         writer = cls(f, path, int(hist.shape[0]), temp, lock)
         try:
-            writer._write_static(config, layout, hist, engine)
+            writer._write_static(config, layout, hist, engine, device)
         except BaseException as err:
             writer.abandon()
             if isinstance(err, OSError):
@@ -215,10 +221,17 @@ class RunWriter:
         return writer
 
     def _write_static(
-        self, config: Any, layout: ModelLayout, hist: np.ndarray, engine: str
+        self,
+        config: Any,
+        layout: ModelLayout,
+        hist: np.ndarray,
+        engine: str,
+        device: str | None = None,
     ) -> None:
         f = self.file
         env = environment()
+        if device is not None:  # the training device, e.g. "cuda:0 (NVIDIA H100 80GB HBM3)"
+            env["device"] = device
         config_json = config.to_json() if hasattr(config, "to_json") else json.dumps(config)
         a = f.attrs
         a[schema.ATTR_FORMAT] = schema.FORMAT
@@ -288,7 +301,12 @@ class RunWriter:
             full = (schema.STATE_SLOTS, *shape)
             kwargs: dict[str, Any] = {}
             if int(np.prod(full)) > 0:
-                kwargs = {"chunks": (1, *shape) if shape else True, "fletcher32": schema.CHECKSUM}
+                chunks = (1, *shape) if shape else True
+                if len(shape) >= 2:  # per-client rows (c_clients): chunks of whole rows, <= 1 MiB,
+                    # so writing the rows changed in a round touches only their chunks
+                    row = int(np.prod(shape[1:])) * dtype.itemsize
+                    chunks = (1, max(1, min(shape[0], (1 << 20) // max(1, row))), *shape[1:])
+                kwargs = {"chunks": chunks, "fletcher32": schema.CHECKSUM}
             f.create_dataset(schema.state_path(name), shape=full, dtype=dtype, **kwargs)
             self._state[name] = (shape, dtype)
 
@@ -372,6 +390,10 @@ class RunWriter:
         for name, value in state.items():
             if schema.state_path(name) not in self.file:
                 raise RunFileError(f"resume state '{name}' was not declared (declare_state)")
+            if isinstance(value, StateRows):  # only the rows changed since this slot's round
+                if len(value.rows):
+                    self._ds(schema.state_path(name))[slot, value.rows] = value.values
+                continue
             arr = value.detach().cpu().numpy() if hasattr(value, "detach") else value
             self._ds(schema.state_path(name))[slot] = np.asarray(arr)
         self._ds(schema.STATE_ROUND)[slot] = round

@@ -28,6 +28,7 @@ from driftscope.algorithms import Algorithm, build_algorithm
 from driftscope.algorithms.aggregate import client_weights
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, load_dataset
+from driftscope.device import data_fits, resolve_device
 from driftscope.errors import DivergenceError
 from driftscope.events import (
     ClientTrained,
@@ -36,6 +37,7 @@ from driftscope.events import (
     RoundStarted,
     RunEnded,
     RunStarted,
+    StateRows,
 )
 from driftscope.local import Augmentation, FlatParams, LocalResult, local_train
 from driftscope.models import build_model, model_layout
@@ -61,6 +63,8 @@ class Simulator:
             dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
         )
         ds = self.dataset
+        self.device = resolve_device(t.device)
+        device = self.device
 
         # data -> partition
         labels = ds.train_y.numpy()
@@ -78,22 +82,35 @@ class Simulator:
         self.augment = ds.augment if cfg.data.augment is None else cfg.data.augment
         mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
         std = torch.tensor(ds.std).view(1, -1, 1, 1)
-        self.augmentation = Augmentation(ds.crop_padding, mean, std) if self.augment else None
+        self.augmentation = (
+            Augmentation(ds.crop_padding, mean.to(device), std.to(device)) if self.augment else None
+        )
+        # client data on the device when they fit (driftscope.device.data_fits), else in host
+        # memory (pinned for cuda) and copied per batch by local_train
+        train_bytes = ds.train_x.element_size() * ds.train_x.nelement()
+        self.data_on_device = data_fits(train_bytes, device)
+        home = device if self.data_on_device else torch.device("cpu")
         train_x = ds.train_x if self.augment else (ds.train_x - mean) / std
-        self.client_x = [train_x[torch.from_numpy(p)] for p in self.parts]
-        self.client_y = [ds.train_y[torch.from_numpy(p)] for p in self.parts]
-        self.test_x = (ds.test_x - mean) / std
-        self.test_y = ds.test_y
+        train_x, train_y = train_x.to(home), ds.train_y.to(home)
+        self.client_x = [train_x[torch.from_numpy(p).to(home)] for p in self.parts]
+        self.client_y = [train_y[torch.from_numpy(p).to(home)] for p in self.parts]
+        if not self.data_on_device and device.type == "cuda":
+            self.client_x = [t.pin_memory() for t in self.client_x]
+            self.client_y = [t.pin_memory() for t in self.client_y]
+        test_x = (ds.test_x - mean) / std
+        test_home = device if data_fits(test_x.element_size() * test_x.nelement(), device) else home
+        self.test_x = test_x.to(test_home)
+        self.test_y = ds.test_y.to(test_home)
 
         # model
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.model = build_model(cfg.model.name, ds.input_shape, ds.num_classes)
         self.layout = model_layout(self.model, cfg.model.head, cfg.model.head_last_k)
-        self.flat = FlatParams(self.model, self.layout)
+        self.flat = FlatParams(self.model, self.layout, device)  # initialised on the CPU
         self.global_params = self.flat.params.clone()
 
         # algorithm
-        self.algorithm: Algorithm = build_algorithm(t, self.layout, t.clients)
+        self.algorithm: Algorithm = build_algorithm(t, self.layout, t.clients).to(device)
         self.round = 0  # the next round to train
 
     # ------------------------------------------------------------------ public API
@@ -273,9 +290,26 @@ class Simulator:
             out[ALGORITHM_STATE + name] = tensor
         return out
 
+    def commit_state(self) -> dict[str, np.ndarray | StateRows]:
+        """:meth:`state` as host arrays for the run file, once per round after the round: a
+        per-client table (``c_clients``) as only the rows changed in the last two rounds
+        (:class:`~driftscope.events.StateRows`; the writer's slot for this round held the state of
+        two rounds before), so committing costs O(sampled clients), not O(all clients)."""
+        rows = self.algorithm.changed_rows()
+        out: dict[str, np.ndarray | StateRows] = {}
+        for name, tensor in self.state().items():
+            key = name[len(ALGORITHM_STATE) :] if name.startswith(ALGORITHM_STATE) else None
+            if key is not None and key in rows:
+                index = rows[key]
+                values = tensor[torch.from_numpy(index).to(tensor.device)]
+                out[name] = StateRows(index, values.cpu().numpy())
+            else:
+                out[name] = tensor.detach().cpu().numpy()
+        return out
+
     def load_state(self, state: Mapping[str, np.ndarray | torch.Tensor], next_round: int) -> None:
         """Continue at round ``next_round`` from a :meth:`state` saved after round next_round - 1."""
-        self.global_params = torch.as_tensor(state[GLOBAL_PARAMS]).clone()
+        self.global_params = torch.as_tensor(state[GLOBAL_PARAMS]).to(self.device).clone()
         algo = {
             k[len(ALGORITHM_STATE) :]: torch.as_tensor(v)
             for k, v in state.items()
@@ -291,15 +325,19 @@ class Simulator:
         """(mean cross-entropy, accuracy) of ``params`` on the test set."""
         self.flat.params.copy_(params)
         self.model.eval()
-        total, correct = 0.0, 0
+        device = self.device
+        # summed on the device in float64 (float32 on mps) and read once
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        total = torch.zeros((), dtype=dtype, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
         for start in range(0, len(self.test_y), EVAL_BATCH):
-            xb = self.test_x[start : start + EVAL_BATCH]
-            yb = self.test_y[start : start + EVAL_BATCH]
+            xb = self.test_x[start : start + EVAL_BATCH].to(device, non_blocking=True)
+            yb = self.test_y[start : start + EVAL_BATCH].to(device, non_blocking=True)
             logits = self.model(xb)
-            total += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(1) == yb).sum())
+            total += F.cross_entropy(logits, yb, reduction="sum")
+            correct += (logits.argmax(1) == yb).sum()
         n = len(self.test_y)
-        return total / n, correct / n
+        return float(total) / n, int(correct) / n
 
 
 def _without_tensors(event: RoundEnded) -> RoundEnded:

@@ -68,11 +68,7 @@ def train(
             writer.start_swmr()
 
             def commit(event: RoundEnded) -> None:
-                writer.commit(
-                    event,
-                    {k: v.numpy() for k, v in sim.state().items()},
-                    sim.algorithm.round_record(),
-                )
+                writer.commit(event, sim.commit_state(), sim.algorithm.round_record())
 
             sim.run(all_hooks, progress=progress, commit=commit)
         except DivergenceError as err:
@@ -117,7 +113,9 @@ def _recorder(writer: RunWriter, sim: Simulator) -> Recorder:
 
 
 def _dtype(tensor: Any) -> str:
-    return str(tensor.numpy().dtype)
+    import torch
+
+    return str(torch.empty(0, dtype=tensor.dtype).numpy().dtype)  # no copy off the device
 
 
 def _check_same_threads(path: Path) -> None:
@@ -137,8 +135,8 @@ def _check_same_config(path: Path, cfg: RunConfig, stored_json: str) -> None:
     stored = _flatten(json.loads(stored_json))
     given = _flatten(json.loads(cfg.to_json()))
     for key in sorted(set(stored) | set(given)):
-        if key == "data.data_dir":
-            continue
+        if key in ("data.data_dir", "train.device", "train.state_budget_mb"):
+            continue  # where it runs, not what: a run may resume on another device or budget
         if stored.get(key) != given.get(key):
             raise RunFileError(
                 f"{path} was run with {key} = {json.dumps(stored.get(key))}, not "

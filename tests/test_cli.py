@@ -71,6 +71,7 @@ def _sample(flag: Flag, default):
         "data.data_dir": "somewhere",
         "model.name": "mlp",
         "train.algorithm": "scaffold",
+        "train.device": "cpu",
     }
     if flag.key in special:
         return [flag.flag, special[flag.key]], special[flag.key]

@@ -105,6 +105,7 @@ FLOAT_KEYS = [
     "train.momentum",
     "train.weight_decay",
     "train.server_lr",
+    "train.state_budget_mb",
 ]
 
 

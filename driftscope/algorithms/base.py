@@ -68,6 +68,7 @@ class Algorithm:
         self.layout = layout
         self.num_clients = num_clients
         self.numel = layout.numel
+        self.device: torch.device | str = "cpu"  # set by to()
 
     @classmethod
     def warnings(cls, train: TrainConfig) -> tuple[str, ...]:
@@ -121,6 +122,11 @@ class Algorithm:
         down, up = self.values_per_client()
         return down * BYTES_PER_VALUE, up * BYTES_PER_VALUE
 
+    def to(self, device: torch.device) -> Algorithm:
+        """Move the algorithm's state to ``device`` (the training device); returns self."""
+        self.device = device
+        return self
+
     def state_norms(self) -> dict[str, torch.Tensor]:
         """Per-parameter norms of internal state (control variates), for the recorder."""
         return {}
@@ -134,6 +140,12 @@ class Algorithm:
     # ---------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The server-side state a resumed run needs (control variates); {} if stateless."""
+        return {}
+
+    def changed_rows(self) -> dict[str, np.ndarray]:
+        """For state tensors whose rows are per client (``c_clients``): the rows that changed in
+        the last two rounds (sorted), so a writer double-buffering the state in two slots
+        rewrites only those; a name absent here is written whole. Called after server_update."""
         return {}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:

@@ -8,36 +8,94 @@ exist only for the selected entries (M of P), so FedPVR's state and traffic scal
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from driftscope.algorithms.base import Algorithm, Selection, register_algorithm
+from driftscope.errors import ConfigError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from driftscope.config import TrainConfig
     from driftscope.models import ModelLayout
 
 
+MIB = 1 << 20
+ALL_ROWS = None  # changed-rows marker: every row (after load_state_dict)
+
+
 class ControlVariates(Algorithm):
-    """SCAFFOLD option II on the entries selected by :meth:`variance_reduced_mask`."""
+    """SCAFFOLD option II on the entries selected by :meth:`variance_reduced_mask`.
+
+    Client control variates ``c_clients`` (N, M) float32 are held in memory (on the training
+    device) when N x M x 4 bytes fit in ``train.state_budget_mb``; otherwise in a float32 scratch
+    file (a numpy memmap in a temporary directory, deleted with the algorithm) of which only the
+    sampled clients' rows are read and written, one client at a time. One round needs the server
+    control variate, the correction, the client's row and the S uploaded deltas in memory:
+    (S + 3) x M x 4 bytes; a budget below that is a one-line ConfigError. The per-client norms of
+    each parameter's control variate (what the recorder stores) are kept up to date per trained
+    client, (N, parameters) floats, so reading them never passes over all N x M values.
+    """
 
     corrects_gradient = True
 
     def __init__(
         self, train: TrainConfig, params: Any, layout: ModelLayout, num_clients: int
     ) -> None:
+        import numpy as np
         import torch
 
         super().__init__(train, params, layout, num_clients)
         self.selection = Selection(self.variance_reduced_mask())
         m = self.selection.size
         self.c = torch.zeros(m)  # server control variate, (M,)
-        self.c_clients = torch.zeros(num_clients, m)  # client control variates, (N, M)
         self._correction = torch.zeros(m)
         self.corrects_gradient = m > 0
+        budget = train.state_budget_mb * MIB
+        per_round = (train.clients_per_round + 3) * m * 4
+        if per_round > budget:
+            raise ConfigError(
+                f"train.state_budget_mb = {train.state_budget_mb:g} MiB cannot hold one round's "
+                f"control variates ({train.clients_per_round} sampled clients + 3 vectors x {m} "
+                f"values x 4 bytes = {per_round / MIB:.1f} MiB): raise --state-budget-mb to at "
+                f"least {per_round / MIB:.1f} or lower --client-fraction"
+            )
+        self._scratch: tempfile.TemporaryDirectory | None = None
+        if num_clients * m * 4 + per_round <= budget:
+            self.c_clients = torch.zeros(num_clients, m)  # client control variates, (N, M)
+        else:
+            self._scratch = tempfile.TemporaryDirectory(prefix="driftscope-state-")
+            mm = np.lib.format.open_memmap(
+                Path(self._scratch.name) / "c_clients.npy",
+                mode="w+",
+                dtype=np.float32,
+                shape=(num_clients, m),
+            )
+            self.c_clients = torch.from_numpy(mm)  # a view of the file's pages, zero-filled
+            self._memmap = mm
+        self._segments = self._norm_segments()
+        self._norms = torch.zeros(num_clients, len(self._segments))  # ||c_i|| per parameter
+        self._changed: list[set[int] | None] = [set(), set()]  # rows changed: last, this round
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether ``c_clients`` is held in memory (else in the scratch file)."""
+        return self._scratch is None
+
+    def to(self, device: Any) -> ControlVariates:
+        self.device = device
+        self.c = self.c.to(device)
+        self._correction = self._correction.to(device)
+        self.selection.index = self.selection.index.to(device)
+        self._norms = self._norms.to(device)
+        if self.in_memory:
+            self.c_clients = self.c_clients.to(device)
+        return self
 
     def variance_reduced_mask(self) -> torch.Tensor:
         """Bool (P,): which parameters carry control variates. SCAFFOLD: all of them."""
@@ -45,10 +103,15 @@ class ControlVariates(Algorithm):
 
         return torch.ones(self.numel, dtype=torch.bool)
 
+    def _row(self, client: int) -> torch.Tensor:
+        """c_i on the training device (a view when in memory, a copy from the scratch file)."""
+        row = self.c_clients[client]
+        return row if self.in_memory else row.to(self.c.device, non_blocking=True)
+
     def begin_client(self, client: int, x: torch.Tensor) -> None:
         import torch
 
-        torch.sub(self.c, self.c_clients[client], out=self._correction)
+        torch.sub(self.c, self._row(client), out=self._correction)
 
     def correct_gradient(self, grads: torch.Tensor, params: torch.Tensor, x: torch.Tensor) -> None:
         self.selection.add_(grads, self._correction)  # g[sel] += c - c_i
@@ -59,7 +122,7 @@ class ControlVariates(Algorithm):
         import torch
 
         rows = torch.tensor(clients, device=self.c_clients.device)
-        correction = self.c - self.c_clients[rows]  # (G, M)
+        correction = self.c - self.c_clients[rows].to(self.c.device)  # (G, M); scratch file: copied
         sel = self.selection
         if sel.slice is not None:
             grads[:, sel.slice].add_(correction)
@@ -75,7 +138,7 @@ class ControlVariates(Algorithm):
 
         if self.selection.size == 0:
             return None
-        c_i = self.c_clients[client]
+        c_i = self._row(client)
         if steps == 0:  # no local step taken: nothing learned, control variate unchanged
             return torch.zeros_like(c_i)
         sel = self.selection
@@ -83,7 +146,11 @@ class ControlVariates(Algorithm):
             c_i, self.c, sel.take(x), sel.take(y), steps, self.train.lr
         )
         delta = new - c_i
-        self.c_clients[client] = new
+        self.c_clients[client] = new  # copies into the scratch file's row when not in memory
+        self._norms[client] = torch.stack([new[cols].norm() for cols in self._segments])
+        changed = self._changed[1]
+        if changed is not None:
+            changed.add(client)
         return delta
 
     def server_update(
@@ -101,34 +168,60 @@ class ControlVariates(Algorithm):
             )
         return new_x
 
+    def changed_rows(self) -> dict[str, np.ndarray]:
+        """Rows of c_clients changed in the last two rounds (all after a load); then a new round
+        begins (the writer's slot for the next round held the state of two rounds before)."""
+        import numpy as np
+
+        last, now = self._changed
+        self._changed = [now, set()]
+        if last is None or now is None:
+            return {}  # written whole
+        return {"c_clients": np.array(sorted(last | now), dtype=np.int64)}
+
     def values_per_client(self) -> tuple[int, int]:
         # down: model + server control variate; up: model update + control-variate delta
         return self.numel + self.selection.size, self.numel + self.selection.size
 
-    def state_norms(self) -> dict[str, torch.Tensor]:
-        """Per selected parameter: 'server' -> norm of c (scalar), 'clients' -> (N,) norms of c_i."""
+    def _norm_segments(self) -> list[slice]:
+        """Column slices of c, one per parameter whose every entry carries a control variate."""
         import torch
 
-        out: dict[str, torch.Tensor] = {}
         mask = torch.zeros(self.numel, dtype=torch.bool)
-        mask[self.selection.index] = True
+        mask[self.selection.index.cpu()] = True
         pos = torch.cumsum(mask.long(), 0) - 1  # position of each flat entry inside c
+        self._segment_names = []
+        out = []
         for p in self.layout.params:
             seg = mask[p.offset : p.offset + p.numel]
             if not bool(seg.all()):
                 continue
             start = int(pos[p.offset])
-            cols = slice(start, start + p.numel)
-            out[p.name] = torch.cat(
-                [self.c[cols].norm().reshape(1), self.c_clients[:, cols].norm(dim=1)]
-            )
+            out.append(slice(start, start + p.numel))
+            self._segment_names.append(p.name)
         return out
 
+    def state_norms(self) -> dict[str, torch.Tensor]:
+        """Per selected parameter: 'server' -> norm of c, then the (N,) norms of c_i, on the CPU
+        (the client norms are kept per trained client, not recomputed over all N x M values)."""
+        import torch
+
+        norms = self._norms.cpu()
+        return {
+            name: torch.cat([self.c[cols].norm().reshape(1).cpu(), norms[:, k]])
+            for k, (name, cols) in enumerate(zip(self._segment_names, self._segments, strict=True))
+        }
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Server control variate ``c`` (M,) and client control variates ``c_clients`` (N, M)."""
-        return {"c": self.c.clone(), "c_clients": self.c_clients.clone()}
+        """Server control variate ``c`` (M,) and client control variates ``c_clients`` (N, M):
+        copies when in memory; the live scratch-file tensor otherwise (copying it would need
+        the memory the budget keeps free)."""
+        c_clients = self.c_clients.clone() if self.in_memory else self.c_clients
+        return {"c": self.c.clone(), "c_clients": c_clients}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        import torch
+
         if set(state) != {"c", "c_clients"}:
             raise ValueError(f"{self.name} state needs c and c_clients, got {', '.join(state)}")
         c, c_clients = state["c"], state["c_clients"]
@@ -139,8 +232,15 @@ class ControlVariates(Algorithm):
                 f"{self.name} state shapes {tuple(c.shape)}, {tuple(c_clients.shape)} do not match "
                 f"{tuple(self.c.shape)}, {tuple(self.c_clients.shape)}"
             )
-        self.c = c.detach().to(self.c.dtype).clone()
-        self.c_clients = c_clients.detach().to(self.c_clients.dtype).clone()
+        self.c = c.detach().to(self.c.device, self.c.dtype).clone()
+        rows = max(1, (64 * MIB) // max(1, 4 * self.selection.size))  # copy in bounded blocks
+        for a in range(0, self.num_clients, rows):
+            block = torch.as_tensor(c_clients[a : a + rows]).detach()
+            self.c_clients[a : a + rows] = block.to(self.c_clients.device, self.c_clients.dtype)
+            dev_block = block.to(self._norms.device, torch.float32)
+            for k, cols in enumerate(self._segments):
+                self._norms[a : a + rows, k] = dev_block[:, cols].norm(dim=1)
+        self._changed = [None, set()]  # the next commit writes every row
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,15 @@ def augment_batch(x: torch.Tensor, padding: int, generator: torch.Generator) -> 
     x: (B, C, H, W). Each sample gets its own offsets and flip, drawn from ``generator``.
     """
     b, c, h, w = x.shape
+    dev = x.device  # the draws come from ``generator`` (CPU) and move to x's device
     if padding > 0:
         padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-        top = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-        left = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-        rows = (top[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
-        cols = (left[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
-        batch_idx = torch.arange(b)[:, None, None, None]
-        chan_idx = torch.arange(c)[None, :, None, None]
+        top = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
+        left = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
+        rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (left[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (B, 1, 1, W)
+        batch_idx = torch.arange(b, device=dev)[:, None, None, None]
+        chan_idx = torch.arange(c, device=dev)[None, :, None, None]
         x = padded[batch_idx, chan_idx, rows, cols]
-    flip = torch.rand(b, generator=generator) < 0.5
+    flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
