@@ -238,10 +238,14 @@ class Recorder(Hook):
         )
         self._slot = 0
         self._grams = {name: [] for name in self.layer_names}
+        if not self._cka_now:
+            self._grams = {}
 
     def on_client_end(self, event: ClientTrained) -> None:
         if not self._active:
             return
+        if self._updates.device != event.update.device:  # record on the training device
+            self._updates = torch.zeros_like(self._updates, device=event.update.device)
         self._updates[self._slot].copy_(event.update)
         self._slot += 1
         if self._cka_now:
@@ -255,7 +259,7 @@ class Recorder(Hook):
         r = event.round
         for p in self.layout.params:
             gram = update_gram(d[:, p.offset : p.offset + p.numel])
-            append(ds(schema.gram_path(p.name)), gram.numpy())
+            append(ds(schema.gram_path(p.name)), gram.cpu().numpy())
         for name in self.control_names:
             append(ds(schema.control_norm_path(name)), event.control_norms[name].numpy())
         if schema.stores_updates(r, self.cfg.every, self.cfg.updates_every):
@@ -263,11 +267,13 @@ class Recorder(Hook):
         if self._cka_now:
             self._probe_grams(event.global_params)
             for name in self.layer_names:
-                grams = torch.stack(self._grams[name]).numpy()  # (S+1, n, n), centred features
+                # (S+1, n, n) Grams of centred features, computed on the device; CKA on the host
+                grams = torch.stack(self._grams[name]).cpu().numpy()
                 append(ds(schema.cka_path("linear", name)), pairwise_cka(grams, centred=True))
                 append(ds(schema.cka_path("rbf", name)), pairwise_cka(rbf_from_linear_gram(grams)))
                 append(ds(schema.cka_path("debiased", name)), pairwise_cka(grams, debiased=True))
             append(ds(schema.CKA_ROUND), r)
+            self._grams = {}  # the S + 1 probe Grams per layer are not held past the round
         append(ds(schema.RECORD_CLIENTS), np.asarray(event.clients, dtype=np.int64))
         append(ds(schema.RECORD_ROUND), r)  # written last among records
 
@@ -275,7 +281,7 @@ class Recorder(Hook):
         """Append the stored parameters' columns of ``updates`` (S, P) as ``round``'s updates
         (also what the I/O benchmark times)."""
         for p in self.stored:
-            block = updates[:, p.offset : p.offset + p.numel].numpy()
+            block = updates[:, p.offset : p.offset + p.numel].cpu().numpy()
             append(
                 self._dataset(schema.updates_path(p.name)),
                 block.astype(self.cfg.update_dtype, copy=False),
@@ -294,6 +300,9 @@ class Recorder(Hook):
         """Run the probe model with parameters ``flat`` (P,) (views, no copy) on the probe set and
         keep each layer's centred-feature Gram."""
         assert self.model is not None and self.probe is not None
+        if self.probe.device != flat.device:  # probe on the training device
+            self.probe = self.probe.to(flat.device)
+            self.model.to(flat.device)
         params = {
             p.name: flat[p.offset : p.offset + p.numel].view(p.shape) for p in self.layout.params
         }
