@@ -80,7 +80,10 @@ class FlatParams:
         algorithm whose momentum changes mid-run, such as fedpvr_auto's, bumps the version)."""
         key = (algorithm.momentum_version,)
         if self._momentum_of is not algorithm or self._momentum_key != key:
-            self._momentum = algorithm.momentum()
+            momentum = algorithm.momentum()
+            if isinstance(momentum, torch.Tensor):
+                momentum = momentum.to(self.device)
+            self._momentum = momentum
             self._param_momentum = _per_param(self._momentum, self.layout)
             self._momentum_of = algorithm
             self._momentum_key = key

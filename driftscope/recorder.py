@@ -30,9 +30,11 @@ capture.
 
 from __future__ import annotations
 
+import ctypes
 import fnmatch
+import sys
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -93,6 +95,27 @@ def capture_activations(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by a CKA round back to the OS (glibc ``malloc_trim``; elsewhere a no-op).
+
+    glibc raises its mmap threshold after large frees, so the CKA round's many n x n temporaries
+    come from the heap and stay in the process's RSS after they are freed; trimming keeps RSS flat
+    over rounds (benchmarks/many_clients.py)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        if sys.platform.startswith("linux"):
+            try:
+                _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):
+                pass
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
 
 
 def chunk_columns(numel: int, max_cols: int) -> int:
@@ -171,7 +194,10 @@ class Recorder(Hook):
 
         self._handles: dict[str, h5py.Dataset] = {}
         self._updates = torch.zeros(s, layout.numel)
-        self._grams: dict[str, list[torch.Tensor]] = {}
+        # probe Grams of a CKA round, (layers, S + 1, n, n) float64 in one block: allocated when
+        # a CKA round starts and dropped when it ends (one large allocation, returned to the OS)
+        self._grams: torch.Tensor | None = None
+        self._models = 0
         self._slot = 0
         self._active = False
         self._cka_now = False
@@ -237,9 +263,8 @@ class Recorder(Hook):
             event.round, cfg.every, cfg.cka_every, self.probe_size
         )
         self._slot = 0
-        self._grams = {name: [] for name in self.layer_names}
-        if not self._cka_now:
-            self._grams = {}
+        self._grams = None
+        self._models = 0
 
     def on_client_end(self, event: ClientTrained) -> None:
         if not self._active:
@@ -266,14 +291,16 @@ class Recorder(Hook):
             self.store_updates(r, d)
         if self._cka_now:
             self._probe_grams(event.global_params)
-            for name in self.layer_names:
+            assert self._grams is not None
+            for k, name in enumerate(self.layer_names):
                 # (S+1, n, n) Grams of centred features, computed on the device; CKA on the host
-                grams = torch.stack(self._grams[name]).cpu().numpy()
+                grams = self._grams[k, : self._models].cpu().numpy()  # no copy on the cpu
                 append(ds(schema.cka_path("linear", name)), pairwise_cka(grams, centred=True))
                 append(ds(schema.cka_path("rbf", name)), pairwise_cka(rbf_from_linear_gram(grams)))
                 append(ds(schema.cka_path("debiased", name)), pairwise_cka(grams, debiased=True))
             append(ds(schema.CKA_ROUND), r)
-            self._grams = {}  # the S + 1 probe Grams per layer are not held past the round
+            self._grams = None  # the S + 1 probe Grams per layer are not held past the round
+            release_freed_memory()
         append(ds(schema.RECORD_CLIENTS), np.asarray(event.clients, dtype=np.int64))
         append(ds(schema.RECORD_ROUND), r)  # written last among records
 
@@ -309,4 +336,9 @@ class Recorder(Hook):
         with capture_activations(self.model, self.layer_names, reduce=centred_gram) as grams:
             torch.func.functional_call(self.model, params, (self.probe,))
             for name in self.layer_names:
-                self._grams[name].append(grams[name])
+                if self._grams is None:
+                    n = self.probe.shape[0]
+                    shape = (len(self.layer_names), self.s + 1, n, n)
+                    self._grams = torch.empty(shape, dtype=grams[name].dtype, device=flat.device)
+                self._grams[self.layer_names.index(name), self._models] = grams[name]
+            self._models += 1
