@@ -179,3 +179,26 @@ def test_scratch_file_run_resumes_to_the_same_state(tmp_path, digits):
         train(cfg, path, dataset=digits, hooks=[_StopAt(2)])
     resume(path, dataset=digits)
     _assert_same(path, whole)
+
+
+def test_recorder_drops_probe_grams_after_a_cka_round(tmp_path, digits, monkeypatch):
+    """The S + 1 probe Grams per layer live only during their CKA round."""
+    from driftscope.recorder import Recorder
+
+    seen = []
+
+    class Spy(Hook):
+        def on_round_end(self, event):
+            seen.append(recorders[0]._grams)  # runs before the recorder: the round's block
+
+    recorders = []
+    original = Recorder.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        recorders.append(self)
+
+    monkeypatch.setattr(Recorder, "__init__", init)
+    train(small_config(**CFG), tmp_path / "r.h5", dataset=digits, hooks=[Spy()])
+    assert all(block is not None and block.shape[1] == 3 for block in seen)  # S + 1 = 3 models
+    assert recorders[0]._grams is None
