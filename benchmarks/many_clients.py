@@ -39,6 +39,18 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def rss_parts_mb() -> tuple[float, float]:
+    """(anonymous, file-backed) resident MiB from /proc/self/status (Linux; else (nan, nan)).
+    File-backed pages (the control-variate scratch file, mapped libraries) are reclaimable."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return float("nan"), float("nan")
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    kib = [float(fields.get(k, "nan kB").split()[0]) for k in ("RssAnon", "RssFile")]
+    return kib[0] / 1024, kib[1] / 1024
+
+
 def child(clients: int, rounds: int, algorithm: str, budget_mb: float, out: str) -> dict[str, Any]:
     import torch
 
@@ -66,17 +78,24 @@ def child(clients: int, rounds: int, algorithm: str, budget_mb: float, out: str)
     class Sampler(Hook):
         def __init__(self) -> None:
             self.rss: list[float] = []
+            self.anon: list[float] = []
+            self.file: list[float] = []
             self.starts: list[float] = []
 
         # sampled at the start of each round and at the end of the run: after the previous
         # round's recorder and commit (hooks given to train() run before the recorder)
-        def on_round_start(self, event: Any) -> None:
+        def sample(self) -> None:
             self.starts.append(time.perf_counter())
             self.rss.append(rss_mb())
+            anon, file = rss_parts_mb()
+            self.anon.append(anon)
+            self.file.append(file)
+
+        def on_round_start(self, event: Any) -> None:
+            self.sample()
 
         def on_run_end(self, event: Any) -> None:
-            self.starts.append(time.perf_counter())
-            self.rss.append(rss_mb())
+            self.sample()
 
     base = rss_mb()
     sampler = Sampler()
@@ -96,6 +115,8 @@ def child(clients: int, rounds: int, algorithm: str, budget_mb: float, out: str)
         "wall_s": wall,
         "round_s": per_round,
         "rss_mb": sampler.rss[1:],  # after each round
+        "rss_anon_mb": sampler.anon[1:],
+        "rss_file_mb": sampler.file[1:],
         "base_rss_mb": base,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "file_mb": size / 2**20,
@@ -123,8 +144,9 @@ def _third(values: list[float], which: int) -> float:
 def table(rows: list[dict]) -> str:
     lines = [
         "| clients (sampled) | algorithm, client state | RSS after round 1 | RSS, median of first third"
-        " / last third of rounds | peak RSS | above start | s per round (median, first / last third) |",
-        "|---|---|---|---|---|---|---|",
+        " / last third of rounds | anonymous RSS, first / last third | peak RSS | above start |"
+        " s per round (median, first / last third) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         state = (
@@ -136,6 +158,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['clients']} ({r['clients_per_round']}) | {r['algorithm']}, {state} | "
             f"{rss[0]:.0f} MiB | {_third(rss, 0):.0f} / {_third(rss, 2):.0f} MiB | "
+            f"{_third(r['rss_anon_mb'], 0):.0f} / {_third(r['rss_anon_mb'], 2):.0f} MiB | "
             f"{r['peak_rss_mb']:.0f} MiB | {r['peak_rss_mb'] - r['base_rss_mb']:.0f} MiB | "
             f"{_third(t, 0):.2f} / {_third(t, 2):.2f} |"
         )
