@@ -153,6 +153,17 @@ class ControlVariates(Algorithm):
             changed.add(client)
         return delta
 
+    def refresh_norms(self, client: int) -> None:
+        """Recompute client ``client``'s kept norms after its row of ``c_clients`` was changed
+        from outside (an engine mirroring a control variate that a remote client computed)."""
+        import torch
+
+        row = self._row(client)
+        self._norms[client] = torch.stack([row[cols].norm() for cols in self._segments])
+        changed = self._changed[1]
+        if changed is not None:
+            changed.add(client)
+
     def server_update(
         self, x: torch.Tensor, mean_update: torch.Tensor, extras: list[torch.Tensor | None]
     ) -> torch.Tensor:

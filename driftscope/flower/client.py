@@ -75,9 +75,10 @@ class ClientRuntime:
         from driftscope.local import local_train
 
         algo, sim = self.algorithm, self.sim
+        x = x.to(sim.device)  # the wire's tensors are on the CPU; training is on sim.device
         if self.has_control:
             assert c is not None  # the server sends c when has_control
-            algo.c = c.clone()
+            algo.c = c.to(algo.c.device).clone()
             algo.c_clients[client] = c_i
         result = local_train(
             sim.flat,
@@ -92,9 +93,9 @@ class ClientRuntime:
             augmentation=sim.augmentation,
         )
         return LocalResult(
-            params=result.params.clone(),
-            delta=None if result.extra is None else result.extra.clone(),
-            control=algo.c_clients[client].clone() if self.has_control else None,
+            params=result.params.cpu().clone(),
+            delta=None if result.extra is None else result.extra.cpu().clone(),
+            control=algo.c_clients[client].cpu().clone() if self.has_control else None,
             num_samples=result.num_samples,
             steps=result.steps,
             train_loss=result.train_loss,

@@ -372,6 +372,7 @@ class DriftscopeStrategy(Strategy):
                 if wire.CONTROL in content:
                     delta = wire.record_vector(content[wire.CONTROL], wire.CONTROL_DELTA)
                     self.algorithm.c_clients[client].add_(delta)  # mirror c_i for its norm
+                    self.algorithm.refresh_norms(client)
                 extras.append(delta)
                 m = content[wire.METRICS]
                 trained = ClientTrained(
