@@ -213,6 +213,7 @@ class FedPVRAuto(ControlVariates):
         self.corrects_gradient = sel.size > 0
         self._momentum_cache = None
         self.momentum_version += 1
+        self.reset_client_cache()  # kept norms and changed rows follow the new selection
 
     def _chooses_after(self, round: int) -> bool:
         """Whether the choice is made at the end of ``round`` (0-based)."""
@@ -346,6 +347,7 @@ class FedPVRAuto(ControlVariates):
         mask = self.layer_mask(chosen)
         self.c = c[mask].to(torch.float32).clone()
         self.c_clients = c_clients[:, mask].to(torch.float32).clone()
+        self.reset_client_cache()
         pending = np.asarray(state["pending"])
         self._pending = None if (pending < 0).all() else pending.astype(bool)
         self.window = np.asarray(state["window"], dtype=np.float64).copy()

@@ -153,6 +153,18 @@ class ControlVariates(Algorithm):
             changed.add(client)
         return delta
 
+    def reset_client_cache(self) -> None:
+        """After ``selection`` or ``c_clients`` were replaced wholesale (fedpvr_auto switching
+        layers, a load): recompute the kept norms and write every row at the next two commits."""
+        import torch
+
+        self._segments = self._norm_segments()
+        norms = torch.zeros(self.num_clients, len(self._segments))
+        for k, cols in enumerate(self._segments):
+            norms[:, k] = self.c_clients[:, cols].float().norm(dim=1).cpu()
+        self._norms = norms.to(self.c.device)
+        self._changed = [None, None]
+
     def refresh_norms(self, client: int) -> None:
         """Recompute client ``client``'s kept norms after its row of ``c_clients`` was changed
         from outside (an engine mirroring a control variate that a remote client computed)."""
