@@ -23,7 +23,8 @@ from driftscope.data import Dataset
 from driftscope.errors import DivergenceError, RunFileError
 from driftscope.events import Hook, RoundEnded
 from driftscope.recorder import Recorder, probe_index, stored_params
-from driftscope.runfile import RunWriter, reopen_for_resume, resume_config, stored_threads
+from driftscope.resume_file import reopen_for_resume, resume_config, stored_threads
+from driftscope.runfile import RunWriter
 from driftscope.signals import sigterm_as_interrupt
 from driftscope.simulator import Simulator
 

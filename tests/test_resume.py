@@ -261,7 +261,7 @@ def test_cli_resume_checks_flags_against_the_run(tmp_path, digits):
 def test_resume_refuses_a_run_that_is_still_being_written(tmp_path):
     import time
 
-    from driftscope.runfile import resume_config
+    from driftscope.resume_file import resume_config
 
     path = tmp_path / "r.h5"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

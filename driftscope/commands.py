@@ -1,0 +1,186 @@
+"""The ``driftscope`` commands: each parses nothing, loads what it needs, returns an exit code.
+
+Heavy modules (torch, pandas, h5py, matplotlib) are imported inside each command, so parsing and
+``--help`` stay fast (:mod:`driftscope.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from driftscope.cli_flags import apply_threads, default_out, resolve_config, warn_about
+from driftscope.config import RunConfig
+from driftscope.errors import ConfigError, DriftscopeError
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume:
+        import json
+
+        from driftscope.resume_file import resume_config, stored_threads
+
+        out = Path(args.resume)
+        if (args.out and Path(args.out) != out) or args.overwrite:
+            raise DriftscopeError("--resume continues RUN.h5 in place: drop --out and --overwrite")
+        stored = RunConfig.from_dict(json.loads(resume_config(out)), source=str(out))
+        cfg = resolve_config(args, stored)
+        requested = args.threads if args.threads is not None else stored_threads(out)
+    else:
+        cfg = resolve_config(args)
+        out = Path(args.out) if args.out else default_out(cfg)
+        from driftscope.runfile import check_output
+
+        check_output(out, args.overwrite)  # before any data is loaded or any file is touched
+        requested = args.threads
+    warn_about(cfg)
+    threads = apply_threads(cfg, requested)
+    if args.engine == "flower":
+        from driftscope.flower import require_flwr
+
+        require_flwr(simulation=True)
+        if args.resume:
+            raise DriftscopeError(
+                "--resume is not available with --engine flower: resume with --engine inprocess"
+            )
+        from driftscope.flower.simulation import run_simulation
+
+        run_simulation(
+            cfg,
+            out,
+            supernodes=args.supernodes,
+            client_cpus=args.client_cpus,
+            client_gpus=args.client_gpus,
+            overwrite=args.overwrite,
+            quiet=args.quiet,
+        )
+    else:
+        from driftscope.training import train
+
+        train(cfg, out, overwrite=args.overwrite, progress=not args.quiet, resume=bool(args.resume))
+    from driftscope.reader import open_run
+
+    with open_run(out) as run:
+        m = run.metrics
+        last = m.iloc[-1]
+        print(
+            f"wrote {out}: {len(m)} rounds, final test accuracy {last.test_accuracy:.4f}, "
+            f"{run.bytes_per_round / 1e6:.2f} MB per round"
+        )
+    print(threads)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from driftscope.analysis.tables import drift_table, layer_summary
+    from driftscope.reader import open_run
+    from driftscope.report import format_summary
+    from driftscope.runfile import check_output
+
+    if args.csv:
+        check_output(args.csv, overwrite=True, what="--csv")
+    with open_run(args.run) as run:
+        try:
+            summary = layer_summary(run)
+        except DriftscopeError as err:  # damaged records: say which, show what is readable
+            print(format_summary(run, None))
+            print(f"driftscope: drift metrics unreadable: {err}", file=sys.stderr)
+            return 2
+        print(format_summary(run, summary))
+        if args.csv:
+            import pandas as pd
+
+            from driftscope.analysis.attribution import label_alignment_table
+
+            table = pd.concat([drift_table(run), label_alignment_table(run)], ignore_index=True)
+            try:
+                table.to_csv(args.csv, index=False)
+            except OSError as err:
+                raise DriftscopeError(f"cannot write {args.csv}: {err.strerror}") from None
+            print(f"wrote {args.csv} ({len(table)} rows)")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from driftscope.reader import open_run
+    from driftscope.report import format_inspect
+
+    with open_run(args.run) as run:
+        print(format_inspect(run))
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from driftscope.figures import write_figures
+    from driftscope.reader import open_run
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DriftscopeError(f"{out} is a file, not a folder: give --out a folder for the figures")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DriftscopeError(
+            f"cannot create {out}: {err.strerror}; choose another --out"
+        ) from None
+    runs = []
+    try:
+        for p in args.runs:
+            runs.append(open_run(p))
+        try:
+            written = write_figures(runs, out)
+        except OSError as err:
+            raise DriftscopeError(f"cannot write figures into {out}: {err.strerror}") from None
+    finally:
+        for run in runs:
+            run.close()
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    if not 0 < args.target <= 1:
+        raise ConfigError(f"--target must be in (0, 1] (got {args.target}): a test accuracy")
+    base = RunConfig.from_toml(args.config) if args.config else RunConfig()
+    threads = apply_threads(base, args.threads)
+    from driftscope.experiments import compare, summarize
+    from driftscope.report import format_compare, markdown_table
+
+    results = compare(base, args.seeds, Path(args.out), args.target, progress=not args.quiet)
+    if args.csv:
+        results.to_csv(args.csv, index=False)
+    print(markdown_table(format_compare(summarize(results), args.target)))
+    print(threads)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    threads = apply_threads(RunConfig(), args.threads)
+    from driftscope.experiments import reproduce
+    from driftscope.report import format_reproduce
+
+    result = reproduce(
+        out_dir=Path(args.out),
+        rounds=args.rounds,
+        seed=args.seed,
+        progress=not args.quiet,
+        figures=not args.no_figures,
+        log=lambda line: print(line, flush=True),
+        dataset=args.dataset,
+        model=args.model,
+    )
+    print(format_reproduce(result))
+    print(threads)
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "analyze": cmd_analyze,
+    "inspect": cmd_inspect,
+    "figures": cmd_figures,
+    "compare": cmd_compare,
+    "reproduce": cmd_reproduce,
+}
