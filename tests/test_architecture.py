@@ -117,3 +117,16 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 def test_no_module_over_the_size_limit(name):
     lines = len(_modules()[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name} has {lines} lines: split it by job"
+
+
+def test_the_readme_layout_table_names_every_module():
+    """README's layout table lists every module (issue 8): a new module must be placed in it."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme[readme.index("| stage | modules |") :].split("\n\n")[0]
+    missing = []
+    for path in _modules().values():
+        rel = path.relative_to(PACKAGE.parent).as_posix()
+        folder, file = rel.rsplit("/", 1)
+        if f"`{rel}`" not in table and not (f"`{folder}/`" in table and f"`{file}`" in table):
+            missing.append(rel)
+    assert not missing, f"README's layout table misses {missing}"
