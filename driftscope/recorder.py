@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
     from driftscope.models import ModelLayout
     from driftscope.runfile import RunWriter
+    from driftscope.simulator import Simulator
 
 CKA_KINDS = schema.CKA_KINDS
 CHUNK_BYTES = 1 << 20
@@ -159,6 +160,24 @@ class Recorder(Hook):
     ``control_names`` the parameters with control-variate norms (``RoundEnded.control_norms``
     keys). On a file that already holds the records (a resumed run) the datasets are reused.
     """
+
+    @classmethod
+    def for_simulator(cls, writer: RunWriter, sim: Simulator) -> Recorder:
+        """The recorder of ``sim``'s run (its record config, layout, probe rows of its test set,
+        model factory and control-variate names): what every engine built on a Simulator uses."""
+        rc = sim.cfg.record
+        rows = probe_index(sim.cfg.seed, len(sim.test_y), rc.probe_size) if rc.probe_size else None
+        return cls(
+            writer,
+            rc,
+            sim.layout,
+            clients_per_round=sim.cfg.train.clients_per_round,
+            num_clients=sim.num_clients,
+            model_factory=sim.build_model,
+            probe_inputs=sim.test_x[rows] if rows is not None else None,
+            probe_rows=rows,
+            control_names=tuple(sim.algorithm.state_norms()),
+        )
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ from driftscope.config import RunConfig
 from driftscope.data import Dataset
 from driftscope.errors import DivergenceError, RunFileError
 from driftscope.events import Hook, RoundEnded
-from driftscope.recorder import Recorder, probe_index, stored_params
+from driftscope.recorder import Recorder, stored_params
 from driftscope.resume_file import reopen_for_resume, resume_config, stored_threads
 from driftscope.runfile import RunWriter
 from driftscope.signals import sigterm_as_interrupt
@@ -61,7 +61,7 @@ def train(
                 sim.load_state(state, start)
             all_hooks: list[Hook] = list(hooks or [])
             if cfg.record.enabled:
-                all_hooks.append(_recorder(writer, sim))
+                all_hooks.append(Recorder.for_simulator(writer, sim))
             if not resume:
                 shapes = {k: (tuple(v.shape), _dtype(v)) for k, v in sim.state().items()}
                 writer.declare_state(shapes)
@@ -95,22 +95,6 @@ def resume(
     """Continue the interrupted, failed or killed run ``path`` with its own config."""
     cfg = RunConfig.from_dict(json.loads(resume_config(path)), source=str(path))
     return train(cfg, path, progress=progress, dataset=dataset, hooks=hooks, resume=True)
-
-
-def _recorder(writer: RunWriter, sim: Simulator) -> Recorder:
-    rc = sim.cfg.record
-    rows = probe_index(sim.cfg.seed, len(sim.test_y), rc.probe_size) if rc.probe_size else None
-    return Recorder(
-        writer,
-        rc,
-        sim.layout,
-        clients_per_round=sim.cfg.train.clients_per_round,
-        num_clients=sim.num_clients,
-        model_factory=sim.build_model,
-        probe_inputs=sim.test_x[rows] if rows is not None else None,
-        probe_rows=rows,
-        control_names=tuple(sim.algorithm.state_norms()),
-    )
 
 
 def _dtype(tensor: Any) -> str:

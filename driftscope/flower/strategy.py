@@ -132,7 +132,7 @@ class DriftscopeStrategy(Strategy):
 
     # ------------------------------------------------------------------ run file
     def _open(self, out: str | os.PathLike[str], overwrite: bool) -> None:
-        from driftscope.recorder import Recorder, probe_index, stored_params
+        from driftscope.recorder import Recorder, stored_params
         from driftscope.runfile import RunWriter
 
         sim, rc = self.sim, self.cfg.record
@@ -141,24 +141,7 @@ class DriftscopeStrategy(Strategy):
         try:
             writer.file.attrs[schema.ENGINE_ATTR] = ENGINE
             if rc.enabled:
-                rows = (
-                    probe_index(self.cfg.seed, len(sim.test_y), rc.probe_size)
-                    if rc.probe_size
-                    else None
-                )
-                self.hooks.append(
-                    Recorder(
-                        writer,
-                        rc,
-                        self.layout,
-                        clients_per_round=self.cfg.train.clients_per_round,
-                        num_clients=self.num_clients,
-                        model_factory=sim.build_model,
-                        probe_inputs=sim.test_x[rows] if rows is not None else None,
-                        probe_rows=rows,
-                        control_names=tuple(self.algorithm.state_norms()),
-                    )
-                )
+                self.hooks.append(Recorder.for_simulator(writer, sim))
             self.failures = FailureLog(writer.file, self.num_clients)
             self.hooks.append(self.failures)  # after the recorder: it blanks failed CKA rows
             writer.start_swmr()
