@@ -2,20 +2,29 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
+CORE   := $(VENV)/.installed-core
+FULL   := $(VENV)/.installed-full
 
-.PHONY: setup demo test bench clean
+.PHONY: setup setup-core demo test bench clean
 
-$(STAMP): pyproject.toml Makefile
+# the package and its core dependencies: all the demo needs
+$(CORE): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench,flower]'
-	touch $(STAMP)
+	$(PIP) torch==2.14.1 torchvision==0.29.1
+	$(PIP) -e .
+	touch $(CORE)
 
-setup: $(STAMP)
+# plus the extras the tests and benchmarks use: dev tools, Flower (pulls Ray), torch-cka
+$(FULL): $(CORE)
+	$(PIP) -e '.[dev,bench,flower]'
+	touch $(FULL)
+
+setup-core: $(CORE)
+setup: $(FULL)
 
 ## the main job: FedAvg vs SCAFFOLD vs FedPVR on the embedded digits, and where drift lives
-demo: setup
+demo: setup-core
 	$(BIN)/driftscope reproduce --out runs/reproduce
 
 ## the whole test suite: lint, format check, type check, tests (notebooks included)
