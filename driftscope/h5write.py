@@ -44,9 +44,10 @@ def growable(
     labels: tuple[str, ...],
     chunks: tuple[int, ...] | None = None,
     fill: Any = None,
+    fletcher32: bool | None = None,
 ) -> h5py.Dataset:
     """A dataset shaped (0, *shape) that grows along its first (round) axis, axes labelled, with a
-    fletcher32 checksum on every chunk."""
+    fletcher32 checksum on every chunk (``fletcher32=False``: none; default ``schema.CHECKSUM``)."""
     kwargs: dict[str, Any] = {}
     if fill is not None:
         kwargs["fillvalue"] = fill
@@ -56,7 +57,7 @@ def growable(
         maxshape=(None, *shape),
         dtype=dtype,
         chunks=chunks or (max(1, min(64, 2**20 // max(1, int(np.prod(shape)) * 8))), *shape),
-        fletcher32=schema.CHECKSUM,
+        fletcher32=schema.CHECKSUM if fletcher32 is None else fletcher32,
         **kwargs,
     )
     for i, label in enumerate(labels):
@@ -76,3 +77,136 @@ def _labelled(group: h5py.Group, name: str, data: Any, labels: tuple[str, ...]) 
     for i, label in enumerate(labels):
         ds.dims[i].label = label
     return ds
+
+
+# ------------------------------------------------------------------------- direct chunk writes
+FLETCHER_MOD = 65535  # HDF5's fletcher32 sums 16-bit words modulo 2**16 - 1
+_MAX_EXACT_ROWS = 30  # rows of 65535 words whose column sums keep the weighted sum below 2**53
+
+
+def fletcher32(chunks: np.ndarray) -> np.ndarray:
+    """HDF5's fletcher32 checksum (``H5_checksum_fletcher32``) of each row of ``chunks``.
+
+    ``chunks``: (k, nbytes) uint8, each row contiguous, nbytes even. Returns (k,) uint32, equal
+    to what HDF5's filter computes and appends (little-endian) to a chunk of those bytes.
+
+    HDF5 sums big-endian 16-bit words W_j: sum1 = sum(W_j), sum2 = sum((n - j) W_j), both modulo
+    65535 (ones' complement: a sum is 0 only for all-zero data, else in 1..65535). Because
+    2**16 = 1 (mod 65535), byteswapping a word multiplies it by 256, and the weights j only matter
+    modulo 65535, so with the little-endian words w reshaped into rows of 65535 the sums follow
+    from the column sums c_i of that matrix: sum(w) = sum(c_i), sum(j w_j) = sum(i c_i) (mod
+    65535). One pass of vectorised adds over the data, then a (k, 65535) x (65535, 2) product in
+    float64 that is exact (every partial sum is an integer below 2**53).
+    """
+    k, nbytes = chunks.shape
+    if nbytes % 2:
+        raise ValueError("fletcher32 here needs an even number of bytes per chunk")
+    words = chunks.view("<u2")  # (k, n)
+    n = nbytes // 2
+    p = FLETCHER_MOD
+    rows, tail = divmod(n, p)
+    if rows == 0:
+        cols = words.astype(np.float64)
+        width = n
+    else:
+        body = words[:, : rows * p].reshape(k, rows, p)
+        col = np.add.reduce(body, axis=1, dtype=np.uint32)  # (k, p), exact: rows < 65537
+        if tail:
+            col[:, :tail] += words[:, rows * p :]
+        if rows + 1 > _MAX_EXACT_ROWS:  # a chunk above ~4 MiB: keep the products exact
+            nonzero = col.any(axis=1)
+            col %= p
+        cols = col.astype(np.float64)
+        width = p
+    weights = np.empty((width, 2), np.float64)
+    weights[:, 0] = 1.0
+    weights[:, 1] = np.arange(width, dtype=np.float64)
+    sums = cols @ weights  # (k, 2): exact integers
+    total = sums[:, 0].astype(np.uint64)  # sum of the words, exact
+    weighted = sums[:, 1].astype(np.uint64) % p  # sum(j w_j) mod p
+    a = total % p
+    s1 = (256 * a) % p
+    s2 = (256 * (((n % p) * a + p * p - weighted) % p)) % p
+    s1 = np.where(s1 == 0, p, s1)
+    s2 = np.where(s2 == 0, p, s2)
+    zero = total == 0 if rows + 1 <= _MAX_EXACT_ROWS else ~nonzero
+    s1[zero] = 0
+    s2[zero] = 0
+    return ((s2 << np.uint64(16)) | s1).astype(np.uint32)
+
+
+class ChunkWriter:
+    """Appends rows to datasets chunked ``(1, *shape[1:-1], cols)`` by writing whole chunks
+    (``H5Dwrite_chunk``) from one reused contiguous buffer of one chunk: one copy of the data
+    (a plain ``write`` of a strided block needs one too), and the copy, the checksum and the write
+    of a chunk all touch it while it is in the CPU cache.
+
+    With ``crc`` (a growable (rows, S) uint32 dataset), the CRC-32 of each of the row's S leading
+    rows (a client's update) as stored is computed chunk by chunk (the CRC runs on, piece after
+    piece) and appended there: :func:`driftscope.schema.row_crc32`'s values. A dataset with
+    HDF5's fletcher32 filter (a run file written before the CRC) gets the filter's checksum
+    computed here (:func:`fletcher32`) and appended to each chunk, so HDF5 still verifies it.
+    A dataset chunked otherwise, or with another filter, is written with :func:`append`.
+    """
+
+    def __init__(self) -> None:
+        self._buf = np.empty(0, np.uint8)
+        self._plans: dict[str, tuple[bool, bool]] = {}  # dataset -> (whole chunks?, fletcher32?)
+
+    def _scratch(self, nbytes: int) -> np.ndarray:
+        if self._buf.nbytes < nbytes:
+            self._buf = np.empty(nbytes, np.uint8)
+        return self._buf[:nbytes]
+
+    def append(self, ds: h5py.Dataset, value: Any, crc: h5py.Dataset | None = None) -> None:
+        """Grow ``ds`` by one row and write ``value`` (shape ``ds.shape[1:]``) into it; append the
+        CRC-32 of each of its rows to ``crc`` if given."""
+        dtype = ds.dtype
+        value = np.asarray(value)
+        if value.dtype != dtype:
+            value = value.astype(dtype)
+        plan = self._plans.get(ds.name)
+        if plan is None:  # asking HDF5 for the filters costs ~0.1 ms: once per dataset
+            plan = self._plans[ds.name] = (_direct(ds), bool(ds.fletcher32))
+        direct, fletcher = plan
+        if not direct:
+            append(ds, value)
+            if crc is not None:
+                append(crc, schema.row_crc32(value.reshape(-1, value.shape[-1])))
+            return
+        rows = value.reshape(-1, value.shape[-1])  # (S, numel) for updates
+        s, numel = rows.shape
+        cols = int(ds.chunks[-1])
+        item = dtype.itemsize
+        cb = s * cols * item
+        buf = self._scratch(cb + (4 if fletcher else 0))
+        chunk = buf[:cb].view(dtype).reshape(s, cols)
+        chunk_bytes = buf[:cb].reshape(s, cols * item)
+        sums = [0] * s
+        n = ds.shape[0]
+        ds.resize(n + 1, axis=0)
+        lead = (0,) * (ds.ndim - 2)
+        for c0 in range(0, numel, cols):
+            width = min(cols, numel - c0)
+            np.copyto(chunk[:, :width], rows[:, c0 : c0 + width])
+            if width < cols:
+                chunk[:, width:] = 0  # the fill value HDF5 pads an edge chunk with
+            if crc is not None:
+                for i in range(s):
+                    sums[i] = schema.crc32(chunk_bytes[i, : width * item], sums[i])
+            if fletcher:
+                buf[cb:] = fletcher32(buf[None, :cb]).astype("<u4").view(np.uint8)
+            ds.id.write_direct_chunk((n, *lead, c0), buf)
+        if crc is not None:
+            append(crc, np.array(sums, np.uint32))
+
+
+def _direct(ds: h5py.Dataset) -> bool:
+    """Whether ``ds`` can take whole-chunk writes here: chunks (1, *shape[1:-1], cols), no filter
+    but (optionally) fletcher32, a little-endian numeric dtype."""
+    chunks = ds.chunks
+    if chunks is None or ds.ndim < 2 or chunks[0] != 1 or tuple(chunks[1:-1]) != ds.shape[1:-1]:
+        return False
+    if ds.compression is not None or ds.shuffle or ds.scaleoffset is not None:
+        return False
+    return ds.dtype.kind in "fiu" and ds.dtype.byteorder in "<=|"

@@ -45,6 +45,7 @@ from driftscope import schema
 from driftscope.config import RecordConfig
 from driftscope.errors import DriftscopeError
 from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted
+from driftscope.h5write import ChunkWriter
 from driftscope.metrics.cka import pairwise_cka, rbf_from_linear_gram
 from driftscope.metrics.gram import centred_gram, update_gram
 from driftscope.runfile import append, growable
@@ -192,6 +193,7 @@ class Recorder(Hook):
         control_names: Sequence[str] = (),
     ) -> None:
         self.cfg = cfg
+        self.writer = writer
         self.file = writer.file
         self.layout = layout
         s = self.s = clients_per_round
@@ -212,6 +214,8 @@ class Recorder(Hook):
             self._declare(num_clients, probe_rows)
 
         self._handles: dict[str, h5py.Dataset] = {}
+        self._present: dict[str, bool] = {}
+        self._chunks = ChunkWriter()
         self._updates = torch.zeros(s, layout.numel)
         # probe Grams of a CKA round, (layers, S + 1, n, n) float64 in one block: allocated when
         # a CKA round starts and dropped when it ends (one large allocation, returned to the OS)
@@ -249,8 +253,11 @@ class Recorder(Hook):
                 )
         growable(f, schema.UPDATE_ROUND, (), np.int64, schema.AX_UPDATE_ROUND)
         f.require_group(schema.UPDATES)
+        if self.stored:
+            f.require_group(schema.UPDATE_CRC)
         dtype = np.dtype(cfg.update_dtype)
         for p in self.stored:
+            # whole chunks without a filter, checked by a CRC-32 per client (schema.py: Checksums)
             cols = chunk_columns(p.numel, CHUNK_BYTES // (dtype.itemsize * s))
             ds = growable(
                 f,
@@ -259,8 +266,11 @@ class Recorder(Hook):
                 dtype,
                 schema.AX_UPDATES,
                 chunks=(1, s, cols),
+                fletcher32=False,
             )
             ds.attrs["shape"] = list(p.shape)
+            ds.attrs[schema.UPDATE_CHECKSUM_ATTR] = schema.UPDATE_CHECKSUM_CRC32
+            growable(f, schema.update_crc_path(p.name), (s,), np.uint32, schema.AX_UPDATE_CRC)
         growable(f, schema.CKA_ROUND, (), np.int64, schema.AX_CKA_ROUND)
         if self.probe_size:
             for kind in CKA_KINDS:
@@ -324,15 +334,28 @@ class Recorder(Hook):
         append(ds(schema.RECORD_ROUND), r)  # written last among records
 
     def store_updates(self, round: int, updates: torch.Tensor) -> None:
-        """Append the stored parameters' columns of ``updates`` (S, P) as ``round``'s updates
-        (also what the I/O benchmark times)."""
+        """Append the stored parameters' columns of ``updates`` (S, P) as ``round``'s updates,
+        written as whole chunks with a CRC-32 per client (``h5write.ChunkWriter``; also what the
+        I/O benchmark times). Those writes reach the disk at once, so a write error there fails
+        the run the way one in :meth:`RunWriter.commit` does (``RunWriter.guarded``)."""
+        self.writer.guarded(self._store_updates, round, updates)
+
+    def _store_updates(self, round: int, updates: torch.Tensor) -> None:
         for p in self.stored:
             block = updates[:, p.offset : p.offset + p.numel].cpu().numpy()
-            append(
+            crc = schema.update_crc_path(p.name)
+            self._chunks.append(
                 self._dataset(schema.updates_path(p.name)),
-                block.astype(self.cfg.update_dtype, copy=False),
+                block,
+                self._dataset(crc) if self._has(crc) else None,  # absent in older resumed files
             )
         append(self._dataset(schema.UPDATE_ROUND), round)
+
+    def _has(self, path: str) -> bool:
+        found = self._present.get(path)
+        if found is None:
+            found = self._present[path] = path in self.file
+        return found
 
     def _dataset(self, path: str) -> h5py.Dataset:
         """The dataset at ``path``, its handle cached (h5py lookups cost ~0.1 ms each)."""

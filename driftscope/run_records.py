@@ -159,10 +159,14 @@ class RecordsMixin:
             )
         n = len(self.update_rounds)
         if round is None:
+            rows = slice(0, n)
             blocks = [self._rows(schema.updates_path(p), n, "update rounds") for p in names]
         else:
             row = self._row(self.update_rounds, round, "stored updates")
-            blocks = [self._read(schema.updates_path(p), slice(row, row + 1)) for p in names]
+            rows = slice(row, row + 1)
+            blocks = [self._read(schema.updates_path(p), rows) for p in names]
+        for p, block in zip(names, blocks, strict=True):
+            self._check_crc(p, block, rows)
         try:
             if len(names) == 1 and names[0] == name:
                 shape = self.param(name).shape
@@ -174,6 +178,28 @@ class RecordsMixin:
                 f"{self.path.name}: the stored updates of '{name}' are damaged ({err})"
             ) from None
         return out[0] if round is not None else out
+
+    def _check_crc(self, param: str, block: np.ndarray, rows: slice) -> None:
+        """Check the rows of ``param``'s stored updates just read against their CRC-32s
+        (``update_crc``); files written before the CRC rely on HDF5's fletcher32 filter."""
+        path = schema.updates_path(param)
+        if self._attr(schema.UPDATE_CHECKSUM_ATTR, None, path) != schema.UPDATE_CHECKSUM_CRC32:
+            return
+        stored = np.asarray(self._read(schema.update_crc_path(param), rows))
+        flat = block.reshape(block.shape[0], block.shape[1], -1)
+        if stored.shape != flat.shape[:2]:
+            raise RunFileError(
+                f"{self.path.name}: {schema.update_crc_path(param)} has shape {stored.shape} for "
+                f"updates {flat.shape[:2]}: it is damaged"
+            )
+        for k in range(flat.shape[0]):
+            bad = np.flatnonzero(schema.row_crc32(flat[k]) != stored[k])
+            if len(bad):
+                update = self.update_rounds[(rows.start or 0) + k]
+                raise RunFileError(
+                    f"{self.path.name}: {path} is damaged (CRC-32 mismatch in round {update}, "
+                    f"client row {bad[0]}); copy the file again or re-run"
+                )
 
     @_guarded
     def cka(self, layer: str, kind: str = "linear", round: int | None = None) -> np.ndarray:

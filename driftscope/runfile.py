@@ -411,6 +411,12 @@ class RunWriter:
         if self._lock is not None:
             self._lock.release()
 
+    def guarded(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)``, a write into this file by another part, as :meth:`commit` runs its
+        own: an OSError marks the run failed once, closes the file and becomes one RunFileError.
+        The recorder's whole-chunk writes need it: they reach the disk at once, not at a flush."""
+        self._guard(fn, *args)
+
     def _guard(self, fn: Any, *args: Any) -> None:
         """Run a write; an OSError (disk full, size limit) marks the run failed once, closes the
         file and becomes one RunFileError."""
