@@ -80,6 +80,29 @@ def _labelled(group: h5py.Group, name: str, data: Any, labels: tuple[str, ...]) 
 
 
 # ------------------------------------------------------------------------- direct chunk writes
+CHUNK_BYTES = 1 << 20  # about this much per chunk of stored updates
+
+
+def chunk_columns(numel: int, max_cols: int) -> int:
+    """Columns per chunk of an updates dataset: at most ``max_cols``, splitting ``numel`` evenly.
+
+    HDF5 allocates whole chunks, so a last chunk holding a few columns of a ``max_cols``-wide
+    chunk would waste most of it: 36,928 values in chunks of 26,214 store 52,428.
+    """
+    max_cols = max(1, max_cols)
+    pieces = -(-numel // max_cols)  # ceil
+    return max(1, -(-numel // pieces))
+
+
+def update_chunks(clients: int, numel: int, itemsize: int) -> tuple[int, int, int]:
+    """Chunks of an updates dataset (rows, S, numel), about 1 MiB each: one client's row (its
+    columns split evenly) when a row holds at least a quarter of that, so that each chunk is
+    written straight from the update matrix; else all S clients' columns, gathered."""
+    if numel * itemsize >= CHUNK_BYTES // 4:
+        return (1, 1, chunk_columns(numel, CHUNK_BYTES // itemsize))
+    return (1, clients, chunk_columns(numel, CHUNK_BYTES // (itemsize * clients)))
+
+
 FLETCHER_MOD = 65535  # HDF5's fletcher32 sums 16-bit words modulo 2**16 - 1
 _MAX_EXACT_ROWS = 30  # rows of 65535 words whose column sums keep the weighted sum below 2**53
 
@@ -136,17 +159,21 @@ def fletcher32(chunks: np.ndarray) -> np.ndarray:
 
 
 class ChunkWriter:
-    """Appends rows to datasets chunked ``(1, *shape[1:-1], cols)`` by writing whole chunks
-    (``H5Dwrite_chunk``) from one reused contiguous buffer of one chunk: one copy of the data
-    (a plain ``write`` of a strided block needs one too), and the copy, the checksum and the write
-    of a chunk all touch it while it is in the CPU cache.
+    """Appends rows to (rows, S, numel) datasets chunked ``(1, S, cols)`` or ``(1, 1, cols)`` by
+    writing whole chunks (``H5Dwrite_chunk``) instead of going through HDF5's chunk cache.
 
-    With ``crc`` (a growable (rows, S) uint32 dataset), the CRC-32 of each of the row's S leading
-    rows (a client's update) as stored is computed chunk by chunk (the CRC runs on, piece after
-    piece) and appended there: :func:`driftscope.schema.row_crc32`'s values. A dataset with
-    HDF5's fletcher32 filter (a run file written before the CRC) gets the filter's checksum
-    computed here (:func:`fletcher32`) and appended to each chunk, so HDF5 still verifies it.
-    A dataset chunked otherwise, or with another filter, is written with :func:`append`.
+    Chunks of one client's row, ``(1, 1, cols)`` (the recorder's choice for rows of 256 KiB and
+    more), are written straight from the caller's array: no copy in user space, as a plain
+    ``write`` of the row. Chunks across clients, ``(1, S, cols)``, are gathered into one reused
+    buffer first (one copy; small parameters, and run files written before). An edge chunk is
+    padded with zeros, HDF5's fill value.
+
+    With ``crc`` (a growable (rows, S) uint32 dataset), the CRC-32 of each client's row as stored
+    (:func:`driftscope.schema.row_crc32`'s values) is computed piece by piece, each piece right
+    after its write, while the bytes are still in the CPU cache, and appended there. A dataset
+    with HDF5's fletcher32 filter (updates of a file written before the CRC) gets the filter's
+    checksum computed here (:func:`fletcher32`) and appended to each chunk, so HDF5 still checks
+    it. Any other chunking or filter is written with :func:`append`.
     """
 
     def __init__(self) -> None:
@@ -174,38 +201,76 @@ class ChunkWriter:
             if crc is not None:
                 append(crc, schema.row_crc32(value.reshape(-1, value.shape[-1])))
             return
-        rows = value.reshape(-1, value.shape[-1])  # (S, numel) for updates
-        s, numel = rows.shape
-        cols = int(ds.chunks[-1])
-        item = dtype.itemsize
-        cb = s * cols * item
-        buf = self._scratch(cb + (4 if fletcher else 0))
-        chunk = buf[:cb].view(dtype).reshape(s, cols)
-        chunk_bytes = buf[:cb].reshape(s, cols * item)
-        sums = [0] * s
         n = ds.shape[0]
         ds.resize(n + 1, axis=0)
-        lead = (0,) * (ds.ndim - 2)
+        if ds.chunks[1] == 1:
+            sums = self._by_client(ds, n, value, fletcher, crc is not None)
+        else:
+            sums = self._across_clients(ds, n, value, fletcher, crc is not None)
+        if crc is not None:
+            append(crc, np.array(sums, np.uint32))
+
+    def _by_client(
+        self, ds: h5py.Dataset, n: int, rows: np.ndarray, fletcher: bool, crc: bool
+    ) -> list[int]:
+        numel = rows.shape[1]
+        cols = int(ds.chunks[-1])
+        sums = []
+        for i, row in enumerate(rows):
+            row = np.ascontiguousarray(row)  # a no-op for rows of the update matrix
+            h = 0
+            for c0 in range(0, numel, cols):
+                piece = row[c0 : c0 + cols]
+                if len(piece) < cols or fletcher:
+                    buf = self._pad(piece, cols, fletcher)
+                    ds.id.write_direct_chunk((n, i, c0), buf)
+                else:
+                    ds.id.write_direct_chunk((n, i, c0), piece)
+                if crc:  # after the write: the piece is in the CPU cache now
+                    h = schema.crc32(piece.view(np.uint8), h)
+            sums.append(h)
+        return sums
+
+    def _pad(self, piece: np.ndarray, cols: int, fletcher: bool) -> np.ndarray:
+        nbytes = cols * piece.itemsize
+        buf = self._scratch(nbytes + (4 if fletcher else 0))
+        data = buf[:nbytes].view(piece.dtype)
+        data[: len(piece)] = piece
+        data[len(piece) :] = 0  # the fill value HDF5 pads an edge chunk with
+        if fletcher:
+            buf[nbytes:] = fletcher32(buf[None, :nbytes]).astype("<u4").view(np.uint8)
+        return buf
+
+    def _across_clients(
+        self, ds: h5py.Dataset, n: int, rows: np.ndarray, fletcher: bool, crc: bool
+    ) -> list[int]:
+        s, numel = rows.shape
+        cols = int(ds.chunks[-1])
+        item = rows.dtype.itemsize
+        cb = s * cols * item
+        buf = self._scratch(cb + (4 if fletcher else 0))
+        chunk = buf[:cb].view(rows.dtype).reshape(s, cols)
+        chunk_bytes = buf[:cb].reshape(s, cols * item)
+        sums = [0] * s
         for c0 in range(0, numel, cols):
             width = min(cols, numel - c0)
             np.copyto(chunk[:, :width], rows[:, c0 : c0 + width])
             if width < cols:
                 chunk[:, width:] = 0  # the fill value HDF5 pads an edge chunk with
-            if crc is not None:
-                for i in range(s):
-                    sums[i] = schema.crc32(chunk_bytes[i, : width * item], sums[i])
             if fletcher:
                 buf[cb:] = fletcher32(buf[None, :cb]).astype("<u4").view(np.uint8)
-            ds.id.write_direct_chunk((n, *lead, c0), buf)
-        if crc is not None:
-            append(crc, np.array(sums, np.uint32))
+            ds.id.write_direct_chunk((n, 0, c0), buf)
+            if crc:
+                for i in range(s):
+                    sums[i] = schema.crc32(chunk_bytes[i, : width * item], sums[i])
+        return sums
 
 
 def _direct(ds: h5py.Dataset) -> bool:
-    """Whether ``ds`` can take whole-chunk writes here: chunks (1, *shape[1:-1], cols), no filter
-    but (optionally) fletcher32, a little-endian numeric dtype."""
+    """Whether ``ds`` can take whole-chunk writes here: (rows, S, numel) chunked (1, S or 1, cols),
+    no filter but (optionally) fletcher32, a little-endian numeric dtype."""
     chunks = ds.chunks
-    if chunks is None or ds.ndim < 2 or chunks[0] != 1 or tuple(chunks[1:-1]) != ds.shape[1:-1]:
+    if chunks is None or ds.ndim != 3 or chunks[0] != 1 or chunks[1] not in (1, ds.shape[1]):
         return False
     if ds.compression is not None or ds.shuffle or ds.scaleoffset is not None:
         return False

@@ -45,7 +45,7 @@ from driftscope import schema
 from driftscope.config import RecordConfig
 from driftscope.errors import DriftscopeError
 from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted
-from driftscope.h5write import ChunkWriter
+from driftscope.h5write import ChunkWriter, update_chunks
 from driftscope.metrics.cka import pairwise_cka, rbf_from_linear_gram
 from driftscope.metrics.gram import centred_gram, update_gram
 from driftscope.runfile import append, growable
@@ -59,7 +59,6 @@ if TYPE_CHECKING:
     from driftscope.simulator import Simulator
 
 CKA_KINDS = schema.CKA_KINDS
-CHUNK_BYTES = 1 << 20
 
 
 @contextmanager
@@ -118,17 +117,6 @@ def release_freed_memory() -> None:
 
 
 _malloc_trim: Any = None
-
-
-def chunk_columns(numel: int, max_cols: int) -> int:
-    """Columns per chunk of an updates dataset: at most ``max_cols``, splitting ``numel`` evenly.
-
-    HDF5 allocates whole chunks, so a last chunk holding a few columns of a ``max_cols``-wide
-    chunk would waste most of it: 36,928 values in chunks of 26,214 store 52,428.
-    """
-    max_cols = max(1, max_cols)
-    pieces = -(-numel // max_cols)  # ceil
-    return max(1, -(-numel // pieces))
 
 
 def probe_index(seed: int, num_test: int, size: int) -> np.ndarray:
@@ -258,14 +246,13 @@ class Recorder(Hook):
         dtype = np.dtype(cfg.update_dtype)
         for p in self.stored:
             # whole chunks without a filter, checked by a CRC-32 per client (schema.py: Checksums)
-            cols = chunk_columns(p.numel, CHUNK_BYTES // (dtype.itemsize * s))
             ds = growable(
                 f,
                 schema.updates_path(p.name),
                 (s, p.numel),
                 dtype,
                 schema.AX_UPDATES,
-                chunks=(1, s, cols),
+                chunks=update_chunks(s, p.numel, dtype.itemsize),
                 fletcher32=False,
             )
             ds.attrs["shape"] = list(p.shape)

@@ -18,7 +18,7 @@ import pytest
 
 from driftscope import open_run, schema
 from driftscope.errors import RunFileError
-from driftscope.h5write import ChunkWriter, fletcher32, growable
+from driftscope.h5write import CHUNK_BYTES, ChunkWriter, fletcher32, growable, update_chunks
 
 
 def _hdf5_fletcher32() -> ctypes._CFuncPtr | None:
@@ -82,21 +82,27 @@ def test_fletcher32_of_rows_inside_a_wider_buffer():
     assert list(fletcher32(wide[:, :1000])) == want
 
 
-def _dataset(f: h5py.File, name: str, numel: int, cols: int, dtype: str, fletcher: bool):
-    return growable(f, name, (3, numel), dtype, ("u", "c", "v"), (1, 3, cols), fletcher32=fletcher)
+def _dataset(
+    f: h5py.File, name: str, numel: int, cols: int, dtype: str, fletcher: bool, per_chunk: int = 3
+):
+    chunks = (1, per_chunk, cols)
+    return growable(f, name, (3, numel), dtype, ("u", "c", "v"), chunks, fletcher32=fletcher)
 
 
+@pytest.mark.parametrize("per_chunk", [3, 1])  # all clients' columns, or one client's row
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("fletcher", [True, False])
-def test_chunk_writes_read_back_through_hdf5(tmp_path, dtype, fletcher):
+def test_chunk_writes_read_back_through_hdf5(tmp_path, dtype, fletcher, per_chunk):
     """Rows written as whole chunks (an edge chunk included), in SWMR mode on a growing dataset,
     read back as the same numbers; fletcher32 chunks pass HDF5's check; the CRC-32s are zlib's."""
     rng = np.random.default_rng(1)
     path = tmp_path / "x.h5"
     rows = [rng.standard_normal((3, 1000), dtype=np.float32) for _ in range(3)]
     with h5py.File(path, "w", libver="latest") as f:
-        ds = _dataset(f, "u", 1000, 384, dtype, fletcher)  # chunks of 384 + 384 + 232 (edge)
-        small = _dataset(f, "b", 7, 7, dtype, fletcher)  # one chunk smaller than a row of words
+        # chunks of 384 + 384 + 232 (edge) columns
+        ds = _dataset(f, "u", 1000, 384, dtype, fletcher, per_chunk)
+        # one chunk smaller than a row of 65535 words
+        small = _dataset(f, "b", 7, 7, dtype, fletcher, per_chunk)
         crc = growable(f, "crc", (3,), np.uint32, ("u", "c"))
         f.swmr_mode = True
         writer = ChunkWriter()
@@ -166,3 +172,16 @@ def test_stored_updates_carry_a_crc_and_a_flipped_byte_is_an_error(tmp_path, mak
             run.updates("fc3")
         with pytest.raises(RunFileError, match="CRC-32 mismatch"):
             run.updates(name, round=int(run.update_rounds[-1]))
+
+
+def test_update_chunks_are_one_clients_row_when_rows_are_large():
+    # a VGG-11 conv weight (2,359,296 float32 values): 9 chunks of 262,144 per client, 1 MiB
+    assert update_chunks(5, 2_359_296, 4) == (1, 1, 262_144)
+    # a bias: all clients in one chunk
+    assert update_chunks(5, 512, 4) == (1, 5, 512)
+    for s, numel, item in [(5, 65_536, 4), (10, 65_535, 4), (100, 30_000, 2), (3, 10**7, 2)]:
+        chunks = update_chunks(s, numel, item)
+        assert chunks[1] in (1, s)
+        assert chunks[1] * chunks[2] * item <= CHUNK_BYTES
+        pieces = -(-numel // chunks[2])
+        assert pieces * chunks[2] - numel < pieces  # columns split evenly: little padding

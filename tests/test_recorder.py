@@ -10,7 +10,8 @@ from conftest import small_config
 from driftscope import open_run, train
 from driftscope.analysis import cka
 from driftscope.events import Hook
-from driftscope.recorder import chunk_columns, update_gram
+from driftscope.h5write import chunk_columns
+from driftscope.recorder import update_gram
 from driftscope.simulator import Simulator
 
 
