@@ -5,6 +5,7 @@ Torch-free. Paths, labels and dtypes come from :mod:`driftscope.schema`.
 
 from __future__ import annotations
 
+import functools
 import platform
 from typing import Any
 
@@ -141,10 +142,7 @@ def fletcher32(chunks: np.ndarray) -> np.ndarray:
             col %= p
         cols = col.astype(np.float64)
         width = p
-    weights = np.empty((width, 2), np.float64)
-    weights[:, 0] = 1.0
-    weights[:, 1] = np.arange(width, dtype=np.float64)
-    sums = cols @ weights  # (k, 2): exact integers
+    sums = cols @ _weights(width)  # (k, 2): exact integers
     total = sums[:, 0].astype(np.uint64)  # sum of the words, exact
     weighted = sums[:, 1].astype(np.uint64) % p  # sum(j w_j) mod p
     a = total % p
@@ -156,6 +154,16 @@ def fletcher32(chunks: np.ndarray) -> np.ndarray:
     s1[zero] = 0
     s2[zero] = 0
     return ((s2 << np.uint64(16)) | s1).astype(np.uint32)
+
+
+@functools.lru_cache(maxsize=4)
+def _weights(width: int) -> np.ndarray:
+    """(width, 2) float64: ones, and each word's position in its row of 65535."""
+    weights = np.empty((width, 2), np.float64)
+    weights[:, 0] = 1.0
+    weights[:, 1] = np.arange(width, dtype=np.float64)
+    weights.flags.writeable = False
+    return weights
 
 
 class ChunkWriter:

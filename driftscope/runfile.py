@@ -26,8 +26,21 @@ Safety (issue 13):
   killed run keeps its committed rounds where the user asked for them.
 * **A dead writer is visible.** The file stores the writer's host, PID and start time; the reader
   treats "running" with a dead writer as stopped.
-* **Checksums.** Every chunked dataset has HDF5's fletcher32 filter: a flipped byte in a data chunk
-  is a read error instead of a different number.
+* **Checksums.** A flipped byte in a data chunk is a read error instead of a different number.
+  Every chunked dataset has HDF5's fletcher32 filter, which HDF5 checks on every read, except the
+  stored client updates (``records/updates/<param>``, the bulk of a run file): they are written as
+  whole chunks with no filter (:class:`~driftscope.h5write.ChunkWriter`, ``H5Dwrite_chunk``; a
+  large parameter's chunks hold one client's row and go to the file straight from the update
+  matrix, with no copy), and the CRC-32 of each client's row goes to ``records/update_crc/<param>``
+  (:func:`driftscope.schema.row_crc32`), which ``Run.updates`` checks for every row it reads.
+  Why: fletcher32 costs about as much as writing the bytes, HDF5's filter 2.1-2.4x the write time
+  (run-file writes reached 0.31-0.47x of a plain write) and the same checksum computed in numpy
+  (:func:`~driftscope.h5write.fletcher32`, exact, vectorised) ~8 GB/s at best on this machine, so
+  at most ~0.7x of a 2-3 GB/s page-cache write; ISA-L's CRC-32 runs at ~50 GB/s, computed right
+  after each piece's write while the bytes are in the CPU cache, and the updates reach >= 0.8x
+  (``benchmarks/checksum_cost.py``, ``benchmarks/README.md``). The price: a reader other than
+  driftscope reads the updates unchecked (zlib.crc32 of a row's bytes recomputes the stored value);
+  every other dataset, metadata included, is checked by HDF5 itself.
 * **Write errors** (disk full, file-size limit) become one :class:`RunFileError`; the writer tries
   to mark the file "failed" and closes it once, never again.
 """

@@ -29,8 +29,8 @@ round, N = clients, n = probe size)::
                                                     (fedpvr_auto: chosen_layers u8, layer_variance)
     /records/update_round       (upd,)              rounds whose full updates are stored
     /records/updates/<param>    (upd, S, numel)     client updates, float32 or float16
-    /records/update_crc/<param> (upd, S) uint32     CRC-32 of each client's stored update (v2,
-                                                    since 0.2: see "Checksums" below)
+    /records/update_crc/<param> (upd, S) uint32     CRC-32 of each client's stored update (v2;
+                                                    absent in files written before: "Checksums")
     /records/probe_index        (n,)                test-set rows of the probe set
     /records/cka_round          (cka,)              rounds with probe CKA
     /records/cka/<kind>/<layer> (cka, S+1, S+1) f64 pairwise CKA of the S client models and the new
@@ -55,7 +55,8 @@ it reads. Files written before this change keep fletcher32 on the updates (no ``
 read as before; a schema-2 reader that does not know ``update_crc`` reads the new files too (it
 ignores the extra datasets and reads the updates unchecked). Why not fletcher32 there: computing
 it costs about as much as writing the bytes (HDF5's filter: 2.1-2.4x the write time; in numpy:
-~8 GB/s), a CRC-32 from ISA-L ~50 GB/s (``benchmarks/checksum_cost.py``).
+~8 GB/s), a CRC-32 from ISA-L ~50 GB/s (``benchmarks/checksum_cost.py``). The version stays 2:
+nothing a schema-2 reader reads changed meaning.
 
 Next to the run file ``run.h5`` a writer holds the lock file ``run.h5.lock`` (:func:`lock_path`),
 and writes a new run to :func:`temp_path` before moving it into place.
