@@ -51,7 +51,7 @@ def write_h5(path: Path, data: np.ndarray, rounds: int, arm: str) -> float:
     with h5py.File(path, "w", libver="latest") as f:
         labels = ("update", "client", "value")
         ds = growable(f, "u", (s, numel), np.float32, labels, chunks, fletcher32=fletcher)
-        crc = growable(f, "crc", (s,), np.uint32, ("update", "client")) if arm == "crc32" else None
+        crc = growable(f, "crc", (1, s), np.uint32, ("u", "p", "c")) if arm == "crc32" else None
         rnd = growable(f, "round", (), np.int64, ("round",))
         f.swmr_mode = True
         writer = ChunkWriter()
@@ -60,7 +60,9 @@ def write_h5(path: Path, data: np.ndarray, rounds: int, arm: str) -> float:
             if arm in ("hdf5", "fletcher32"):
                 append(ds, data)
             else:
-                writer.append(ds, data, crc)
+                sums = writer.append(ds, data)
+                if crc is not None:
+                    append(crc, sums[None])
             append(rnd, r)
             f.flush()
         elapsed = time.perf_counter() - t0

@@ -176,9 +176,9 @@ class ChunkWriter:
     buffer first (one copy; small parameters, and run files written before). An edge chunk is
     padded with zeros, HDF5's fill value.
 
-    With ``crc`` (a growable (rows, S) uint32 dataset), the CRC-32 of each client's row as stored
-    (:func:`driftscope.schema.row_crc32`'s values) is computed piece by piece, each piece right
-    after its write, while the bytes are still in the CPU cache, and appended there. A dataset
+    :meth:`append` returns the CRC-32 of each client's row as stored (what
+    :func:`driftscope.schema.row_crc32` gives), computed piece by piece, each piece right after its
+    write, while the bytes are still in the CPU cache. A dataset
     with HDF5's fletcher32 filter (updates of a file written before the CRC) gets the filter's
     checksum computed here (:func:`fletcher32`) and appended to each chunk, so HDF5 still checks
     it. Any other chunking or filter is written with :func:`append`.
@@ -186,43 +186,39 @@ class ChunkWriter:
 
     def __init__(self) -> None:
         self._buf = np.empty(0, np.uint8)
-        self._plans: dict[str, tuple[bool, bool]] = {}  # dataset -> (whole chunks?, fletcher32?)
+        # dataset -> (whole chunks?, fletcher32?, dtype, chunks): asking HDF5 costs ~0.1 ms
+        self._plans: dict[str, tuple[bool, bool, np.dtype, tuple[int, ...]]] = {}
 
     def _scratch(self, nbytes: int) -> np.ndarray:
         if self._buf.nbytes < nbytes:
             self._buf = np.empty(nbytes, np.uint8)
         return self._buf[:nbytes]
 
-    def append(self, ds: h5py.Dataset, value: Any, crc: h5py.Dataset | None = None) -> None:
-        """Grow ``ds`` by one row and write ``value`` (shape ``ds.shape[1:]``) into it; append the
-        CRC-32 of each of its rows to ``crc`` if given."""
-        dtype = ds.dtype
+    def append(self, ds: h5py.Dataset, value: Any) -> np.ndarray:
+        """Grow ``ds`` by one row and write ``value`` (shape ``ds.shape[1:]``) into it; returns
+        the CRC-32 of each of its rows as stored, (S,) uint32 (:func:`schema.row_crc32`)."""
+        plan = self._plans.get(ds.name)
+        if plan is None:
+            plan = self._plans[ds.name] = (_direct(ds), bool(ds.fletcher32), ds.dtype, ds.chunks)
+        direct, fletcher, dtype, chunks = plan
         value = np.asarray(value)
         if value.dtype != dtype:
             value = value.astype(dtype)
-        plan = self._plans.get(ds.name)
-        if plan is None:  # asking HDF5 for the filters costs ~0.1 ms: once per dataset
-            plan = self._plans[ds.name] = (_direct(ds), bool(ds.fletcher32))
-        direct, fletcher = plan
         if not direct:
             append(ds, value)
-            if crc is not None:
-                append(crc, schema.row_crc32(value.reshape(-1, value.shape[-1])))
-            return
+            return schema.row_crc32(value.reshape(-1, value.shape[-1]))
         n = ds.shape[0]
         ds.resize(n + 1, axis=0)
-        if ds.chunks[1] == 1:
-            sums = self._by_client(ds, n, value, fletcher, crc is not None)
+        if chunks[1] == 1:
+            sums = self._by_client(ds, n, value, fletcher, chunks[-1])
         else:
-            sums = self._across_clients(ds, n, value, fletcher, crc is not None)
-        if crc is not None:
-            append(crc, np.array(sums, np.uint32))
+            sums = self._across_clients(ds, n, value, fletcher, chunks[-1])
+        return np.array(sums, np.uint32)
 
     def _by_client(
-        self, ds: h5py.Dataset, n: int, rows: np.ndarray, fletcher: bool, crc: bool
+        self, ds: h5py.Dataset, n: int, rows: np.ndarray, fletcher: bool, cols: int
     ) -> list[int]:
         numel = rows.shape[1]
-        cols = int(ds.chunks[-1])
         sums = []
         for i, row in enumerate(rows):
             row = np.ascontiguousarray(row)  # a no-op for rows of the update matrix
@@ -234,8 +230,8 @@ class ChunkWriter:
                     ds.id.write_direct_chunk((n, i, c0), buf)
                 else:
                     ds.id.write_direct_chunk((n, i, c0), piece)
-                if crc:  # after the write: the piece is in the CPU cache now
-                    h = schema.crc32(piece.view(np.uint8), h)
+                # after the write: the piece is in the CPU cache now
+                h = schema.crc32(piece.view(np.uint8), h)
             sums.append(h)
         return sums
 
@@ -250,10 +246,9 @@ class ChunkWriter:
         return buf
 
     def _across_clients(
-        self, ds: h5py.Dataset, n: int, rows: np.ndarray, fletcher: bool, crc: bool
+        self, ds: h5py.Dataset, n: int, rows: np.ndarray, fletcher: bool, cols: int
     ) -> list[int]:
         s, numel = rows.shape
-        cols = int(ds.chunks[-1])
         item = rows.dtype.itemsize
         cb = s * cols * item
         buf = self._scratch(cb + (4 if fletcher else 0))
@@ -268,9 +263,8 @@ class ChunkWriter:
             if fletcher:
                 buf[cb:] = fletcher32(buf[None, :cb]).astype("<u4").view(np.uint8)
             ds.id.write_direct_chunk((n, 0, c0), buf)
-            if crc:
-                for i in range(s):
-                    sums[i] = schema.crc32(chunk_bytes[i, : width * item], sums[i])
+            for i in range(s):
+                sums[i] = schema.crc32(chunk_bytes[i, : width * item], sums[i])
         return sums
 
 

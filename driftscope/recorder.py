@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import fnmatch
+import json
 import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -241,8 +242,6 @@ class Recorder(Hook):
                 )
         growable(f, schema.UPDATE_ROUND, (), np.int64, schema.AX_UPDATE_ROUND)
         f.require_group(schema.UPDATES)
-        if self.stored:
-            f.require_group(schema.UPDATE_CRC)
         dtype = np.dtype(cfg.update_dtype)
         for p in self.stored:
             # whole chunks without a filter, checked by a CRC-32 per client (schema.py: Checksums)
@@ -257,7 +256,11 @@ class Recorder(Hook):
             )
             ds.attrs["shape"] = list(p.shape)
             ds.attrs[schema.UPDATE_CHECKSUM_ATTR] = schema.UPDATE_CHECKSUM_CRC32
-            growable(f, schema.update_crc_path(p.name), (s,), np.uint32, schema.AX_UPDATE_CRC)
+        if self.stored:  # one row per stored round: one append for every parameter
+            crc = growable(
+                f, schema.UPDATE_CRC, (len(self.stored), s), np.uint32, schema.AX_UPDATE_CRC
+            )
+            crc.attrs[schema.UPDATE_CRC_PARAMS] = json.dumps([p.name for p in self.stored])
         growable(f, schema.CKA_ROUND, (), np.int64, schema.AX_CKA_ROUND)
         if self.probe_size:
             for kind in CKA_KINDS:
@@ -328,14 +331,15 @@ class Recorder(Hook):
         self.writer.guarded(self._store_updates, round, updates)
 
     def _store_updates(self, round: int, updates: torch.Tensor) -> None:
-        for p in self.stored:
-            block = updates[:, p.offset : p.offset + p.numel].cpu().numpy()
-            crc = schema.update_crc_path(p.name)
+        sums = [
             self._chunks.append(
                 self._dataset(schema.updates_path(p.name)),
-                block,
-                self._dataset(crc) if self._has(crc) else None,  # absent in older resumed files
+                updates[:, p.offset : p.offset + p.numel].cpu().numpy(),
             )
+            for p in self.stored
+        ]
+        if self.stored and self._has(schema.UPDATE_CRC):  # absent in older resumed files
+            append(self._dataset(schema.UPDATE_CRC), np.stack(sums))
         append(self._dataset(schema.UPDATE_ROUND), round)
 
     def _has(self, path: str) -> bool:

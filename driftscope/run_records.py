@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -181,16 +182,23 @@ class RecordsMixin:
 
     def _check_crc(self, param: str, block: np.ndarray, rows: slice) -> None:
         """Check the rows of ``param``'s stored updates just read against their CRC-32s
-        (``update_crc``); files written before the CRC rely on HDF5's fletcher32 filter."""
+        (``records/update_crc``); files written before the CRC rely on HDF5's fletcher32 filter."""
         path = schema.updates_path(param)
         if self._attr(schema.UPDATE_CHECKSUM_ATTR, None, path) != schema.UPDATE_CHECKSUM_CRC32:
             return
-        stored = np.asarray(self._read(schema.update_crc_path(param), rows))
+        names = self._attr(schema.UPDATE_CRC_PARAMS, "[]", schema.UPDATE_CRC)
+        try:
+            column = json.loads(names).index(param)
+        except ValueError:
+            raise RunFileError(
+                f"{self.path.name}: {schema.UPDATE_CRC} does not list '{param}': it is damaged"
+            ) from None
+        stored = np.asarray(self._read(schema.UPDATE_CRC, (rows, column)))
         flat = block.reshape(block.shape[0], block.shape[1], -1)
         if stored.shape != flat.shape[:2]:
             raise RunFileError(
-                f"{self.path.name}: {schema.update_crc_path(param)} has shape {stored.shape} for "
-                f"updates {flat.shape[:2]}: it is damaged"
+                f"{self.path.name}: {schema.UPDATE_CRC} has {stored.shape} values for updates "
+                f"{flat.shape[:2]}: it is damaged"
             )
         for k in range(flat.shape[0]):
             bad = np.flatnonzero(schema.row_crc32(flat[k]) != stored[k])

@@ -31,8 +31,9 @@ Safety (issue 13):
   stored client updates (``records/updates/<param>``, the bulk of a run file): they are written as
   whole chunks with no filter (:class:`~driftscope.h5write.ChunkWriter`, ``H5Dwrite_chunk``; a
   large parameter's chunks hold one client's row and go to the file straight from the update
-  matrix, with no copy), and the CRC-32 of each client's row goes to ``records/update_crc/<param>``
-  (:func:`driftscope.schema.row_crc32`), which ``Run.updates`` checks for every row it reads.
+  matrix, with no copy), and the CRC-32 of each client's row of each parameter goes to
+  ``records/update_crc`` (:func:`driftscope.schema.row_crc32`; one append per stored round), which
+  ``Run.updates`` checks for every row it reads.
   Why: fletcher32 costs about as much as writing the bytes, HDF5's filter 2.1-2.4x the write time
   (run-file writes reached 0.31-0.47x of a plain write) and the same checksum computed in numpy
   (:func:`~driftscope.h5write.fletcher32`, exact, vectorised) ~8 GB/s at best on this machine, so

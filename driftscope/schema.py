@@ -29,8 +29,9 @@ round, N = clients, n = probe size)::
                                                     (fedpvr_auto: chosen_layers u8, layer_variance)
     /records/update_round       (upd,)              rounds whose full updates are stored
     /records/updates/<param>    (upd, S, numel)     client updates, float32 or float16
-    /records/update_crc/<param> (upd, S) uint32     CRC-32 of each client's stored update (v2;
-                                                    absent in files written before: "Checksums")
+    /records/update_crc         (upd, stored, S) u32 CRC-32 of each client's stored update of each
+                                                    stored parameter (attr params: their names, in
+                                                    order; v2, absent in older files: "Checksums")
     /records/probe_index        (n,)                test-set rows of the probe set
     /records/cka_round          (cka,)              rounds with probe CKA
     /records/cka/<kind>/<layer> (cka, S+1, S+1) f64 pairwise CKA of the S client models and the new
@@ -49,7 +50,8 @@ both (:data:`READABLE_VERSIONS`).
 Checksums (schema 2): every chunked dataset carries HDF5's fletcher32 filter, which HDF5 checks on
 every read, except the stored client updates, the bulk of a run file. Those are written as whole
 chunks without a filter, and the CRC-32 (zlib's polynomial) of each client's update of each
-parameter, over its bytes as stored, goes to ``records/update_crc/<param>`` (:func:`row_crc32`);
+parameter, over its bytes as stored, goes to ``records/update_crc`` (:func:`row_crc32`, one row
+per stored round, one append);
 the updates dataset then has the attribute ``checksum = "crc32"`` and the reader checks every row
 it reads. Files written before this change keep fletcher32 on the updates (no ``update_crc``) and
 read as before; a schema-2 reader that does not know ``update_crc`` reads the new files too (it
@@ -180,7 +182,8 @@ CKA_ROUND = "records/cka_round"
 PROBE_INDEX = "records/probe_index"
 GRAM = "records/gram"
 UPDATES = "records/updates"
-UPDATE_CRC = "records/update_crc"  # (upd, S) uint32: CRC-32 of each client's stored update
+UPDATE_CRC = "records/update_crc"  # (upd, stored, S) uint32: CRC-32 of each stored client update
+UPDATE_CRC_PARAMS = "params"  # attr of records/update_crc: JSON list of the stored parameters
 UPDATE_CHECKSUM_ATTR = (
     "checksum"  # attr of records/updates/<param>: "crc32" when UPDATE_CRC holds it
 )
@@ -202,7 +205,7 @@ AX_GRAM = ("record", "client", "client")
 AX_CONTROL_NORM = ("record", "server+client")
 AX_UPDATE_ROUND = ("update",)
 AX_UPDATES = ("update", "client", "value")
-AX_UPDATE_CRC = ("update", "client")
+AX_UPDATE_CRC = ("update", "param", "client")
 AX_CKA_ROUND = ("cka",)
 AX_CKA = ("cka", "model", "model")
 AX_ROUND_CLIENT = ("round", "client")
@@ -214,10 +217,6 @@ def gram_path(param: str) -> str:
 
 def updates_path(param: str) -> str:
     return f"{UPDATES}/{param}"
-
-
-def update_crc_path(param: str) -> str:
-    return f"{UPDATE_CRC}/{param}"
 
 
 def row_crc32(rows: np.ndarray) -> np.ndarray:
@@ -300,11 +299,11 @@ def expected(path: str) -> tuple[str, int | None]:
         numeric = path.endswith(("_offset", "_numel"))
         return ("num" if numeric else "str"), 1
     two_axes = (LABEL_HISTOGRAM, RECORD_CLIENTS)
-    if path in two_axes or path.startswith((f"{CLIENTS}/", f"{CONTROL_NORM}/", f"{UPDATE_CRC}/")):
+    if path in two_axes or path.startswith((f"{CLIENTS}/", f"{CONTROL_NORM}/")):
         return "num", 2
     if path.startswith(f"{ALGORITHM}/"):
         return "num", 2
-    if path.startswith((f"{GRAM}/", f"{UPDATES}/", f"{CKA}/")):
+    if path == UPDATE_CRC or path.startswith((f"{GRAM}/", f"{UPDATES}/", f"{CKA}/")):
         return "num", 3
     if path.startswith(f"{STATE}/") and path != STATE_ROUND:
         return "num", None
