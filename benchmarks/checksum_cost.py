@@ -114,9 +114,14 @@ def main() -> None:
         f"{mb:.0f} MB in {args.rounds} rounds ({args.clients} x {args.numel:,} float32), "
         f"median of {args.repeats}, load average {load[0]:.2f} -> {load[1]:.2f}"
     )
+    print("  arm               median    MB/s   plain/arm of medians; per repeat: median [IQR]")
     for arm in ARMS:
         t = statistics.median(times[arm])
-        print(f"  {arm:17s} {t:.3f} s  {mb / t:6.0f} MB/s  {plain / t:.2f}x plain")
+        paired = [a / b for a, b in zip(times["plain"], times[arm], strict=True)]
+        q1, q2, q3 = statistics.quantiles(paired, n=4)
+        print(
+            f"  {arm:17s} {t:.3f} s  {mb / t:6.0f}  {plain / t:.2f}x; {q2:.2f}x [{q1:.2f}-{q3:.2f}]"
+        )
 
 
 if __name__ == "__main__":
