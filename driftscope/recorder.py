@@ -14,6 +14,7 @@ dtypes in :mod:`driftscope.schema`; S = clients per round, n = probe size)::
     control_norm/<param>  (rec, 1 + N) f32    ||c|| then ||c_i|| for every client (SCAFFOLD, FedPVR)
     update_round          (upd,)              rounds whose full updates are stored
     updates/<param>       (upd, S, numel)     client updates, float32 or float16 (policy)
+    update_crc            (upd, stored, S)    CRC-32 of each stored client update (whole-chunk writes)
     probe_index           (n,)                test-set rows of the probe set (when CKA is on)
     cka_round             (cka,)              rounds with probe CKA
     cka/<kind>/<layer>    (cka, S+1, S+1) f64 pairwise CKA of the S client models and the new

@@ -188,3 +188,47 @@ def test_update_chunks_are_one_clients_row_when_rows_are_large():
         assert chunks[1] * chunks[2] * item <= CHUNK_BYTES
         pieces = -(-numel // chunks[2])
         assert pieces * chunks[2] - numel < pieces  # columns split evenly: little padding
+
+
+def test_a_file_written_before_the_crc_keeps_fletcher32_when_its_recorder_goes_on(tmp_path):
+    """A run file from before the CRC (fletcher32 on the updates, chunks across clients, no
+    update_crc), resumed: the recorder's whole-chunk writes carry fletcher32, which HDF5 checks."""
+    import torch
+
+    from driftscope.config import RecordConfig
+    from driftscope.layout import LayerInfo, ModelLayout, ParamInfo
+    from driftscope.recorder import Recorder
+    from driftscope.runfile import RunWriter
+
+    params = (ParamInfo("w", "fc", "body", (40, 30), 0), ParamInfo("b", "fc", "head", (40,), 1200))
+    layout = ModelLayout(params, (LayerInfo("fc", "fc1", "Linear", "mixed", ("w", "b"), 1240),))
+    s = 3
+    writer = RunWriter.create(
+        tmp_path / "old.h5", config={"seed": 0}, layout=layout, label_histogram=np.ones((s, 2))
+    )
+    f = writer.file
+    growable(f, schema.RECORD_ROUND, (), np.int64, schema.AX_RECORD)  # the old declaration
+    growable(f, schema.UPDATE_ROUND, (), np.int64, schema.AX_UPDATE_ROUND)
+    for p in params:
+        growable(
+            f,
+            schema.updates_path(p.name),
+            (s, p.numel),
+            "float32",
+            schema.AX_UPDATES,
+            (1, s, min(512, p.numel)),
+        )
+    cfg = RecordConfig(probe_size=0, updates_every=1)
+    rec = Recorder(writer, cfg, layout, s, s, model_factory=lambda: torch.nn.Identity())
+    writer.start_swmr()
+    updates = [torch.randn(s, layout.numel) for _ in range(2)]
+    for r, d in enumerate(updates):
+        rec.store_updates(r, d)
+    writer.close()
+    with h5py.File(tmp_path / "old.h5", "r") as f:
+        assert schema.UPDATE_CRC not in f
+        for p in params:
+            ds = f[schema.updates_path(p.name)]
+            assert ds.fletcher32
+            want = torch.stack(updates)[:, :, p.offset : p.offset + p.numel].numpy()
+            np.testing.assert_array_equal(ds[()], want)  # HDF5 checked every chunk
