@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import sys
 from typing import Any
 
 import h5py
@@ -17,8 +18,6 @@ from driftscope import schema
 
 def environment() -> dict[str, Any]:
     """Versions and machine facts stored with every run (torch's, if torch is imported)."""
-    import sys
-
     import driftscope
 
     env: dict[str, Any] = {
@@ -276,4 +275,6 @@ def _direct(ds: h5py.Dataset) -> bool:
         return False
     if ds.compression is not None or ds.shuffle or ds.scaleoffset is not None:
         return False
-    return ds.dtype.kind in "fiu" and ds.dtype.byteorder in "<=|"
+    order = ds.dtype.byteorder
+    little = order == "<" or (order in "=|" and sys.byteorder == "little")
+    return ds.dtype.kind in "fiu" and little  # the chunk bytes are numpy's, as in memory
