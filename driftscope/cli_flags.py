@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from driftscope.algorithms import ALGORITHMS
-from driftscope.config import PARTITIONS, UPDATE_DTYPES, RunConfig, annotation_text
+from driftscope.config import (
+    CKA_PRECISIONS,
+    PARTITIONS,
+    UPDATE_DTYPES,
+    RunConfig,
+    annotation_text,
+)
 from driftscope.data import DATASETS
 from driftscope.errors import ConfigError
 from driftscope.models import MODELS
@@ -163,6 +169,12 @@ def _general_flags() -> list[Flag]:
             "recording",
             type=int,
             metavar="K",
+        ),
+        Flag(
+            "record.cka_precision",
+            "probe Grams: float32 products summed and centred in float64 (bounded error), or float64",
+            "recording",
+            choices=CKA_PRECISIONS,
         ),
     ]
 

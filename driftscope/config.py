@@ -41,6 +41,7 @@ from driftscope.registry import nearest
 
 PARTITIONS = ("iid", "dirichlet", "shards")
 UPDATE_DTYPES = ("float16", "float32")
+CKA_PRECISIONS = ("float32", "float64")  # = driftscope.metrics.gram.PRECISIONS
 
 
 def _check(condition: bool, message: str) -> None:
@@ -207,6 +208,9 @@ class RecordConfig:
     update_layers: tuple[str, ...] = ("*",)  # fnmatch patterns over parameter names
     probe_size: int = 128  # probe inputs for activation CKA; 0 = no CKA
     cka_every: int = 10  # compute probe CKA every k recorded rounds (benchmarks/README.md: cost)
+    # probe Grams as float32 block products summed and centred in float64 (bounded error,
+    # metrics/gram.py gram32_error), or all in float64
+    cka_precision: str = "float32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "update_layers", tuple(self.update_layers))
@@ -226,6 +230,10 @@ class RecordConfig:
             f"probe_size must be 0 (off) or >= 4 (got {self.probe_size}): debiased CKA needs 4",
         )
         _check(self.cka_every >= 1, f"record.cka_every must be >= 1 (got {self.cka_every})")
+        _check(
+            self.cka_precision in CKA_PRECISIONS,
+            f"unknown record.cka_precision '{self.cka_precision}': choose float32 or float64",
+        )
 
 
 @dataclass(frozen=True)

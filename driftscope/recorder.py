@@ -16,6 +16,7 @@ dtypes in :mod:`driftscope.schema`; S = clients per round, n = probe size)::
     updates/<param>       (upd, S, numel)     client updates, float32 or float16 (policy)
     update_crc            (upd, stored, S)    CRC-32 of each stored client update (whole-chunk writes)
     probe_index           (n,)                test-set rows of the probe set (when CKA is on)
+                                              (attr cka_precision: the probe Grams' arithmetic)
     cka_round             (cka,)              rounds with probe CKA
     cka/<kind>/<layer>    (cka, S+1, S+1) f64 pairwise CKA of the S client models and the new
                                               global model (last index); kind: linear|rbf|debiased
@@ -223,6 +224,7 @@ class Recorder(Hook):
         rec.attrs["updates_every"] = cfg.updates_every
         rec.attrs["cka_every"] = cfg.cka_every
         rec.attrs["probe_size"] = self.probe_size and len(self.probe)  # type: ignore[arg-type]
+        rec.attrs[schema.CKA_PRECISION_ATTR] = cfg.cka_precision
         if self.probe_size:
             index = f.create_dataset(schema.PROBE_INDEX, data=np.asarray(probe_rows))
             index.attrs["description"] = "rows of the test set that form the CKA probe set"
@@ -359,7 +361,7 @@ class Recorder(Hook):
     @torch.no_grad()
     def _probe_grams(self, flat: torch.Tensor) -> None:
         """Run the probe model with parameters ``flat`` (P,) (views, no copy) on the probe set and
-        keep each layer's centred-feature Gram."""
+        keep each layer's centred-feature Gram (``centred_gram`` in ``record.cka_precision``)."""
         assert self.model is not None and self.probe is not None
         if self.probe.device != flat.device:  # probe on the training device
             self.probe = self.probe.to(flat.device)
@@ -367,12 +369,18 @@ class Recorder(Hook):
         params = {
             p.name: flat[p.offset : p.offset + p.numel].view(p.shape) for p in self.layout.params
         }
-        with capture_activations(self.model, self.layer_names, reduce=centred_gram) as grams:
+        precision = self.cfg.cka_precision
+
+        def reduce(features: torch.Tensor) -> torch.Tensor:
+            return centred_gram(features, precision)
+
+        with capture_activations(self.model, self.layer_names, reduce=reduce) as grams:
             torch.func.functional_call(self.model, params, (self.probe,))
-            for name in self.layer_names:
+            for k, name in enumerate(self.layer_names):
+                gram = grams[name]  # float64, on the device (the CPU for MPS: float64_device)
                 if self._grams is None:
                     n = self.probe.shape[0]
                     shape = (len(self.layer_names), self.s + 1, n, n)
-                    self._grams = torch.empty(shape, dtype=grams[name].dtype, device=flat.device)
-                self._grams[self.layer_names.index(name), self._models] = grams[name]
+                    self._grams = torch.empty(shape, dtype=gram.dtype, device=gram.device)
+                self._grams[k, self._models] = gram
             self._models += 1

@@ -192,6 +192,9 @@ CONTROL_NORM = "records/control_norm"
 CKA = "records/cka"
 CKA_KINDS = ("linear", "rbf", "debiased")
 RECORD_POLICY_ATTRS = ("every", "updates_every", "cka_every", "probe_size")
+# attr of RECORDS: "float32" or "float64", the probe Grams' arithmetic (record.cka_precision);
+# absent in files written before it: float64
+CKA_PRECISION_ATTR = "cka_precision"
 
 GRAM_DTYPE = "float64"
 CKA_DTYPE = "float64"

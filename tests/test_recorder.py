@@ -11,6 +11,8 @@ from driftscope import open_run, train
 from driftscope.analysis import cka
 from driftscope.events import Hook
 from driftscope.h5write import chunk_columns
+from driftscope.metrics.cka import cka_error_bound
+from driftscope.metrics.gram import centred_gram, gram32_error
 from driftscope.recorder import update_gram
 from driftscope.simulator import Simulator
 
@@ -44,9 +46,15 @@ def activations(sim: Simulator, flat: torch.Tensor, x: torch.Tensor, layer: str)
     return out["a"].reshape(len(x), -1).double().numpy()
 
 
+@pytest.mark.parametrize("precision", ["float64", "float32"])
 @pytest.mark.parametrize("kind", ["linear", "rbf", "debiased"])
-def test_recorded_cka_equals_cka_of_the_client_and_global_models(tmp_path, digits, kind):
-    cfg = small_config(train__rounds=2, train__clients=4, record__probe_size=48)
+def test_recorded_cka_equals_cka_of_the_client_and_global_models(tmp_path, digits, kind, precision):
+    """Recorded CKA against CKA of the same activations recomputed in float64: equal to float64
+    rounding with ``record.cka_precision = "float64"``; within the derived error bound
+    (``gram32_error`` carried to CKA by ``cka_error_bound``) with the default ``"float32"``."""
+    cfg = small_config(
+        train__rounds=2, train__clients=4, record__probe_size=48, record__cka_precision=precision
+    )
     snaps = Snapshots()
     path = train(cfg, tmp_path / "r.h5", dataset=digits, hooks=[snaps])
     sim = Simulator(cfg, digits)  # same architecture; parameters come from the snapshots
@@ -73,7 +81,15 @@ def test_recorded_cka_equals_cka_of_the_client_and_global_models(tmp_path, digit
                     ]
                 )
                 got = run.cka(layer.name, kind=kind, round=int(r))
-                np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+                if precision == "float64":
+                    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+                    continue
+                f32 = [a.astype(np.float32) for a in acts]  # what the probe model produced
+                grams = np.stack([centred_gram(a, "float32") for a in f32])
+                eps, eta = np.array([gram32_error(a) for a in f32]).T
+                bound = cka_error_bound(grams, eps, eta, kind)
+                assert np.all(np.abs(got - want) <= bound), (np.abs(got - want).max(), bound.min())
+                assert np.nanmax(np.abs(got - want)) > 0  # the float32 path did run
 
 
 @pytest.mark.parametrize("chunk_values", [1, 7, 1 << 18])

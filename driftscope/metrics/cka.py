@@ -32,6 +32,7 @@ from driftscope.metrics.gram import linear_gram
 __all__ = [
     "MinibatchCKA",
     "cka",
+    "cka_error_bound",
     "cka_from_grams",
     "hsic",
     "hsic_unbiased",
@@ -39,6 +40,7 @@ __all__ = [
     "pairwise_cka",
     "rbf_from_linear_gram",
     "rbf_gram",
+    "unbiased_centre_norm",
 ]
 
 KERNELS = ("linear", "rbf")
@@ -109,6 +111,43 @@ def _require_n_ge_4(n: int) -> None:
         )
 
 
+def _squared_distances(k: FloatArray) -> FloatArray:
+    """``||x_i - x_j||^2 = K_ii + K_jj - 2 K_ij`` of ``(..., n, n)`` Grams, clipped at 0."""
+    if k.ndim not in (2, 3) or k.shape[-1] != k.shape[-2]:
+        raise ValueError(
+            f"K must be a square (n, n) kernel matrix or a stack (M, n, n); got shape {k.shape}"
+        )
+    n = k.shape[-1]
+    diag = np.diagonal(k, axis1=-2, axis2=-1)
+    sq = diag[..., :, None] + diag[..., None, :] - 2.0 * k
+    np.clip(sq, 0.0, None, out=sq)
+    idx = np.arange(n)
+    sq[..., idx, idx] = 0.0
+    return sq
+
+
+def _bandwidth(sq: FloatArray, t: float, sigma2: float | None, median: str) -> FloatArray:
+    """``sigma^2`` per matrix of a stack of squared distances (see :func:`rbf_from_linear_gram`)."""
+    n = sq.shape[-1]
+    if sigma2 is None:
+        if n < 2:
+            raise ValueError("the RBF bandwidth needs at least 2 probe inputs")
+        if median == "all":
+            s2 = t * t * np.median(sq.reshape(*sq.shape[:-2], n * n), axis=-1)
+        else:
+            iu = np.triu_indices(n, k=1)
+            s2 = t * t * np.median(sq[..., iu[0], iu[1]], axis=-1)
+    else:
+        s2 = np.full(sq.shape[:-2], float(sigma2))
+    s2 = np.asarray(s2, dtype=np.float64)
+    if not np.all(np.isfinite(s2)) or np.any(s2 <= 0):
+        raise ValueError(
+            f"RBF bandwidth sigma^2 = {s2.min()} is not positive (the median squared pairwise "
+            "distance is 0, or t <= 0); pass sigma2 explicitly or use kernel='linear'"
+        )
+    return s2
+
+
 def rbf_from_linear_gram(
     K: Any, t: float = 0.5, sigma2: float | None = None, median: str = "all"
 ) -> FloatArray:
@@ -145,28 +184,8 @@ def rbf_from_linear_gram(
         raise ValueError(
             f"K must be a square (n, n) kernel matrix or a stack (M, n, n); got shape {k.shape}"
         )
-    n = k.shape[-1]
-    diag = np.diagonal(k, axis1=-2, axis2=-1)
-    sq = diag[..., :, None] + diag[..., None, :] - 2.0 * k
-    np.clip(sq, 0.0, None, out=sq)
-    idx = np.arange(n)
-    sq[..., idx, idx] = 0.0
-    if sigma2 is None:
-        if n < 2:
-            raise ValueError("the RBF bandwidth needs at least 2 probe inputs")
-        if median == "all":
-            s2 = t * t * np.median(sq.reshape(*sq.shape[:-2], n * n), axis=-1)
-        else:
-            iu = np.triu_indices(n, k=1)
-            s2 = t * t * np.median(sq[..., iu[0], iu[1]], axis=-1)
-    else:
-        s2 = np.full(k.shape[:-2], float(sigma2))
-    s2 = np.asarray(s2, dtype=np.float64)
-    if not np.all(np.isfinite(s2)) or np.any(s2 <= 0):
-        raise ValueError(
-            f"RBF bandwidth sigma^2 = {s2.min()} is not positive (the median squared pairwise "
-            "distance is 0, or t <= 0); pass sigma2 explicitly or use kernel='linear'"
-        )
+    sq = _squared_distances(k)
+    s2 = _bandwidth(sq, t, sigma2, median)
     sq *= (-0.5 / s2)[..., None, None]
     return np.exp(sq, out=sq)
 
@@ -301,6 +320,80 @@ def pairwise_cka(grams: Any, debiased: bool = False, centred: bool = False) -> F
     ok = prod > 0
     out[ok] = h[ok] / np.sqrt(prod[ok])
     return out
+
+
+def unbiased_centre_norm(n: int) -> float:
+    """``c_U(n)``: ``||U(E)||_F <= c_U ||E||_F`` for the unbiased centring ``U`` of HSIC_1.
+
+    ``U(E)`` zeroes the diagonal (norm does not grow), subtracts ``m 1^T + 1 m^T`` with
+    ``m = E0 1 / (n - 2) - (1^T E0 1) 1 / (2 (n - 1)(n - 2))``, where ``||E0 1|| <= sqrt(n) ||E0||_F``
+    and ``|1^T E0 1| <= n ||E0||_F``; so ``c_U = 1 + 2 n / (n - 2) * (1 + n / (2 (n - 1)))``
+    (about 4.06 at n = 128)."""
+    return 1.0 + 2.0 * n / (n - 2) * (1.0 + n / (2.0 * (n - 1)))
+
+
+def cka_error_bound(
+    grams: Any,
+    eps: Any,
+    eta: Any,
+    kind: str = "linear",
+    t: float = 0.5,
+    median: str = "all",
+) -> FloatArray:
+    """Worst-case error of :func:`pairwise_cka` on float32-path Grams against the float64 path.
+
+    Args:
+        grams: ``(M, n, n)`` centred linear Grams from ``centred_gram(X_m, "float32")``.
+        eps, eta: ``(M,)`` per model, from :func:`driftscope.metrics.gram.gram32_error`:
+            ``||dK||_F <= eps`` and ``|dD_ij| <= 4 eta`` for the squared distances.
+        kind: ``"linear"``, ``"rbf"`` or ``"debiased"`` (the recorder's three kinds; RBF with
+            ``t`` and ``median`` as :func:`rbf_from_linear_gram`).
+
+    Returns:
+        ``(M, M)`` bounds ``B_ij >= |CKA32_ij - CKA64_ij|`` (``inf`` where a kernel is too small
+        for the bound to say anything).
+
+    CKA is the inner product of the unit-normalised centred kernels ``k = C(K) / ||C(K)||_F``
+    (``C``: double centring, or ``U`` for debiased). For a perturbation ``E`` of ``C(K)``,
+    ``||k' - k|| <= 2 ||E|| / ||C(K)||``, so ``|CKA' - CKA| <= 2 (rho_i + rho_j)`` with
+    ``rho = ||E|| / (||C(K')||_F - ||E||)`` (the exact norm is at least the computed one minus
+    ``||E||``). ``||E||``: linear ``eps`` (``H`` is a projection); debiased ``c_U(n) eps``
+    (:func:`unbiased_centre_norm`). RBF: with ``delta = 4 eta`` bounding the distance errors,
+    the median moves ``sigma^2`` by at most ``t^2 delta``; with ``a = t^2 delta / sigma^2`` and
+    ``b = delta / (2 sigma^2)`` the exponent ``z = D / (2 sigma^2)`` moves by at most ``b + a z``,
+    so each kernel entry by at most ``beta = e^b (b + a / (e (1 - a)))`` (``z e^{-z(1-a)} <=
+    1 / (e (1 - a))``), and ``||E||_F <= n beta``. Float64 rounding in the CKA arithmetic itself
+    (about 1e-15) is left out.
+    """
+    g = _to_f64(grams)
+    if g.ndim != 3 or g.shape[1] != g.shape[2]:
+        raise ValueError(f"grams must be shaped (M, n, n); got {g.shape}")
+    m, n, _ = g.shape
+    eps = np.broadcast_to(np.asarray(eps, dtype=np.float64), (m,))
+    eta = np.broadcast_to(np.asarray(eta, dtype=np.float64), (m,))
+    if kind == "linear":
+        err = eps
+        norm = np.linalg.norm(_double_centre(g).reshape(m, -1), axis=1)
+    elif kind == "debiased":
+        _require_n_ge_4(n)
+        err = unbiased_centre_norm(n) * eps
+        norm = np.linalg.norm(_unbiased_centre(g).reshape(m, -1), axis=1)
+    elif kind == "rbf":
+        sq = _squared_distances(g)
+        s2 = _bandwidth(sq, t, None, median)
+        delta = 4.0 * eta
+        a = t * t * delta / s2
+        b = delta / (2.0 * s2)
+        with np.errstate(divide="ignore"):
+            beta = np.where(a < 1, np.exp(b) * (b + a / (np.e * (1.0 - a))), np.inf)
+        err = n * beta
+        kernels = np.exp(sq * (-0.5 / s2)[:, None, None])
+        norm = np.linalg.norm(_double_centre(kernels).reshape(m, -1), axis=1)
+    else:
+        raise ValueError(f"unknown CKA kind {kind!r}; choose linear, rbf or debiased")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(norm > err, err / (norm - err), np.inf)
+    return 2.0 * (rho[:, None] + rho[None, :])
 
 
 class MinibatchCKA:
