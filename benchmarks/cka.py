@@ -63,14 +63,16 @@ def bench(quick: bool, tmp: Path, threads: int) -> dict[str, Any]:
     layers = [layer.name for layer in sim.layout.layers]
     pairs = list(itertools.combinations(range(clients), 2))
 
+    precision = RunConfig().record.cka_precision  # the recorder's default
+
     @torch.no_grad()
-    def ours() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def ours(precision: str = precision) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         grams: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         for m in models:
             with capture_activations(m, layers) as acts:
                 m(probe)
                 for name in layers:
-                    grams[name].append(centred_gram(acts[name]))
+                    grams[name].append(centred_gram(acts[name], precision))
         out = {}
         for name in layers:
             g = torch.stack(grams[name]).numpy()
@@ -128,6 +130,12 @@ def bench(quick: bool, tmp: Path, threads: int) -> dict[str, Any]:
             "cancellation": cancellation(models, probe, name),
             "cka_range": [float(deb[iu].min()), float(deb[iu].max())],
         }
+    exact = ours("float64")  # the same comparisons with float64 probe Grams
+    f32_vs_f64 = max(
+        float(np.nanmax(np.abs(np.asarray(res["ours"][n][i]) - exact[n][i])))
+        for n in layers
+        for i in (0, 1)
+    )
     worst32 = max(v["vs_torch_cka_f32"] for v in per_layer.values())
     worst64 = max(v["vs_torch_cka_f64"] for v in per_layer.values())
     bad = [k for k, v in per_layer.items() if v["vs_torch_cka_f32"] > 1e-4]
@@ -136,7 +144,19 @@ def bench(quick: bool, tmp: Path, threads: int) -> dict[str, Any]:
             "CKA, 10 clients x 45 pairs x 7 layers, 512 probe: torch-cka time / driftscope time",
             speedup,
             (">=", 20),
-            note="driftscope: linear + debiased; torch-cka: debiased, one batch of 512, no_grad",
+            note=(
+                f"driftscope: linear + debiased, {precision} probe Grams (the recorder's "
+                "default); torch-cka: debiased, one batch of 512, no_grad"
+            ),
+        ),
+        row(
+            f"  driftscope's {precision} probe Grams vs float64 ones, linear + debiased CKA "
+            "(max abs diff)",
+            [f32_vs_f64],
+            None,
+            unit="",
+            note="digits client models after 3 rounds, 7 layers, 45 pairs; bound and VGG-11 "
+            "figures: recording section",
         ),
         row(
             "  debiased CKA agreement with torch-cka run in float64 (max abs diff)",
