@@ -173,7 +173,7 @@ def bench(quick: bool, tmp: Path, threads: int) -> dict[str, Any]:
     ]
     parts = cka_round_components(vbase, cifar, tmp, quick)
     extra["vgg_cka_round_components"] = parts
-    rows += component_rows(parts, vbase, extra["vgg_seconds"], cka_every)
+    rows += component_rows(parts, vbase, cka_every)
     config = {
         "digits": {k: c.record.__dict__ for k, c in arms.items()} | {"train": base.train.__dict__},
         "vgg11": {k: c.record.__dict__ for k, c in varms.items()}
@@ -193,7 +193,8 @@ def instrumented(times: dict[str, float]) -> Iterator[None]:
     names ``driftscope.recorder`` and ``driftscope.simulator`` call (restored afterwards):
     ``probe`` (``Recorder._probe_grams``: forward passes + Grams), ``gram`` (``centred_gram``),
     ``cka_math`` (``pairwise_cka``, ``rbf_from_linear_gram``), ``cka_write`` (appends under
-    ``records/cka``) and ``local`` (``local_train``)."""
+    ``records/cka``), ``hooks`` (all of the recorder's hooks), ``client_hooks`` (its
+    ``on_client_end``) and ``local`` (``local_train``)."""
     import driftscope.recorder as rec
     import driftscope.simulator as sim
 
@@ -213,6 +214,9 @@ def instrumented(times: dict[str, float]) -> Iterator[None]:
         setattr(owner, name, timed)
 
     wrap(rec.Recorder, "_probe_grams", "probe")
+    for method in ("on_round_start", "on_client_end", "on_round_end"):
+        wrap(rec.Recorder, method, "hooks")
+    wrap(rec.Recorder, "on_client_end", "client_hooks")
     wrap(rec, "centred_gram", "gram")
     wrap(rec, "pairwise_cka", "cka_math")
     wrap(rec, "rbf_from_linear_gram", "cka_math")
@@ -243,6 +247,8 @@ def cka_round_components(base: RunConfig, ds: Dataset, tmp: Path, quick: bool) -
 
         def __init__(self) -> None:
             self.steps = 0
+            self.seconds = 0.0  # RoundEnded.seconds: training, aggregation, evaluation, and
+            # the hooks' on_round_start and on_client_end
             self.models: dict[int, list[torch.Tensor]] = {}
 
         def on_client_end(self, event: Any) -> None:
@@ -250,6 +256,7 @@ def cka_round_components(base: RunConfig, ds: Dataset, tmp: Path, quick: bool) -
             self.models.setdefault(event.round, []).append(event.params.clone())
 
         def on_round_end(self, event: Any) -> None:
+            self.seconds += event.seconds
             self.models[event.round].append(event.global_params.clone())
 
     out: dict[str, Any] = {}
@@ -262,13 +269,19 @@ def cka_round_components(base: RunConfig, ds: Dataset, tmp: Path, quick: bool) -
             train(cfg, tmp / f"parts-{precision}.h5", dataset=ds, overwrite=True, hooks=[hook])
         rounds = cfg.train.rounds
         models = cfg.train.clients + 1
+        cka = times["probe"] + times["cka_math"] + times["cka_write"]
         out[precision] = {
+            # a round without the recorder: RoundEnded.seconds minus the recorder's client hooks
+            # (its on_round_start is a few attribute writes)
+            "round_unrecorded_s": (hook.seconds - times["client_hooks"]) / rounds,
+            # Grams, head updates and their writes: the recorder's hooks minus its CKA parts
+            "record_no_cka_s": (times["hooks"] - cka) / rounds,
             "models_per_cka_round": models,
             "forward_s": (times["probe"] - times["gram"]) / rounds,
             "grams_s": times["gram"] / rounds,
             "cka_math_s": times["cka_math"] / rounds,
             "cka_write_s": times["cka_write"] / rounds,
-            "cka_round_s": (times["probe"] + times["cka_math"] + times["cka_write"]) / rounds,
+            "cka_round_s": cka / rounds,
             "local_step_s": times["local"] / hook.steps,
         }
     # measured error of the float32 path on the last round's models, all layers and kinds
@@ -322,9 +335,7 @@ def cka_round_components(base: RunConfig, ds: Dataset, tmp: Path, quick: bool) -
     return out
 
 
-def component_rows(
-    parts: dict[str, Any], base: RunConfig, seconds: dict[str, float], cka_every: int
-) -> list[dict[str, Any]]:
+def component_rows(parts: dict[str, Any], base: RunConfig, cka_every: int) -> list[dict[str, Any]]:
     """Rows: a CKA round and a local step in seconds, the measured error, and the overhead
     extrapolated to the paper's local work from the measured components."""
     p32, p64 = parts["float32"], parts["float64"]
@@ -359,14 +370,32 @@ def component_rows(
             ),
         ),
     ]
+    # the policy's overhead from the same components, each timed inside one run (a ratio of
+    # times measured in one process, less exposed to other jobs than two whole runs)
+    for name, p in (("float32", p32), ("float64", p64)):
+        parts_ratio = (
+            1 + (p["record_no_cka_s"] + p["cka_round_s"] / cka_every) / p["round_unrecorded_s"]
+        )
+        rows.append(
+            row(
+                f"  same policy from the measured components, {name} Grams",
+                [parts_ratio],
+                ("<=", 1.05) if name == "float32" else None,
+                note=(
+                    f"1 + (Grams + head updates {p['record_no_cka_s']:.2f} s + a CKA round "
+                    f"{p['cka_round_s']:.2f} s / {cka_every}) / a round unrecorded "
+                    f"{p['round_unrecorded_s']:.2f} s; the CKA round's forward passes alone: "
+                    f"{p['forward_s'] / cka_every / p['round_unrecorded_s']:.3f}"
+                ),
+            )
+        )
     # extrapolation to the paper's local work: measured per-model CKA cost, measured recording
     # cost without CKA per round (scaled from S to 10 clients by S^2, the Gram's cost), measured
     # bare step at batch 128
     s = base.train.clients
     steps = PAPER["clients"] * PAPER["epochs"] * (PAPER["images"] // PAPER["batch"])
     train_round = steps * parts["bare_step_b128_s"]
-    no_cka = (seconds["paper_no_cka"] - seconds["off"]) / base.train.rounds
-    no_cka *= (PAPER["clients"] / s) ** 2
+    no_cka = p32["record_no_cka_s"] * (PAPER["clients"] / s) ** 2
     per_model = (p32["forward_s"] + p32["grams_s"]) / p32["models_per_cka_round"]
     cka_round = (PAPER["clients"] + 1) * per_model + p32["cka_math_s"] * (
         (PAPER["clients"] + 1) / p32["models_per_cka_round"]

@@ -1,8 +1,11 @@
 """Centered kernel alignment (CKA) between two models' representations.
 
-Pure functions: numpy arrays or torch tensors in, float64 numpy out. Everything is computed in
-float64, and features (columns) are centred in float64 *before* any Gram matrix is formed: centring
-a float32 Gram whose features carry a large offset loses nearly all precision.
+Pure functions: numpy arrays or torch tensors in, float64 numpy out. Everything here is computed
+in float64, and features (columns) are centred *before* any Gram matrix is formed: centring a
+float32 Gram whose features carry a large offset loses nearly all precision. The recorder's probe
+Grams may come from :func:`driftscope.metrics.gram.centred_gram`'s float32 path (float32 block
+products of centred features, summed and double-centred in float64); :func:`cka_error_bound`
+bounds what that changes in every CKA value against the float64 path.
 
 Conventions (see ``science.md``, section "CKA"):
 

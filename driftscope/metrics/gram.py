@@ -165,9 +165,14 @@ def gram32_error(features: Any) -> tuple[float, float]:
     sqrt(s_i s_j)``, so ``|dK_ij| <= gamma sqrt(s_i s_j)``, whose Frobenius norm is at most
     ``gamma sum_i s_i``; the double-centring ``H dK H`` does not increase the Frobenius norm (``H``
     is an orthogonal projection) and moves an entry by at most 4 times the largest one. The exact
-    Gram of ``x - m`` for the float32 mean ``m`` equals ``K`` after centring. The bound is a
-    worst case; measured errors are 3-4 orders of magnitude smaller (benchmarks/README.md).
-    :func:`driftscope.metrics.cka.cka_error_bound` carries it to CKA values.
+    Gram of ``x - m`` for the float32 mean ``m`` equals ``K`` after centring.
+    :func:`driftscope.metrics.cka.cka_error_bound` carries the bound to CKA values.
+
+    It is a worst case over all rounding patterns: measured CKA errors are about 1e-9, the bounds
+    1e-3 to 1e-2 on VGG-11 (benchmarks/README.md). The float32 forward pass that produced the
+    activations already rounds dot products of length ``9 C_in`` (up to 4,608 in VGG-11), so the
+    activations, and with them the float64 path's CKA, carry a worst-case error of the same kind
+    and at least this size (``gamma_4608`` against ``gamma_260``).
     """
     if is_tensor(features):
         import torch
@@ -217,11 +222,16 @@ def _gram32_torch(xh: Any) -> Any:
 
     n, p = xh.shape
     host = float64_device(xh.device)
-    acc = torch.zeros(n, n, dtype=torch.float64, device=host)
     with full_float32_matmul():
-        for start in range(0, p, BLOCK_COLUMNS):
-            part = xh[:, start : start + BLOCK_COLUMNS]
-            acc += (part @ part.T).to(host, torch.float64)
+        blocks = (
+            xh[:, start : start + BLOCK_COLUMNS] @ xh[:, start : start + BLOCK_COLUMNS].T
+            for start in range(0, p, BLOCK_COLUMNS)
+        )
+        if host != xh.device:  # no float64 here (MPS): one copy of all block products to the host
+            return _double_centre(torch.stack(list(blocks)).to(host, torch.float64).sum(dim=0))
+        acc = torch.zeros(n, n, dtype=torch.float64, device=host)
+        for block in blocks:
+            acc += block.to(torch.float64)
     return _double_centre(acc)
 
 
