@@ -408,7 +408,7 @@ def component_rows(parts: dict[str, Any], base: RunConfig, cka_every: int) -> li
             [overhead],
             ("<=", 1.05),
             note=(
-                f"not measured end to end: {steps} steps x {parts['bare_step_b128_s']:.2f} s "
+                f"{overhead:.4f}x; not measured end to end: {steps} steps x {parts['bare_step_b128_s']:.2f} s "
                 f"(a measured bare step at batch 128) = {train_round:.0f} s of training a round; "
                 f"a CKA round of 11 models {cka_round:.1f} s (measured per model) every "
                 f"{cka_every} rounds; Grams + head updates {no_cka:.2f} s a round "
