@@ -36,6 +36,8 @@ round, N = clients, n = probe size)::
     /records/cka_round          (cka,)              rounds with probe CKA
     /records/cka/<kind>/<layer> (cka, S+1, S+1) f64 pairwise CKA of the S client models and the new
                                                     global model (last index)
+                                                    (/records attr cka_precision: float32 or
+                                                    float64 probe Grams; absent: float64)
     /state/round                (2,) int64          the round whose end state each slot holds (-1:
                                                     none); written after the slot, before the
                                                     round's commit marker (v2)
