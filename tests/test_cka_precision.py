@@ -91,6 +91,13 @@ def test_half_precision_inputs_widen_exactly() -> None:
     assert torch.equal(centred_gram(x, "float32"), centred_gram(x.float(), "float32"))
 
 
+def test_config_and_gram_name_the_same_precisions() -> None:
+    from driftscope.config import CKA_PRECISIONS
+
+    assert set(CKA_PRECISIONS) == set(gram_module.PRECISIONS)
+    assert RunConfig().record.cka_precision == "float32"
+
+
 def test_unknown_precision_is_an_error() -> None:
     with pytest.raises(ValueError, match="choose one of float32, float64"):
         centred_gram(np.ones((4, 3)), "float16")
