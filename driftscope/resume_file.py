@@ -18,6 +18,7 @@ import numpy as np
 from driftscope import schema
 from driftscope.errors import RunFileError
 from driftscope.h5open import open_file, writer_alive
+from driftscope.h5write import CHUNK_CACHE
 from driftscope.outputs import Lock
 from driftscope.runfile import RunWriter
 
@@ -143,7 +144,7 @@ def reopen_for_resume(
         raise
     dst = None
     try:
-        dst = h5py.File(tmp, "w", libver="latest")
+        dst = h5py.File(tmp, "w", libver="latest", **CHUNK_CACHE)
         for key, value in src.attrs.items():
             dst.attrs[key] = value
         for key in src:

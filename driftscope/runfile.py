@@ -65,7 +65,7 @@ import numpy as np
 from driftscope import schema
 from driftscope.errors import RunFileError
 from driftscope.events import StateRows
-from driftscope.h5write import _labelled, append, environment, growable
+from driftscope.h5write import CHUNK_CACHE, _labelled, append, environment, growable
 from driftscope.layout import ModelLayout
 from driftscope.outputs import Lock, RunWriteError, check_output, unwritable, write_error
 
@@ -149,7 +149,7 @@ class RunWriter:
             check_output(path, overwrite)
             temp = schema.temp_path(path, os.getpid())
             try:
-                f = h5py.File(temp, "w", libver="latest")
+                f = h5py.File(temp, "w", libver="latest", **CHUNK_CACHE)
             except OSError as err:
                 raise RunFileError(unwritable(path, err)) from None
         except BaseException:
