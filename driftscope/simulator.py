@@ -128,17 +128,22 @@ class Simulator:
         hooks: Sequence[Hook] = (),
         progress: bool = False,
         commit: Callable[[RoundEnded], None] | None = None,
+        *,
+        summaries: bool = True,
     ) -> list[RoundEnded]:
         """Train from round ``self.round`` to ``cfg.train.rounds``, telling ``hooks``.
 
         ``commit(event)`` is called after every hook's ``on_round_end`` (the trainer writes the
         round there). Returns each round's :class:`~driftscope.events.RoundEnded` without its
-        tensors (``global_params`` empty, no control norms): see :attr:`global_params`.
+        tensors (``global_params`` empty, no control norms): see :attr:`global_params`. With
+        ``summaries=False`` it returns ``[]`` and keeps nothing per round: the summaries hold each
+        sampled client's loss and accuracy, O(rounds x clients per round) objects that a caller
+        who writes the rounds elsewhere (``train``) never reads.
         """
         from tqdm import tqdm  # plain text bar: no ipywidgets needed in notebooks
 
         rounds = self.cfg.train.rounds
-        summaries: list[RoundEnded] = []
+        kept: list[RoundEnded] = []
         status, message = "complete", ""
         # A bar only on a terminal: elsewhere (a log file, a pipe) tqdm cannot redraw in place
         # and writes a line per update; print a compact line every ``every`` rounds instead.
@@ -169,7 +174,8 @@ class Simulator:
                 event = self.run_round(hooks)
                 if commit is not None:
                     commit(event)
-                summaries.append(_without_tensors(event))
+                if summaries:
+                    kept.append(_without_tensors(event))
                 bar.update(1)
                 if not math.isnan(event.test_accuracy):
                     bar.set_postfix(acc=f"{event.test_accuracy:.3f}", loss=f"{event.test_loss:.3f}")
@@ -193,7 +199,7 @@ class Simulator:
             ended = RunEnded(status, message)
             for hook in hooks:
                 hook.on_run_end(ended)
-        return summaries
+        return kept
 
     def sample_clients(self, round: int) -> list[int]:
         """The clients taking part in ``round`` (sorted; all clients when client_fraction = 1)."""
