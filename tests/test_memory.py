@@ -25,9 +25,7 @@ from driftscope.resume_file import reopen_for_resume
 from driftscope.runfile import RunWriter
 from driftscope.simulator import Simulator
 
-MANY = dict(
-    train__rounds=3, train__clients=40, train__client_fraction=0.5, data__partition="iid"
-)
+MANY = dict(train__rounds=3, train__clients=40, train__client_fraction=0.5, data__partition="iid")
 
 
 def _datasets(f: h5py.File) -> list[h5py.Dataset]:
