@@ -10,7 +10,8 @@ every round and at the end of the run (so after the previous round's recorder an
 * the C heap in use (glibc ``mallinfo2``: ``uordblks + hblkhd``), which unlike RSS does not move
   with freed-but-kept heap pages or ``malloc_trim``;
 * the peak RSS *during* the round (``VmHWM``, reset at each round's start through
-  ``/proc/self/clear_refs``), i.e. what one round needs on top of what stays between rounds;
+  ``/proc/self/clear_refs``), i.e. what one round needs on top of what stays between rounds (the
+  reset restarts ``ru_maxrss`` too, so the run's peak is the largest round's);
 * the number of open HDF5 objects.
 
 The slope is the least-squares fit in MiB per round over the last two thirds of the rounds (the
@@ -37,7 +38,6 @@ import ctypes
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -227,7 +227,8 @@ def child(
         "round_extra_mb": [b["peak"] - a["rss"] for a, b in zip(rows, after, strict=False)],
         "h5_objects": [r["h5_objects"] for r in after],
         "base_rss_mb": base,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # the largest round's peak: VmHWM and ru_maxrss restart at every reset_peak()
+        "peak_rss_mb": max(r["peak"] for r in after),
         "file_mb": size / MIB,
         "tracemalloc_growth": growth,
     }
