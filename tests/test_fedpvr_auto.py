@@ -91,7 +91,8 @@ def test_communication_follows_the_selection(digits):
     assert 0 < chosen < numel
     assert algo.values_per_client() == (numel + chosen, numel + chosen)
     assert second.uplink_bytes == second.downlink_bytes == 4 * (numel + chosen) * 10
-    assert algo.c.numel() == chosen and algo.c_clients.shape == (10, chosen)
+    assert algo.c.numel() == chosen and algo.client_row(0).shape == (chosen,)
+    assert algo.c_clients.shape == (10, numel)  # the table is full width
     # the chosen layers are a top block with the default order, and carry momentum 0
     idx = np.flatnonzero(algo.chosen)
     assert idx[-1] == len(algo.chosen) - 1 and np.all(np.diff(idx) == 1)
@@ -201,14 +202,20 @@ def test_rechoosing_keeps_the_control_variates_of_layers_that_stay():
     algo, layout = tiny_algorithm(warmup_rounds=1, variance_share=0.5, layer_order="variance")
     algo._apply(np.array([False, True, True]))
     algo.c.copy_(torch.arange(algo.c.numel()).float() + 1)
-    algo.c_clients.copy_(algo.c.expand_as(algo.c_clients))
+    for client in range(5):
+        algo.set_client_row(client, algo.c * (client + 1))
     kept = torch.cat([algo.c[: layout.layers[1].numel]])  # layer 1 comes first in c
     algo._apply(np.array([True, True, False]))
     n0, n1 = layout.layers[0].numel, layout.layers[1].numel
     assert algo.c.numel() == n0 + n1
     assert torch.equal(algo.c[:n0], torch.zeros(n0))  # newly chosen: zero
     assert torch.equal(algo.c[n0:], kept)  # kept
-    assert torch.equal(algo.c_clients[:, n0:], kept.expand(5, n1))
+    for client in range(5):
+        row = algo.client_row(client)
+        assert torch.equal(row, torch.cat([torch.zeros(n0), kept * (client + 1)]))
+    # the client table is full width: zeros outside the chosen layers (the dropped layer 2 too)
+    assert algo.c_clients.shape == (5, layout.numel)
+    assert torch.equal(algo.c_clients[:, n0 + n1 :], torch.zeros(5, layout.numel - n0 - n1))
     assert algo.values_per_client() == (layout.numel + n0 + n1,) * 2
     norms = algo.state_norms()
     assert set(norms) == {p.name for p in layout.params}  # same names whatever the choice
@@ -308,3 +315,88 @@ def test_cli_runs_it_with_its_flags(tmp_path, capsys):
         main([*argv[:3], "--layer-order", "bottom", "--out", str(tmp_path / "y.h5")])
     assert exit.value.code == 2
     assert "invalid choice: 'bottom'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ client state within a budget
+
+STATE = dict(
+    train__rounds=5,
+    train__clients=6,
+    train__client_fraction=0.5,
+    train__local_steps=2,
+    **auto(warmup_rounds=1, rechoose_every=2, layer_order="variance"),  # layers dropped, kept, new
+)
+
+
+def _scratch_budget(cfg, numel):
+    """Holds one round with every layer chosen, (S + 3) x P x 4 bytes, but not the N x P table."""
+    return (cfg.train.clients_per_round + 3 + 1) * numel * 4 / 2**20
+
+
+def test_scratch_file_client_state_equals_in_memory(digits):
+    cfg = small_config(**STATE, record__enabled=False)
+    a = Simulator(cfg, digits)
+    numel = a.layout.numel
+    b = Simulator(cfg.replace({"train.state_budget_mb": _scratch_budget(cfg, numel)}), digits)
+    assert a.algorithm.in_memory and not b.algorithm.in_memory
+    chosen = []
+    for _ in range(cfg.train.rounds):
+        a.run_round()
+        b.run_round()
+        chosen.append(b.algorithm.chosen.copy())
+        assert np.array_equal(a.algorithm.chosen, b.algorithm.chosen)
+        assert torch.equal(a.global_params, b.global_params)
+        assert torch.equal(a.algorithm.c, b.algorithm.c)
+        assert torch.equal(a.algorithm.c_clients, b.algorithm.c_clients)
+        # zeros outside the chosen layers
+        outside = ~a.algorithm.layer_mask(a.algorithm.chosen)
+        assert not a.algorithm.c_clients[:, outside].any()
+        # the kept per-client norms equal norms recomputed over the table
+        for name, norms in b.algorithm.state_norms().items():
+            p = b.layout.param(name)
+            want = a.algorithm.c_clients[:, p.offset : p.offset + p.numel].norm(dim=1)
+            torch.testing.assert_close(norms[1:], want, rtol=1e-6, atol=1e-7)
+    # the choice changed with layers kept and layers dropped, and control variates were learned
+    assert any((x & ~y).any() for x, y in zip(chosen, chosen[1:])), chosen
+    assert b.algorithm.c_clients.abs().sum() > 0
+    state = b.algorithm.state_dict()
+    assert state["c_clients"].shape == (6, numel) and state["c"].shape == (numel,)
+
+
+def test_scratch_file_run_resumes_bit_for_bit(tmp_path, digits):
+    """Interrupted after a change of choice and resumed with the client table in the scratch
+    file: the same file (metrics, records, both state slots) as the in-memory run left alone."""
+    from test_resume import contents
+
+    from driftscope import train
+    from driftscope.events import Hook
+    from driftscope.training import resume
+
+    class StopAt(Hook):
+        def on_round_start(self, event):
+            if event.round == 3:
+                raise KeyboardInterrupt
+
+    cfg = small_config(**STATE, record__probe_size=16)
+    whole = train(cfg, tmp_path / "whole.h5", dataset=digits)
+    numel = Simulator(cfg, digits).layout.numel
+    scratch = cfg.replace({"train.state_budget_mb": _scratch_budget(cfg, numel)})
+    path = tmp_path / "r.h5"
+    with pytest.raises(KeyboardInterrupt):
+        train(scratch, path, dataset=digits, hooks=[StopAt()])
+    resume(path, dataset=digits)
+    got, want = contents(path), contents(whole)
+    assert "state/algorithm/c_clients" in got and got.pop("@config") != want.pop("@config")
+    assert sorted(got) == sorted(want)
+    for key, value in got.items():
+        assert np.array_equal(value, want[key], equal_nan=np.asarray(value).dtype.kind == "f"), key
+
+
+def test_a_budget_below_one_round_with_every_layer_is_one_line(digits):
+    cfg = small_config(**STATE)
+    numel = Simulator(cfg.replace({"train.algorithm": "fedavg"}), digits).layout.numel
+    tight = _scratch_budget(cfg, numel) / 2  # no layer is chosen yet, but any may be
+    with pytest.raises(ConfigError) as err:
+        Simulator(cfg.replace({"train.state_budget_mb": tight}), digits)
+    message = str(err.value)
+    assert "\n" not in message and f"{numel} values" in message and "--state-budget-mb" in message

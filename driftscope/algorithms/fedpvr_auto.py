@@ -32,6 +32,14 @@ FedAvg's (P values each way), a corrected round P + M (M chosen values) each way
 the end of a round applies from the next round, so the round's accounting, its control-variate
 norms and its record describe the selection it trained with.
 
+Client state. The client control variates are kept at full width, (N, P) float32 with zeros
+outside the chosen layers (``full_width`` of :class:`~driftscope.algorithms.scaffold.ControlVariates`),
+in memory while N x P x 4 bytes fit in ``train.state_budget_mb``, else in a scratch file (a numpy
+memmap, of which only the sampled clients' rows are read and written); a change of choice zeroes
+the columns of dropped layers. That table is also the resume state, so resuming and committing need
+no second copy. The budget must hold one round with every layer chosen, (S + 3) x P x 4 bytes,
+as any layer may be chosen; a smaller one is a one-line ConfigError before training.
+
 Per round, :meth:`round_record` gives ``chosen_layers`` (L,) uint8 (1 = the layer carried control
 variates in that round) and ``layer_variance`` (L,) float64 (the round's measured V_l), which the
 run writer stores under ``algorithm/``.
@@ -140,6 +148,7 @@ class FedPVRAuto(ControlVariates):
     name = "fedpvr_auto"
     label = "FedPVR (auto head)"
     Params = FedPVRAutoParams
+    full_width = True
 
     def __init__(
         self, train: TrainConfig, params: Any, layout: ModelLayout, num_clients: int
@@ -164,6 +173,15 @@ class FedPVRAuto(ControlVariates):
         self._sumsq = np.zeros(n_layers)
         self._count = 0
         self._momentum_cache: float | torch.Tensor | None = None
+
+    def largest_selection(self) -> int:
+        """Any layer may be chosen, so one round may need every entry (none with share 0)."""
+        return self.numel if self.params.variance_share > 0 else 0
+
+    def to(self, device: Any) -> FedPVRAuto:
+        super().to(device)
+        self._sum = self._sum.to(device)
+        return self
 
     @classmethod
     def warnings(cls, train: TrainConfig) -> tuple[str, ...]:
@@ -190,26 +208,30 @@ class FedPVRAuto(ControlVariates):
         return self.layer_mask(self.chosen)
 
     def _apply(self, chosen: np.ndarray) -> None:
-        """Switch to ``chosen``: keep the control variates of layers that stay, zero for new ones."""
+        """Switch to ``chosen``: keep the control variates of layers that stay, zero for new ones
+        (their columns of the client table are zero already), zero the dropped layers' columns."""
         import numpy as np
         import torch
 
         if np.array_equal(chosen, self.chosen):
             return
         old_mask, new_mask = self.layer_mask(self.chosen), self.layer_mask(chosen)
+        device = self.c.device
         sel = Selection(new_mask)
-        c = torch.zeros(sel.size)
-        c_clients = torch.zeros(self.num_clients, sel.size)
+        sel.index = sel.index.to(device)
+        c = torch.zeros(sel.size, device=device)
         keep = old_mask & new_mask
         if bool(keep.any()):
             old_pos = (torch.cumsum(old_mask.long(), 0) - 1)[keep]
             new_pos = (torch.cumsum(new_mask.long(), 0) - 1)[keep]
-            c[new_pos] = self.c[old_pos]
-            c_clients[:, new_pos] = self.c_clients[:, old_pos]
+            c[new_pos.to(device)] = self.c[old_pos.to(device)]
+        for i in np.flatnonzero(self.chosen & ~chosen):
+            for s in self._layer_slices[i]:
+                self.c_clients[:, s] = 0  # in the scratch file: one strided pass over the rows
         self.chosen = chosen.copy()
         self.selection = sel
-        self.c, self.c_clients = c, c_clients
-        self._correction = torch.zeros(sel.size)
+        self.c = c
+        self._correction = torch.zeros(sel.size, device=device)
         self.corrects_gradient = sel.size > 0
         self._momentum_cache = None
         self.momentum_version += 1
@@ -299,24 +321,17 @@ class FedPVRAuto(ControlVariates):
         return {p.name: out.get(p.name, zeros) for p in self.layout.params}
 
     # ---------------------------------------------------------------- resume
-    def _full(self) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch
-
-        c = torch.zeros(self.numel)
-        c_clients = torch.zeros(self.num_clients, self.numel)
-        mask = self.layer_mask(self.chosen)
-        c[mask] = self.c
-        c_clients[:, mask] = self.c_clients
-        return c, c_clients
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Fixed shapes whatever the selection: ``c`` (P,) and ``c_clients`` (N, P) with zeros
-        outside the chosen layers, ``chosen`` and ``pending`` (L,) (pending all -1: none),
+        outside the chosen layers (the client table itself: a copy when in memory, the live
+        scratch-file tensor otherwise), ``chosen`` and ``pending`` (L,) (pending all -1: none),
         ``window`` (L,) f64 and ``round`` (1,)."""
         import numpy as np
         import torch
 
-        c, c_clients = self._full()
+        c = torch.zeros(self.numel, device=self.c.device)
+        c[self.selection.index] = self.c
+        c_clients = super().state_dict()["c_clients"]
         pending = (
             np.full(len(self.chosen), -1) if self._pending is None else self._pending.astype(int)
         )
@@ -336,7 +351,7 @@ class FedPVRAuto(ControlVariates):
         keys = {"c", "c_clients", "chosen", "pending", "window", "round"}
         if set(state) != keys:
             raise ValueError(f"{self.name} state needs {', '.join(sorted(keys))}")
-        c, c_clients = torch.as_tensor(state["c"]), torch.as_tensor(state["c_clients"])
+        c, c_clients = torch.as_tensor(state["c"]), state["c_clients"]  # the table: sliced later
         if tuple(c.shape) != (self.numel,) or tuple(c_clients.shape) != (
             self.num_clients,
             self.numel,
@@ -345,9 +360,7 @@ class FedPVRAuto(ControlVariates):
         chosen = np.asarray(state["chosen"]).astype(bool)
         self._apply(chosen)
         mask = self.layer_mask(chosen)
-        self.c = c[mask].to(torch.float32).clone()
-        self.c_clients = c_clients[:, mask].to(torch.float32).clone()
-        self.reset_client_cache()
+        super().load_state_dict({"c": c[mask], "c_clients": c_clients})  # the table in blocks
         pending = np.asarray(state["pending"])
         self._pending = None if (pending < 0).all() else pending.astype(bool)
         self.window = np.asarray(state["window"], dtype=np.float64).copy()

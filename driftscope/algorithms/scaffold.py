@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from driftscope.algorithms.base import Algorithm, Selection, register_algorithm
 from driftscope.errors import ConfigError
@@ -40,9 +40,16 @@ class ControlVariates(Algorithm):
     (S + 3) x M x 4 bytes; a budget below that is a one-line ConfigError. The per-client norms of
     each parameter's control variate (what the recorder stores) are kept up to date per trained
     client, (N, parameters) floats, so reading them never passes over all N x M values.
+
+    With ``full_width`` (fedpvr_auto, whose selection changes over a run) the client table has a
+    column for every entry, (N, P), zeros outside the selection, and the budget is checked against
+    the largest selection the algorithm may choose (:meth:`largest_selection`); rows are read and
+    written through :meth:`client_row` and :meth:`set_client_row`, which take the selected entries.
     """
 
     corrects_gradient = True
+    #: the client table (N, P) holds a column per entry, zeros outside the selection
+    full_width: ClassVar[bool] = False
 
     def __init__(
         self, train: TrainConfig, params: Any, layout: ModelLayout, num_clients: int
@@ -57,25 +64,27 @@ class ControlVariates(Algorithm):
         self._correction = torch.zeros(m)
         self.corrects_gradient = m > 0
         budget = train.state_budget_mb * MIB
-        per_round = (train.clients_per_round + 3) * m * 4
+        most = self.largest_selection()
+        per_round = (train.clients_per_round + 3) * most * 4
         if per_round > budget:
             raise ConfigError(
                 f"train.state_budget_mb = {train.state_budget_mb:g} MiB cannot hold one round's "
-                f"control variates ({train.clients_per_round} sampled clients + 3 vectors x {m} "
+                f"control variates ({train.clients_per_round} sampled clients + 3 vectors x {most} "
                 f"values x 4 bytes = {per_round / MIB:.1f} MiB): raise --state-budget-mb to at "
                 f"least {per_round / MIB:.1f} or lower --client-fraction"
             )
+        width = self.numel if self.full_width else m
         self._scratch: tempfile.TemporaryDirectory | None = None
         self._memmap: Any = None
-        if num_clients * m * 4 + per_round <= budget:
-            self.c_clients = torch.zeros(num_clients, m)  # client control variates, (N, M)
+        if num_clients * width * 4 + per_round <= budget:
+            self.c_clients = torch.zeros(num_clients, width)  # client control variates, (N, M)
         else:
             self._scratch = tempfile.TemporaryDirectory(prefix="driftscope-state-")
             mm = np.lib.format.open_memmap(
                 Path(self._scratch.name) / "c_clients.npy",
                 mode="w+",
                 dtype=np.float32,
-                shape=(num_clients, m),
+                shape=(num_clients, width),
             )
             self.c_clients = torch.from_numpy(mm)  # a view of the file's pages, zero-filled
             self._memmap = mm
@@ -104,15 +113,36 @@ class ControlVariates(Algorithm):
 
         return torch.ones(self.numel, dtype=torch.bool)
 
-    def _row(self, client: int) -> torch.Tensor:
-        """c_i on the training device (a view when in memory, a copy from the scratch file)."""
+    def largest_selection(self) -> int:
+        """The most entries the selection may hold during the run (what one round's budget is
+        checked against): the selection's size, as it never changes (fedpvr_auto: every entry)."""
+        return self.selection.size
+
+    def _take(self, rows: torch.Tensor) -> torch.Tensor:
+        """The selected columns of client-table rows (..., width) -> (..., M)."""
+        return self.selection.take(rows) if self.full_width else rows
+
+    def client_row(self, client: int) -> torch.Tensor:
+        """c_i (M,) on the training device (a view when in memory and not full width, else a
+        copy; read it, write it with :meth:`set_client_row`)."""
         row = self.c_clients[client]
-        return row if self.in_memory else row.to(self.c.device, non_blocking=True)
+        return self._take(row if self.in_memory else row.to(self.c.device, non_blocking=True))
+
+    def set_client_row(self, client: int, values: torch.Tensor) -> None:
+        """c_i = ``values`` (M,) (copied into the scratch file's row when not in memory)."""
+        if not self.full_width:
+            self.c_clients[client] = values
+            return
+        row, sel = self.c_clients[client], self.selection
+        if sel.slice is not None:
+            row[sel.slice] = values
+        elif sel.size:
+            row[sel.index.to(row.device)] = values.to(row.device)
 
     def begin_client(self, client: int, x: torch.Tensor) -> None:
         import torch
 
-        torch.sub(self.c, self._row(client), out=self._correction)
+        torch.sub(self.c, self.client_row(client), out=self._correction)
 
     def correct_gradient(self, grads: torch.Tensor, params: torch.Tensor, x: torch.Tensor) -> None:
         self.selection.add_(grads, self._correction)  # g[sel] += c - c_i
@@ -123,7 +153,7 @@ class ControlVariates(Algorithm):
         import torch
 
         rows = torch.tensor(clients, device=self.c_clients.device)
-        correction = self.c - self.c_clients[rows].to(self.c.device)  # (G, M); scratch file: copied
+        correction = self.c - self._take(self.c_clients[rows].to(self.c.device))  # (G, M)
         sel = self.selection
         if sel.slice is not None:
             grads[:, sel.slice].add_(correction)
@@ -139,7 +169,7 @@ class ControlVariates(Algorithm):
 
         if self.selection.size == 0:
             return None
-        c_i = self._row(client)
+        c_i = self.client_row(client)
         if steps == 0:  # no local step taken: nothing learned, control variate unchanged
             return torch.zeros_like(c_i)
         sel = self.selection
@@ -147,7 +177,7 @@ class ControlVariates(Algorithm):
             c_i, self.c, sel.take(x), sel.take(y), steps, self.train.lr
         )
         delta = new - c_i
-        self.c_clients[client] = new  # copies into the scratch file's row when not in memory
+        self.set_client_row(client, new)
         self._norms[client] = torch.stack([new[cols].norm() for cols in self._segments])
         changed = self._changed[1]
         if changed is not None:
@@ -161,7 +191,7 @@ class ControlVariates(Algorithm):
 
         self._segments = self._norm_segments()
         norms = torch.zeros(self.num_clients, len(self._segments))
-        for k, cols in enumerate(self._segments):
+        for k, cols in enumerate(self._table_segments):
             norms[:, k] = self.c_clients[:, cols].float().norm(dim=1).cpu()
         self._norms = norms.to(self.c.device)
         self._changed = [None, None]
@@ -171,7 +201,7 @@ class ControlVariates(Algorithm):
         from outside (an engine mirroring a control variate that a remote client computed)."""
         import torch
 
-        row = self._row(client)
+        row = self.client_row(client)
         self._norms[client] = torch.stack([row[cols].norm() for cols in self._segments])
         changed = self._changed[1]
         if changed is not None:
@@ -223,13 +253,15 @@ class ControlVariates(Algorithm):
         return self.numel + self.selection.size, self.numel + self.selection.size
 
     def _norm_segments(self) -> list[slice]:
-        """Column slices of c, one per parameter whose every entry carries a control variate."""
+        """Column slices of c, one per parameter whose every entry carries a control variate
+        (``_table_segments``: the same parameters' columns in the client table)."""
         import torch
 
         mask = torch.zeros(self.numel, dtype=torch.bool)
         mask[self.selection.index.cpu()] = True
         pos = torch.cumsum(mask.long(), 0) - 1  # position of each flat entry inside c
         self._segment_names = []
+        self._table_segments = []
         out = []
         for p in self.layout.params:
             seg = mask[p.offset : p.offset + p.numel]
@@ -238,6 +270,8 @@ class ControlVariates(Algorithm):
             start = int(pos[p.offset])
             out.append(slice(start, start + p.numel))
             self._segment_names.append(p.name)
+            full = slice(p.offset, p.offset + p.numel)
+            self._table_segments.append(full if self.full_width else out[-1])
         return out
 
     def state_norms(self) -> dict[str, torch.Tensor]:
@@ -272,12 +306,13 @@ class ControlVariates(Algorithm):
                 f"{tuple(self.c.shape)}, {tuple(self.c_clients.shape)}"
             )
         self.c = c.detach().to(self.c.device, self.c.dtype).clone()
-        rows = max(1, (64 * MIB) // max(1, 4 * self.selection.size))  # copy in bounded blocks
+        width = int(self.c_clients.shape[1])
+        rows = max(1, (64 * MIB) // max(1, 4 * width))  # copy in bounded blocks
         for a in range(0, self.num_clients, rows):
             block = torch.as_tensor(c_clients[a : a + rows]).detach()
             self.c_clients[a : a + rows] = block.to(self.c_clients.device, self.c_clients.dtype)
             dev_block = block.to(self._norms.device, torch.float32)
-            for k, cols in enumerate(self._segments):
+            for k, cols in enumerate(self._table_segments):
                 self._norms[a : a + rows, k] = dev_block[:, cols].norm(dim=1)
         self._changed = [None, set()]  # the next commit writes every row
         self.release_pages()

@@ -79,7 +79,7 @@ class ClientRuntime:
         if self.has_control:
             assert c is not None  # the server sends c when has_control
             algo.c = c.to(algo.c.device).clone()
-            algo.c_clients[client] = c_i
+            algo.set_client_row(client, c_i)
         result = local_train(
             sim.flat,
             sim.client_x[client],
@@ -95,7 +95,7 @@ class ClientRuntime:
         return LocalResult(
             params=result.params.cpu().clone(),
             delta=None if result.extra is None else result.extra.cpu().clone(),
-            control=algo.c_clients[client].cpu().clone() if self.has_control else None,
+            control=algo.client_row(client).cpu().clone() if self.has_control else None,
             num_samples=result.num_samples,
             steps=result.steps,
             train_loss=result.train_loss,

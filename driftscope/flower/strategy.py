@@ -354,7 +354,8 @@ class DriftscopeStrategy(Strategy):
                 delta = None
                 if wire.CONTROL in content:
                     delta = wire.record_vector(content[wire.CONTROL], wire.CONTROL_DELTA)
-                    self.algorithm.c_clients[client].add_(delta)  # mirror c_i for its norm
+                    c_i = self.algorithm.client_row(client) + delta  # mirror c_i for its norm
+                    self.algorithm.set_client_row(client, c_i)
                     self.algorithm.refresh_norms(client)
                 extras.append(delta)
                 m = content[wire.METRICS]
