@@ -22,6 +22,13 @@ draws each client's dropout masks from torch's global generator seeded per clien
 vmap (which draws one mask for the whole group) cannot reproduce; models with buffers (BatchNorm
 running statistics) also train sequentially.
 
+Devices: the group trains on the model's device (``train.device``; the simulator's model is
+bound to flat parameters there) exactly as :func:`~driftscope.local.local_train` does: batch
+permutations and augmentation draws come from each client's CPU generator (a permutation is moved
+to the device once per pass when the client's data are there), data held in host memory are copied
+to the device batch by batch, the per-parameter momentum is moved to the device, and losses are
+summed on the device (float32 on mps, which has no float64), so every device sees the same batches.
+
 When the batched path is used is :func:`use_batched`: ``train.batched`` "on" / "off", or "auto",
 a fixed rule from the measurements in ``benchmarks/batched_clients.py`` (no timing at run time).
 """
@@ -88,7 +95,8 @@ def group_size(numel: int) -> int:
 
 
 class _Client:
-    """One client's stream of batches (the same draws, in the same order, as local_train)."""
+    """One client's stream of batches on ``device`` (the same draws, in the same order and on the
+    same devices, as local_train)."""
 
     def __init__(
         self,
@@ -99,19 +107,26 @@ class _Client:
         seed: int,
         round: int,
         client: int,
+        device: torch.device,
     ) -> None:
         self.x, self.y = data_x, data_y
         self.n = len(data_y)
+        self.device = device
+        self.on_device = data_x.device == device
         self.gen = torch_generator(seed, "batches", round, client)
-        self.indices = batches(self.n, train, self.gen)
+        self.indices = batches(self.n, train, self.gen, device if self.on_device else None)
         self.augmentation = augmentation
         self.next_idx = next(self.indices, None)
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This client's next batch (augmented and normalised with its own generator)."""
+        """This client's next batch on the device (augmented and normalised with its own
+        generator)."""
         idx = self.next_idx
         assert idx is not None
         xb, yb = self.x[idx], self.y[idx]
+        if not self.on_device:  # host memory: copied per batch
+            xb = xb.to(self.device, non_blocking=True)
+            yb = yb.to(self.device, non_blocking=True)
         aug = self.augmentation
         if aug is not None:
             xb = (augment_batch(xb, aug.padding, self.gen) - aug.mean) / aug.std
@@ -173,11 +188,15 @@ def _train_group(
     g_all = len(clients)
     names = [name for name, _ in model.named_parameters()]
     infos = layout.params
+    device = next(model.parameters()).device  # train.device: where the simulator bound it
+    x = x.to(device)  # (the simulator's x is there already)
     params = x.expand(g_all, -1).clone()  # (G, P): row k is client k's model
     for client in clients:
         algorithm.begin_client(client, x)
     correct = algorithm.corrects_gradient
     momentum = algorithm.momentum()
+    if isinstance(momentum, torch.Tensor):  # per-parameter (P,), built on the CPU
+        momentum = momentum.to(device)
     use_momentum = isinstance(momentum, torch.Tensor) or momentum > 0
     buf = torch.zeros_like(params) if use_momentum else None
     lr, wd = train.lr, train.weight_decay
@@ -193,11 +212,12 @@ def _train_group(
     step_fn = vmap(grad(loss_fn, has_aux=True))
 
     streams = [
-        _Client(dx, dy, train, augmentation, seed, round, c)
+        _Client(dx, dy, train, augmentation, seed, round, c, device)
         for (dx, dy), c in zip(data, clients, strict=True)
     ]
-    total_loss = torch.zeros(g_all, dtype=torch.float64, device=x.device)
-    correct_count = torch.zeros(g_all, dtype=torch.int64, device=x.device)
+    loss_dtype = torch.float32 if device.type == "mps" else torch.float64  # as local_train
+    total_loss = torch.zeros(g_all, dtype=loss_dtype, device=device)
+    correct_count = torch.zeros(g_all, dtype=torch.int64, device=device)
     seen = [0] * g_all
     steps = [0] * g_all
     while True:
@@ -211,7 +231,7 @@ def _train_group(
             pairs = [streams[k].take() for k in rows]
             xb = torch.stack([p[0] for p in pairs])
             yb = torch.stack([p[1] for p in pairs])
-            rows_t = torch.tensor(rows, device=x.device)
+            rows_t = torch.tensor(rows, device=device)
             index = None if len(rows) == g_all else rows_t
             y = params if index is None else params.index_select(0, index)
             g = len(rows)
@@ -237,7 +257,7 @@ def _train_group(
                 if index is not None:
                     params.index_copy_(0, index, y)
                 n_b = yb.shape[1]
-                total_loss.index_add_(0, rows_t, (loss.detach() * n_b).double())
+                total_loss.index_add_(0, rows_t, (loss.detach() * n_b).to(loss_dtype))
                 correct_count.index_add_(0, rows_t, hits)
                 for k in rows:
                     seen[k] += n_b

@@ -22,6 +22,7 @@ from driftscope.algorithms.base import Algorithm
 from driftscope.config import RunConfig
 from driftscope.errors import ConfigError
 from driftscope.events import Hook
+from driftscope.local import batches as local_batches
 from driftscope.models import build_model, model_layout
 from driftscope.simulator import Simulator
 
@@ -195,3 +196,86 @@ def test_recorded_run_same_as_sequential(few_digits, tmp_path):
         for p in a.params:
             assert a.gram(p.name) == pytest.approx(b.gram(p.name), rel=1e-4, abs=1e-9)
             assert a.updates(p.name) == pytest.approx(b.updates(p.name), abs=1e-5)
+
+
+# ------------------------------------------------------------------ the device code path
+# No GPU here: these run the device path with the CPU device (given explicitly), the host-data
+# placement the simulator picks when the data do not fit on the device, and the batch-by-batch
+# copy of host data forced on; the cuda/mps placements themselves are not exercised.
+
+DEVICE_RUN = {"train.algorithm": "fedpvr", "train.momentum": 0.0} | VARIANTS["augment-wd"]
+
+
+def test_batched_explicit_cpu_and_host_data(digits64, monkeypatch):
+    """``--device cpu`` given explicitly equals the default bit for bit on the batched path, and
+    so do client data kept in host memory; both equal the sequential path (per-parameter momentum,
+    augmentation, weight decay and control variates all on the device path)."""
+    import driftscope.simulator as simulator_module
+
+    monkeypatch.setattr(batched, "MAX_GROUP", 3)
+    default = run(digits64, "on", **DEVICE_RUN)
+    explicit = run(digits64, "on", **DEVICE_RUN, **{"train.device": "cpu"})
+    sequential = run(digits64, "off", **DEVICE_RUN, **{"train.device": "cpu"})
+    assert explicit[0].device == torch.device("cpu")
+    assert isinstance(explicit[0].algorithm.momentum(), torch.Tensor)  # per-parameter momentum
+    assert_same(explicit, default, atol=0)
+    assert_same(explicit, sequential, atol=1e-11)
+    monkeypatch.setattr(simulator_module, "data_fits", lambda nbytes, device: False)
+    host = run(digits64, "on", **DEVICE_RUN, **{"train.device": "cpu"})
+    assert not host[0].data_on_device
+    assert_same(host, default, atol=0)
+
+
+def _recorded_batches(monkeypatch, module) -> list[list[torch.Tensor]]:
+    """Every index tensor ``module.batches`` yields, one list per client."""
+    seen: list[list[torch.Tensor]] = []
+
+    def spy(*args, **kwargs):
+        mine: list[torch.Tensor] = []  # the batched path interleaves its clients' streams
+        seen.append(mine)
+        for idx in local_batches(*args, **kwargs):  # the function, not a spy patched before
+            mine.append(idx.clone())
+            yield idx
+
+    monkeypatch.setattr(module, "batches", spy)
+    return seen
+
+
+def test_batched_draws_the_sequential_paths_batches(few_digits, monkeypatch):
+    """The same permutations, client by client and step by step, as local_train draws (from each
+    client's CPU generator, moved to the device as local_train moves them)."""
+    from driftscope import local
+
+    monkeypatch.setattr(batched, "MAX_GROUP", 3)
+    values = {"train.device": "cpu", "data.augment": True, "train.local_epochs": 2}
+    seq_batches = _recorded_batches(monkeypatch, local)
+    run(few_digits, "off", **values)
+    bat_batches = _recorded_batches(monkeypatch, batched)
+    run(few_digits, "on", **values)
+    assert len(seq_batches) == len(bat_batches) == 2 * 7  # two rounds of 7 clients
+    assert {len(b) for b in seq_batches} != {1}  # several steps, unequal clients
+    for s, b in zip(seq_batches, bat_batches, strict=True):
+        assert len(s) == len(b)
+        for x, y in zip(s, b, strict=True):
+            assert x.device == y.device and torch.equal(x, y)
+
+
+def test_a_client_with_host_data_copies_each_batch_to_the_device(few_digits):
+    """The host-memory branch (data off the training device: copied batch by batch), forced on
+    with the CPU as the device: the same batches, augmentation draws included, as data on it."""
+    from driftscope.local import Augmentation
+
+    cfg = RunConfig().replace({"train.batch_size": 16, "train.local_epochs": 2})
+    aug = Augmentation(1, torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+    x, y = few_digits.train_x[:50], few_digits.train_y[:50]
+    cpu = torch.device("cpu")
+    on = batched._Client(x, y, cfg.train, aug, 0, 1, 2, cpu)
+    off = batched._Client(x, y, cfg.train, aug, 0, 1, 2, cpu)
+    assert on.on_device
+    off.on_device = False
+    taken = 0
+    while on.next_idx is not None:
+        (xa, ya), (xb, yb) = on.take(), off.take()
+        assert xb.device == cpu and torch.equal(xa, xb) and torch.equal(ya, yb)
+        taken += 1
+    assert off.next_idx is None and taken == 2 * 4  # 50 samples: 4 batches a pass
