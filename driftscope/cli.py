@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from driftscope.cli_flags import (
     FLAG_KEYS,
@@ -31,7 +33,7 @@ from driftscope.cli_flags import (
     run_flags,
 )
 from driftscope.commands import COMMANDS
-from driftscope.errors import DriftscopeError
+from driftscope.errors import DriftscopeError, SettingsWarning
 
 __all__ = [
     "COMMANDS",
@@ -164,13 +166,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(show: Any) -> Any:
+    """``warnings.showwarning`` that prints a :class:`SettingsWarning` (emitted by
+    :func:`driftscope.train` and the Flower strategy) as one ``driftscope: warning:`` line and
+    hands every other warning to ``show``."""
+
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, SettingsWarning):
+            print(f"driftscope: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from driftscope.signals import sigterm_as_interrupt
 
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), warnings.catch_warnings():
+            warnings.simplefilter("default", SettingsWarning)  # each text once per main()
+            warnings.showwarning = _show_warning(warnings.showwarning)
             return COMMANDS[args.command](args)
     except DriftscopeError as err:
         print(f"driftscope: error: {err}", file=sys.stderr)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -349,12 +348,6 @@ def apply_threads(cfg: RunConfig, requested: int | None) -> str:
     threads, why = choose_threads(num_params, requested, torch.get_num_threads())
     torch.set_num_threads(threads)
     return f"torch threads: {threads} ({cfg.model.name}, {why})"
-
-
-def warn_about(cfg: RunConfig) -> None:
-    """Print the chosen algorithm's warnings about questionable but legal settings."""
-    for line in ALGORITHMS.get(cfg.train.algorithm).warnings(cfg.train):
-        print(f"driftscope: warning: {line}", file=sys.stderr)
 
 
 def default_out(cfg: RunConfig) -> Path:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from driftscope.cli_flags import apply_threads, default_out, resolve_config, warn_about
+from driftscope.cli_flags import apply_threads, default_out, resolve_config
 from driftscope.config import RunConfig
 from driftscope.errors import ConfigError, DriftscopeError
 
@@ -34,7 +34,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_output(out, args.overwrite)  # before any data is loaded or any file is touched
         requested = args.threads
-    warn_about(cfg)
     threads = apply_threads(cfg, requested)
     if args.engine == "flower":
         from driftscope.flower import require_flwr

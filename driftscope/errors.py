@@ -30,3 +30,9 @@ class DivergenceError(DriftscopeError):
     """Training produced a non-finite loss; the run file keeps every completed round."""
 
     exit_code = 3
+
+
+class SettingsWarning(UserWarning):
+    """A legal but questionable combination of settings (e.g. momentum with control variates),
+    from :meth:`Algorithm.warnings`: :func:`driftscope.train` and the Flower strategy warn with it
+    (:func:`driftscope.algorithms.warn_settings`); the CLI prints it as ``driftscope: warning:``."""

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from driftscope.algorithms import warn_settings
 from driftscope.config import RunConfig
 from driftscope.data import Dataset
 from driftscope.errors import DivergenceError, RunFileError
@@ -48,6 +49,7 @@ def train(
     whose config must equal ``cfg`` (see :func:`resume`).
     """
     out = Path(out)
+    warn_settings(cfg.train, stacklevel=2)  # e.g. momentum with control variates
     with sigterm_as_interrupt():
         if resume:
             _check_same_config(out, cfg, resume_config(out))

@@ -331,6 +331,40 @@ def test_momentum_warnings_name_the_combination():
     assert ALGORITHMS.get("fedprox").warnings(TrainConfig(algorithm="fedprox", momentum=0.9)) == ()
 
 
+def _settings_warnings(record) -> list[str]:
+    from driftscope.errors import SettingsWarning
+
+    return [str(w.message) for w in record if issubclass(w.category, SettingsWarning)]
+
+
+def test_train_warns_about_momentum_with_control_variates(tmp_path, digits, capsys):
+    """The library API warns (``warnings.warn``, pointing at the caller's line); the CLI prints
+    the same warning once as a ``driftscope: warning:`` line."""
+    import warnings
+
+    from driftscope.cli import main
+    from driftscope.errors import SettingsWarning
+
+    over = dict(train__rounds=1, train__local_steps=1, train__clients=3, record__enabled=False)
+    with pytest.warns(SettingsWarning, match="momentum 0.5 with SCAFFOLD") as record:
+        train(small_config(**over, train__algorithm="scaffold", train__momentum=0.5),
+              tmp_path / "s.h5", dataset=digits)  # fmt: skip
+    assert len(_settings_warnings(record)) == 1
+    assert record[0].filename == __file__  # stacklevel: the user's train(...) line
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        train(small_config(**over, train__algorithm="fedavg", train__momentum=0.9),
+              tmp_path / "a.h5", dataset=digits)  # fmt: skip
+    assert _settings_warnings(record) == []
+    argv = ["run", "--algorithm", "fedpvr", "--momentum", "0.5", "--rounds", "1"]
+    argv += ["--local-steps", "1", "--clients", "3", "--no-record", "--quiet"]
+    for name in ("c1.h5", "c2.h5"):  # each main() prints it, once
+        assert main([*argv, "--out", str(tmp_path / name)]) == 0
+        err = capsys.readouterr().err
+        assert err.count("driftscope: warning: momentum 0.5 also applies to FedPVR's head") == 1
+        assert err.count("warning") == 1, err
+
+
 def test_algorithm_modules_do_not_import_torch():
     code = (
         "import sys; import driftscope.algorithms, driftscope.config, driftscope.models, "

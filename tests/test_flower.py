@@ -166,6 +166,15 @@ def test_nodes_without_distinct_partition_ids_are_a_one_line_error(digits):
         strategy.start(LocalGrid(client_app, 2))
 
 
+def test_the_strategy_warns_about_momentum_with_control_variates(digits):
+    from driftscope.errors import SettingsWarning
+
+    cfg = small_config(train__clients=3, train__algorithm="scaffold", train__momentum=0.5)
+    with pytest.warns(SettingsWarning, match="momentum 0.5 with SCAFFOLD") as record:
+        DriftscopeStrategy(cfg, None, dataset=digits)
+    assert record[0].filename == __file__
+
+
 def test_flwr_missing_is_a_one_line_error_naming_the_extra(monkeypatch, capsys, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(

@@ -14,6 +14,7 @@ from driftscope.algorithms.base import (
     NoParams,
     build_algorithm,
     register_algorithm,
+    warn_settings,
 )
 from driftscope.algorithms.fedavg import FedAvg
 from driftscope.algorithms.fedprox import FedProx
@@ -32,4 +33,5 @@ __all__ = [
     "Scaffold",
     "build_algorithm",
     "register_algorithm",
+    "warn_settings",
 ]

@@ -23,10 +23,12 @@ import it), so parsing arguments and validating configs stay torch-free.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from driftscope.errors import SettingsWarning
 from driftscope.registry import Registry
 
 if TYPE_CHECKING:
@@ -173,6 +175,16 @@ def register_algorithm(cls: A) -> A:
         raise TypeError(f"{cls.__name__} must set its own name and label")
     ALGORITHMS.register(cls.name, cls)
     return cls
+
+
+def warn_settings(train: TrainConfig, stacklevel: int = 1) -> tuple[str, ...]:
+    """Warn (:class:`~driftscope.errors.SettingsWarning`) with each of the chosen algorithm's
+    :meth:`Algorithm.warnings` about ``train``; returns them. ``stacklevel`` 1 points the warning
+    at the caller of this function, 2 at its caller's caller (the user's ``train(...)`` line)."""
+    lines = ALGORITHMS.get(train.algorithm).warnings(train)
+    for line in lines:
+        warnings.warn(line, SettingsWarning, stacklevel=stacklevel + 1)
+    return lines
 
 
 def build_algorithm(train: TrainConfig, layout: ModelLayout, num_clients: int) -> Algorithm:

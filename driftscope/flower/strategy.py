@@ -109,8 +109,10 @@ class DriftscopeStrategy(Strategy):
         hooks: Sequence[Hook] = (),
         node_wait_s: float = NODE_WAIT_S,
     ) -> None:
+        from driftscope.algorithms import warn_settings
         from driftscope.simulator import Simulator
 
+        warn_settings(cfg.train, stacklevel=2)  # as driftscope.train does
         self.cfg = cfg
         # The server's copy of the run: layout, algorithm state, test set, the initial model.
         self.sim = Simulator(cfg, dataset)
