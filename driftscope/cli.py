@@ -35,6 +35,16 @@ from driftscope.cli_flags import (
 from driftscope.commands import COMMANDS
 from driftscope.errors import DriftscopeError, SettingsWarning
 
+#: ``compare --arms`` names, as registered in ``experiments.ARMS`` (kept here so parsing stays
+#: free of pandas; a test holds the two equal)
+COMPARE_ARM_NAMES = (
+    "fedavg",
+    "scaffold",
+    "fedpvr_body_momentum_09",
+    "fedpvr_no_momentum",
+    "fedpvr_auto",
+)
+
 __all__ = [
     "COMMANDS",
     "FLAG_KEYS",
@@ -137,12 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="algorithms side by side over several seeds",
         description="Train FedAvg, SCAFFOLD and FedPVR (with and without body momentum) for each seed "
         "with the same hyperparameters (the default config, or --config), recording off; print "
-        "final accuracy and rounds to a target as mean ± std over seeds, and communication.",
+        "final accuracy and rounds to a target as mean ± std over seeds, and communication. "
+        "--arms picks the arms, e.g. fedavg fedpvr_no_momentum fedpvr_auto (FedPVR with a "
+        "drift-chosen head).",
     )
     p.add_argument("--config", metavar="FILE", help="base TOML config [the default]")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--target", type=float, default=0.9, help="target test accuracy, in (0, 1]")
     p.add_argument("--out", metavar="DIR", default="runs/compare", help="folder for run files")
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        metavar="ARM",
+        help=f"arms to train, in this order: any of {', '.join(COMPARE_ARM_NAMES)} "
+        f"[the first four]",
+    )
     p.add_argument("--csv", metavar="PATH", help="also write the per-seed results")
     p.add_argument("--quiet", "-q", action="store_true")
     _add_threads(p)

@@ -143,11 +143,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not 0 < args.target <= 1:
         raise ConfigError(f"--target must be in (0, 1] (got {args.target}): a test accuracy")
     base = RunConfig.from_toml(args.config) if args.config else RunConfig()
-    threads = apply_threads(base, args.threads)
-    from driftscope.experiments import compare, summarize
+    from driftscope.experiments import compare, compare_arms, summarize
     from driftscope.report import format_compare, markdown_table
 
-    results = compare(base, args.seeds, Path(args.out), args.target, progress=not args.quiet)
+    arms = compare_arms(args.arms)  # an unknown name fails before any training
+    threads = apply_threads(base, args.threads)
+    results = compare(
+        base, args.seeds, Path(args.out), args.target, arms=arms, progress=not args.quiet
+    )
     if args.csv:
         results.to_csv(args.csv, index=False)
     print(markdown_table(format_compare(summarize(results), args.target)))

@@ -21,15 +21,18 @@ import pandas as pd
 from driftscope.analysis.tables import layer_summary
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, load_dataset
-from driftscope.errors import DivergenceError
+from driftscope.errors import ConfigError, DivergenceError
 from driftscope.reader import open_run
+from driftscope.registry import Registry
 
 __all__ = [
+    "ARMS",
     "COMPARE_ARMS",
     "REPRODUCE_ARMS",
     "Arm",
     "ReproduceResult",
     "compare",
+    "compare_arms",
     "reproduce",
     "rounds_to",
     "summarize",
@@ -64,6 +67,29 @@ COMPARE_ARMS = (
         {"train.algorithm": "fedpvr", "train.params.body_momentum": None},
     ),
 )
+
+#: every arm ``compare`` knows, by name (``driftscope compare --arms NAME ...``): the default
+#: arms, then FedPVR whose control-variate layers are chosen from measured drift
+ARMS: Registry[Arm] = Registry("compare arm")
+for _arm in (
+    *COMPARE_ARMS,
+    Arm("fedpvr_auto", "FedPVR (auto head)", {"train.algorithm": "fedpvr_auto"}),
+):
+    ARMS.register(_arm.name, _arm)
+
+
+def compare_arms(names: Sequence[str] | None = None) -> tuple[Arm, ...]:
+    """The arms named (in that order) from :data:`ARMS`; None: :data:`COMPARE_ARMS`. An unknown
+    or repeated name is a one-line :class:`~driftscope.errors.ConfigError`."""
+    if names is None:
+        return COMPARE_ARMS
+    if not names:
+        raise ConfigError(f"--arms needs at least one arm: choose from {', '.join(ARMS.names())}")
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise ConfigError(f"--arms names {repeated[0]} twice: name each arm once")
+    return tuple(ARMS.get(name) for name in names)
+
 
 REPRODUCE_ARMS = (
     Arm("fedavg", "FedAvg", {"train.algorithm": "fedavg"}),

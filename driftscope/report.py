@@ -235,7 +235,11 @@ def format_compare(summary: pd.DataFrame, target: float) -> pd.DataFrame:
                     if s.reached == s.seeds
                     else f"{s.reached}/{s.seeds} seeds reached"
                 ),
-                "communication / round vs FedAvg": f"{s.communication_vs_baseline:.3f}x",
+                "communication / round vs FedAvg": (
+                    f"{s.communication_vs_baseline:.3f}x"
+                    if np.isfinite(s.communication_vs_baseline)
+                    else "- (no FedAvg arm)"
+                ),
             }
         )
     return pd.DataFrame(rows)

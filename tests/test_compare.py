@@ -9,7 +9,16 @@ import pandas as pd
 import pytest
 from conftest import small_config
 
-from driftscope.experiments import Arm, compare, rounds_to, summarize
+from driftscope.errors import ConfigError
+from driftscope.experiments import (
+    ARMS,
+    COMPARE_ARMS,
+    Arm,
+    compare,
+    compare_arms,
+    rounds_to,
+    summarize,
+)
 from driftscope.reader import open_run
 from driftscope.report import format_compare
 
@@ -62,3 +71,40 @@ def test_a_diverging_arm_is_a_row_not_a_crash(tmp_path, digits):
     with open_run(tmp_path / "fedavg_lr_1e6-seed0.h5") as run:
         assert run.status == "diverged"
         assert "round 0" in run.status_message
+
+
+def test_arms_by_name_default_unchanged_and_one_line_errors():
+    from driftscope.cli import COMPARE_ARM_NAMES
+
+    assert ARMS.names() == COMPARE_ARM_NAMES  # the CLI's help lists what the registry holds
+    assert compare_arms() == COMPARE_ARMS == tuple(ARMS.get(n) for n in COMPARE_ARM_NAMES[:4])
+    arms = compare_arms(["fedpvr_auto", "fedavg"])
+    assert [a.label for a in arms] == ["FedPVR (auto head)", "FedAvg"]
+    assert arms[0].overrides == {"train.algorithm": "fedpvr_auto"}
+    with pytest.raises(ConfigError, match="did you mean 'fedpvr_auto'") as err:
+        compare_arms(["fedpvr-auto"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="names fedavg twice"):
+        compare_arms(["fedavg", "scaffold", "fedavg"])
+
+
+def test_cli_compare_with_the_auto_head_arm(tmp_path, capsys):
+    """``--arms fedavg fedpvr_auto``: two rows; the auto head costs more than FedAvg once its
+    layers are chosen (after the 5 warm-up rounds of FedAvg)."""
+    from driftscope.cli import main
+
+    config = tmp_path / "small.toml"
+    config.write_text("[train]\nrounds = 7\nlocal_steps = 1\nclients = 4\n")
+    argv = ["compare", "--config", str(config), "--seeds", "0", "--target", "0.2", "--quiet"]
+    argv += ["--out", str(tmp_path / "runs"), "--csv", str(tmp_path / "c.csv")]
+    assert main([*argv, "--arms", "fedavg", "fedpvr_auto"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| FedPVR (auto head)")]
+    assert len(rows) == 1 and "| FedAvg |" in out and "SCAFFOLD" not in out
+    ratio = float(rows[0].rstrip(" |").rsplit("|", 1)[1].strip().rstrip("x"))
+    assert 1.0 < ratio < 2.0
+    assert (tmp_path / "runs" / "fedpvr_auto-seed0.h5").exists()
+    assert main([*argv, "--arms", "fedpvr_auto"]) == 0  # no FedAvg arm: no ratio to it
+    assert "- (no FedAvg arm)" in capsys.readouterr().out
+    assert main([*argv, "--arms", "fedpvr"]) == 2
+    assert "unknown compare arm 'fedpvr'" in capsys.readouterr().err
