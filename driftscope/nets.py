@@ -2,6 +2,7 @@
 
 * :class:`SmallCNN`: 4 conv layers (16, 32, pool, 64, 64, pool, global average) and a 3-layer
   linear head (64, 64, classes), like VGG-11 in miniature; fits 8x8, 28x28 and 32x32 images.
+  Built by :func:`small_cnn_layers`, which also builds its 1-D twin (:mod:`driftscope.nets_1d`).
 * :class:`VGG11`: the FedPVR paper's VGG-11 without BatchNorm for 32x32 inputs.
 * :class:`MLP`: two hidden layers of 200.
 
@@ -17,13 +18,14 @@ from torch import nn
 
 
 def he_init(model: nn.Module) -> nn.Module:
-    """Kaiming-normal weights (fan-in, ReLU) and zero biases for every conv and linear layer.
+    """Kaiming-normal weights (fan-in, ReLU) and zero biases for every conv (1-D or 2-D) and
+    linear layer, in module order.
 
     torch's default init scales ReLU networks without BatchNorm down layer by layer; on the small
     models it leaves FedAvg on a plateau at chance for tens of rounds.
     """
     for module in model.modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -46,37 +48,52 @@ def vgg_init(model: nn.Module) -> nn.Module:
     return model
 
 
-class SmallCNN(nn.Module):
-    """Conv body (16, 32, M, 64, 64, M, global average pool) and a 3-layer linear head.
+def small_cnn_layers(
+    in_channels: int, num_classes: int, width: int, kernel: int, dims: int
+) -> tuple[nn.Sequential, nn.Sequential]:
+    """SmallCNN's ``features`` and ``classifier`` in ``dims`` = 2 (images) or 1 (signals)
+    dimensions: conv body (w, 2w, M, 4w, 4w, M, global average pool; ``kernel``, same padding)
+    and a 3-layer linear head (4w, 4w, classes). Modules are created in this order, so with
+    :func:`he_init` after it a fixed seed gives the same parameters whatever builds them."""
+    conv = {1: nn.Conv1d, 2: nn.Conv2d}[dims]
+    pool = {1: nn.MaxPool1d, 2: nn.MaxPool2d}[dims]
+    gap = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}[dims]
+    w, p = width, kernel // 2
+    features = nn.Sequential(
+        conv(in_channels, w, kernel, padding=p),
+        nn.ReLU(),
+        conv(w, 2 * w, kernel, padding=p),
+        nn.ReLU(),
+        pool(2),
+        conv(2 * w, 4 * w, kernel, padding=p),
+        nn.ReLU(),
+        conv(4 * w, 4 * w, kernel, padding=p),
+        nn.ReLU(),
+        pool(2),
+        gap(1),
+        nn.Flatten(),
+    )
+    classifier = nn.Sequential(
+        nn.Linear(4 * w, 4 * w),
+        nn.ReLU(),
+        nn.Linear(4 * w, 4 * w),
+        nn.ReLU(),
+        nn.Linear(4 * w, num_classes),
+    )
+    return features, classifier
 
-    Initialised with :func:`he_init`.
+
+class SmallCNN(nn.Module):
+    """Conv body (16, 32, M, 64, 64, M, global average pool; 3x3) and a 3-layer linear head
+    (:func:`small_cnn_layers` in 2-D). Initialised with :func:`he_init`.
     """
 
     head_prefixes = ("classifier",)
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 16) -> None:
         super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(w, 2 * w, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(4 * w, 4 * w, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.classifier = nn.Sequential(
-            nn.Linear(4 * w, 4 * w),
-            nn.ReLU(),
-            nn.Linear(4 * w, 4 * w),
-            nn.ReLU(),
-            nn.Linear(4 * w, num_classes),
+        self.features, self.classifier = small_cnn_layers(
+            in_channels, num_classes, width, kernel=3, dims=2
         )
         he_init(self)
 

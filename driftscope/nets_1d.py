@@ -1,6 +1,7 @@
 """Networks for 1-D signals (MNIST-1D): ``cnn1d``, a small 1-D CNN with a declared 3-layer head.
 
-``CNN1D`` is :class:`~driftscope.models.SmallCNN` in one dimension, so a run on MNIST-1D differs
+``CNN1D`` is :class:`~driftscope.nets.SmallCNN` in one dimension (the same builder,
+:func:`~driftscope.nets.small_cnn_layers`, with ``dims=1``), so a run on MNIST-1D differs
 from the digits default in the data, not in the shape of the network: a conv body (16, 32, M, 64,
 64, M, global average pool; kernel 5, padding 2) and a linear head (64, 64, classes) declared by
 ``head_prefixes = ("classifier",)``. 33,536 body and 8,970 head parameters for one input channel
@@ -16,48 +17,21 @@ import torch
 from torch import nn
 
 from driftscope.errors import ConfigError
-
-
-def he_init_1d(model: nn.Module) -> nn.Module:
-    """Kaiming-normal weights (fan-in, ReLU) and zero biases for every Conv1d and Linear."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv1d | nn.Linear):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-    return model
+from driftscope.nets import he_init, small_cnn_layers
 
 
 class CNN1D(nn.Module):
-    """Conv1d body (16, 32, M, 64, 64, M, global average pool) and a 3-layer linear head."""
+    """Conv1d body (16, 32, M, 64, 64, M, global average pool; kernel 5) and a 3-layer linear
+    head (:func:`~driftscope.nets.small_cnn_layers` in 1-D)."""
 
     head_prefixes = ("classifier",)
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 16, kernel: int = 5):
         super().__init__()
-        w, k, p = width, kernel, kernel // 2
-        self.features = nn.Sequential(
-            nn.Conv1d(in_channels, w, k, padding=p),
-            nn.ReLU(),
-            nn.Conv1d(w, 2 * w, k, padding=p),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.Conv1d(2 * w, 4 * w, k, padding=p),
-            nn.ReLU(),
-            nn.Conv1d(4 * w, 4 * w, k, padding=p),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.AdaptiveAvgPool1d(1),
-            nn.Flatten(),
+        self.features, self.classifier = small_cnn_layers(
+            in_channels, num_classes, width, kernel=kernel, dims=1
         )
-        self.classifier = nn.Sequential(
-            nn.Linear(4 * w, 4 * w),
-            nn.ReLU(),
-            nn.Linear(4 * w, 4 * w),
-            nn.ReLU(),
-            nn.Linear(4 * w, num_classes),
-        )
-        he_init_1d(self)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, 1, L) or (B, C, L) -> logits (B, num_classes)."""
