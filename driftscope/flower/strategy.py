@@ -20,11 +20,10 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from logging import INFO, WARNING
+from logging import INFO
 from types import MappingProxyType
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -39,55 +38,12 @@ from driftscope.config import RunConfig
 from driftscope.data import Dataset
 from driftscope.errors import DivergenceError
 from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunEnded, RunStarted
-from driftscope.flower import ENGINE, FlowerRunError, wire
-from driftscope.runfile import RunWriter, append, growable
+from driftscope.flower import ENGINE, wire
+from driftscope.flower.failures import FailureLog
+from driftscope.flower.nodes import map_nodes, sort_replies
+from driftscope.runfile import RunWriter
 
 NODE_WAIT_S = 120.0  # how long to wait for every SuperNode to connect
-
-
-class FailureLog(Hook):
-    """Writes ``/clients/failed`` (round, client) int8: 1 where a sampled client failed.
-
-    Put it after the recorder among the hooks (the trainer commits the round after all of them).
-    """
-
-    def __init__(self, file: h5py.File, num_clients: int) -> None:
-        self.ds = growable(
-            file.require_group(schema.CLIENTS),
-            schema.CLIENT_FAILED.split("/", 1)[1],
-            (num_clients,),
-            np.int8,
-            schema.AX_ROUND_CLIENT,
-        )
-        self.ds.attrs["description"] = (
-            "1 where a sampled client's reply was an error or never came; "
-            "its Gram rows are NaN and it is left out of the average"
-        )
-        self.num_clients = num_clients
-        self.failed: dict[int, str] = {}
-
-    def on_round_end(self, event: RoundEnded) -> None:
-        row = np.zeros(self.num_clients, dtype=np.int8)
-        row[list(self.failed)] = 1
-        append(self.ds, row)
-        if self.failed:
-            self._blank_cka(event.round, [event.clients.index(c) for c in self.failed])
-
-    def _blank_cka(self, round: int, slots: list[int]) -> None:
-        """NaN the failed clients' rows of this round's probe CKA (the recorder probed the global
-        model in their place: it cannot run a model that does not exist)."""
-        file = self.ds.file
-        if schema.CKA_ROUND not in file or schema.CKA not in file:
-            return
-        rounds = file[schema.CKA_ROUND]
-        if not rounds.shape[0] or int(rounds[-1]) != round:
-            return
-        for kind in file[schema.CKA].values():
-            for ds in kind.values():
-                block = ds[-1]
-                block[slots, :] = np.nan
-                block[:, slots] = np.nan
-                ds[-1] = block
 
 
 class DriftscopeStrategy(Strategy):
@@ -223,57 +179,15 @@ class DriftscopeStrategy(Strategy):
             "on" if self.cfg.record.enabled else "off",
         )
 
-    # ------------------------------------------------------------------ clients and nodes
-    def _map_nodes(self, grid: Grid, timeout: float) -> None:
-        """Ask every node for its partition id, once: client i is the node with partition-id i."""
-        deadline = time.monotonic() + self.node_wait_s
-        while len(nodes := list(grid.get_node_ids())) < self.num_clients:
-            if time.monotonic() > deadline:
-                raise FlowerRunError(
-                    f"only {len(nodes)} of {self.num_clients} SuperNodes connected after "
-                    f"{self.node_wait_s:.0f} s: start one SuperNode per client "
-                    "(--node-config 'partition-id=I num-partitions=N')"
-                )
-            time.sleep(0.5)
-        asks = [
-            Message(
-                RecordDict({wire.CONFIG: ConfigRecord({})}),
-                dst_node_id=n,
-                message_type=MessageType.QUERY,
-            )
-            for n in nodes
-        ]
-        for reply in grid.send_and_receive(asks, timeout=min(timeout, self.node_wait_s)):
-            if reply.has_error():
-                log(
-                    WARNING,
-                    "node %d did not say its partition id: %s",
-                    reply.metadata.src_node_id,
-                    reply.error.reason,
-                )
-                continue
-            pid = int(reply.content[wire.METRICS][wire.PARTITION_ID])
-            node = reply.metadata.src_node_id
-            if pid in self._node_of and self._node_of[pid] != node:
-                raise FlowerRunError(
-                    f"two SuperNodes say partition-id={pid}: give each node a distinct partition-id"
-                )
-            self._node_of[pid] = node
-            self._client_of[node] = pid
-        missing = [c for c in range(self.num_clients) if c not in self._node_of]
-        if missing:
-            raise FlowerRunError(
-                f"no SuperNode holds partition-id {missing[0]} (of 0..{self.num_clients - 1}): "
-                f"start one SuperNode per client with --node-config 'partition-id=I num-partitions={self.num_clients}'"
-            )
-
     # ------------------------------------------------------------------ training round
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._round_start = time.perf_counter()
-        if not self._node_of:
-            self._map_nodes(grid, timeout=3600)
+        if not self._node_of:  # client i is the node with partition-id i: asked once
+            self._node_of, self._client_of = map_nodes(
+                grid, self.num_clients, self.node_wait_s, timeout=3600
+            )
         r = server_round - 1  # driftscope counts rounds from 0, Flower from 1
         clients = self.sim.sample_clients(r)
         self._clients = clients
@@ -309,30 +223,7 @@ class DriftscopeStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         r = server_round - 1
         clients = self._clients
-        answers: dict[int, Message] = {}
-        failed: dict[int, str] = {}
-        for reply in replies:
-            client = self._client_of.get(reply.metadata.src_node_id)
-            if client is None or client not in clients:
-                continue
-            if reply.has_error():
-                reason = str(reply.error.reason)  # flwr: str | None
-                if "DivergenceError" in reason:
-                    raise DivergenceError(
-                        f"training diverged at round {r}, client {client}: lower --lr or --local-epochs"
-                    )
-                failed[client] = reason
-                continue
-            echoed = int(reply.content[wire.METRICS][wire.PARTITION_ID])
-            if echoed != client:
-                failed[client] = f"reply from node of client {client} says partition-id {echoed}"
-                continue
-            answers[client] = reply
-        for client in clients:
-            if client not in answers and client not in failed:
-                failed[client] = "no reply within the round's timeout"
-        for client, reason in failed.items():
-            log(WARNING, "round %d: client %d failed and is left out: %s", r, client, reason)
+        answers, failed = sort_replies(replies, clients, self._client_of, r)
         self.failed_rounds[r] = failed
         if self.failures is not None:
             self.failures.failed = failed

@@ -54,7 +54,7 @@ from driftscope import schema
 from driftscope.config import RecordConfig, RunConfig
 from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunEnded, RunStarted
 from driftscope.flower import ENGINE
-from driftscope.flower.strategy import FailureLog
+from driftscope.flower.failures import FailureLog
 from driftscope.layout import LayerInfo, ModelLayout, ParamInfo
 from driftscope.models import model_layout
 
