@@ -175,6 +175,16 @@ def test_the_strategy_warns_about_momentum_with_control_variates(digits):
     assert record[0].filename == __file__
 
 
+def test_fedpvr_auto_is_refused_with_one_line(digits):
+    """Its clients would not learn the server's choice of layers (the run would silently differ
+    from in-process after the warm-up), so the strategy refuses it."""
+    from driftscope.errors import ConfigError
+
+    cfg = small_config(train__clients=3, train__algorithm="fedpvr_auto")
+    with pytest.raises(ConfigError, match="fedpvr_auto is not available on the Flower engine"):
+        DriftscopeStrategy(cfg, None, dataset=digits)
+
+
 def test_flwr_missing_is_a_one_line_error_naming_the_extra(monkeypatch, capsys, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(

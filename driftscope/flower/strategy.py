@@ -36,7 +36,7 @@ from driftscope import schema
 from driftscope.algorithms.aggregate import client_weights
 from driftscope.config import RunConfig
 from driftscope.data import Dataset
-from driftscope.errors import DivergenceError
+from driftscope.errors import ConfigError, DivergenceError
 from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunEnded, RunStarted
 from driftscope.flower import ENGINE, wire
 from driftscope.flower.failures import FailureLog
@@ -44,6 +44,9 @@ from driftscope.flower.nodes import map_nodes, sort_replies
 from driftscope.runfile import RunWriter
 
 NODE_WAIT_S = 120.0  # how long to wait for every SuperNode to connect
+#: algorithms whose client-side state the wire protocol cannot carry: fedpvr_auto's choice of
+#: layers is made on the server and changes during the run
+NOT_ON_FLOWER = ("fedpvr_auto",)
 
 
 class DriftscopeStrategy(Strategy):
@@ -68,6 +71,11 @@ class DriftscopeStrategy(Strategy):
         from driftscope.algorithms import warn_settings
         from driftscope.simulator import Simulator
 
+        if cfg.train.algorithm in NOT_ON_FLOWER:
+            raise ConfigError(
+                f"{cfg.train.algorithm} is not available on the Flower engine (its clients would "
+                "not learn which layers carry control variates): use --engine inprocess"
+            )
         warn_settings(cfg.train, stacklevel=2)  # as driftscope.train does
         self.cfg = cfg
         # The server's copy of the run: layout, algorithm state, test set, the initial model.
