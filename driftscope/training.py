@@ -46,7 +46,8 @@ def train(
 
     ``dataset`` reuses an already loaded dataset; ``hooks`` adds observers of your own (they run
     before the recorder). ``resume=True`` continues the interrupted, failed or killed run ``out``,
-    whose config must equal ``cfg`` (see :func:`resume`).
+    whose config must equal ``cfg`` (see :func:`resume`). Legal but questionable settings (e.g.
+    momentum with control variates) emit a :class:`~driftscope.errors.SettingsWarning`.
     """
     out = Path(out)
     warn_settings(cfg.train, stacklevel=2)  # e.g. momentum with control variates
