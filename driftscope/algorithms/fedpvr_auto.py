@@ -179,8 +179,11 @@ class FedPVRAuto(ControlVariates):
         return self.numel if self.params.variance_share > 0 else 0
 
     def to(self, device: Any) -> FedPVRAuto:
+        import torch
+
         super().to(device)
-        self._sum = self._sum.to(device)
+        if torch.device(device).type != "mps":  # mps has no float64: the sums stay on the CPU
+            self._sum = self._sum.to(device)
         return self
 
     @classmethod
@@ -268,7 +271,8 @@ class FedPVRAuto(ControlVariates):
     ) -> torch.Tensor | None:
         import torch
 
-        u = y.to(torch.float64) - x.to(torch.float64)
+        dev = self._sum.device  # the training device (the CPU on mps)
+        u = y.to(dev, torch.float64) - x.to(dev, torch.float64)
         self._sum.add_(u)
         for i, slices in enumerate(self._layer_slices):
             self._sumsq[i] += sum(float(torch.dot(u[s], u[s])) for s in slices)
