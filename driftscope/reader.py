@@ -23,15 +23,14 @@ from typing import Any
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from driftscope import schema
 from driftscope.errors import DriftscopeError, RunFileError
 from driftscope.h5open import SWMR_READ_ATTEMPTS, open_file, writer_alive
 from driftscope.h5open import one_line as _one_line
-from driftscope.h5open import strings as _strings
-from driftscope.layout import LayerInfo, ModelLayout, ParamInfo
-from driftscope.run_records import RecordsMixin, _guarded
+from driftscope.run_layout import LayoutMixin
+from driftscope.run_records import RecordsMixin
+from driftscope.run_tables import TablesMixin
 
 __all__ = ["SWMR_READ_ATTEMPTS", "Run", "open_run", "writer_alive"]
 
@@ -91,12 +90,17 @@ def open_run(path: str | os.PathLike) -> Run:
         ) from None
 
 
-class Run(RecordsMixin):
+class Run(LayoutMixin, TablesMixin, RecordsMixin):
     """A recorded run. Use as a context manager or call :meth:`close`.
 
     ``config`` (RunConfig), ``environment`` (dict), ``layout`` (:class:`ModelLayout`: ``params``
     and ``layers`` in model order, each head or body), ``clients`` (ids), ``rounds`` (recorded
     rounds), ``metrics`` (DataFrame, one row per committed round). Only this class opens the file.
+
+    Its accessors come by job: here opening, the one checked place for raw reads, lifecycle, file
+    facts, config and status; the model layout from :class:`~driftscope.run_layout.LayoutMixin`,
+    per-round tables from :class:`~driftscope.run_tables.TablesMixin`, per-layer records from
+    :class:`~driftscope.run_records.RecordsMixin`.
     """
 
     def __init__(self, file: h5py.File, path: Path) -> None:
@@ -271,90 +275,6 @@ class Run(RecordsMixin):
             return {}
         return value if isinstance(value, dict) else {}
 
-    # ------------------------------------------------------------------ layout
-    @cached_property
-    @_guarded
-    def layout(self) -> ModelLayout:
-        """Parameters and layers in model order (:class:`~driftscope.layout.ModelLayout`)."""
-        f = schema.param_field
-        names = _strings(self._read(f("name")))
-        layers_of = _strings(self._read(f("layer")))
-        groups = _strings(self._read(f("group")))
-        try:
-            shapes = [
-                tuple(int(v) for v in json.loads(s)) for s in _strings(self._read(f("shape")))
-            ]
-        except (TypeError, ValueError):
-            raise RunFileError(f"{self.path.name}: {f('shape')} is damaged") from None
-        offsets = self._read(f("offset"))
-        lf = schema.layer_field
-        lnames = _strings(self._read(lf("name")))
-        columns = [
-            lnames,
-            _strings(self._read(lf("label"))),
-            _strings(self._read(lf("kind"))),
-            _strings(self._read(lf("group"))),
-            self._read(lf("numel")),
-        ]
-        try:
-            params = tuple(
-                ParamInfo(n, ly, g, s, int(o))
-                for n, ly, g, s, o in zip(names, layers_of, groups, shapes, offsets, strict=True)
-            )
-            layers = tuple(
-                LayerInfo(
-                    name,
-                    label,
-                    kind,
-                    group,
-                    tuple(p.name for p in params if p.layer == name),
-                    int(numel),
-                )
-                for name, label, kind, group, numel in zip(*columns, strict=True)
-            )
-        except (TypeError, ValueError) as err:
-            raise RunFileError(
-                f"{self.path.name}: {schema.MODEL} is damaged ({_one_line(err)})"
-            ) from None
-        return ModelLayout(params, layers)
-
-    @property
-    def params(self) -> tuple[ParamInfo, ...]:
-        return self.layout.params
-
-    @property
-    def layers(self) -> tuple[LayerInfo, ...]:
-        return self.layout.layers
-
-    @property
-    def head_share(self) -> float:
-        return self.layout.head_share
-
-    @property
-    def numel(self) -> int:
-        """Parameters of the model."""
-        return self.layout.numel
-
-    def layer(self, name: str) -> LayerInfo:
-        """A layer by module name (``classifier.4``) or label (``fc3``)."""
-        try:
-            return self.layout.layer(name)
-        except KeyError:
-            raise RunFileError(
-                f"no layer '{name}' in {self.path.name}; layers are "
-                + ", ".join(f"{ly.label} ({ly.name})" for ly in self.layers)
-            ) from None
-
-    def param(self, name: str) -> ParamInfo:
-        try:
-            return self.layout.param(name)
-        except KeyError:
-            raise RunFileError(
-                f"no parameter '{name}' in {self.path.name}; parameters are "
-                + ", ".join(p.name for p in self.params[:8])
-                + (", ..." if len(self.params) > 8 else "")
-            ) from None
-
     # ------------------------------------------------------------------ status
     @property
     def status(self) -> str:
@@ -384,107 +304,3 @@ class Run(RecordsMixin):
         if status == schema.RUNNING and not self.live:
             return "running (writer not alive: killed or crashed)"
         return status
-
-    # ------------------------------------------------------------------ partition
-    @property
-    def num_rounds(self) -> int:
-        """Committed rounds."""
-        return self._length(schema.METRICS_ROUND)
-
-    @property
-    def clients(self) -> list[int]:
-        return list(range(self._length(schema.LABEL_HISTOGRAM)))
-
-    @property
-    @_guarded
-    def client_sizes(self) -> np.ndarray:
-        """(clients,) training samples per client."""
-        return np.asarray(self._read(schema.CLIENT_SIZE), dtype=np.int64)
-
-    @property
-    @_guarded
-    def clients_per_round(self) -> int:
-        """S, the clients sampled per round (the width of every record)."""
-        if self._has(schema.RECORD_CLIENTS):
-            shape = self._dataset(schema.RECORD_CLIENTS).shape
-            if len(shape) == 2:
-                return int(shape[1])
-        return int(self.config.train.clients_per_round)
-
-    # ------------------------------------------------------------------ tables
-    @property
-    @_guarded
-    def metrics(self) -> pd.DataFrame:
-        """One row per committed round: round, test_accuracy, test_loss, train_loss, ... ."""
-        n = self.num_rounds
-        data = {"round": self._read(schema.METRICS_ROUND, slice(0, n))}
-        for name in schema.METRIC_NAMES:
-            path = schema.metric_path(name)
-            col = self._read(path, slice(0, n)) if self._has(path) else np.zeros(0)
-            data[name] = col if len(col) == n else np.full(n, np.nan)
-        return pd.DataFrame(data)
-
-    @property
-    def bytes_per_round(self) -> float:
-        """Mean communication per committed round, down + up, in bytes (NaN before round 0 ends)."""
-        m = self.metrics
-        if not len(m):
-            return float("nan")
-        return float((m["downlink_bytes"] + m["uplink_bytes"]).mean())
-
-    @property
-    @_guarded
-    def client_metrics(self) -> pd.DataFrame:
-        """Long table: round, client, train_loss, train_accuracy (participating clients only)."""
-        n = self.num_rounds
-        loss = self._read(schema.client_metric_path("train_loss"), slice(0, n))
-        acc = self._read(schema.client_metric_path("train_accuracy"), slice(0, n))
-        r, c = np.nonzero(~np.isnan(loss))
-        return pd.DataFrame(
-            {
-                "round": self.metrics["round"].to_numpy()[r],
-                "client": c,
-                "train_loss": loss[r, c],
-                "train_accuracy": acc[r, c],
-            }
-        )
-
-    @property
-    @_guarded
-    def label_histogram(self) -> pd.DataFrame:
-        """(client x class) sample counts of the partition."""
-        h = self._read(schema.LABEL_HISTOGRAM)
-        return pd.DataFrame(
-            h,
-            index=pd.Index(range(h.shape[0]), name="client"),
-            columns=pd.Index(range(h.shape[1]), name="class"),
-        )
-
-    # ------------------------------------------------------------------ algorithm records
-    @property
-    def algorithm_record_keys(self) -> tuple[str, ...]:
-        """Names of the per-round, per-layer values the algorithm reported (``algorithm/<key>``),
-        e.g. ``chosen_layers`` and ``layer_variance`` for fedpvr_auto; () for most algorithms."""
-        if not self._has(schema.ALGORITHM):
-            return ()
-        return tuple(self._get(schema.ALGORITHM))
-
-    @_guarded
-    def algorithm_record(self, key: str) -> pd.DataFrame:
-        """(committed round x layer label) table of ``algorithm/<key>``."""
-        if key not in self.algorithm_record_keys:
-            have = ", ".join(self.algorithm_record_keys) or "none"
-            raise RunFileError(f"{self.path.name} has no algorithm record '{key}' (it has: {have})")
-        n = self.num_rounds
-        data = self._read(schema.algorithm_record_path(key), slice(0, n))
-        labels = [layer.label for layer in self.layers]
-        if data.shape[1:] != (len(labels),):
-            raise RunFileError(
-                f"{self.path.name}: {schema.algorithm_record_path(key)} is damaged (shape "
-                f"{data.shape}; expected (rounds, {len(labels)} layers))"
-            )
-        return pd.DataFrame(
-            data,
-            index=pd.Index(self._read(schema.METRICS_ROUND, slice(0, n)), name="round"),
-            columns=pd.Index(labels, name="layer"),
-        )

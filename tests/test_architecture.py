@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "driftscope"
-MAX_LINES = 500  # issue 8 asks for "about 400"; reader.py (490) and flower/strategy.py (455) are the largest
+MAX_LINES = 500  # issue 8 asks for "about 400"; runfile.py (479), config.py (456) and metrics/cka.py (448) are the largest
 
 
 def _module_name(path: Path) -> str:
