@@ -5,6 +5,7 @@ clients, and the bare-PyTorch floor for the same SGD steps (not part of the test
     python benchmarks/batched_clients.py            # digits- and MNIST-shaped, 10/100/1000 clients
     python benchmarks/batched_clients.py --quick    # smoke run
     python benchmarks/batched_clients.py --clients 10 100 --shapes digits
+    python benchmarks/batched_clients.py --device cuda   # on a GPU (times synchronise the device)
 
 Each case builds one simulator per arm on the same synthetic data (iid, ``--samples`` per client,
 one local epoch of batch ``--batch``, small_cnn, no evaluation, no recording) and times
@@ -71,6 +72,7 @@ def bare_round(sim: Simulator, model: torch.nn.Module, r: int, x: torch.Tensor) 
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=t.lr)
         xs, ys = sim.client_x[c], sim.client_y[c]
+        device = x.device
         n = len(ys)
         b = min(t.batch_size, n)
         steps = t.local_epochs * math.ceil(n / b)
@@ -81,7 +83,8 @@ def bare_round(sim: Simulator, model: torch.nn.Module, r: int, x: torch.Tensor) 
             for k in range(min(math.ceil(n / b), steps - done)):
                 idx = perm[k * b : (k + 1) * b]
                 opt.zero_grad()
-                F.cross_entropy(model(xs[idx]), ys[idx]).backward()
+                xb, yb = xs[idx.to(xs.device)].to(device), ys[idx.to(ys.device)].to(device)
+                F.cross_entropy(model(xb), yb).backward()
                 opt.step()
                 done += 1
         total += torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -100,11 +103,13 @@ def run_case(shape_name: str, clients: int, args: argparse.Namespace) -> dict[st
             "train.rounds": 100_000,
             "train.eval_every": 100_000,
             "record.enabled": False,
+            "train.device": args.device,
         }
     )
     sims = {m: Simulator(base.replace({"train.batched": m}), ds) for m in ("off", "on")}
-    model = build_model("small_cnn", ds.input_shape, ds.num_classes)
     x0 = sims["off"].global_params.clone()
+    model = build_model("small_cnn", ds.input_shape, ds.num_classes).to(x0.device)
+    sync = torch.cuda.synchronize if x0.device.type == "cuda" else (lambda: None)
     out: dict[str, list[float]] = {"sequential": [], "batched": [], "bare": []}
     diffs: list[float] = []
 
@@ -130,8 +135,10 @@ def run_case(shape_name: str, clients: int, args: argparse.Namespace) -> dict[st
             fn()
     for rep in range(reps):
         for name, fn in arms[:: 1 if rep % 2 == 0 else -1]:
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             out[name].append(time.perf_counter() - t0)
         diffs.append(float((sims["off"].global_params - sims["on"].global_params).abs().max()))
     steps = clients * math.ceil(args.samples / args.batch)
@@ -166,6 +173,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default="cpu", help="train.device of every arm (default cpu)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "batched_clients.json"))
     args = p.parse_args()
     if args.quick:
@@ -178,6 +186,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "loadavg": os.getloadavg(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
