@@ -39,7 +39,7 @@ def dirichlet(
         raise DataError(f"alpha must be > 0 (got {alpha}): use e.g. --alpha 0.1")
     n = len(labels)
     classes = np.unique(labels)
-    need = int(np.floor(min_share * n / n_clients))
+    need = max(1, int(np.floor(min_share * n / n_clients)))  # every client holds data
     smallest = 0
     for _ in range(max_redraws):
         parts: list[list[int]] = [[] for _ in range(n_clients)]
@@ -55,12 +55,13 @@ def dirichlet(
             for client, chunk in enumerate(np.split(idx, cuts)):
                 parts[client].extend(chunk.tolist())
         smallest = min(len(p) for p in parts)
-        if smallest >= max(need, 1):
+        if smallest >= need:
             return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
     raise DataError(
         f"no Dirichlet(alpha={alpha}) partition in {max_redraws} draws gave every one of "
-        f"{n_clients} clients >= {need} samples (smallest had {smallest}): raise --alpha, lower "
-        "data.min_share, or use fewer clients"
+        f"{n_clients} clients >= {need} samples (smallest had {smallest}; {n} samples are "
+        f"{n / n_clients:.1f} per client): raise --alpha, lower data.min_share, use fewer clients "
+        "or --partition iid"
     )
 
 

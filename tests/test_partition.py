@@ -45,6 +45,14 @@ def test_dirichlet_impossible_is_a_clear_error():
         dirichlet(y, 50, 0.01, np.random.default_rng(0), min_share=0.9, max_redraws=5)
 
 
+def test_dirichlet_with_under_two_samples_per_client_asks_for_one_each():
+    # min_share 0.5 of 1.4 samples per client floors to 0: the partition still needs >= 1 each,
+    # and the error says so (it used to say ">= 0 samples (smallest had 0)")
+    y = labels(140)
+    with pytest.raises(DataError, match=r">= 1 samples \(smallest had 0; 140 samples are 1.4"):
+        dirichlet(y, 100, 0.1, np.random.default_rng(0), min_share=0.5, max_redraws=3)
+
+
 def test_more_clients_than_samples():
     with pytest.raises(DataError, match="only 5 training samples"):
         partition(labels(5), 10, "iid", np.random.default_rng(0))
