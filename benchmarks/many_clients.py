@@ -34,7 +34,6 @@ benchmarks/README.md).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -70,30 +69,12 @@ def reset_peak() -> None:
         pass
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd",
-            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
-        )
-    ]  # fmt: skip
-
-
-_libc: Any = None
-
-
 def heap_in_use_mb() -> float:
-    """Bytes the C heap has handed out and not got back (glibc >= 2.33), in MiB; else nan."""
-    global _libc
-    try:
-        if _libc is None:
-            _libc = ctypes.CDLL("libc.so.6")
-            _libc.mallinfo2.restype = _MallInfo2
-        info = _libc.mallinfo2()
-    except (OSError, AttributeError):
-        return float("nan")
-    return (info.uordblks + info.hblkhd) / MIB
+    """The C heap in use (glibc ``mallinfo2``) in MiB; nan without glibc."""
+    from driftscope.heap import heap_in_use_bytes
+
+    used = heap_in_use_bytes()
+    return float("nan") if used is None else used / MIB
 
 
 def slope(values: list[float]) -> float:

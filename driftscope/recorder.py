@@ -32,12 +32,10 @@ capture.
 
 from __future__ import annotations
 
-import ctypes
 import fnmatch
 import json
-import sys
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -49,6 +47,7 @@ from driftscope.config import RecordConfig
 from driftscope.errors import DriftscopeError
 from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted
 from driftscope.h5write import ChunkWriter, update_chunks
+from driftscope.heap import release_free_heap
 from driftscope.metrics.cka import pairwise_cka, rbf_from_linear_gram
 from driftscope.metrics.gram import centred_gram, update_gram
 from driftscope.runfile import append, growable
@@ -99,27 +98,6 @@ def capture_activations(
     finally:
         for handle in handles:
             handle.remove()
-
-
-def release_freed_memory() -> None:
-    """Give memory freed by a CKA round back to the OS (glibc ``malloc_trim``; elsewhere a no-op).
-
-    glibc raises its mmap threshold after large frees, so the CKA round's many n x n temporaries
-    come from the heap and stay in the process's RSS after they are freed; trimming keeps RSS flat
-    over rounds (benchmarks/many_clients.py)."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        _malloc_trim = False
-        if sys.platform.startswith("linux"):
-            try:
-                _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-            except (OSError, AttributeError):
-                pass
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim: Any = None
 
 
 def probe_index(seed: int, num_test: int, size: int) -> np.ndarray:
@@ -322,7 +300,7 @@ class Recorder(Hook):
                 append(ds(schema.cka_path("debiased", name)), pairwise_cka(grams, debiased=True))
             append(ds(schema.CKA_ROUND), r)
             self._grams = None  # the S + 1 probe Grams per layer are not held past the round
-            release_freed_memory()
+            release_free_heap()
         append(ds(schema.RECORD_CLIENTS), np.asarray(event.clients, dtype=np.int64))
         append(ds(schema.RECORD_ROUND), r)  # written last among records
 

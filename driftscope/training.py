@@ -12,10 +12,8 @@ last committed round to the same final state as an uninterrupted run.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,8 @@ from driftscope.config import RunConfig
 from driftscope.data import Dataset
 from driftscope.errors import DivergenceError, RunFileError
 from driftscope.events import Hook, RoundEnded
-from driftscope.recorder import Recorder, release_freed_memory, stored_params
+from driftscope.heap import release_free_heap
+from driftscope.recorder import Recorder, stored_params
 from driftscope.resume_file import reopen_for_resume, resume_config, stored_threads
 from driftscope.runfile import RunWriter
 from driftscope.signals import sigterm_as_interrupt
@@ -89,49 +88,6 @@ def train(
             raise
         writer.close("complete")
     return out
-
-
-HEAP_SLACK = 16 << 20  # freed heap bytes glibc may keep between rounds
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd",
-            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
-        )
-    ]  # fmt: skip
-
-
-_mallinfo2: Any = None
-
-
-def free_heap_bytes() -> int:
-    """Bytes glibc holds freed in its heaps (``mallinfo2().fordblks``, glibc >= 2.33; else 0)."""
-    global _mallinfo2
-    if _mallinfo2 is None:
-        _mallinfo2 = False
-        if sys.platform.startswith("linux"):
-            try:
-                _mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
-                _mallinfo2.restype = _MallInfo2
-            except (OSError, AttributeError):
-                pass
-    return int(_mallinfo2().fordblks) if _mallinfo2 else 0
-
-
-def release_free_heap(slack: int = HEAP_SLACK) -> None:
-    """After a committed round, give freed heap back to the OS when glibc keeps more than
-    ``slack`` bytes of it.
-
-    A round frees its temporaries (Gram products, copies of the stored updates, CKA kernels, the
-    evaluation's activations), but glibc returns only the top of its heap by itself: freed blocks
-    below it stay resident, so RSS wandered tens of MiB above the memory in use at 1,000 clients
-    (issue 11, benchmarks/many_clients.py). ``malloc_trim`` costs a few ms over a heap of ~300 MiB,
-    so it runs only when the free part is above ``slack``."""
-    if free_heap_bytes() > slack:
-        release_freed_memory()
 
 
 def resume(
