@@ -1,15 +1,15 @@
 #!/usr/bin/env python
-"""The README's demo on an idle machine and with one CPU-heavy competitor (issue 13's test).
+"""The demo on an idle machine and with one CPU-heavy competitor.
 
 Runs ``make demo``'s driftscope command (read from the Makefile) from a checkout twice, once
 alone and once while a Python busy loop runs beside it, as the command is written (no
 ``OMP_NUM_THREADS``: driftscope's thread policy decides), prints both wall times and their ratio
-(target <= 2x), and checks that the tables it prints match the tables in the README's "What the
+(target <= 2x), and checks that the tables it prints match the tables in docs/results.md's "What the
 default shows" section, cell by cell. Run files go to a temporary directory.
 
     python benchmarks/demo_under_load.py [--checkout .] [--only idle|busy] [--json out.json]
 
-Exit status 1 if a printed table differs from the README's. Nothing here asserts on time.
+Exit status 1 if a printed table differs from docs/results.md's. Nothing here asserts on time.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def tables(text: str) -> list[list[list[str]]]:
 
 
 def readme_tables(checkout: Path) -> list[list[list[str]]]:
-    text = (checkout / "README.md").read_text()
+    text = (checkout / "docs" / "results.md").read_text()
     return tables(text[text.index(START) : text.index(END)])
 
 
@@ -91,7 +91,7 @@ def compare_tables(printed: str, expected: list[list[list[str]]]) -> list[str]:
     got = tables(printed)
     problems = []
     if len(got) != len(expected):
-        problems.append(f"{len(got)} tables printed, README has {len(expected)}")
+        problems.append(f"{len(got)} tables printed, docs/results.md has {len(expected)}")
     for i, (g, e) in enumerate(zip(got, expected)):
         if g != e:
             diff = [f"{a} != {b}" for ra, rb in zip(g, e) for a, b in zip(ra, rb) if a != b]
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             print(out, flush=True)
             print(
                 f"[{time.strftime('%H:%M:%S')}] demo, {mode}: {seconds:.0f} s; tables "
-                + ("match the README" if not problems else "DIFFER: " + " | ".join(problems)),
+                + ("match docs/results.md" if not problems else "DIFFER: " + " | ".join(problems)),
                 flush=True,
             )
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

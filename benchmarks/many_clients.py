@@ -1,4 +1,4 @@
-"""Memory and time per round with many clients and partial participation (issue 11).
+"""Memory and time per round with many clients and partial participation.
 
 Each configuration runs in its own child process (so its RSS and peak RSS are its own): digits,
 iid partition, 2 local steps, the default recording policy (Grams every round, updates every 5

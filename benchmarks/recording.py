@@ -182,7 +182,7 @@ def bench(quick: bool, tmp: Path, threads: int) -> dict[str, Any]:
     return {"rows": rows, "config": config, "extra": extra}
 
 
-# the paper's local work per round (science.md): 10 clients x 10 epochs over ~4,500 images
+# the paper's local work per round (docs/science.md): 10 clients x 10 epochs over ~4,500 images
 # (45,000 training images over 10 clients), batch 128, drop_last
 PAPER = {"clients": 10, "epochs": 10, "images": 4500, "batch": 128}
 

@@ -18,7 +18,7 @@ from driftscope import schema
 # The run writer's chunk cache per open dataset (h5py.File's rdcc_nbytes, rdcc_nslots). HDF5 2.0
 # raised the default from 1 MiB / 521 slots to 8 MiB / 8191 slots, and the writer and the recorder
 # keep every dataset open for the whole run: each then held up to 8 MiB of chunks it had already
-# written, filling over hundreds of rounds (issue 11, benchmarks/many_clients.py). 1 MiB holds the
+# written, filling over hundreds of rounds (benchmarks/many_clients.py). 1 MiB holds the
 # one chunk a dataset appends to (growable's multi-row chunks are at most 1 MiB), so no append
 # reads a chunk back from the file.
 CHUNK_CACHE: dict[str, int] = {"rdcc_nbytes": 1 << 20, "rdcc_nslots": 521}

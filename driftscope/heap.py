@@ -3,7 +3,7 @@
 A round frees its temporaries (Gram products, copies of the stored updates, CKA kernels, the
 evaluation's activations), but glibc returns only the top of its heap by itself, and it raises its
 mmap threshold after large frees, so freed blocks stay resident: RSS wandered tens of MiB above the
-memory in use at 1,000 clients (issue 11, ``benchmarks/many_clients.py``). The trainer calls
+memory in use at 1,000 clients (``benchmarks/many_clients.py``). The trainer calls
 :func:`release_free_heap` after every committed round and the recorder after a CKA round (which the
 Flower engine's rounds also pass through). Elsewhere than glibc every function is a no-op.
 """

@@ -4,7 +4,7 @@ The reader trusts only committed rounds: ``/metrics/round`` is written last in e
 beyond it (a round in flight when a run was killed) are ignored. It can follow a run that is still
 being written (call :meth:`Run.refresh` to see new rounds).
 
-Robustness (issues 10 and 13): a file still marked for writing (a live run, or a killed one) is
+Robustness: a file still marked for writing (a live run, or a killed one) is
 opened in SWMR read mode with a bounded number of metadata read attempts, so damaged metadata fails
 in milliseconds instead of hanging; "running" with a writer that is no longer alive (same host, dead
 PID) counts as stopped, so the truncation check applies; every read goes through one place that

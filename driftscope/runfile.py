@@ -13,7 +13,7 @@ Written with HDF5 single-writer/multiple-reader (SWMR) mode and flushed after ev
 reader can follow a live run and a run killed at any moment leaves a valid file with every
 committed round. SWMR forbids creating objects once it is on, so every dataset is created before.
 
-Safety (issue 13):
+Safety:
 
 * **One writer per path.** The writer holds ``<path>.lock`` (``fcntl.flock``, released by the
   kernel if the process dies) for its whole life; a second writer on the same path is refused

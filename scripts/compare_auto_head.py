@@ -1,4 +1,4 @@
-"""FedAvg, FedPVR (fixed head), FedPVR (drift-chosen head) and SCAFFOLD over seeds (issue 12).
+"""FedAvg, FedPVR (fixed head), FedPVR (drift-chosen head) and SCAFFOLD over seeds.
 
 Every arm uses the same general hyperparameters (the default config unless ``--set`` overrides
 them for all arms); each algorithm runs with its own defaults (FedPVR and the auto variant: body

@@ -1,4 +1,4 @@
-"""Whole-chunk writes of stored updates (issue 11) and their checksums (issue 13).
+"""Whole-chunk writes of stored updates and their checksums.
 
 HDF5 is the oracle: a dataset written with :class:`ChunkWriter` reads back through h5py as the
 same numbers, a fletcher32 chunk written here passes HDF5's own check, and a flipped byte is a read

@@ -61,7 +61,7 @@ def naive_rbf_cka(X: np.ndarray, Y: np.ndarray, t: float = 0.5, median: str = "a
 
 
 def loop_hsic_unbiased(K: np.ndarray, L: np.ndarray) -> float:
-    """Song et al. (2012) formula as science.md writes it, with explicit loops."""
+    """Song et al. (2012) formula as docs/science.md writes it, with explicit loops."""
     n = K.shape[0]
     Kt, Lt = K.copy(), L.copy()
     for i in range(n):
@@ -148,7 +148,7 @@ def test_rbf_cka_matches_naive(t: float, median: str) -> None:
 
 
 def test_published_example_values_of_kornblith_et_al() -> None:
-    """The example in Kornblith et al.'s reference notebook (science.md): the default RBF
+    """The example in Kornblith et al.'s reference notebook (docs/science.md): the default RBF
     bandwidth (median over all n^2 squared distances) reproduces 0.65483; the median over pairs
     i < j gives 0.65401."""
     rs = np.random.RandomState(1337)  # the stream of np.random.seed(1337)

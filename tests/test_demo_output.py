@@ -1,4 +1,4 @@
-"""What ``make demo`` shows: progress that a log file can read, and the README's tables."""
+"""What ``make demo`` shows: progress that a log file can read, and the tables of docs/results.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Devices and many clients (issue 11) through the device code path on the CPU.
+"""Devices and many clients through the device code path on the CPU.
 
 ``--device cpu`` given explicitly runs the same code as a GPU run (parameters, data, control
 variates and recordings placed on ``sim.device``) and must equal the default bit for bit; data held

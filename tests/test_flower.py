@@ -31,7 +31,7 @@ from driftscope.flower.client import app as client_app
 from driftscope.flower.strategy import DriftscopeStrategy
 from driftscope.simulator import Simulator
 
-# the equivalence config: 3 clients, 2 rounds (3 local steps, 16 probe inputs: fast)
+# the equivalence config: 3 clients, 2 rounds (3 local steps, 16 probe inputs: fast)
 EQUIV = {
     "train__clients": 3,
     "train__rounds": 2,

@@ -1,4 +1,4 @@
-"""The issue's equivalence test on Flower's real simulation engine (Ray): slow (one engine start,
+"""The equivalence test on Flower's real simulation engine (Ray): slow (one engine start,
 20-60 s on 2 cores), so both algorithms, and a client fault, share it. CI runs it; skip locally
 with ``-m "not slow"``.
 

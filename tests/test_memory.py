@@ -1,4 +1,4 @@
-"""What a run holds between rounds (issue 11): nothing that grows with the round number.
+"""What a run holds between rounds: nothing that grows with the round number.
 
 Memory itself is measured by benchmarks/many_clients.py; these tests hold the deterministic
 properties behind its flat curves: the writer's chunk cache holds the chunk a dataset appends to

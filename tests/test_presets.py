@@ -1,4 +1,4 @@
-"""The paper presets hold the reference setup's numbers, typed here from shared/science.md."""
+"""The paper presets hold the reference setup's numbers, typed here from docs/science.md."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ from driftscope.config import RunConfig
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
-# science.md, "Reference setup": CIFAR-10 lr 0.05, CIFAR-100 lr 0.1; everything else shared
+# docs/science.md, "Reference setup": CIFAR-10 lr 0.05, CIFAR-100 lr 0.1; everything else shared
 PAPER = {
     "cifar10": {"lr": 0.05},
     "cifar100": {"lr": 0.1},

@@ -1,4 +1,4 @@
-"""Resume (issue 10): a run stopped or killed at any round and resumed ends in the same state,
+"""Resume: a run stopped or killed at any round and resumed ends in the same state,
 bit for bit, as the run left alone: metrics, recordings (Grams, updates, CKA) and the saved state
 (global model, control variates)."""
 

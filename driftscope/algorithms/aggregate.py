@@ -1,7 +1,7 @@
 """The arithmetic of federated averaging and SCAFFOLD-style control variates, as pure functions.
 
 Vectors are flat float32 parameter vectors (P,) or stacks (N, P); nothing here keeps state.
-Notation follows ``shared/science.md``: x global model, y client model after local training,
+Notation follows ``docs/science.md``: x global model, y client model after local training,
 c server control variate, c_i client control variate, K local steps, eta local learning rate.
 """
 

@@ -1,5 +1,5 @@
 """FedPVR with a drift-chosen head: the layers that carry control variates are chosen from the
-per-layer drift measured on the clients' updates, instead of fixed by hand (issue 12).
+per-layer drift measured on the clients' updates, instead of fixed by hand.
 
 Schedule. The first ``warmup_rounds`` rounds are plain FedAvg (no control variates; local SGD with
 ``body_momentum`` on every layer, as FedPVR's body). During them the algorithm measures, in float64

@@ -227,7 +227,7 @@ class ControlVariates(Algorithm):
         """Unmap the scratch file's pages from this process once a round is done (no-op in memory).
 
         Every row a round touched stays mapped, so the process's file-backed RSS grew towards the
-        whole N x M file as more clients were sampled (264 MiB at 1,000 clients, issue 11). After
+        whole N x M file as more clients were sampled (264 MiB at 1,000 clients). After
         ``madvise(MADV_DONTNEED)`` on the shared mapping the rows stay in the kernel's page cache
         (dirty ones are written back, never lost) and the next access maps them again, so the
         process maps only what the current round touches."""

@@ -7,7 +7,7 @@ metrics on recorded rounds, ``"cka"`` metrics on rounds with probe CKA).
 ``layer_summary(run)`` aggregates over rounds, one row per layer in model order, one column per
 metric, by :func:`pool_rounds`: ratio measures (relative variance, drift diversity) as ratios of
 sums over rounds, because a single round's small mean update makes its own ratio noisy
-(science.md); every other measure as its mean over rounds. The layer-profile figure shows the same
+(docs/science.md); every other measure as its mean over rounds. The layer-profile figure shows the same
 numbers.
 
 ``tidy(runs)`` is ``drift_table`` of several runs with run labels, the ratio parts kept so that

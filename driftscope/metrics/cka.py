@@ -7,7 +7,7 @@ Grams may come from :func:`driftscope.metrics.gram.centred_gram`'s float32 path 
 products of centred features, summed and double-centred in float64); :func:`cka_error_bound`
 bounds what that changes in every CKA value against the float64 path.
 
-Conventions (see ``science.md``, section "CKA"):
+Conventions (see ``docs/science.md``, section "CKA"):
 
 - ``X`` is ``(n, p)``: one layer's activations of one model on ``n`` probe inputs.
 - ``K`` is an ``(n, n)`` kernel (Gram) matrix on the same ``n`` inputs; kernel matrices are assumed
@@ -162,7 +162,7 @@ def rbf_from_linear_gram(
 
     - ``median="all"`` (default): the median of all ``n x n`` entries of the distance matrix, its
       zero diagonal included, as Kornblith et al.'s reference code computes it; it reproduces
-      their published example values (science.md, "CKA").
+      their published example values (docs/science.md, "CKA").
     - ``median="offdiag"``: the median over the pairs ``i < j`` only (zero self-distances left
       out), a slightly wider bandwidth.
 

@@ -3,7 +3,7 @@
 For one layer and one round, let ``d_i`` (``i = 1..N``) be the participating clients' updates and
 ``G`` the ``N x N`` Gram matrix ``G_ij = <d_i, d_j>``. With aggregation weights ``w`` (non-negative,
 normalised here to sum to 1; default uniform ``1/N``) the mean update is ``m = sum_i w_i d_i`` and
-(see ``science.md``, "Per-layer drift measures")::
+(see ``docs/science.md``, "Per-layer drift measures")::
 
     ||m||^2            = w^T G w
     ||d_i - m||^2      = G_ii - 2 (G w)_i + w^T G w

@@ -23,7 +23,7 @@ Two sources of data:
 
 Over rounds (:func:`~driftscope.analysis.layer_summary`, the layer-profile figure) a metric with
 ``ratio = (numerator, denominator)`` is pooled as ``sum(numerator) / sum(denominator)`` (a ratio of
-sums: one round's small mean update makes its own ratio noisy, science.md); every other metric is
+sums: one round's small mean update makes its own ratio noisy, docs/science.md); every other metric is
 averaged over rounds.
 """
 
