@@ -10,13 +10,17 @@ FULL   := $(VENV)/.installed-full
 
 # the package and its core dependencies: all the demo needs
 $(CORE): pyproject.toml Makefile
+	@echo "setup: creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "setup: installing torch 2.14.1 and torchvision 0.29.1 (about a minute, quiet)"
 	$(PIP) torch==2.14.1 torchvision==0.29.1
+	@echo "setup: installing driftscope and its core dependencies"
 	$(PIP) -e .
 	touch $(CORE)
 
 # plus the extras the tests and benchmarks use: dev tools, Flower (pulls Ray), torch-cka
 $(FULL): $(CORE)
+	@echo "setup: installing the test extras (dev tools, benchmarks, Flower with Ray)"
 	$(PIP) -e '.[dev,bench,flower]'
 	touch $(FULL)
 
