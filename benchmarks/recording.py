@@ -24,6 +24,18 @@ from driftscope.data import Dataset, load_dataset
 from driftscope.reader import open_run
 from driftscope.training import train
 
+# The policy a paper-scale run would use: Grams every round, head updates float16 every round,
+# probe CKA (128 inputs, float32 probe Grams) every 10 rounds
+PAPER_POLICY: dict[str, Any] = {
+    "record.every": 1,
+    "record.updates_every": 1,
+    "record.update_dtype": "float16",
+    "record.update_layers": ["classifier.*"],
+    "record.probe_size": 128,
+    "record.cka_every": 10,
+    "record.cka_precision": "float32",
+}
+
 
 def bench(quick: bool, tmp: Path, threads: int) -> dict[str, Any]:
     """Same run (same seed) with recording off and on, as ``driftscope.training.train`` runs it."""
@@ -108,16 +120,11 @@ def bench(quick: bool, tmp: Path, threads: int) -> dict[str, Any]:
             "train.local_steps": 1 if quick else 2,
             "train.batch_size": 32,
             "train.rounds": 1 if quick else 3,
-            "record.every": 1,
-            "record.updates_every": 1,
-            "record.update_dtype": "float16",
-            "record.update_layers": ["classifier.*"],
-            "record.probe_size": 128,
+            **PAPER_POLICY,
             "record.cka_every": 1,
-            "record.cka_precision": "float32",
         }
     )
-    cka_every = 10
+    cka_every = PAPER_POLICY["record.cka_every"]
     varms = {
         "off": vbase.replace({"record.enabled": False}),
         "paper_no_cka": vbase.replace({"record.probe_size": 0}),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from benchmarks.harness import (
 )
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, load_dataset
+from driftscope.data.transforms import augment_batch
+from driftscope.local import batches
 from driftscope.models import build_model
 from driftscope.seeding import derive_seed, torch_generator
 from driftscope.simulator import Simulator
@@ -70,16 +72,18 @@ def bench(quick: bool, tmp: Path, threads: int) -> dict[str, Any]:
 
 
 def _sim_vs_bare(
-    cfg: RunConfig, ds: Dataset, reps: int
+    cfg: RunConfig, ds: Dataset, reps: int, sync: Callable[[], None] = lambda: None
 ) -> tuple[list[float], list[float], list[float], float]:
+    """Seconds of ``reps`` simulator rounds and of a bare PyTorch loop doing the same SGD steps
+    (interleaved), on the config's device, with the dataset's augmentation when it has one.
+    ``sync`` waits for the device before and after each timed arm (``torch.cuda.synchronize``)."""
     t = cfg.train
     # the bare loop below implements exactly this case
     assert t.algorithm == "fedavg" and t.momentum == 0 and t.weight_decay == 0
     assert t.weighting == "uniform" and t.client_fraction == 1 and t.server_lr == 1
-    assert not t.drop_last
     sim = Simulator(cfg, ds)
-    assert not sim.augment
-    model = build_model(cfg.model.name, ds.input_shape, ds.num_classes)
+    aug = sim.augmentation
+    model = build_model(cfg.model.name, ds.input_shape, ds.num_classes).to(sim.device)
     dropout = any(isinstance(m, torch.nn.Dropout) for m in model.modules())
 
     def bare_round(r: int, global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -89,21 +93,18 @@ def _sim_vs_bare(
             model.train()
             opt = torch.optim.SGD(model.parameters(), lr=t.lr)
             x, y = sim.client_x[c], sim.client_y[c]
-            n = len(y)
-            b = min(t.batch_size, n)
-            steps = t.local_steps or t.local_epochs * math.ceil(n / b)
             gen = torch_generator(cfg.seed, "batches", r, c)
             if dropout:  # the simulator's dropout stream for (round, client)
                 torch.manual_seed(derive_seed(cfg.seed, "dropout", r, c))
-            done = 0
-            while done < steps:
-                perm = torch.randperm(n, generator=gen)
-                for k in range(min(math.ceil(n / b), steps - done)):
-                    idx = perm[k * b : (k + 1) * b]
-                    opt.zero_grad()
-                    F.cross_entropy(model(x[idx]), y[idx]).backward()
-                    opt.step()
-                    done += 1
+            # the simulator's batch indices (and augmentation draws) from the same generator
+            for idx in batches(len(y), t, gen, x.device):
+                xb = x[idx].to(sim.device, non_blocking=True)
+                yb = y[idx].to(sim.device, non_blocking=True)
+                if aug is not None:
+                    xb = (augment_batch(xb, aug.padding, gen) - aug.mean) / aug.std
+                opt.zero_grad()
+                F.cross_entropy(model(xb), yb).backward()
+                opt.step()
             states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}
 
@@ -124,8 +125,10 @@ def _sim_vs_bare(
             out["bare"] = bare_round(r, before)
 
         for name, fn in [("sim", a), ("bare", b)][:: 1 if rep % 2 == 0 else -1]:
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             (ts if name == "sim" else tb).append(time.perf_counter() - t0)
         got = flat_to_state(sim, sim.global_params)
         diffs.append(max(float((got[k] - out["bare"][k]).abs().max()) for k in got))
