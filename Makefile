@@ -31,12 +31,15 @@ setup: $(FULL)
 demo: setup-core
 	$(BIN)/driftscope reproduce --out runs/reproduce
 
-## the whole test suite: lint, format check, type check, tests (notebooks included)
+## the whole test suite: lint, format check, type check, tests (notebooks included), then the
+## float-comparing tests (marker kernels) under the generic CPU kernels another machine may use
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	MPLBACKEND=Agg $(BIN)/python -m pytest
+	@echo "test: the float-comparing tests again with PyTorch's generic CPU kernels (as on another CPU)"
+	ATEN_CPU_CAPABILITY=default MPLBACKEND=Agg $(BIN)/python -m pytest -q -m kernels
 
 ## benchmarks (not part of the tests): writes benchmarks/results/latest.json and the README table
 bench: setup

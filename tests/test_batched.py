@@ -26,6 +26,9 @@ from driftscope.local import batches as local_batches
 from driftscope.models import build_model, model_layout
 from driftscope.simulator import Simulator
 
+# float results compared at a rounding tolerance: make test runs these again under other CPU kernels
+pytestmark = pytest.mark.kernels
+
 
 class Events(Hook):
     def __init__(self) -> None:
@@ -74,7 +77,10 @@ def assert_same(a, b, atol: float) -> None:
         torch.testing.assert_close(x[7], y[7], rtol=0, atol=atol)  # params
     torch.testing.assert_close(sa.global_params, sb.global_params, rtol=0, atol=atol)
     for k, v in sa.algorithm.state_dict().items():
-        torch.testing.assert_close(v, sb.algorithm.state_dict()[k], rtol=0, atol=atol)
+        # relative as well: fedpvr_auto's ``window`` sums squared update norms (values ~100), so
+        # float64 sums taken in another order (a vmapped kernel, or another CPU's kernels under
+        # ATEN_CPU_CAPABILITY) differ by ~1e-13 of the value, above an absolute 1e-11
+        torch.testing.assert_close(v, sb.algorithm.state_dict()[k], rtol=atol, atol=atol)
 
 
 @pytest.fixture

@@ -28,6 +28,9 @@ from driftscope.metrics.gram import centred_gram, float64_device, gram32_error
 from driftscope.models import build_model, model_layout
 from driftscope.recorder import capture_activations
 
+# float results compared at a rounding tolerance: make test runs these again under other CPU kernels
+pytestmark = pytest.mark.kernels
+
 KINDS = ("linear", "rbf", "debiased")
 
 
