@@ -18,10 +18,11 @@ $(CORE): pyproject.toml Makefile
 	$(PIP) -e .
 	touch $(CORE)
 
-# plus the extras the tests and benchmarks use: dev tools, Flower (pulls Ray), torch-cka
+# plus the extras the tests and benchmarks use: dev tools, Flower (pulls Ray), torch-cka, and
+# the export backends (TensorBoard, MLflow, W&B)
 $(FULL): $(CORE)
-	@echo "setup: installing the test extras (dev tools, benchmarks, Flower with Ray)"
-	$(PIP) -e '.[dev,bench,flower]'
+	@echo "setup: installing the test extras (dev tools, benchmarks, Flower with Ray, TensorBoard, MLflow, W&B)"
+	$(PIP) -e '.[dev,bench,flower,tensorboard,mlflow,wandb]'
 	touch $(FULL)
 
 setup-core: $(CORE)

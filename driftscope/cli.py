@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
         "with its own config (flags given must agree with it)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        metavar="KIND[=TARGET]",
+        help="also log each committed round live: tensorboard=DIR, mlflow=URI (e.g. "
+        "sqlite:///mlflow.db) or wandb[=DIR] (offline unless an API key is set); repeatable; "
+        "extras driftscope[tensorboard], [mlflow], [wandb]",
+    )
     _add_threads(p)
     g = p.add_argument_group("engine")
     g.add_argument(
@@ -126,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the tidy table (round, layer, label, group, metric, value): drift "
         "metrics and label_alignment, label_alignment_p",
     )
+
+    p = sub.add_parser(
+        "export",
+        help="write a run's drift, metrics and figures to TensorBoard, MLflow or W&B",
+        description="Write every committed round of a run file (per-layer drift and CKA as "
+        "analyze --csv has them, head and body summaries, accuracy, loss, traffic, each "
+        "client's train loss; histograms of the clients' update norms), its figures and its "
+        "config to TensorBoard (--to tensorboard DIR), MLflow (--to mlflow URI, e.g. "
+        "sqlite:///mlflow.db) or Weights & Biases (--to wandb [DIR]; offline unless an API key "
+        "is set). Extras: driftscope[tensorboard], [mlflow], [wandb].",
+    )
+    p.add_argument("run", metavar="RUN.h5")
+    p.add_argument(
+        "--to",
+        nargs="+",
+        required=True,
+        metavar="KIND [TARGET]",
+        help="tensorboard DIR | mlflow URI | wandb [DIR]",
+    )
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
 
     p = sub.add_parser(
         "inspect",

@@ -13,6 +13,7 @@ from pathlib import Path
 from driftscope.cli_flags import apply_threads, default_out, resolve_config
 from driftscope.config import RunConfig
 from driftscope.errors import ConfigError, DriftscopeError
+from driftscope.events import Hook
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -35,6 +36,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_output(out, args.overwrite)  # before any data is loaded or any file is touched
         requested = args.threads
     threads = apply_threads(cfg, requested)
+    hooks: list[Hook] = []
+    if args.log:
+        from driftscope.export import LiveLogger
+
+        hooks = [LiveLogger(spec, out) for spec in args.log]  # a missing extra fails here
     if args.engine == "flower":
         from driftscope.flower import require_flwr
 
@@ -53,11 +59,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             client_gpus=args.client_gpus,
             overwrite=args.overwrite,
             quiet=args.quiet,
+            hooks=hooks,
         )
     else:
         from driftscope.training import train
 
-        train(cfg, out, overwrite=args.overwrite, progress=not args.quiet, resume=bool(args.resume))
+        train(
+            cfg,
+            out,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            resume=bool(args.resume),
+            hooks=hooks,
+        )
     from driftscope.reader import open_run
 
     with open_run(out) as run:
@@ -178,11 +192,27 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from driftscope.export import export_run
+    from driftscope.export.sinks import parse_target
+
+    if len(args.to) > 2:
+        raise ConfigError(
+            f"--to takes a kind and one target, got {' '.join(args.to)}: e.g. --to tensorboard DIR"
+        )
+    kind, target = parse_target("=".join(args.to))
+    n = export_run(args.run, kind, target, figures=not args.no_figures)
+    where = target or "."
+    print(f"exported {n} rounds of {args.run} to {kind} at {where}")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "analyze": cmd_analyze,
     "inspect": cmd_inspect,
     "figures": cmd_figures,
+    "export": cmd_export,
     "compare": cmd_compare,
     "reproduce": cmd_reproduce,
 }

@@ -71,35 +71,45 @@ def _cka_kinds(run: Run, layer: str) -> dict[str, np.ndarray]:
     return kinds
 
 
-def drift_table(run: Run, parts: bool = False) -> pd.DataFrame:
+def drift_table(run: Run, parts: bool = False, rounds: Sequence[int] | None = None) -> pd.DataFrame:
     """Tidy per-(round, layer, metric) table of a run (see the module docstring).
 
     With ``parts``, two more columns ``numerator`` and ``denominator`` hold each ratio metric's
     parts (NaN for other metrics), so that :func:`pool_rounds` can form ratios of sums.
+    ``rounds``: only these round numbers (the same values as in the whole table).
     """
     frames = []
-    rounds = run.rounds
+    keep = np.ones(len(run.rounds), dtype=bool)
+    keep_cka = np.ones(len(run.cka_rounds), dtype=bool)
+    if rounds is not None:
+        keep = np.isin(run.rounds, list(rounds))
+        keep_cka = np.isin(run.cka_rounds, list(rounds))
+    recorded = run.rounds[keep]
     weights = aggregation_weights(run)
+    if weights is not None:
+        weights = weights[keep]
     gram_metrics = _metrics("gram")
     cka_metrics = _metrics("cka")
     for layer in run.layers:
-        if len(rounds) and gram_metrics:
-            g = as_gram(run.gram(layer.name))
+        if len(recorded) and gram_metrics:
+            g = as_gram(run.gram(layer.name)[keep])
             for m in gram_metrics:
                 value = m.function(g, layer.numel, weights)
                 num = den = None
                 if parts and m.ratio is not None:
                     num = m.ratio[0](g, layer.numel, weights)
                     den = m.ratio[1](g, layer.numel, weights)
-                frames.append(_frame(rounds, layer, m.name, value, num, den, parts))
-        if len(run.cka_rounds) and cka_metrics:
-            kinds = _cka_kinds(run, layer.name)
+                frames.append(_frame(recorded, layer, m.name, value, num, den, parts))
+        if keep_cka.any() and cka_metrics:
+            kinds = {k: v[keep_cka] for k, v in _cka_kinds(run, layer.name).items()}
             for m in cka_metrics:
                 try:
                     value = m.function(kinds)
                 except KeyError:  # needs a CKA kind this run did not record
                     continue
-                frames.append(_frame(run.cka_rounds, layer, m.name, value, None, None, parts))
+                frames.append(
+                    _frame(run.cka_rounds[keep_cka], layer, m.name, value, None, None, parts)
+                )
     if not frames:
         return pd.DataFrame(columns=COLUMNS + (PARTS if parts else []))
     return pd.concat(frames, ignore_index=True)

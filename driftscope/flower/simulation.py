@@ -18,6 +18,7 @@ from driftscope.data import Dataset
 from driftscope.flower import FlowerRunError, require_flwr
 
 if TYPE_CHECKING:
+    from driftscope.events import Hook
     from driftscope.flower.strategy import DriftscopeStrategy
 
 
@@ -32,12 +33,14 @@ def run_simulation(
     dataset: Dataset | None = None,
     round_timeout: float = 3600.0,
     quiet: bool = True,
+    hooks: Sequence[Hook] = (),
 ) -> Path:
     """Train ``cfg`` on Flower's simulation engine and write the run file ``out``; returns its path.
 
     ``supernodes`` must equal ``cfg.train.clients`` (each SuperNode holds one client's partition;
     default: that number). ``client_cpus``/``client_gpus``: Ray resources per ClientApp, which
-    set how many clients train at once. ``quiet``: only Flower's warnings.
+    set how many clients train at once. ``quiet``: only Flower's warnings. ``hooks``: observers
+    of your own (e.g. :class:`driftscope.export.LiveLogger`), before the recorder.
     """
     require_flwr(simulation=True)
     nodes = cfg.train.clients if supernodes is None else supernodes
@@ -55,7 +58,7 @@ def run_simulation(
     from driftscope.flower.strategy import DriftscopeStrategy
 
     # Built before Flower starts: a bad config or an existing --out fails here, before Ray.
-    strategy = DriftscopeStrategy(cfg, out, dataset=dataset, overwrite=overwrite)
+    strategy = DriftscopeStrategy(cfg, out, dataset=dataset, overwrite=overwrite, hooks=hooks)
     simulate(
         [strategy],
         client_cpus=client_cpus,

@@ -76,6 +76,7 @@ def recording(
     head: Sequence[str] = (),
     record: RecordConfig | None = None,
     overwrite: bool = False,
+    hooks: Sequence[Hook] = (),
 ) -> RecordingStrategy:
     """Wrap ``strategy`` so that its run is recorded into the driftscope run file ``out``.
 
@@ -83,6 +84,8 @@ def recording(
     ``probe_inputs`` (a batch of inputs, e.g. 128 test images) turn on probe CKA. ``head``:
     parameter-name patterns forming the head (default: the last layer, or the model's own head).
     ``record``: what to store (default: Grams every round, updates every 5th, CKA every 10th).
+    ``hooks``: observers of your own (e.g. :class:`driftscope.export.LiveLogger`), before the
+    recorder.
     """
     return RecordingStrategy(
         strategy,
@@ -92,6 +95,7 @@ def recording(
         head=head,
         record=record,
         overwrite=overwrite,
+        hooks=hooks,
     )
 
 
@@ -166,6 +170,7 @@ class RecordingStrategy(Strategy):
         head: Sequence[str] = (),
         record: RecordConfig | None = None,
         overwrite: bool = False,
+        hooks: Sequence[Hook] = (),
     ) -> None:
         if (probe_inputs is None) != (model_factory is None) and probe_inputs is not None:
             raise ValueError("probe_inputs need a model_factory to run the client models on")
@@ -180,6 +185,7 @@ class RecordingStrategy(Strategy):
         self.num_rounds = 0
         self.writer: RunWriter | None = None
         self.hooks: list[Hook] = []
+        self.user_hooks: list[Hook] = list(hooks)
         self.failures: FailureLog | None = None
         self.client_of: dict[int, int] = {}  # node id -> client index
         self._sim: Any = None
@@ -281,7 +287,7 @@ class RecordingStrategy(Strategy):
                 probe_rows=np.arange(len(probe)) if probe is not None else None,
             )
             self.failures = FailureLog(writer.file, n)
-            self.hooks = [recorder, self.failures]
+            self.hooks = [*self.user_hooks, recorder, self.failures]
             writer.start_swmr()
         except BaseException:
             writer.close("failed", "could not set up the recording")

@@ -1,0 +1,126 @@
+"""Export after the run (:func:`export_run`) and during it (:class:`LiveLogger`, a hook)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from driftscope.events import Hook, RoundEnded, RunEnded, RunStarted
+from driftscope.export.rounds import hyperparameters, metric_labels, round_exports
+from driftscope.export.sinks import Sink, figure_pngs, open_sink, parse_target
+
+if TYPE_CHECKING:
+    from driftscope.reader import Run
+
+__all__ = ["LiveLogger", "LoggerWarning", "export_run"]
+
+
+class LoggerWarning(UserWarning):
+    """A live logger failed and stopped; the run goes on."""
+
+
+def export_run(
+    path: str | os.PathLike, kind: str, target: str | None, *, figures: bool = True
+) -> int:
+    """Write every committed round of the run file ``path`` to ``kind`` (tensorboard, mlflow,
+    wandb) at ``target``, with label alignment, the config and (``figures``) the run's figures;
+    returns the number of rounds written."""
+    import json
+
+    from driftscope.reader import open_run
+
+    with open_run(path) as run:
+        recs = round_exports(run, label_alignment=run.recorded)
+        sink = open_sink(kind, target, Path(path).stem)
+        try:
+            sink.hyperparameters(
+                hyperparameters(json.loads(run.config.to_json())), metric_labels(run.layers)
+            )
+            for rec in recs:
+                sink.round(rec)
+            if figures:
+                with tempfile.TemporaryDirectory(prefix="driftscope-figures-") as tmp:
+                    for png in figure_pngs(run, Path(tmp)):
+                        sink.figure(png.stem, png)
+        finally:
+            sink.close()
+    return len(recs)
+
+
+class LiveLogger(Hook):
+    """Writes each committed round of the run file ``run_path`` to a backend while it trains.
+
+    ``spec``: ``"tensorboard=DIR"``, ``"mlflow=URI"`` or ``"wandb"`` / ``"wandb=DIR"`` (the CLI's
+    ``--log``). A round is committed after every hook has seen its end, so round r is written when
+    round r + 1 ends (the last at the run's end), read back from the file: the values are those of
+    ``analyze --csv``. A backend that fails (disk full, service down) warns once
+    (:class:`LoggerWarning`) and is dropped: it never stops the run nor touches its file.
+    """
+
+    def __init__(self, spec: str, run_path: str | os.PathLike) -> None:
+        self.kind, self.target = parse_target(spec)
+        self.path = Path(run_path)
+        self.sink: Sink | None = open_sink(self.kind, self.target, self.path.stem)
+        self.run: Run | None = None
+        self.done = -1  # the last round written
+
+    def on_run_start(self, event: RunStarted) -> None:
+        import json
+
+        self._guard(
+            lambda sink: sink.hyperparameters(
+                hyperparameters(json.loads(event.config.to_json())),
+                metric_labels(event.layout.layers),
+            )
+        )
+
+    def on_round_end(self, event: RoundEnded) -> None:
+        self._guard(self._write_committed)
+
+    def on_run_end(self, event: RunEnded) -> None:
+        self._guard(self._write_committed)
+        self._close()
+
+    # ------------------------------------------------------------------ internals
+    def _write_committed(self, sink: Sink) -> None:
+        from driftscope.reader import open_run
+
+        if self.run is None:
+            if not self.path.exists():
+                return
+            self.run = open_run(self.path)
+        else:
+            self.run.refresh()
+        rounds = [int(r) for r in self.run.metrics["round"] if int(r) > self.done]
+        for rec in round_exports(self.run, rounds):
+            sink.round(rec)
+            self.done = rec.round
+
+    def _guard(self, fn: Any) -> None:
+        if self.sink is None:
+            return
+        try:
+            fn(self.sink)
+        except Exception as err:  # any failure of the logger: warn once, keep training
+            warnings.warn(
+                f"the {self.kind} logger stopped ({type(err).__name__}: {err}); the run goes on "
+                f"and its file keeps every round: export it later with driftscope export "
+                f"{self.path} --to {self.kind}",
+                LoggerWarning,
+                stacklevel=2,
+            )
+            self._close()
+
+    def _close(self) -> None:
+        sink, self.sink = self.sink, None
+        run, self.run = self.run, None
+        for closing in (sink, run):
+            if closing is None:
+                continue
+            try:
+                closing.close()
+            except Exception:  # closing a failed backend: the warning was given
+                pass
