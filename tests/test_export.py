@@ -165,6 +165,9 @@ def test_mlflow_export_equals_analyze_csv(finished, tmp_path: Path) -> None:
     assert mrun.data.params["train.clients"] == "4"
     arts = {a.path for a in client.list_artifacts(mrun.info.run_id, "driftscope")}
     assert "driftscope/labels.json" in arts
+    # artifacts next to the store, not in the working directory
+    assert (tmp_path / "mlflow-artifacts").is_dir()
+    assert not Path("mlruns").exists()
 
 
 def wandb_history(run_dir: Path) -> dict[tuple[str, int], float]:

@@ -127,7 +127,16 @@ class MlflowSink(Sink):
             raise _missing("mlflow", "mlflow") from None
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name("driftscope")
-        exp_id = exp.experiment_id if exp else self.client.create_experiment("driftscope")
+        if exp is not None:
+            exp_id = exp.experiment_id
+        else:
+            # a local store keeps its artifacts next to itself (MLflow's default is ./mlruns
+            # in whatever directory the command runs from)
+            location = None
+            if uri.startswith("sqlite:///"):
+                db = Path(uri.removeprefix("sqlite:///")).resolve()
+                location = (db.parent / f"{db.stem}-artifacts").as_uri()
+            exp_id = self.client.create_experiment("driftscope", artifact_location=location)
         self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
 
     def hyperparameters(self, params: dict[str, Any], labels: dict[str, Any]) -> None:
