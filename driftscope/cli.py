@@ -66,11 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="driftscope",
         description="See where in a neural network federated learning drifts.",
+        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser(
+    def add_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        # no abbreviated flags: "--epoch 3" would silently mean whichever flag it prefixes
+        return sub.add_parser(name, allow_abbrev=False, **kwargs)
+
+    p = add_command(
         "run",
         help="train one federated run and write its run file",
         description="Train one federated run and write an HDF5 run file. With no arguments: "
@@ -123,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_flags(p)
 
-    p = sub.add_parser(
+    p = add_command(
         "analyze",
         help="per-layer drift summary of a run",
         description="Print a per-layer drift summary (layers in model order, head marked, aggregated over rounds).",
@@ -136,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics and label_alignment, label_alignment_p",
     )
 
-    p = sub.add_parser(
+    p = add_command(
         "export",
         help="write a run's drift, metrics and figures to TensorBoard, MLflow or W&B",
         description="Write every committed round of a run file (per-layer drift and CKA as "
@@ -156,14 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
 
-    p = sub.add_parser(
+    p = add_command(
         "inspect",
         help="what a run file holds",
         description="Print a run file's config, layers, rounds and datasets.",
     )
     p.add_argument("run", metavar="RUN.h5")
 
-    p = sub.add_parser(
+    p = add_command(
         "figures",
         help="write every figure the runs support",
         description="Write every figure the given runs support, as PNG and PDF.",
@@ -171,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN.h5")
     p.add_argument("--out", metavar="DIR", default="figures", help="output folder")
 
-    p = sub.add_parser(
+    p = add_command(
         "compare",
         help="algorithms side by side over several seeds",
         description="Train FedAvg, SCAFFOLD and FedPVR (with and without body momentum) for each seed "
@@ -195,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true")
     _add_threads(p)
 
-    p = sub.add_parser(
+    p = add_command(
         "reproduce",
         help="FedAvg vs SCAFFOLD vs FedPVR on the embedded default, and the observation",
         description="Run FedAvg, SCAFFOLD and FedPVR on the embedded digits (alpha 0.1) and an IID "

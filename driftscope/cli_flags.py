@@ -26,6 +26,8 @@ from driftscope.data import DATASETS
 from driftscope.errors import ConfigError
 from driftscope.models import MODELS
 
+# The most torch intra-op threads a run may ask for (torch holds the count in a C int).
+MAX_THREADS = 4096
 # Thread policy: below this many parameters one torch thread is used (see choose_threads).
 SMALL_MODEL_PARAMS = 1_000_000
 
@@ -327,8 +329,11 @@ def choose_threads(num_params: int, requested: int | None, default: int) -> tupl
     keep torch's ``default`` (the core count, or ``OMP_NUM_THREADS``).
     """
     if requested is not None:
-        if requested < 1:
-            raise ConfigError(f"--threads must be >= 1 (got {requested})")
+        if not 1 <= requested <= MAX_THREADS:
+            raise ConfigError(
+                f"--threads must be between 1 and {MAX_THREADS} (got {requested}): "
+                "e.g. --threads 1 for small models"
+            )
         return requested, "--threads"
     if num_params < SMALL_MODEL_PARAMS:
         return 1, f"{num_params:,} parameters < {SMALL_MODEL_PARAMS:,}: one thread is fastest"

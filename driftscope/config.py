@@ -49,12 +49,37 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+#: the largest magnitude of a float setting: what float32 holds (every number is used as a float32
+#: tensor or stored in the run file; 1e308 would overflow there)
+FLOAT_MAX = 3.4028234663852886e38
+#: the largest magnitude of an integer setting: what int64 (the run file's integer type) holds
+INT_MAX = 2**63 - 1
+
+
+def check_number(value: Any, key: str) -> None:
+    """A numeric setting must be one that float32 (a float) or int64 (an integer) can hold."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be finite (got {value})")
+        if abs(value) > FLOAT_MAX:
+            raise ConfigError(
+                f"{key} = {value:g} is out of range: a setting must lie within +-3.4e38 "
+                "(what float32 holds)"
+            )
+    elif isinstance(value, int) and not -INT_MAX <= value <= INT_MAX:
+        raise ConfigError(
+            f"{key} = {value} is out of range: an integer setting must lie within +-(2**63 - 1) "
+            "(what int64 holds)"
+        )
+
+
 def _check_finite(obj: Any, section: str) -> None:
-    """Every float field of a config section must be finite (NaN and inf are never meaningful)."""
+    """Every number of a config section must be finite (NaN and inf are never meaningful) and
+    within the range its float32 / int64 holds (:func:`check_number`)."""
     for f in fields(obj):
-        value = getattr(obj, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{section}{f.name} must be finite (got {value})")
+        check_number(getattr(obj, f.name), f"{section}{f.name}")
 
 
 def _check_name(registry: Any, name: str) -> None:
@@ -89,6 +114,12 @@ class DataConfig:
         _check(
             self.classes_per_client >= 1,
             f"classes_per_client must be >= 1 (got {self.classes_per_client})",
+        )
+        num_classes = DATASETS.get(self.dataset).num_classes
+        _check(
+            self.partition != "shards" or self.classes_per_client <= num_classes,
+            f"classes_per_client {self.classes_per_client} is more than {self.dataset}'s "
+            f"{num_classes} classes: give --classes-per-client at most {num_classes}",
         )
         _check(
             0 <= self.min_share < 1,
@@ -268,6 +299,12 @@ class RunConfig:
     @classmethod
     def from_toml(cls, path: str | Path) -> RunConfig:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder, not a config file: give --config a TOML file")
+        if path.exists() and not path.is_file():
+            raise ConfigError(
+                f"{path} is not a regular file (a device or a pipe): give --config a TOML file"
+            )
         if not path.is_file():
             raise ConfigError(
                 f"config file {path} does not exist: check the path given to --config"
@@ -451,6 +488,8 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
         raise ConfigError(f"{_at(source)}'{key}' must be {expected}{none_ok} (got {value!r})")
     if kind == "float":
         value = float(value)
-        if not math.isfinite(value):
-            raise ConfigError(f"{_at(source)}'{key}' must be finite (got {value})")
+    try:
+        check_number(value, f"'{key}'")
+    except ConfigError as err:
+        raise ConfigError(f"{_at(source)}{err}") from None
     return value

@@ -173,7 +173,7 @@ def test_choose_threads_policy():
     assert choose_threads(9_750_922, None, 8)[0] == 8  # VGG-11: torch's default
     assert choose_threads(999_999, None, 8)[0] == 1 and choose_threads(1_000_000, None, 8)[0] == 8
     assert choose_threads(75_000, 3, 8) == (3, "--threads")
-    with pytest.raises(ConfigError, match="--threads must be >= 1"):
+    with pytest.raises(ConfigError, match="--threads must be between 1 and"):
         choose_threads(10, 0, 8)
 
 
@@ -195,14 +195,21 @@ def test_run_prints_threads_and_momentum_warning(tmp_path):
         ("[train]\nlr = 0.1\n".encode("utf-16"), "not a UTF-8 text file"),
         (b"[train]\nlr = nan\n", "'train.lr' must be finite"),
         (b"[trian]\nlr = 0.1\n", "unknown section 'trian': did you mean 'train'?"),
+        (b"[record]\nevery = 9223372036854775808\n", "'record.every' = 9223372036854775808 is"),
+        (b"[record]\ncka_every = 9223372036854775807\n", None),  # the largest int64: valid
+        (b"[train]\nweight_decay = 1e308\n", "'train.weight_decay' = 1e+308 is out of range"),
     ],
 )
 def test_bad_config_files_are_one_line_errors(tmp_path, capsys, content, needle):
     path = tmp_path / "c.toml"
     path.write_bytes(content)
+    if needle is None:  # valid: the config is read as given
+        assert RunConfig.from_toml(path).record.cka_every == 2**63 - 1
+        return
     assert main(["run", "--config", str(path), "--out", str(tmp_path / "x.h5")]) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.h5").exists()
 
 
 @pytest.mark.parametrize("target", ["0", "-0.5", "1.5", "nan"])
@@ -228,6 +235,24 @@ def test_compare_target_must_be_an_accuracy(capsys, target):
         (["run", "--config", "missing.toml"], "does not exist"),
         (["analyze", "missing.h5"], "does not exist"),
         (["inspect", "pyproject.toml"], "not an HDF5 file"),
+        # every number within what its float32 / int64 holds, checked before anything exists
+        (["run", "--lr", "1e308"], "'train.lr' = 1e+308 is out of range"),
+        (["run", "--weight-decay", "1e308"], "'train.weight_decay' = 1e+308 is out of range"),
+        (["run", "--algorithm", "fedprox", "--mu", "1e308"], "'train.params.mu' = 1e+308"),
+        (["run", "--algorithm", "fedprox", "--mu=-1e39"], "'train.params.mu' = -1e+39"),
+        (["run", "--record-every", str(2**63)], "'record.every' = 9223372036854775808 is out"),
+        (["run", "--updates-every", str(2**63)], "'record.updates_every' = 9223372036854775808"),
+        (["run", "--cka-every", str(2**63)], "'record.cka_every' = 9223372036854775808"),
+        (["run", "--seed", str(2**64)], "'seed' = 18446744073709551616 is out of range"),
+        (["run", "--threads", str(2**63)], "--threads must be between 1 and 4096"),
+        (["reproduce", "--threads", str(2**63)], "--threads must be between 1 and 4096"),
+        (["compare", "--threads", "0"], "--threads must be between 1 and 4096"),
+        (
+            ["run", "--partition", "shards", "--classes-per-client", "11"],
+            "classes_per_client 11 is more than digits's 10 classes",
+        ),
+        (["run", "--config", "/dev/null"], "/dev/null is not a regular file"),
+        (["run", "--config", "."], ". is a folder, not a config file"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, args, needle):
@@ -248,6 +273,17 @@ def test_errors_from_the_real_command_have_no_traceback(tmp_path):
         out.stderr.strip()
         == "driftscope: error: alpha must be > 0 (got -1.0): use e.g. --alpha 0.1 for strong label skew"
     )
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--local-ep", "--round"])
+def test_no_flag_is_taken_by_its_prefix(tmp_path, capsys, flag):
+    """argparse's abbreviations are off: a mistyped or partial flag is refused, never read as
+    whichever flag it prefixes."""
+    with pytest.raises(SystemExit) as exc:
+        main(["run", flag, "3", "--out", str(tmp_path / "x.h5")])
+    assert exc.value.code == 2
+    assert f"unrecognized arguments: {flag} 3" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_existing_output_needs_overwrite(make_run, capsys):
