@@ -186,7 +186,7 @@ def _train_group(
     from torch.func import functional_call, grad, vmap
 
     g_all = len(clients)
-    names = [name for name, _ in model.named_parameters()]
+    names = [name for name, p in model.named_parameters() if p.requires_grad]  # layout order
     infos = layout.params
     device = next(model.parameters()).device  # train.device: where the simulator bound it
     x = x.to(device)  # (the simulator's x is there already)

@@ -87,6 +87,13 @@ def _general_flags() -> list[Flag]:
         Flag(
             "model.head_last_k", "the last K layers form the head", "model", type=int, metavar="K"
         ),
+        Flag(
+            "model.buffers",
+            "module buffers (BatchNorm statistics) between rounds: average | local (FedBN)",
+            "model",
+            choices=("average", "local"),
+            metavar="MODE",
+        ),
         Flag("train.algorithm", f"one of: {_names(ALGORITHMS)}", "training", metavar="NAME"),
         Flag("train.rounds", "communication rounds", "training", type=int),
         Flag("train.clients", "number of clients", "training", type=int),

@@ -65,6 +65,8 @@ class ClientTrained:
     update: torch.Tensor
     params: torch.Tensor
     layout: ModelLayout = field(repr=False)
+    # the client's module buffers after training (BatchNorm statistics), by name; empty if none
+    buffers: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def layer_update(self, key: str | ParamInfo | LayerInfo) -> torch.Tensor:
         """The update of one parameter or layer (weight and bias together), as a flat view."""
@@ -97,6 +99,8 @@ class RoundEnded:
     client_train_accuracy: Mapping[int, float]
     global_params: torch.Tensor
     control_norms: Mapping[str, torch.Tensor]
+    # the new global module buffers, by name (driftscope.buffers); empty if the model has none
+    global_buffers: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

@@ -45,12 +45,12 @@ class FlatParams:
         self, model: nn.Module, layout: ModelLayout, device: torch.device | str | None = None
     ) -> None:
         n = layout.numel
-        tensors: list[torch.Tensor] = list(model.parameters())
+        tensors: list[torch.Tensor] = _trainable(model)
         if device is None:  # the model's own device
             device = tensors[0].device if tensors else torch.device("cpu")
         device = torch.device(device)
-        model.to(device)  # buffers; the parameters are rebound to the flat vectors below
-        tensors = list(model.parameters())
+        model.to(device)  # buffers and frozen parameters; the trainable ones are rebound below
+        tensors = _trainable(model)  # frozen parameters (requires_grad False) are not federated
         self.device = device
         self.model = model
         self.layout = layout
@@ -241,6 +241,11 @@ def batches(
                 return
             yield perm[k * b : (k + 1) * b]
             done += 1
+
+
+def _trainable(model: nn.Module) -> list[torch.Tensor]:
+    """The parameters in the layout: the trainable ones, in model order."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _per_param(momentum: float | torch.Tensor, layout: ModelLayout) -> list[float] | None:

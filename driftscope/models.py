@@ -125,6 +125,13 @@ def __getattr__(name: str) -> object:
 # ---------------------------------------------------------------------------------------- layout
 # ParamInfo, LayerInfo and ModelLayout live in the torch-free driftscope.layout (re-exported here)
 _KIND_LABEL = {"Conv2d": "conv", "Conv1d": "conv", "Linear": "fc"}
+ROOT_KIND = "Parameter"  # the kind of a layer made of one parameter owned by the root module
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """``model``'s federated parameters in model order: those with ``requires_grad`` (a frozen
+    parameter is part of the model but not of federated training)."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
 def model_layout(
@@ -132,21 +139,39 @@ def model_layout(
 ) -> ModelLayout:
     """Resolve body/head for ``model``.
 
+    Only trainable parameters (``requires_grad``) are in the layout: frozen ones are neither sent,
+    averaged nor recorded. A layer is a module that owns trainable parameters directly, named by
+    its module name; a parameter owned by the root module (``self.pos = nn.Parameter(...)``) is a
+    layer of its own, named by the parameter (kind ``"Parameter"``). Labels are short
+    (``conv1``, ``fc3``, counted per kind) when every layer is a Conv or Linear layer and no short
+    label names another layer; otherwise every label is the layer's name (``layer1.0.bn1``).
+
     ``head``: fnmatch patterns over parameter names (``"classifier.*"``); ``head_last_k``: the last
     k parameterised layers; neither: the model's own ``head_prefixes`` (empty head if it has none).
     A pattern that matches no parameter is an error naming the parameters that exist.
     """
-    owners: list[tuple[str, nn.Module]] = [
-        (name, module)
-        for name, module in model.named_modules()
-        if any(True for _ in module.parameters(recurse=False))
-    ]
-    names = [n for n, _ in model.named_parameters()]
+    # (layer name, owning module name, [(param name, tensor)]) in model order
+    owners: list[tuple[str, str, str, list[tuple[str, nn.Parameter]]]] = []
+    seen: set[int] = set()
+    for mod_name, module in model.named_modules():
+        own: list[tuple[str, nn.Parameter]] = []
+        for pname, tensor in module.named_parameters(recurse=False):
+            if not tensor.requires_grad or id(tensor) in seen:  # frozen, or tied: count once
+                continue
+            seen.add(id(tensor))
+            own.append((f"{mod_name}.{pname}" if mod_name else pname, tensor))
+        if not own:
+            continue
+        if mod_name:
+            owners.append((mod_name, mod_name, type(module).__name__, own))
+        else:  # the root's own parameters: one layer each, named by the parameter
+            owners.extend((full, "", ROOT_KIND, [(full, t)]) for full, t in own)
+    names = [full for *_, own in owners for full, _ in own]
     if head:
         for pattern in head:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
                 raise ConfigError(
-                    f"head pattern '{pattern}' matches no parameter; parameters are "
+                    f"head pattern '{pattern}' matches no trainable parameter; parameters are "
                     f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''}"
                 )
         in_head = {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in head)}
@@ -156,11 +181,7 @@ def model_layout(
                 f"head_last_k={head_last_k} but the model has only {len(owners)} layers"
             )
         chosen = owners[len(owners) - head_last_k :] if head_last_k else []
-        in_head = {
-            f"{m}.{p}" if m else p
-            for m, mod in chosen
-            for p, _ in mod.named_parameters(recurse=False)
-        }
+        in_head = {full for *_, own in chosen for full, _ in own}
     else:
         prefixes = tuple(getattr(model, "head_prefixes", ()))
         in_head = {n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes)}
@@ -168,31 +189,55 @@ def model_layout(
     params: list[ParamInfo] = []
     layers: list[LayerInfo] = []
     offset = 0
-    counters: dict[str, int] = {}
-    seen: set[int] = set()
-    for mod_name, module in owners:
-        pnames: list[str] = []
+    for layer_name, mod_name, kind, own in owners:
         groups: set[str] = set()
-        for pname, tensor in module.named_parameters(recurse=False):
-            if id(tensor) in seen:  # shared (tied) parameter: count once
-                continue
-            seen.add(id(tensor))
-            full = f"{mod_name}.{pname}" if mod_name else pname
+        for full, tensor in own:
             group = "head" if full in in_head else "body"
             groups.add(group)
             params.append(ParamInfo(full, mod_name, group, tuple(tensor.shape), offset))
             offset += tensor.numel()
-            pnames.append(full)
-        if not pnames:
-            continue
-        kind = type(module).__name__
-        short = _KIND_LABEL.get(kind, "layer")
-        counters[short] = counters.get(short, 0) + 1
         layer_group = "head" if groups == {"head"} else "body" if groups == {"body"} else "mixed"
-        numel = sum(p.numel for p in params[-len(pnames) :])
-        layers.append(
-            LayerInfo(
-                mod_name, f"{short}{counters[short]}", kind, layer_group, tuple(pnames), numel
-            )
-        )
-    return ModelLayout(tuple(params), tuple(layers))
+        numel = sum(p.numel for p in params[-len(own) :])
+        pnames = tuple(full for full, _ in own)
+        layers.append(LayerInfo(layer_name, layer_name, kind, layer_group, pnames, numel))
+    return ModelLayout(tuple(params), _short_labels(layers))
+
+
+def _short_labels(layers: list[LayerInfo]) -> tuple[LayerInfo, ...]:
+    """``conv1``, ``fc3``, ... (counted per kind) when every layer is a Conv or Linear layer and
+    no short label is another layer's name; else the layers as they are (label = name)."""
+    if not layers or not all(layer.kind in _KIND_LABEL for layer in layers):
+        return tuple(layers)
+    counters: dict[str, int] = {}
+    labels = []
+    for layer in layers:
+        short = _KIND_LABEL[layer.kind]
+        counters[short] = counters.get(short, 0) + 1
+        labels.append(f"{short}{counters[short]}")
+    names = {layer.name: k for k, layer in enumerate(layers)}
+    if any(names.get(label, k) != k for k, label in enumerate(labels)):
+        return tuple(layers)  # a short label would name another layer
+    return tuple(
+        LayerInfo(layer.name, label, layer.kind, layer.group, layer.params, layer.numel)
+        for layer, label in zip(layers, labels, strict=True)
+    )
+
+
+#: algorithms whose training depends on the declared head (fedpvr_auto chooses its own layers)
+HEAD_ALGORITHMS = ("fedpvr",)
+
+
+def check_head(
+    algorithm: str, layout: ModelLayout, head: Sequence[str], last_k: int | None
+) -> None:
+    """A head-based algorithm on a model that declares no head (no ``head_prefixes``, no
+    ``model.head`` / ``model.head_last_k``) is an error, not FedAvg in disguise. An explicitly
+    empty head (``head_last_k = 0``) is allowed."""
+    if algorithm not in HEAD_ALGORITHMS or head or last_k is not None or layout.head_numel:
+        return
+    last = layout.layers[-1].name if layout.layers else "?"
+    raise ConfigError(
+        f"{algorithm} needs the model's head, and this model declares none: give --head-last-k 1 "
+        f"(model.head_last_k, here layer '{last}') or --head PATTERN (model.head), or set "
+        "head_prefixes on the model"
+    )

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,7 @@ from torch import nn
 
 from driftscope import schema
 from driftscope.config import RecordConfig
-from driftscope.errors import DriftscopeError
+from driftscope.errors import DriftscopeError, SettingsWarning
 from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted
 from driftscope.h5write import ChunkWriter, update_chunks
 from driftscope.heap import release_free_heap
@@ -54,7 +55,7 @@ from driftscope.runfile import append, growable
 from driftscope.seeding import torch_generator
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from driftscope.models import ModelLayout
     from driftscope.runfile import RunWriter
@@ -63,30 +64,62 @@ if TYPE_CHECKING:
 CKA_KINDS = schema.CKA_KINDS
 
 
+def first_tensor(output: object) -> torch.Tensor | None:
+    """The tensor a module's output is probed on: the output itself, or the first tensor of a
+    tuple, list, dict or named output (depth first, in order), or None if it holds none."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def batch_first(tensor: torch.Tensor, batch_dim: int) -> torch.Tensor:
+    """(batch, features): ``tensor`` with its batch dimension ``batch_dim`` first, flattened."""
+    if batch_dim:
+        tensor = tensor.movedim(batch_dim, 0)
+    return tensor.reshape(tensor.shape[0], -1)
+
+
 @contextmanager
 def capture_activations(
     model: nn.Module,
     layer_names: list[str],
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_dims: Mapping[str, int] | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Capture each named module's output, flattened to (batch, features), during forward passes.
 
-    With ``reduce`` the dict holds ``reduce(output)`` instead, computed inside the hook, before a
-    following in-place operation (``ReLU(inplace=True)``) can change the output; without it the
-    output is cloned for the same reason. The dict is cleared by the caller between passes; a
-    module that runs twice in one pass raises.
+    A module that returns a tuple, list, dict or named output (``nn.LSTM``,
+    ``nn.MultiheadAttention``) is captured on its first tensor (:func:`first_tensor`), with its
+    batch dimension ``batch_dims[name]`` (default 0) moved first. With ``reduce`` the dict holds
+    ``reduce(output)`` instead, computed inside the hook, before a following in-place operation
+    (``ReLU(inplace=True)``) can change the output; without it the output is cloned for the same
+    reason. The dict is cleared by the caller between passes; a module that runs twice in one
+    pass raises (:func:`probe_plan` leaves such modules out beforehand).
     """
     captured: dict[str, torch.Tensor] = {}
     handles = []
+    dims = batch_dims or {}
 
-    def make_hook(name: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    def make_hook(name: str) -> Callable[[nn.Module, tuple, object], None]:
+        dim = dims.get(name, 0)
+
+        def hook(module: nn.Module, inputs: tuple, output: object) -> None:
             if name in captured:
                 raise DriftscopeError(
                     f"layer '{name}' ran twice in one forward pass, so its activations are "
                     "ambiguous: turn probe CKA off with --probe-size 0 for this model"
                 )
-            flat = output.detach().reshape(output.shape[0], -1)
+            tensor = first_tensor(output)
+            if tensor is None:
+                raise DriftscopeError(f"layer '{name}' returned no tensor to probe")
+            flat = batch_first(tensor.detach(), dim)
             captured[name] = reduce(flat) if reduce is not None else flat.clone()
 
         return hook
@@ -98,6 +131,70 @@ def capture_activations(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@torch.no_grad()
+def probe_plan(
+    model: nn.Module, layout: ModelLayout, inputs: torch.Tensor
+) -> tuple[dict[str, int], dict[str, str]]:
+    """Which layers probe CKA can measure, from one forward pass of ``model`` on ``inputs``:
+    ``({layer: batch dimension}, {layer: why it is skipped})``.
+
+    A layer is probed on its module's output (the first tensor of a tuple, list, dict or named
+    output) with the batch dimension first: dimension 0 when its size is the probe size n, else
+    dimension 1 (sequence-first modules: ``nn.LSTM``, ``nn.MultiheadAttention`` without
+    ``batch_first``). Skipped, with the reason: a parameter of the root module (no output of its
+    own), a module not called or called more than once per forward pass, an output without a
+    tensor or without a dimension of size n. A forward pass that fails skips every layer.
+    """
+    from driftscope.models import ROOT_KIND
+
+    n = inputs.shape[0]
+    dims: dict[str, int] = {}
+    skipped: dict[str, str] = {}
+    calls: dict[str, list[object]] = {}
+    handles = []
+
+    def make_hook(name: str) -> Callable[[nn.Module, tuple, object], None]:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            tensor = first_tensor(output)
+            calls[name].append(None if tensor is None else tuple(tensor.shape))
+
+        return hook
+
+    for layer in layout.layers:
+        if layer.kind == ROOT_KIND:
+            skipped[layer.name] = "a parameter of the root module: no module output of its own"
+            continue
+        calls[layer.name] = []
+        handles.append(model.get_submodule(layer.name).register_forward_hook(make_hook(layer.name)))
+    try:
+        model(inputs)
+    except Exception as err:  # the probe model cannot run on the probe set: skip, do not fail
+        reason = f"the probe forward pass failed ({type(err).__name__}: {err})".splitlines()[0]
+        return {}, {layer.name: reason for layer in layout.layers}
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, seen in calls.items():
+        if len(seen) != 1:
+            skipped[name] = (
+                "not called in the forward pass"
+                if not seen
+                else f"called {len(seen)} times per forward pass (activations ambiguous)"
+            )
+        elif seen[0] is None:
+            skipped[name] = "its output holds no tensor"
+        else:
+            shape = seen[0]
+            assert isinstance(shape, tuple)
+            if shape and shape[0] == n:
+                dims[name] = 0
+            elif len(shape) > 1 and shape[1] == n:
+                dims[name] = 1
+            else:
+                skipped[name] = f"its output {list(shape)} has no batch dimension of size {n}"
+    return dims, skipped
 
 
 def probe_index(seed: int, num_test: int, size: int) -> np.ndarray:
@@ -125,10 +222,16 @@ def stored_params(cfg: RecordConfig, layout: ModelLayout) -> list:
 class Recorder(Hook):
     """Writes per-layer recordings into an open :class:`~driftscope.runfile.RunWriter`'s file.
 
-    ``model_factory()`` builds a model of the run's architecture (its own parameters are never
-    used); ``probe_inputs`` are the (normalised) probe images, ``probe_rows`` their test-set rows;
-    ``control_names`` the parameters with control-variate norms (``RoundEnded.control_norms``
-    keys). On a file that already holds the records (a resumed run) the datasets are reused.
+    ``model_factory()`` builds a model of the run's architecture (its own trainable parameters
+    are never used); ``probe_inputs`` are the (normalised) probe images, ``probe_rows`` their
+    test-set rows; ``control_names`` the parameters with control-variate norms
+    (``RoundEnded.control_norms`` keys); ``frozen`` the training model's frozen parameters (they
+    replace the factory's own). Buffers come with the events (a client's after its training, the
+    global ones after the round); when an event has none the probe model keeps its own. On a file
+    that already holds the records (a resumed run) the datasets are reused.
+    Layers that cannot be probed (:func:`probe_plan`) are skipped with a
+    :class:`~driftscope.errors.SettingsWarning` and their reasons stored in the ``records`` attr
+    ``schema.CKA_SKIPPED_ATTR``.
     """
 
     @classmethod
@@ -147,6 +250,7 @@ class Recorder(Hook):
             probe_inputs=sim.test_x[rows] if rows is not None else None,
             probe_rows=rows,
             control_names=tuple(sim.algorithm.state_norms()),
+            frozen=sim.frozen,
         )
 
     def __init__(
@@ -160,6 +264,7 @@ class Recorder(Hook):
         probe_inputs: torch.Tensor | None = None,
         probe_rows: np.ndarray | None = None,
         control_names: Sequence[str] = (),
+        frozen: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         self.cfg = cfg
         self.writer = writer
@@ -167,18 +272,38 @@ class Recorder(Hook):
         self.layout = layout
         s = self.s = clients_per_round
         self.stored = stored_params(cfg, layout)
-        self.layer_names = [layer.name for layer in layout.layers]
+        self.layer_names: list[str] = []  # the probed layers
+        self.batch_dims: dict[str, int] = {}
+        self.skipped: dict[str, str] = {}
         self.probe_size = cfg.probe_size if probe_inputs is not None else 0
         self.probe = probe_inputs
         self.control_names = tuple(control_names)
         self.model: nn.Module | None = None
+        self.fixed: dict[str, torch.Tensor] = {}  # frozen parameters, then buffers, by name
         if self.probe_size:
+            assert probe_inputs is not None
+            from driftscope.buffers import buffer_names, clone_buffers, read_buffers
+
             with torch.random.fork_rng(devices=[]):  # initialising it draws from torch's RNG
                 model = model_factory()
-            names = [name for name, _ in model.named_parameters()]
+            names = [name for name, p in model.named_parameters() if p.requires_grad]
             if names != [p.name for p in layout.params]:
                 raise ValueError("model_factory() builds a model whose parameters differ")
-            self.model = model.eval().requires_grad_(False)
+            self.model = model.eval().requires_grad_(False).to(probe_inputs.device)
+            with torch.no_grad():
+                for name, value in (frozen or {}).items():
+                    model.get_parameter(name).copy_(value)
+            self.fixed = clone_buffers(read_buffers(model, buffer_names(model)))
+            self.batch_dims, self.skipped = probe_plan(model, layout, probe_inputs)
+            self.layer_names = [ly.name for ly in layout.layers if ly.name in self.batch_dims]
+            if self.skipped:
+                first = next(iter(self.skipped.items()))
+                warnings.warn(
+                    f"probe CKA skips {len(self.skipped)} of {len(layout.layers)} layers "
+                    f"('{first[0]}': {first[1]}); their reasons are in the run file",
+                    SettingsWarning,
+                    stacklevel=2,
+                )
         if schema.RECORD_ROUND not in self.file:
             self._declare(num_clients, probe_rows)
 
@@ -203,6 +328,8 @@ class Recorder(Hook):
         rec.attrs["cka_every"] = cfg.cka_every
         rec.attrs["probe_size"] = self.probe_size and len(self.probe)  # type: ignore[arg-type]
         rec.attrs[schema.CKA_PRECISION_ATTR] = cfg.cka_precision
+        if self.probe_size:
+            rec.attrs[schema.CKA_SKIPPED_ATTR] = json.dumps(self.skipped)
         if self.probe_size:
             index = f.create_dataset(schema.PROBE_INDEX, data=np.asarray(probe_rows))
             index.attrs["description"] = "rows of the test set that form the CKA probe set"
@@ -274,7 +401,7 @@ class Recorder(Hook):
         self._updates[self._slot].copy_(event.update)
         self._slot += 1
         if self._cka_now:
-            self._probe_grams(event.params)
+            self._probe_grams(event.params, event.buffers)
 
     def on_round_end(self, event: RoundEnded) -> None:
         if not self._active:
@@ -290,7 +417,7 @@ class Recorder(Hook):
         if schema.stores_updates(r, self.cfg.every, self.cfg.updates_every):
             self.store_updates(r, d)
         if self._cka_now:
-            self._probe_grams(event.global_params)
+            self._probe_grams(event.global_params, event.global_buffers)
             assert self._grams is not None
             for k, name in enumerate(self.layer_names):
                 # (S+1, n, n) Grams of centred features, computed on the device; CKA on the host
@@ -337,22 +464,30 @@ class Recorder(Hook):
         return handle
 
     @torch.no_grad()
-    def _probe_grams(self, flat: torch.Tensor) -> None:
-        """Run the probe model with parameters ``flat`` (P,) (views, no copy) on the probe set and
-        keep each layer's centred-feature Gram (``centred_gram`` in ``record.cka_precision``)."""
+    def _probe_grams(self, flat: torch.Tensor, buffers: Mapping[str, torch.Tensor]) -> None:
+        """Run the probe model with parameters ``flat`` (P,) and ``buffers`` (views, no copy) on
+        the probe set and keep each probed layer's centred-feature Gram (``centred_gram`` in
+        ``record.cka_precision``)."""
         assert self.model is not None and self.probe is not None
         if self.probe.device != flat.device:  # probe on the training device
             self.probe = self.probe.to(flat.device)
             self.model.to(flat.device)
-        params = {
-            p.name: flat[p.offset : p.offset + p.numel].view(p.shape) for p in self.layout.params
-        }
+            self.fixed = {k: v.to(flat.device) for k, v in self.fixed.items()}
+        if not self.layer_names:
+            return
+        params = dict(self.fixed)
+        params.update(buffers)
+        params.update(
+            {p.name: flat[p.offset : p.offset + p.numel].view(p.shape) for p in self.layout.params}
+        )
         precision = self.cfg.cka_precision
 
         def reduce(features: torch.Tensor) -> torch.Tensor:
             return centred_gram(features, precision)
 
-        with capture_activations(self.model, self.layer_names, reduce=reduce) as grams:
+        with capture_activations(
+            self.model, self.layer_names, reduce=reduce, batch_dims=self.batch_dims
+        ) as grams:
             torch.func.functional_call(self.model, params, (self.probe,))
             for k, name in enumerate(self.layer_names):
                 gram = grams[name]  # float64, on the device (the CPU for MPS: float64_device)

@@ -94,6 +94,12 @@ class RecordsMixin:
 
     @property
     @_guarded
+    def cka_skipped(self) -> dict[str, str]:
+        """Layers that probe CKA could not measure, with the reason (empty: every layer)."""
+        return dict(json.loads(self._attr(schema.CKA_SKIPPED_ATTR, "{}", schema.RECORDS)))
+
+    @property
+    @_guarded
     def participants(self) -> np.ndarray:
         """(recorded rounds, S) client ids in the row order of every record."""
         return self._read(schema.RECORD_CLIENTS, slice(0, len(self.rounds)))
@@ -220,6 +226,9 @@ class RecordsMixin:
                 f"unknown CKA kind '{kind}': choose one of {', '.join(schema.CKA_KINDS)}"
             )
         ly = self.layer(layer)
+        skipped = self.cka_skipped.get(ly.name)
+        if skipped is not None:
+            raise RunFileError(f"layer '{ly.name}' has no probe CKA: {skipped}")
         n = len(self.cka_rounds)
         data = self._rows(schema.cka_path(kind, ly.name), n, "CKA rounds")
         if round is None:

@@ -197,6 +197,7 @@ RECORD_POLICY_ATTRS = ("every", "updates_every", "cka_every", "probe_size")
 # attr of RECORDS: "float32" or "float64", the probe Grams' arithmetic (record.cka_precision);
 # absent in files written before it: float64
 CKA_PRECISION_ATTR = "cka_precision"
+CKA_SKIPPED_ATTR = "cka_skipped"  # records attr: JSON {layer: why probe CKA skipped it}
 
 GRAM_DTYPE = "float64"
 CKA_DTYPE = "float64"

@@ -26,6 +26,14 @@ import torch.nn.functional as F
 from driftscope import batched
 from driftscope.algorithms import Algorithm, build_algorithm
 from driftscope.algorithms.aggregate import client_weights
+from driftscope.buffers import (
+    BufferAverage,
+    buffer_bytes,
+    buffer_names,
+    clone_buffers,
+    load_buffers,
+    read_buffers,
+)
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, load_dataset
 from driftscope.device import data_fits, resolve_device
@@ -40,7 +48,7 @@ from driftscope.events import (
     StateRows,
 )
 from driftscope.local import Augmentation, FlatParams, LocalResult, local_train
-from driftscope.models import build_model, model_layout
+from driftscope.models import build_model, check_head, model_layout
 from driftscope.partition import label_histogram, partition
 from driftscope.seeding import derive_seed, numpy_rng
 
@@ -48,6 +56,9 @@ EVAL_BATCH = 1024
 ENGINE = "simulator"
 GLOBAL_PARAMS = "global_params"  # state name of the global model; algorithm state: "algorithm/<k>"
 ALGORITHM_STATE = "algorithm/"
+BUFFER_STATE = "buffers/"  # the global buffers: "buffers/<name>"
+CLIENT_BUFFER_STATE = "client_buffers/"  # model.buffers "local": (N, ...) per buffer, and
+CLIENT_BUFFER_SET = "client_buffers_set"  # (N,) uint8: 1 where the client has buffers of its own
 
 
 class Simulator:
@@ -106,8 +117,22 @@ class Simulator:
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.model = build_model(cfg.model.name, ds.input_shape, ds.num_classes)
         self.layout = model_layout(self.model, cfg.model.head, cfg.model.head_last_k)
+        check_head(t.algorithm, self.layout, cfg.model.head, cfg.model.head_last_k)
         self.flat = FlatParams(self.model, self.layout, device)  # initialised on the CPU
         self.global_params = self.flat.params.clone()
+        # frozen parameters (requires_grad False): the model's own, never trained or sent
+        self.frozen = {n: p for n, p in self.model.named_parameters() if not p.requires_grad}
+        # buffers (driftscope.buffers): the global ones, and in "local" mode each client's own
+        self.buffer_names = buffer_names(self.model)
+        self.global_buffers = clone_buffers(read_buffers(self.model, self.buffer_names))
+        self.local_buffers = cfg.model.buffers == "local" and bool(self.buffer_names)
+        self.client_buffers: dict[str, torch.Tensor] = {}
+        self.client_buffers_set = torch.zeros(t.clients, dtype=torch.uint8)
+        if self.local_buffers:
+            self.client_buffers = {
+                name: torch.zeros((t.clients, *v.shape), dtype=v.dtype, device=device)
+                for name, v in self.global_buffers.items()
+            }
 
         # algorithm
         self.algorithm: Algorithm = build_algorithm(t, self.layout, t.clients).to(device)
@@ -222,12 +247,20 @@ class Simulator:
         sizes = torch.tensor([len(self.parts[c]) for c in clients])
         weights = client_weights(sizes, t.weighting).tolist()
         mean_update = torch.zeros_like(x)
+        buffer_mean = BufferAverage(self.global_buffers)
         extras: list[torch.Tensor | None] = []
         losses: dict[int, float] = {}
         accs: dict[int, float] = {}
         for client, w, result in zip(clients, weights, self._train(clients, x), strict=True):
             mean_update.add_(result.update, alpha=w)
             extras.append(result.extra)
+            buffers = read_buffers(self.model, self.buffer_names)  # the client's, after training
+            if buffers:
+                buffer_mean.add(buffers, w)
+                if self.local_buffers:
+                    for name, value in buffers.items():
+                        self.client_buffers[name][client].copy_(value)
+                    self.client_buffers_set[client] = 1
             losses[client], accs[client] = result.train_loss, result.train_accuracy
             trained = ClientTrained(
                 round=r,
@@ -239,10 +272,13 @@ class Simulator:
                 update=result.update,
                 params=result.params,
                 layout=self.layout,
+                buffers=MappingProxyType(buffers),
             )
             for hook in hooks:
                 hook.on_client_end(trained)
         self.global_params = self.algorithm.server_update(x, mean_update, extras)
+        if self.global_buffers:
+            self.global_buffers = buffer_mean.result()
         if not bool(torch.isfinite(self.global_params).all()):
             raise DivergenceError(f"the global model became non-finite at round {r}: lower --lr")
         evaluate = (r + 1) % t.eval_every == 0 or r + 1 == t.rounds
@@ -250,6 +286,8 @@ class Simulator:
             self.evaluate(self.global_params) if evaluate else (math.nan, math.nan)
         )
         down, up = self.algorithm.bytes_per_client()
+        carried = buffer_bytes(self.global_buffers)  # buffers go down (unless kept local) and up
+        down, up = down + (0 if self.local_buffers else carried), up + carried
         event = RoundEnded(
             round=r,
             clients=clients,
@@ -264,6 +302,7 @@ class Simulator:
             client_train_accuracy=MappingProxyType(accs),
             global_params=self.global_params,
             control_norms=_LazyMapping(self.algorithm.state_norms),
+            global_buffers=MappingProxyType(self.global_buffers),
         )
         for hook in hooks:
             hook.on_round_end(event)
@@ -275,6 +314,7 @@ class Simulator:
         one (:func:`local_train`), as ``train.batched`` says."""
         t, seed, r = self.cfg.train, self.cfg.seed, self.round
         if batched.use_batched(t, self.model, self.layout.numel, self.dataset.input_shape):
+            # (a model with buffers never trains batched: batched.supported)
             data = [(self.client_x[c], self.client_y[c]) for c in clients]
             yield from batched.train_clients(
                 self.model, self.layout, data, clients, self.algorithm, x, t,
@@ -282,10 +322,19 @@ class Simulator:
             )  # fmt: skip
             return
         for client in clients:
+            self.load_client_buffers(client)
             yield local_train(
                 self.flat, self.client_x[client], self.client_y[client], self.algorithm, x, t,
                 seed=seed, round=r, client=client, augmentation=self.augmentation,
             )  # fmt: skip
+
+    def load_client_buffers(self, client: int) -> None:
+        """Put the buffers ``client`` starts its round from into the working model: the global
+        ones, or in "local" mode its own once it has trained."""
+        if self.local_buffers and self.client_buffers_set[client]:
+            load_buffers(self.model, {n: v[client] for n, v in self.client_buffers.items()})
+        else:
+            load_buffers(self.model, self.global_buffers)
 
     # ------------------------------------------------------------------ state (resume)
     def state(self) -> dict[str, torch.Tensor]:
@@ -294,6 +343,12 @@ class Simulator:
         out = {GLOBAL_PARAMS: self.global_params}
         for name, tensor in self.algorithm.state_dict().items():
             out[ALGORITHM_STATE + name] = tensor
+        for name, tensor in self.global_buffers.items():
+            out[BUFFER_STATE + name] = tensor
+        if self.local_buffers:
+            for name, tensor in self.client_buffers.items():
+                out[CLIENT_BUFFER_STATE + name] = tensor
+            out[CLIENT_BUFFER_SET] = self.client_buffers_set
         return out
 
     def commit_state(self) -> dict[str, np.ndarray | StateRows]:
@@ -323,13 +378,30 @@ class Simulator:
         }
         if algo:
             self.algorithm.load_state_dict(algo)
+        missing = [n for n in self.buffer_names if BUFFER_STATE + n not in state]
+        if missing:
+            from driftscope.errors import RunFileError
+
+            raise RunFileError(
+                f"the run file's resume state has no buffers ({missing[0]}, ...): it was written "
+                "before buffers were federated state; start the run again"
+            )
+        for name in self.buffer_names:
+            value = torch.as_tensor(state[BUFFER_STATE + name])
+            self.global_buffers[name] = value.to(self.device, self.global_buffers[name].dtype)
+        if self.local_buffers:
+            for name in self.buffer_names:
+                value = torch.as_tensor(state[CLIENT_BUFFER_STATE + name])
+                self.client_buffers[name].copy_(value)
+            self.client_buffers_set.copy_(torch.as_tensor(state[CLIENT_BUFFER_SET]))
         self.round = next_round
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, params: torch.Tensor) -> tuple[float, float]:
-        """(mean cross-entropy, accuracy) of ``params`` on the test set."""
+        """(mean cross-entropy, accuracy) of ``params`` (with the global buffers) on the test set."""
         self.flat.params.copy_(params)
+        load_buffers(self.model, self.global_buffers)
         self.model.eval()
         device = self.device
         # summed on the device in float64 (float32 on mps) and read once
@@ -350,7 +422,10 @@ def _without_tensors(event: RoundEnded) -> RoundEnded:
     import dataclasses
 
     return dataclasses.replace(
-        event, global_params=torch.empty(0), control_norms=MappingProxyType({})
+        event,
+        global_params=torch.empty(0),
+        control_norms=MappingProxyType({}),
+        global_buffers=MappingProxyType({}),
     )
 
 

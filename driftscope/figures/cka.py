@@ -39,7 +39,10 @@ def cka_by_layer(
             continue
         hues.append(labels_of[id(run)])
         algorithms.append(config_value(run, "train", "algorithm"))
+        skipped = run.cka_skipped
         for layer in run.layers:
+            if layer.name in skipped:  # probe CKA could not measure it (the reason is stored)
+                continue
             if layer.label not in order:
                 order.append(layer.label)
             if layer.group == "head":
