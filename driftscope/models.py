@@ -171,7 +171,7 @@ def model_layout(
         for pattern in head:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
                 raise ConfigError(
-                    f"head pattern '{pattern}' matches no trainable parameter; parameters are "
+                    f"head pattern '{pattern}' matches no parameter; trainable parameters are "
                     f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''}"
                 )
         in_head = {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in head)}

@@ -361,3 +361,33 @@ def test_a_root_owned_parameter_is_a_named_layer():
     pos = layout.layer("pos")
     assert (pos.kind, pos.params, pos.numel) == ("Parameter", ("pos",), 8 * 16)
     assert layout.param("pos").layer == ""
+
+
+# ------------------------------------------------------------------------------------- flower
+@pytest.mark.parametrize("name", ["test_bn_resnet", "test_lora"])
+def test_flower_messages_carry_buffers_and_leave_frozen_parameters_alone(name, digits, tmp_path):
+    """The Flower strategy and ClientApp over real Messages (in-process grid): the same run file
+    as in-process, bit for bit (buffers cross the wire in their own dtypes; frozen parameters are
+    not sent and stay as built)."""
+    pytest.importorskip("flwr")
+    from flowergrid import LocalGrid
+    from test_flower import _run_files_equal
+
+    from driftscope.flower.client import app as client_app
+    from driftscope.flower.strategy import DriftscopeStrategy
+
+    cfg = small_config(**dict(RUN, model__name=name, train__clients=3))
+    sim = Simulator(cfg, digits)
+    sim.run()
+    train(cfg, tmp_path / "inprocess.h5", dataset=digits)
+    strategy = DriftscopeStrategy(cfg, tmp_path / "flower.h5", dataset=digits)
+    strategy.start(LocalGrid(client_app, 3, seed=7))
+    assert torch.equal(strategy.x, sim.global_params)
+    for key, value in sim.global_buffers.items():
+        assert torch.equal(strategy.sim.global_buffers[key], value), key
+    for n, p in strategy.sim.model.named_parameters():
+        if not p.requires_grad:
+            assert torch.equal(p, sim.frozen[n]), n
+    _run_files_equal(tmp_path / "inprocess.h5", tmp_path / "flower.h5")
+    with open_run(tmp_path / "flower.h5") as a, open_run(tmp_path / "inprocess.h5") as b:
+        assert (a.metrics["downlink_bytes"] == b.metrics["downlink_bytes"]).all()

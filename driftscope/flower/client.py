@@ -30,6 +30,7 @@ class LocalResult:
     """What one client's local training returns to the server."""
 
     params: torch.Tensor  # y (P,)
+    buffers: dict[str, torch.Tensor]  # the model's buffers after training (empty: none)
     delta: torch.Tensor | None  # c_i+ - c_i, or None
     control: torch.Tensor | None  # c_i+ (kept on the node)
     num_samples: int
@@ -70,8 +71,11 @@ class ClientRuntime:
         x: torch.Tensor,
         c: torch.Tensor | None,
         c_i: torch.Tensor | None,
+        buffers: dict[str, torch.Tensor] | None = None,
     ) -> LocalResult:
-        """Train ``client`` from global ``x`` with server control ``c`` and its own ``c_i``."""
+        """Train ``client`` from global ``x`` and ``buffers`` with server control ``c`` and its
+        own ``c_i``."""
+        from driftscope.buffers import clone_buffers, load_buffers, read_buffers
         from driftscope.local import local_train
 
         algo, sim = self.algorithm, self.sim
@@ -80,6 +84,8 @@ class ClientRuntime:
             assert c is not None  # the server sends c when has_control
             algo.c = c.to(algo.c.device).clone()
             algo.set_client_row(client, c_i)
+        if buffers:
+            load_buffers(sim.model, buffers)
         result = local_train(
             sim.flat,
             sim.client_x[client],
@@ -94,6 +100,10 @@ class ClientRuntime:
         )
         return LocalResult(
             params=result.params.cpu().clone(),
+            buffers={
+                k: v.cpu()
+                for k, v in clone_buffers(read_buffers(sim.model, sim.buffer_names)).items()
+            },
             delta=None if result.extra is None else result.extra.cpu().clone(),
             control=algo.client_row(client).cpu().clone() if self.has_control else None,
             num_samples=result.num_samples,
@@ -161,7 +171,12 @@ def train(msg: Message, context: Context) -> Message:
             if same_run and isinstance(saved, ArrayRecord)
             else torch.zeros(rt.control_size())  # control variates start at zero
         )
-    result = rt.train(round, client, x, c, c_i)
+    buffers = (
+        wire.record_buffers(msg.content[wire.BUFFERS], rt.sim.global_buffers)
+        if rt.sim.buffer_names
+        else None
+    )
+    result = rt.train(round, client, x, c, c_i, buffers)
     content = RecordDict(
         {
             wire.ARRAYS: wire.flat_to_arrays(result.params, rt.layout),
@@ -177,6 +192,8 @@ def train(msg: Message, context: Context) -> Message:
             ),
         }
     )
+    if result.buffers:
+        content[wire.BUFFERS] = wire.buffers_record(result.buffers)
     if result.delta is not None:
         content[wire.CONTROL] = wire.vector_record(wire.CONTROL_DELTA, result.delta)
     if result.control is not None:

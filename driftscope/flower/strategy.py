@@ -34,6 +34,7 @@ from flwr.supercore import log
 
 from driftscope import schema
 from driftscope.algorithms.aggregate import client_weights
+from driftscope.buffers import BufferAverage, buffer_bytes
 from driftscope.config import RunConfig
 from driftscope.data import Dataset
 from driftscope.errors import ConfigError, DivergenceError
@@ -75,6 +76,11 @@ class DriftscopeStrategy(Strategy):
             raise ConfigError(
                 f"{cfg.train.algorithm} is not available on the Flower engine (its clients would "
                 "not learn which layers carry control variates): use --engine inprocess"
+            )
+        if cfg.model.buffers == "local":
+            raise ConfigError(
+                "model.buffers 'local' is not available on the Flower engine (the nodes would "
+                "have to keep their buffers between rounds): use --engine inprocess"
             )
         warn_settings(cfg.train, stacklevel=2)  # as driftscope.train does
         self.cfg = cfg
@@ -221,6 +227,8 @@ class DriftscopeStrategy(Strategy):
             )
             if control is not None:
                 content[wire.CONTROL] = control
+            if self.sim.buffer_names:
+                content[wire.BUFFERS] = wire.buffers_record(self.sim.global_buffers)
             messages.append(
                 Message(content, dst_node_id=self._node_of[client], message_type=MessageType.TRAIN)
             )
@@ -246,6 +254,7 @@ class DriftscopeStrategy(Strategy):
         losses: dict[int, float] = {}
         accs: dict[int, float] = {}
         weight_of = dict(zip(answered, weights, strict=True))
+        buffer_mean = BufferAverage(self.sim.global_buffers)
         for client in clients:  # in the simulator's order, so the sums round the same way
             if client in answers:
                 content = answers[client].content
@@ -259,6 +268,10 @@ class DriftscopeStrategy(Strategy):
                     self.algorithm.set_client_row(client, c_i)
                     self.algorithm.refresh_norms(client)
                 extras.append(delta)
+                buffers: dict[str, torch.Tensor] = {}
+                if self.sim.buffer_names:
+                    buffers = wire.record_buffers(content[wire.BUFFERS], self.sim.global_buffers)
+                    buffer_mean.add(buffers, weight_of[client])
                 m = content[wire.METRICS]
                 trained = ClientTrained(
                     round=r,
@@ -270,6 +283,7 @@ class DriftscopeStrategy(Strategy):
                     update=update,
                     params=y,
                     layout=self.layout,
+                    buffers=MappingProxyType(buffers),
                 )
                 losses[client], accs[client] = trained.train_loss, trained.train_accuracy
             else:  # keep the recorder's rows aligned with the sampled clients: NaN, not stale
@@ -284,6 +298,7 @@ class DriftscopeStrategy(Strategy):
                     update,
                     x,
                     self.layout,
+                    MappingProxyType(self.sim.global_buffers),
                 )
             for hook in self.hooks:
                 hook.on_client_end(trained)
@@ -295,10 +310,14 @@ class DriftscopeStrategy(Strategy):
         if not bool(torch.isfinite(new_x).all()):
             raise DivergenceError(f"the global model became non-finite at round {r}: lower --lr")
         self.x = new_x
+        if answered and self.sim.buffer_names:  # the global buffers, for evaluation and probing
+            self.sim.global_buffers = buffer_mean.result()
         t = self.cfg.train
         evaluate = (r + 1) % t.eval_every == 0 or r + 1 == t.rounds
         test_loss, test_acc = self.sim.evaluate(new_x) if evaluate else (math.nan, math.nan)
         down, up = self.algorithm.bytes_per_client()
+        carried = buffer_bytes(self.sim.global_buffers)  # buffers travel both ways
+        down, up = down + carried, up + carried
         event = RoundEnded(
             round=r,
             clients=tuple(clients),
@@ -313,6 +332,7 @@ class DriftscopeStrategy(Strategy):
             client_train_accuracy=MappingProxyType(accs),
             global_params=new_x,
             control_norms=MappingProxyType(self.algorithm.state_norms()),
+            global_buffers=MappingProxyType(self.sim.global_buffers),
         )
         for hook in self.hooks:
             hook.on_round_end(event)

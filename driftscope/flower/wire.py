@@ -5,11 +5,14 @@ A training message (server -> client ``i``), one per sampled client::
     "arrays"   ArrayRecord   the global model x, one array per parameter (layout order, float32)
     "control"  ArrayRecord   "c": the server control variate (SCAFFOLD: every entry; FedPVR: the
                              head entries only); absent for FedAvg and FedProx
+    "buffers"  ArrayRecord   the global module buffers (BatchNorm statistics), one array per
+                             buffer in its own dtype; absent when the model has none
     "config"   ConfigRecord  "run-config": the RunConfig as JSON, "round" (0-based), "client": i
 
 The reply (client -> server)::
 
     "arrays"   ArrayRecord   the client's model y after local training
+    "buffers"  ArrayRecord   the client's buffers after local training (when the model has any)
     "control"  ArrayRecord   "delta": c_i+ - c_i (control-variate algorithms only)
     "metrics"  MetricRecord  "partition-id" (echoed: the stable client id), "round",
                              "num-examples", "steps", "train-loss", "train-accuracy"
@@ -23,6 +26,7 @@ float32 arrays cross the wire bit-exactly (Flower serialises them with ``numpy.s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 
 ARRAYS = "arrays"
 CONTROL = "control"
+BUFFERS = "buffers"
 CONFIG = "config"
 METRICS = "metrics"
 SERVER_CONTROL = "c"
@@ -72,6 +77,30 @@ def arrays_to_flat(record: ArrayRecord, layout: ModelLayout) -> torch.Tensor:
         if values.size != p.numel:
             raise ValueError(f"parameter {p.name!r} has {values.size} values, expected {p.numel}")
         out[p.offset : p.offset + p.numel] = torch.from_numpy(values)
+    return out
+
+
+def buffers_record(buffers: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """Module buffers by name, each array in its own dtype (integer counters included)."""
+    record = ArrayRecord()
+    for name, value in buffers.items():
+        record[name] = Array(np.ascontiguousarray(value.detach().cpu().numpy()))
+    return record
+
+
+def record_buffers(
+    record: ArrayRecord, like: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`buffers_record`: every buffer of ``like`` (the model's), in its shape
+    and dtype (a 0-d counter arrives as shape (1,))."""
+    out = {}
+    for name, ref in like.items():
+        if name not in record:
+            raise KeyError(f"buffer {name!r} missing from the ArrayRecord")
+        values = torch.from_numpy(np.array(record[name].numpy()))
+        if values.numel() != ref.numel():
+            raise ValueError(f"buffer {name!r} has {values.numel()} values, expected {ref.numel()}")
+        out[name] = values.reshape(ref.shape).to(ref.dtype)
     return out
 
 
