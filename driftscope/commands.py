@@ -106,7 +106,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
             from driftscope.analysis.attribution import label_alignment_table
 
-            table = pd.concat([drift_table(run), label_alignment_table(run)], ignore_index=True)
+            tables = [drift_table(run)]
+            if run.has_label_histogram:  # a recorded Flower app may not report its labels
+                tables.append(label_alignment_table(run))
+            table = pd.concat(tables, ignore_index=True)
             try:
                 table.to_csv(args.csv, index=False)
             except OSError as err:

@@ -28,6 +28,7 @@ from driftscope import schema
 from driftscope.errors import DriftscopeError, RunFileError
 from driftscope.h5open import SWMR_READ_ATTEMPTS, open_file, writer_alive
 from driftscope.h5open import one_line as _one_line
+from driftscope.run_app import AppMixin
 from driftscope.run_layout import LayoutMixin
 from driftscope.run_records import RecordsMixin
 from driftscope.run_tables import TablesMixin
@@ -90,7 +91,7 @@ def open_run(path: str | os.PathLike) -> Run:
         ) from None
 
 
-class Run(LayoutMixin, TablesMixin, RecordsMixin):
+class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin):
     """A recorded run. Use as a context manager or call :meth:`close`.
 
     ``config`` (RunConfig), ``environment`` (dict), ``layout`` (:class:`ModelLayout`: ``params``
@@ -196,7 +197,10 @@ class Run(LayoutMixin, TablesMixin, RecordsMixin):
     def __repr__(self) -> str:
         try:
             c = self.config
-            what = f"{c.train.algorithm} on {c.data.dataset} ({c.model.name}), "
+            what = (
+                self.describe_what() or f"{c.train.algorithm} on {c.data.dataset} ({c.model.name})"
+            )
+            what += ", "
         except DriftscopeError:
             what = ""
         try:

@@ -22,10 +22,10 @@ def _run_title(run: Run) -> str:
         c = run.config
         data = c.data
         what = (
-            f"{c.train.algorithm} on {data.dataset} ({c.model.name}), {data.partition}"
+            run.describe_what()
+            or f"{c.train.algorithm} on {data.dataset} ({c.model.name}), {data.partition}"
             + (f" alpha={data.alpha:g}" if data.partition == "dirichlet" else "")
-            + ", "
-        )
+        ) + ", "
     except DriftscopeError as err:
         what = f"(config unreadable: {err}) "
     parts = []
@@ -145,7 +145,17 @@ def format_inspect(run: Run) -> str:
                 out.append(f"    {section} = {json.dumps(values)}")
         return out
 
-    _section(lines, "config", config)
+    def app() -> list[str]:  # a recorded Flower app: its own words, not the config's defaults
+        described = ", ".join(f"{k}={json.dumps(v)}" for k, v in (run.app or {}).items())
+        settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in run.app_strategy.items())
+        out = [f"  app (Flower, as its ServerApp described it): {described}"]
+        out.append(f"    strategy: {settings}")
+        out += [f"    {k}: {v}" for k, v in run.app_facts.items()]
+        record = run.config_dict.get("record", {})
+        out.append("    [record] " + ", ".join(f"{k}={json.dumps(v)}" for k, v in record.items()))
+        return out
+
+    _section(lines, "app" if run.app is not None else "config", app if run.app else config)
     env = run.environment
     lines.append("  environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
 

@@ -161,6 +161,19 @@ CLIENT_METRICS = ("train_loss", "train_accuracy")
 # Flower engine: 1 where a sampled client's reply was an error or never came (round, client) int8
 CLIENT_FAILED = "clients/failed"
 ENGINE_ATTR = "engine"  # root attr written by the Flower engine ("flower"); absent: in-process
+# A run recorded by driftscope.flower.recording (someone's Flower app): root attrs describing the
+# app (JSON; what the caller did not name is "unknown"), the strategy (class and public settings,
+# JSON) and where test_loss/test_accuracy come from; per-round series of the app's own metrics.
+APP_ATTR = "app"
+APP_STRATEGY_ATTR = "app_strategy"
+APP_TEST_METRICS_ATTR = "app_test_metrics"
+APP_CLIENT_IDENTITY_ATTR = "app_client_identity"
+APP_HEAD_RULE_ATTR = "app_head_rule"
+APP_GROUP = "app"
+APP_CENTRAL = "app/central"  # app/central/<metric> (round,) float64: the app's evaluate_fn
+APP_FEDERATED = "app/federated"  # app/federated/<metric> (round,): the strategy's aggregate
+APP_TRAIN = "app/train"  # app/train/<metric> (round,): the strategy's aggregated train metrics
+APP_NODE_ID = "app/node_id"  # (round, client) uint64: the Flower node id of each row, 0 = none
 
 
 def metric_path(name: str) -> str:

@@ -302,7 +302,12 @@ def test_recording_a_plain_flower_fedavg(tmp_path, capsys):
                     ]
                 )
                 np.testing.assert_allclose(run.gram(name, r), d @ d.T, rtol=1e-9, atol=1e-15)
-        np.testing.assert_allclose(run.metrics.test_loss, 1.5)
+        # no evaluate_fn: no test metrics; the federated evaluation is its own, labelled series
+        assert np.isnan(run.metrics.test_loss).all()
+        np.testing.assert_array_equal(run.app_metrics("federated")["eval_loss"], [1.5] * 3)
+        assert run.app_facts["client identity"].startswith("node id order")
+        assert run.client_sizes.tolist() == [32 + 16 * pid[node] for node in order]
+        assert not run.has_label_histogram
         cka = run.cka("0")
         assert cka.shape == (1, 4, 4) and np.allclose(np.diagonal(cka[0]), 1)
     assert main(["analyze", str(tmp_path / "fedavg.h5")]) == 0

@@ -50,7 +50,9 @@ def config_value(run: Run, section: str | None, key: str, default: Any = None) -
 
 
 def partition_label(run: Run) -> str:
-    """``"α=0.1"``, ``"IID"``, ``"2 classes/client"``."""
+    """``"α=0.1"``, ``"IID"``, ``"2 classes/client"`` (a recorded Flower app: its own words)."""
+    if run.app is not None:
+        return str(run.app.get("partition", "unknown"))
     partition = config_value(run, "data", "partition", "")
     if partition == "dirichlet":
         return f"α={float(config_value(run, 'data', 'alpha')):g}"
@@ -62,6 +64,14 @@ def partition_label(run: Run) -> str:
 
 
 def _base_label(run: Run, with_data: bool, with_dataset: bool) -> str:
+    app = run.app
+    if app is not None:  # a recorded Flower app: its strategy and what it said of its data
+        parts = [str(run.app_strategy.get("class", "unknown"))]
+        if with_data and app.get("partition", "unknown") != "unknown":
+            parts.append(str(app["partition"]))
+        if with_dataset:
+            parts.insert(0, str(app.get("dataset", "unknown")))
+        return " ".join(parts)
     parts = [algorithm_label(str(config_value(run, "train", "algorithm")))]
     if with_data:
         parts.append(partition_label(run))
@@ -80,7 +90,10 @@ def run_labels(runs: Sequence[Run], unique: bool = True) -> list[str]:
     """
     runs = list(runs)
     settings = {partition_label(r) for r in runs}
-    datasets = {config_value(r, "data", "dataset") for r in runs}
+    datasets = {
+        r.app.get("dataset") if r.app is not None else config_value(r, "data", "dataset")
+        for r in runs
+    }
     with_data = len(runs) == 1 or len(settings) > 1
     labels = [_base_label(r, with_data, len(datasets) > 1) for r in runs]
     if not unique:

@@ -206,7 +206,11 @@ def tidy(runs: Run | Sequence[Run]) -> pd.DataFrame:
         table = drift_table(run, parts=True)
         table["run"] = label
         table["condition"] = condition
-        table["algorithm"] = config_value(run, "train", "algorithm")
+        table["algorithm"] = (
+            run.app_strategy.get("class", "unknown")
+            if run.app is not None
+            else config_value(run, "train", "algorithm")
+        )
         frames.append(table)
     frames = [f for f in frames if len(f)]
     if not frames:

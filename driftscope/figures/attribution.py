@@ -166,7 +166,7 @@ def class_variance_heatmap(
 
 def write_attribution_figures(run: Run, out_dir: str | os.PathLike) -> list[Path]:
     """``label_alignment_profile`` and (when updates are stored) ``class_variance_heatmap`` of
-    one run, as PNG (200 dpi) and PDF in ``out_dir``; returns the written paths.
+    one run that knows its clients' labels, as PNG (200 dpi) and PDF in ``out_dir``; returns the written paths.
 
     Draws in the current matplotlib style: call it inside ``figures.paper_style()`` for
     print-ready files (``write_figures`` does).
@@ -174,7 +174,7 @@ def write_attribution_figures(run: Run, out_dir: str | os.PathLike) -> list[Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    if not len(run.rounds):
+    if not len(run.rounds) or not run.has_label_histogram:  # no labels: nothing to attribute
         return written
     try:
         table = class_variance_table(run)

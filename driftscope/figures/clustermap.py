@@ -48,6 +48,9 @@ def cosine_clustermap(
     hist = run.label_histogram.to_numpy()
     names = []
     for c in clients:
+        if not hist.shape[1]:  # labels not reported (a recorded Flower app)
+            names.append(f"client {int(c)}")
+            continue
         dom = _dominant_classes(hist[int(c)])
         names.append(f"client {int(c)}: {','.join(map(str, dom)) if dom else 'mixed'}")
     frame = pd.DataFrame(cos, index=names, columns=[str(int(c)) for c in clients])

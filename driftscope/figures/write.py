@@ -80,8 +80,9 @@ def write_figures(runs: Sequence[Run], out_dir: str | os.PathLike) -> list[Path]
         if runs_with_metrics:
             ax = accuracy_curves(runs_with_metrics)
             written += _save(ax.figure, out, "accuracy_curves")
-        ax = partition_histogram(runs[0])
-        written += _save(ax.figure, out, "partition_histogram")
+        if runs[0].has_label_histogram:  # a recorded Flower app may not report its labels
+            ax = partition_histogram(runs[0])
+            written += _save(ax.figure, out, "partition_histogram")
         auto = [r for r in runs if has_chosen_layers(r) and r.num_rounds]
         if auto:
             ax = chosen_layers_map(auto[0])

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from driftscope.errors import DriftscopeError
 
 if TYPE_CHECKING:
+    from driftscope.flower.replies import client_metrics
     from driftscope.flower.strategy import DriftscopeStrategy
     from driftscope.flower.wrapper import RecordingStrategy, recording
 
@@ -59,6 +60,10 @@ def __getattr__(name: str) -> Any:
         from driftscope.flower import wrapper
 
         return getattr(wrapper, name)
+    if name == "client_metrics":
+        from driftscope.flower.replies import client_metrics
+
+        return client_metrics
     if name == "DriftscopeStrategy":
         from driftscope.flower.strategy import DriftscopeStrategy
 
@@ -72,6 +77,7 @@ __all__ = [
     "FlowerMissingError",
     "FlowerRunError",
     "RecordingStrategy",
+    "client_metrics",
     "recording",
     "require_flwr",
 ]

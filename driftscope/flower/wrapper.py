@@ -5,8 +5,15 @@
     from flwr.serverapp.strategy import FedAvg
     from driftscope.flower import recording
 
-    strategy = recording(FedAvg(fraction_evaluate=0.0), out="runs/flower-fedavg.h5")
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=10)
+    strategy = recording(
+        FedAvg(fraction_evaluate=0.0),
+        out="runs/flower-fedavg.h5",
+        dataset="cifar10",
+        model="Net",
+        describe={"partition": "dirichlet alpha=0.3", "lr": 0.02},
+    )
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=10,
+                   evaluate_fn=central_evaluate)
     # then: driftscope analyze runs/flower-fedavg.h5
 
 Each round the wrapper keeps the global arrays the strategy sends, and for every reply turns the
@@ -15,30 +22,27 @@ writes the Gram matrices (and updates, and with ``model_factory`` + ``probe_inpu
 the client models) into a driftscope run file. The strategy itself receives exactly the calls and
 the replies it would without the wrapper, and its results are returned unchanged.
 
-What a wrapped run file holds that differs from a driftscope run:
-
-- Clients are numbered by the order in which their node ids first appear (node ids are random,
-  the partition id is only known to the nodes); ``/clients/failed`` marks error or missing
-  replies, whose Gram rows are NaN.
-- Only floating arrays are recorded (integer buffers such as BatchNorm's counters are skipped).
-  Without ``model_factory`` the layers are named by the array keys' prefixes (``fc1.weight`` ->
-  layer ``fc1``) and the last layer is the head; with it, the model's own layout is used.
-- The config describes what the server knows: the number of nodes and rounds; data, partition and
-  model fields keep driftscope's defaults and mean nothing here. ``flower_strategy`` (root attr)
-  names the wrapped strategy. The test metrics are the federated evaluation's ``loss`` and
-  ``accuracy`` when the strategy evaluates, NaN otherwise.
+What the run file holds besides the drift records (docs/flower.md has the whole list): the app
+as the caller described it (what it did not name is "unknown"), the strategy's class and public
+settings, the app's central ``evaluate_fn`` metrics as ``test_loss``/``test_accuracy`` (NaN
+without one) and every metric by name in ``app/central``, the strategy's federated evaluation in
+``app/federated``, client i = the node whose train replies carry ``partition-id`` = i (else
+ascending node id), client sizes from ``num-examples``, label counts from ``label-counts``, the
+head rule (patterns, else the model's ``head_prefixes``, else the last layer).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
+import json
 import math
 import os
+import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import WARNING
-from types import MappingProxyType, SimpleNamespace
+from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,26 +55,43 @@ from flwr.supercore import log
 from torch import nn
 
 from driftscope import schema
-from driftscope.config import RecordConfig, RunConfig
+from driftscope.config import RecordConfig
 from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunEnded, RunStarted
 from driftscope.flower import ENGINE
+from driftscope.flower.app_file import AppSeries, head_layout, server_config, write_partition
 from driftscope.flower.failures import FailureLog
-from driftscope.layout import LayerInfo, ModelLayout, ParamInfo
-from driftscope.models import model_layout
+from driftscope.flower.replies import (
+    ACCURACY_KEYS,
+    DESCRIBED,
+    LABEL_COUNTS_KEY,
+    LOSS_KEYS,
+    NUM_EXAMPLES_KEYS,
+    PARTITION_ID_KEY,
+    TRAIN_ACCURACY_KEYS,
+    TRAIN_LOSS_KEYS,
+    UNKNOWN,
+    ClientIds,
+    _pick,
+    _scalars,
+    _weighted_mean,
+    check_out,
+    reply_metrics,
+    strategy_settings,
+)
+from driftscope.layout import ModelLayout
 
 if TYPE_CHECKING:
     from driftscope.runfile import RunWriter
-
-LOSS_KEYS = ("loss", "test_loss", "eval_loss", "test-loss")
-ACCURACY_KEYS = ("accuracy", "acc", "test_accuracy", "eval_acc", "test-accuracy")
-TRAIN_LOSS_KEYS = ("train_loss", "loss", "train-loss")
-TRAIN_ACCURACY_KEYS = ("train_accuracy", "accuracy", "acc", "train_acc", "train-accuracy")
 
 
 def recording(
     strategy: Strategy,
     out: str | os.PathLike,
     *,
+    dataset: str | None = None,
+    model: str | None = None,
+    partition: str | None = None,
+    describe: Mapping[str, Any] | None = None,
     model_factory: Callable[[], nn.Module] | None = None,
     probe_inputs: torch.Tensor | None = None,
     head: Sequence[str] = (),
@@ -80,16 +101,24 @@ def recording(
 ) -> RecordingStrategy:
     """Wrap ``strategy`` so that its run is recorded into the driftscope run file ``out``.
 
+    ``dataset``, ``model``, ``partition`` and ``describe`` (any other settings to show, e.g.
+    ``{"lr": 0.02, "local-epochs": 1}``) describe the app; what is not named is recorded and
+    shown as unknown. ``out`` is checked now: an existing file needs ``overwrite=True``; a
+    relative path is made absolute against the current directory (and printed).
     ``model_factory`` (a function returning a fresh model with the app's architecture) and
     ``probe_inputs`` (a batch of inputs, e.g. 128 test images) turn on probe CKA. ``head``:
-    parameter-name patterns forming the head (default: the last layer, or the model's own head).
-    ``record``: what to store (default: Grams every round, updates every 5th, CKA every 10th).
-    ``hooks``: observers of your own (e.g. :class:`driftscope.export.LiveLogger`), before the
-    recorder.
+    parameter-name patterns forming the head (default: the model's declared ``head_prefixes``,
+    else the last parameterised layer). ``record``: what to store (default: Grams every round,
+    updates every 5th, CKA every 10th). ``hooks``: observers of your own (e.g.
+    :class:`driftscope.export.LiveLogger`), before the recorder.
     """
     return RecordingStrategy(
         strategy,
         out,
+        dataset=dataset,
+        model=model,
+        partition=partition,
+        describe=describe,
         model_factory=model_factory,
         probe_inputs=probe_inputs,
         head=head,
@@ -97,61 +126,6 @@ def recording(
         overwrite=overwrite,
         hooks=hooks,
     )
-
-
-def layout_from_arrays(arrays: ArrayRecord, head: Sequence[str] = ()) -> ModelLayout:
-    """A model layout from named arrays: floating arrays only, layers by the keys' prefixes."""
-    items = [(k, a) for k, a in arrays.items() if np.dtype(a.dtype).kind == "f"]
-    if not items:
-        raise ValueError("the ArrayRecord holds no floating-point arrays to record")
-    layer_of = {k: k.rsplit(".", 1)[0] if "." in k else k for k, _ in items}
-    layer_names = list(dict.fromkeys(layer_of.values()))
-    if head:
-        in_head = {k for k, _ in items if any(fnmatch.fnmatchcase(k, p) for p in head)}
-    else:
-        in_head = {k for k, _ in items if layer_of[k] == layer_names[-1]}
-    params, offset = [], 0
-    for k, a in items:
-        shape = tuple(int(s) for s in a.shape)
-        params.append(ParamInfo(k, layer_of[k], "head" if k in in_head else "body", shape, offset))
-        offset += params[-1].numel
-    layers = []
-    counters: dict[str, int] = {}
-    for name in layer_names:
-        members = [p for p in params if p.layer == name]
-        ndim = max(len(p.shape) for p in members)
-        kind, short = {4: ("Conv2d", "conv"), 3: ("Conv1d", "conv"), 2: ("Linear", "fc")}.get(
-            ndim, ("Layer", "layer")
-        )
-        counters[short] = counters.get(short, 0) + 1
-        groups = {p.group for p in members}
-        group = groups.pop() if len(groups) == 1 else "mixed"
-        layers.append(
-            LayerInfo(
-                name,
-                f"{short}{counters[short]}",
-                kind,
-                group,
-                tuple(p.name for p in members),
-                sum(p.numel for p in members),
-            )
-        )
-    return ModelLayout(tuple(params), tuple(layers))
-
-
-def _pick(metrics: MetricRecord | None, keys: Sequence[str]) -> float:
-    if metrics is None:
-        return math.nan
-    for key in keys:
-        value = metrics.get(key)
-        if isinstance(value, int | float):
-            return float(value)
-    return math.nan
-
-
-def _finite_mean(values: Iterable[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
 
 
 class RecordingStrategy(Strategy):
@@ -165,6 +139,10 @@ class RecordingStrategy(Strategy):
         strategy: Strategy,
         out: str | os.PathLike,
         *,
+        dataset: str | None = None,
+        model: str | None = None,
+        partition: str | None = None,
+        describe: Mapping[str, Any] | None = None,
         model_factory: Callable[[], nn.Module] | None = None,
         probe_inputs: torch.Tensor | None = None,
         head: Sequence[str] = (),
@@ -172,10 +150,24 @@ class RecordingStrategy(Strategy):
         overwrite: bool = False,
         hooks: Sequence[Hook] = (),
     ) -> None:
-        if (probe_inputs is None) != (model_factory is None) and probe_inputs is not None:
+        if probe_inputs is not None and model_factory is None:
             raise ValueError("probe_inputs need a model_factory to run the client models on")
         self.strategy = strategy
-        self.out = out
+        self.out = check_out(out, overwrite)
+        if not Path(out).expanduser().is_absolute():
+            print(f"driftscope: recording into {self.out}", file=sys.stderr)
+        app: dict[str, Any] = {k: UNKNOWN for k in DESCRIBED}
+        for key, value in (describe or {}).items():
+            app[str(key)] = value
+        for key, value in (("dataset", dataset), ("model", model), ("partition", partition)):
+            if value is not None:
+                app[key] = value
+        try:
+            self.app_json = json.dumps(app, sort_keys=False)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"describe= must hold JSON values (numbers, strings): {err}") from None
+        self.app = app
+        self.settings = strategy_settings(strategy)
         self.model_factory = model_factory
         self.probe_inputs = probe_inputs
         self.head = tuple(head)
@@ -187,12 +179,19 @@ class RecordingStrategy(Strategy):
         self.hooks: list[Hook] = []
         self.user_hooks: list[Hook] = list(hooks)
         self.failures: FailureLog | None = None
-        self.client_of: dict[int, int] = {}  # node id -> client index
-        self._sim: Any = None
+        self.ids: ClientIds | None = None  # node id -> client, from the first round's replies
+        self.layout: ModelLayout | None = None
+        self.num_clients = 0
+        self.clients_per_round = 0
+        self.head_rule = ""
+        self.central = False  # the app passed evaluate_fn to start
+        self._grid: Grid | None = None
         self._x: torch.Tensor | None = None
+        self._sent: list[int] = []
         self._round_clients: list[int] = []
-        self._node_of_slot: list[int] = []
         self._pending: dict[str, Any] | None = None
+        self.series: AppSeries | None = None
+        self._arrays: ArrayRecord | None = None
         self._started = 0.0
 
     # ------------------------------------------------------------------ delegation
@@ -207,8 +206,22 @@ class RecordingStrategy(Strategy):
     def start(  # type: ignore[override]  # the inner strategy's keywords, passed on by name
         self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs: Any
     ) -> Result:
-        """The base class's loop (it calls the wrapped methods); closes the run file at the end."""
+        """The base class's loop (it calls the wrapped methods); closes the run file at the end.
+
+        ``evaluate_fn`` (the app's central evaluation) is wrapped: each round is committed after
+        it ran, with its metrics."""
         self.num_rounds = num_rounds
+        evaluate_fn = kwargs.get("evaluate_fn")
+        if evaluate_fn is not None:
+            self.central = True
+
+            def central(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+                metrics = evaluate_fn(server_round, arrays)
+                if self._pending is not None and self._pending["round"] == server_round - 1:
+                    self._commit(central=metrics)
+                return metrics
+
+            kwargs["evaluate_fn"] = central
         status, message = "complete", ""
         try:
             return super().start(grid, initial_arrays, num_rounds, **kwargs)
@@ -219,8 +232,8 @@ class RecordingStrategy(Strategy):
             status, message = "failed", f"{type(err).__name__}: {err}"
             raise
         finally:
-            if self._pending is not None:
-                self._commit(None)
+            if self._pending is not None and self.writer is not None:
+                self._commit()
             self.close(status, message)
 
     def close(self, status: str = "complete", message: str = "") -> None:
@@ -232,55 +245,51 @@ class RecordingStrategy(Strategy):
             self.writer = None
 
     # ------------------------------------------------------------------ set-up (first round)
-    def _layout(self, arrays: ArrayRecord) -> tuple[ModelLayout, nn.Module | None]:
-        if self.model_factory is None:
-            return layout_from_arrays(arrays, self.head), None
-        model = self.model_factory()
-        layout = model_layout(model, self.head)
-        missing = [p.name for p in layout.params if p.name not in arrays]
-        if missing:
-            raise ValueError(
-                f"the strategy's arrays have no {missing[0]!r}: send the model's state_dict "
-                "(ArrayRecord(model.state_dict())) so arrays and model parameters share names"
-            )
-        return layout, model
-
-    def _open(self, arrays: ArrayRecord, grid: Grid, num_sampled: int) -> None:
+    def _open(self, arrays: ArrayRecord, replies: Sequence[Message]) -> None:
         from driftscope.recorder import Recorder
         from driftscope.runfile import RunWriter
 
-        layout, _ = self._layout(arrays)
-        nodes = sorted(grid.get_node_ids())
-        for node in nodes:
-            self.client_of.setdefault(node, len(self.client_of))
-        n = max(len(self.client_of), num_sampled, 1)
-        cfg = RunConfig().replace(
-            {
-                "train.clients": n,
-                "train.rounds": max(1, self.num_rounds),
-                "train.client_fraction": num_sampled / n,
-                "record.enabled": True,
-                **{
-                    f"record.{f.name}": getattr(self.record, f.name)
-                    for f in dataclasses.fields(self.record)
-                    if f.name != "enabled"
-                },
-            }
+        layout, self.head_rule = head_layout(arrays, self.model_factory, self.head)
+        print(
+            f"driftscope: head = {self.head_rule}: "
+            + ", ".join(p.name for p in layout.params if p.group == "head"),
+            file=sys.stderr,
         )
-        histogram = np.zeros((n, 1), dtype=np.int64)  # the server cannot know the partition
-        self._sim = SimpleNamespace(
-            cfg=cfg, layout=layout, num_clients=n, label_histogram=histogram
+        assert self._grid is not None  # set by configure_train
+        nodes = list(self._grid.get_node_ids())
+        self.ids = ids = ClientIds(replies, nodes)
+        s = max(len(self._sent), 1)
+        n = max(s, ids.span)
+        counts = [reply_metrics(m).get(LABEL_COUNTS_KEY) for m in replies if not m.has_error()]
+        k = max((len(c) for c in counts if isinstance(c, list)), default=0)
+        self.layout, self.num_clients, self.clients_per_round = layout, n, s
+        weighted = isinstance(getattr(self.strategy, "weighted_by_key", None), str)
+        cfg = server_config(n, s, self.num_rounds, weighted, self.record)
+        histogram = np.zeros((n, k), dtype=np.int64)  # rows filled as the clients report
+        writer = RunWriter.create(
+            self.out,
+            config=cfg,
+            layout=layout,
+            label_histogram=histogram,
+            overwrite=self.overwrite,
+            engine=ENGINE,
         )
-        writer = RunWriter.create(self.out, self._sim, overwrite=self.overwrite)
         try:
-            writer.file.attrs[schema.ENGINE_ATTR] = ENGINE
-            writer.file.attrs["flower_strategy"] = type(self.strategy).__name__
+            a = writer.file.attrs
+            a["flower_strategy"] = type(self.strategy).__name__
+            a[schema.APP_ATTR] = self.app_json
+            a[schema.APP_STRATEGY_ATTR] = json.dumps(self.settings)
+            a[schema.APP_HEAD_RULE_ATTR] = self.head_rule
+            a[schema.APP_CLIENT_IDENTITY_ATTR] = ids.rule
+            a[schema.APP_TEST_METRICS_ATTR] = (
+                "central evaluate_fn" if self.central else "none (no evaluate_fn)"
+            )
             probe = self.probe_inputs
             recorder = Recorder(
                 writer,
                 cfg.record,
                 layout,
-                clients_per_round=cfg.train.clients_per_round,
+                clients_per_round=s,
                 num_clients=n,
                 model_factory=self.model_factory or nn.Module,
                 probe_inputs=probe,
@@ -288,7 +297,7 @@ class RecordingStrategy(Strategy):
             )
             self.failures = FailureLog(writer.file, n)
             self.hooks = [*self.user_hooks, recorder, self.failures]
-            writer.start_swmr()
+            self.series = AppSeries(writer.file, n)
         except BaseException:
             writer.close("failed", "could not set up the recording")
             raise
@@ -297,7 +306,7 @@ class RecordingStrategy(Strategy):
             config=cfg,
             layout=layout,
             num_clients=n,
-            clients_per_round=cfg.train.clients_per_round,
+            clients_per_round=s,
             label_histogram=histogram,
             engine=ENGINE,
         )
@@ -305,9 +314,9 @@ class RecordingStrategy(Strategy):
             hook.on_run_start(started)
 
     def _flat(self, arrays: ArrayRecord) -> torch.Tensor:
-        layout = self._sim.layout
-        out = torch.empty(layout.numel)
-        for p in layout.params:
+        assert self.layout is not None
+        out = torch.empty(self.layout.numel)
+        for p in self.layout.params:
             values = np.asarray(arrays[p.name].numpy(), dtype=np.float32).reshape(-1)
             out[p.offset : p.offset + p.numel] = torch.from_numpy(values)
         return out
@@ -318,35 +327,11 @@ class RecordingStrategy(Strategy):
     ) -> Iterable[Message]:
         self._started = time.perf_counter()
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        if self.writer is None and messages:
-            self._open(arrays, grid, len(messages))
-        if self.writer is None:
-            return messages
-        if self._pending is not None:  # the previous round was never committed
-            self._commit(None)
-        s = self._sim.cfg.train.clients_per_round
-        nodes = [m.metadata.dst_node_id for m in messages]
-        for node in nodes:
-            if node not in self.client_of:
-                self.client_of[node] = len(self.client_of)
-        recorded = [n for n in nodes if self.client_of[n] < self._sim.num_clients][:s]
-        if len(recorded) < len(nodes):
-            log(
-                WARNING,
-                "driftscope records %d of the %d clients of round %d (the run file was sized at "
-                "round 1)",
-                len(recorded),
-                len(nodes),
-                server_round,
-            )
-        # rows: the recorded clients in client order, padded with NaN rows if fewer were sampled
-        self._node_of_slot = sorted(recorded, key=self.client_of.__getitem__)
-        self._round_clients = [self.client_of[n] for n in self._node_of_slot]
-        self._x = self._flat(arrays)
-        r = server_round - 1
-        round_started = RoundStarted(r, tuple(self._round_clients))
-        for hook in self.hooks:
-            hook.on_round_start(round_started)
+        self._grid = grid
+        if self._pending is not None and self.writer is not None:  # never committed
+            self._commit()
+        self._sent = [m.metadata.dst_node_id for m in messages]
+        self._arrays = arrays
         return messages
 
     def aggregate_train(
@@ -354,17 +339,50 @@ class RecordingStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         result = self.strategy.aggregate_train(server_round, replies)  # first, and untouched
-        if self.writer is None or self._x is None:
+        if self.writer is None and self._sent and self._arrays is not None:
+            self._open(self._arrays, replies)
+        if self.writer is None or self.layout is None or self._arrays is None or self.ids is None:
             return result
         r = server_round - 1
+        x = self._x = self._flat(self._arrays)
         by_node = {m.metadata.src_node_id: m for m in replies}
-        x = self._x
+        rows: dict[int, tuple[int, Message | None]] = {}
+        for node in self._sent:
+            client = self.ids.client(node, by_node.get(node), self.num_clients)
+            if client is None or client in rows:
+                log(
+                    WARNING,
+                    "driftscope: round %d: node %d is left out of the recording (%s)",
+                    server_round,
+                    node,
+                    "no partition-id reported"
+                    if client is None
+                    else f"a second node for client {client}",
+                )
+                continue
+            rows[client] = (node, by_node.get(node))
+        clients = sorted(rows)[: self.clients_per_round]
+        if len(clients) < len(rows):
+            log(
+                WARNING,
+                "driftscope records %d of the %d clients of round %d (the run file was sized at "
+                "round 1)",
+                len(clients),
+                len(rows),
+                server_round,
+            )
+        self._round_clients = clients
+        for hook in self.hooks:
+            hook.on_round_start(RoundStarted(r, tuple(clients)))
         update = torch.empty_like(x)
         failed: dict[int, str] = {}
         losses: dict[int, float] = {}
         accs: dict[int, float] = {}
-        for node, client in zip(self._node_of_slot, self._round_clients, strict=True):
-            reply = by_node.get(node)
+        sizes: dict[int, int] = {}
+        node_ids = np.zeros(self.num_clients, dtype=np.uint64)
+        for client in clients:
+            node, reply = rows[client]
+            node_ids[client] = node
             y = None
             if reply is None:
                 failed[client] = "no reply within the round's timeout"
@@ -383,23 +401,36 @@ class RecordingStrategy(Strategy):
             else:
                 assert reply is not None  # y came from it
                 torch.sub(y, x, out=update)
-                metrics = next(iter(reply.content.metric_records.values()), None)
-                picked = _pick(metrics, ("num-examples", "num_examples"))
+                metrics = reply_metrics(reply)
+                picked = _pick(metrics, NUM_EXAMPLES_KEYS)
                 num = 0 if math.isnan(picked) else int(picked)
                 loss, acc = _pick(metrics, TRAIN_LOSS_KEYS), _pick(metrics, TRAIN_ACCURACY_KEYS)
-                losses[client], accs[client] = loss, acc
-            trained = ClientTrained(r, client, num, 0, loss, acc, update, y, self._sim.layout)
+                losses[client], accs[client], sizes[client] = loss, acc, num
+                write_partition(self.writer.file, client, num, metrics.get(LABEL_COUNTS_KEY))
+            trained = ClientTrained(r, client, num, 0, loss, acc, update, y, self.layout)
             for hook in self.hooks:
                 hook.on_client_end(trained)
-        agg_arrays, _ = result
+        agg_arrays, agg_metrics = result
         new_x = self._flat(agg_arrays) if agg_arrays is not None else x.clone()
+        train = {  # a weighted mean of partition ids or sizes means nothing
+            k: v
+            for k, v in _scalars(agg_metrics).items()
+            if k not in (PARTITION_ID_KEY, *NUM_EXAMPLES_KEYS)
+        }
+        train_loss = _pick(agg_metrics, TRAIN_LOSS_KEYS)
+        train_acc = _pick(agg_metrics, TRAIN_ACCURACY_KEYS)
         self._pending = {
             "round": r,
             "new_x": new_x,
             "failed": failed,
             "losses": losses,
             "accs": accs,
-            "answered": len(self._round_clients) - len(failed),
+            "train": train,
+            "train_loss": train_loss if agg_metrics else _weighted_mean(losses, sizes),
+            "train_accuracy": train_acc if agg_metrics else _weighted_mean(accs, sizes),
+            "federated": {},
+            "node_ids": node_ids,
+            "answered": len(clients) - len(failed),
         }
         return result
 
@@ -413,7 +444,9 @@ class RecordingStrategy(Strategy):
     ) -> MetricRecord | None:
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
         if self._pending is not None:
-            self._commit(metrics)
+            self._pending["federated"] = _scalars(metrics)
+            if not self.central:
+                self._commit()
         return metrics
 
     def _reply_arrays(self, reply: Message) -> ArrayRecord | None:
@@ -423,25 +456,36 @@ class RecordingStrategy(Strategy):
             return records[key]
         return next(iter(records.values()), None)
 
-    def _commit(self, eval_metrics: MetricRecord | None) -> None:
+    def _commit(self, central: MetricRecord | None = None) -> None:
         """The round's end: the recorder's Grams (and CKA), the metrics, the commit marker."""
         p, self._pending = self._pending, None
         assert p is not None and self.failures is not None and self.writer is not None  # _train
+        assert self.layout is not None
         self.failures.failed = p["failed"]
-        losses, accs = p["losses"], p["accs"]
-        numel = self._sim.layout.numel
+        central_values = _scalars(central)
+        assert self.series is not None
+        self.series.append(
+            p["node_ids"],
+            {
+                schema.APP_CENTRAL: central_values,
+                schema.APP_FEDERATED: p["federated"],
+                schema.APP_TRAIN: p["train"],
+            },
+            self.writer.start_swmr,
+        )
+        numel = self.layout.numel
         event = RoundEnded(
             round=p["round"],
             clients=tuple(self._round_clients),
-            test_loss=_pick(eval_metrics, LOSS_KEYS),
-            test_accuracy=_pick(eval_metrics, ACCURACY_KEYS),
-            train_loss=_finite_mean(losses.values()),
-            train_accuracy=_finite_mean(accs.values()),
+            test_loss=_pick(central_values, LOSS_KEYS),
+            test_accuracy=_pick(central_values, ACCURACY_KEYS),
+            train_loss=p["train_loss"],
+            train_accuracy=p["train_accuracy"],
             downlink_bytes=4 * numel * len(self._round_clients),
             uplink_bytes=4 * numel * p["answered"],
             seconds=time.perf_counter() - self._started,
-            client_train_loss=MappingProxyType(losses),
-            client_train_accuracy=MappingProxyType(accs),
+            client_train_loss=MappingProxyType(p["losses"]),
+            client_train_accuracy=MappingProxyType(p["accs"]),
             global_params=p["new_x"],
             control_norms=MappingProxyType({}),
         )

@@ -1,0 +1,1 @@
+"""A small Flower app whose ServerApp records its run with driftscope."""
