@@ -5,8 +5,9 @@ The layout (every path, label and dtype) is :mod:`driftscope.schema`'s. Lifecycl
     writer = RunWriter.create(path, config=cfg, layout=layout, label_histogram=hist,
                               overwrite=False, engine="inprocess")
     # the recorder declares its datasets under writer.file[schema.RECORDS]; declare_state(...)
-    writer.start_swmr()          # the new run replaces the old file here (see below)
-    for each round: writer.commit(round_ended_event, state)   # after every hook has run
+    writer.start_swmr()          # SWMR on (the file keeps its temporary name)
+    for each round: writer.commit(round_ended_event, state)   # after every hook has run;
+                                 # the first commit moves the run onto path (see below)
     writer.close("complete")     # or "diverged" / "interrupted" / "failed", with a message
 
 Written with HDF5 single-writer/multiple-reader (SWMR) mode and flushed after every round, so a
@@ -18,12 +19,14 @@ Safety:
 * **One writer per path.** The writer holds ``<path>.lock`` (``fcntl.flock``, released by the
   kernel if the process dies) for its whole life; a second writer on the same path is refused
   with the first one's host and PID.
-* **No stub, no lost run.** A new run is created at a hidden temporary name next to ``path``;
-  every input the writer and the recorder check fails there, and the temporary file is deleted.
-  The new run replaces ``path`` (``os.replace``, atomic) only in :meth:`start_swmr`, once every
-  dataset is declared: an old run survives any bad input, a reader that holds the old file keeps
-  reading its (unlinked) copy, and from the first round on the run is live under its own name, so a
-  killed run keeps its committed rounds where the user asked for them.
+* **No stub, no lost run.** A new run is created at a hidden temporary name next to ``path``
+  (same directory, so the move is a rename). It replaces ``path`` (``os.replace``, atomic) only
+  when its first round is committed: an old run survives any bad input and any failure before
+  that (a divergence in round 0, an overflow, Ctrl-C, a write error: the temporary file is
+  deleted, and a retry needs no ``--overwrite``), a reader that holds the old file keeps reading
+  its (unlinked) copy, and from the first committed round on the run is live under its own name,
+  so a killed run keeps its committed rounds where the user asked for them. A writer killed
+  before that leaves only its hidden temporary file, which the next writer on ``path`` deletes.
 * **A dead writer is visible.** The file stores the writer's host, PID and start time; the reader
   treats "running" with a dead writer as stopped.
 * **Checksums.** A flipped byte in a data chunk is a read error instead of a different number.
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import json
 import os
 import platform
@@ -127,7 +131,7 @@ class RunWriter:
         engine: str = "inprocess",
         device: str | None = None,
     ) -> RunWriter:
-        """Create a new run for ``path`` (at a temporary name until :meth:`start_swmr`).
+        """Create a new run for ``path`` (at a temporary name until the first round commits).
 
         ``config`` is a RunConfig (anything with ``to_json()``) or a JSON-able dict. ``sim`` (an
         object with ``cfg``, ``layout`` and ``label_histogram``) may stand for the three.
@@ -147,6 +151,7 @@ class RunWriter:
         try:
             # checked again under the lock: another writer may have finished in between
             check_output(path, overwrite)
+            _remove_stale_temps(path)
             temp = schema.temp_path(path, os.getpid())
             try:
                 f = h5py.File(temp, "w", libver="latest", **CHUNK_CACHE)
@@ -270,7 +275,7 @@ class RunWriter:
             growable(g, key, value.shape, value.dtype, schema.AX_ROUND_LAYER)
 
     def start_swmr(self) -> None:
-        """Turn on SWMR and move the new run onto its path (replacing an old run there)."""
+        """Turn on SWMR. The run stays at its temporary name until its first round commits."""
         self._guard(self._start_swmr)
 
     def _start_swmr(self) -> None:
@@ -279,6 +284,10 @@ class RunWriter:
         self._swmr = True
         with contextlib.suppress(OSError, ValueError, RuntimeError, TypeError):
             self._size = os.fstat(int(self.file.id.get_vfd_handle())).st_size
+
+    def _move_into_place(self) -> None:
+        """The new run replaces ``path`` (an old run there included): after its first commit, or
+        when it is closed as complete without one."""
         if self._temp is not None:
             os.replace(self._temp, self.path)
             self._temp = None
@@ -327,6 +336,7 @@ class RunWriter:
         for key, value in (algorithm_record or {}).items():
             append(self._ds(schema.algorithm_record_path(key)), np.asarray(value))
         self._mark(rnd)
+        self._move_into_place()
         self._check_room(rnd)
 
     def _write_state(self, round: int, state: Mapping[str, Any]) -> None:
@@ -396,10 +406,11 @@ class RunWriter:
     def close(self, status: str = "complete", message: str = "") -> None:
         """Write the final status and close; safe to call more than once, and after a write error.
 
-        Before :meth:`start_swmr` the run was never moved into place: closing deletes it."""
+        A run with no committed round was never moved into place: closing it as anything but
+        "complete" deletes it and leaves what was at ``path`` (an older run, or nothing)."""
         if self._closed:
             return
-        if self._temp is not None:
+        if self._temp is not None and (status != "complete" or not self._swmr):
             self.abandon()
             return
         self._closed = True
@@ -409,12 +420,14 @@ class RunWriter:
                     self._set_status(status, message)
                 with contextlib.suppress(Exception):
                     self.file.close()
+            if self._temp is not None:  # complete without a committed round
+                self._move_into_place()
         finally:
             if self._lock is not None:
                 self._lock.release()
 
     def abandon(self) -> None:
-        """Close and delete a run that never started (bad input found before :meth:`start_swmr`)."""
+        """Close and delete a run that never committed a round (bad input, a failure in round 0)."""
         self._closed = True
         with contextlib.suppress(Exception):
             self.file.close()
@@ -477,3 +490,14 @@ class RunWriter:
             null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, fd)
             os.close(null)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temporary files of earlier writers on ``path`` that were killed before their first
+    commit. Called under ``path``'s lock, which every writer holds for its whole life, so no
+    living writer owns one."""
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        if stale.name[len(prefix) : -len(".tmp")].isdigit():
+            with contextlib.suppress(OSError):
+                stale.unlink()

@@ -192,7 +192,7 @@ def run_python(args: list[str], timeout: float = 120) -> subprocess.CompletedPro
     ("name", "where", "at", "cli"),
     [
         ("fedavg", "client", 1, True),
-        ("fedavg", "marker", 0, False),
+        ("fedavg", "marker", 1, False),
         ("fedpvr", "marker", 2, False),
         ("fedpvr", "state", 3, False),
     ],
@@ -218,6 +218,23 @@ def test_killed_run_resumes_to_the_same_state(
     with open_run(path) as run:
         assert run.status == "complete" and run.num_rounds == 4
     assert_same_run(path, uninterrupted(name))
+
+
+def test_run_killed_before_its_first_commit_leaves_nothing_in_the_way(tmp_path, digits):
+    """SIGKILL before round 0's commit marker: the run never reached its path (only a hidden
+    temporary file is left), so the same command again needs no --overwrite, and removes it."""
+    path = tmp_path / "r.h5"
+    cfg = small_config(**CONFIGS["fedavg"])
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    done = run_python([str(script), cfg.to_json(), str(path), "marker", "0"])
+    assert done.returncode == -9, done.stderr
+    assert not path.exists()
+    assert [p.name for p in tmp_path.glob(".r.h5.*.tmp")] != []
+    train(cfg, path, dataset=digits)
+    assert list(tmp_path.glob(".r.h5.*")) == []
+    with open_run(path) as run:
+        assert run.status == "complete" and run.num_rounds == 4
 
 
 def test_resume_refuses_what_it_cannot_continue(tmp_path, digits, uninterrupted):

@@ -186,11 +186,12 @@ def test_second_cli_run_on_same_out_is_refused(tmp_path):
             sys.executable,
             "-c",
             "import sys, numpy as np; sys.path.insert(0, sys.argv[2]);"
-            "from tests.test_runfile_faults import LAYOUT;"
+            "from tests.test_runfile_faults import LAYOUT, Event;"
             "from driftscope.runfile import RunWriter;"
             "w = RunWriter.create(sys.argv[1], config={}, layout=LAYOUT,"
             " label_histogram=np.ones((2, 2)));"
-            "w.start_swmr(); print('ready', flush=True); sys.stdin.read(); w.close()",
+            "w.start_swmr(); print('ready', flush=True); sys.stdin.readline();"
+            "w.commit(Event(0)); print('committed', flush=True); sys.stdin.read(); w.close()",
             str(path),
             str(ROOT),
         ],
@@ -202,10 +203,17 @@ def test_second_cli_run_on_same_out_is_refused(tmp_path):
     )
     try:
         assert hold.stdout.readline().strip() == "ready"
+        # before its first commit the run is not at its path yet, but the path is taken
+        assert not path.exists()
+        line = one_line_error(cli("run", "--rounds", "1", "--out", str(path), "--overwrite"))
+        assert "being written by" in line
+        hold.stdin.write("commit\n")
+        hold.stdin.flush()
+        assert hold.stdout.readline().strip() == "committed"
         line = one_line_error(cli("run", "--rounds", "1", "--out", str(path), "--overwrite"))
         assert "being written by" in line
         with open_run(path) as run:
-            assert run.live and run.status == "running"
+            assert run.live and run.status == "running" and run.num_rounds == 1
     finally:
         hold.communicate("", timeout=60)
     with open_run(path) as run:
@@ -228,6 +236,21 @@ def test_bad_input_keeps_old_run_and_leaves_no_stub(tmp_path, make_run, digits):
     with pytest.raises(DriftscopeError, match="match no parameter"):
         train(bad, new, dataset=digits)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.h5"]  # no stub, temp or lock
+
+
+def test_overwrite_by_a_run_that_fails_in_round_0_keeps_the_old_run(tmp_path, make_run):
+    """The new run replaces the old one only when its first round commits: a run that fails
+    before (an overflowing learning rate here) leaves the old run byte for byte."""
+    old = tmp_path / "old.h5"
+    shutil.copy(make_run(), old)
+    before = old.read_bytes()
+    proc = cli(
+        *("run", "--rounds", "2", "--clients", "3", "--lr", "1e308", "-q"),
+        *("--out", str(old), "--overwrite"),
+    )
+    assert proc.returncode != 0
+    assert old.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.h5"]  # no temp or lock left
 
 
 def test_overwrite_keeps_a_reader_of_the_old_file_working(tmp_path, make_run):

@@ -5,6 +5,7 @@ from conftest import small_config
 from driftscope import open_run, train
 from driftscope.data.transforms import augment_batch
 from driftscope.errors import DivergenceError
+from driftscope.events import Hook
 from driftscope.simulator import Simulator
 
 
@@ -51,14 +52,42 @@ def test_communication_is_counted_per_participating_client(digits):
     assert summary.uplink_bytes == summary.downlink_bytes == 5 * 2 * 4 * sim.layout.numel
 
 
+class DivergeAt(Hook):
+    """Stands for a loss that turns NaN in round ``at`` (the trainer's DivergenceError)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_client_end(self, event) -> None:
+        if event.round == self.at:
+            raise DivergenceError(f"training diverged at round {event.round}, client 0")
+
+
 def test_divergence_stops_and_keeps_a_valid_file(tmp_path, digits):
     path = tmp_path / "nan.h5"
-    with pytest.raises(DivergenceError, match=r"round \d+, client \d+"):
-        train(small_config(train__lr=1e6, train__rounds=5), path, dataset=digits)
+    with pytest.raises(DivergenceError, match=r"round 2, client \d+"):
+        train(small_config(train__rounds=5), path, dataset=digits, hooks=[DivergeAt(2)])
     with open_run(path) as run:
         assert run.status == "diverged"
         assert "client" in run.status_message
-        assert len(run.metrics) == run.num_rounds < 5
+        assert len(run.metrics) == run.num_rounds == 2
+
+
+def test_divergence_in_round_0_leaves_no_file_and_keeps_an_old_run(tmp_path, digits, make_run):
+    """A run that never commits a round is never moved onto its path: --overwrite of a good run
+    by one that diverges at once keeps the good run, and without one there is no file to block a
+    retry."""
+    path = tmp_path / "nan.h5"
+    with pytest.raises(DivergenceError, match=r"round 0, client \d+"):
+        train(small_config(train__lr=1e6), path, dataset=digits)
+    assert sorted(tmp_path.iterdir()) == []  # no stub, no temporary file, no lock left
+    good = tmp_path / "good.h5"
+    good.write_bytes(make_run().read_bytes())
+    before = good.read_bytes()
+    with pytest.raises(DivergenceError, match=r"round 0"):
+        train(small_config(train__lr=1e6), good, dataset=digits, overwrite=True)
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.h5"]
 
 
 def test_augmentation_is_a_crop_and_flip(digits):
