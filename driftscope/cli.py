@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         metavar="PATH",
-        help="run file to write [runs/<dataset>-<algorithm>-<partition>-seed<seed>.h5]",
+        help="run file to write [runs/<dataset>-<algorithm>-<partition>-seed<seed>.h5; "
+        "settings not the default are added: -<model>, -<N>clients, -<N>rounds, -lr<LR>]",
     )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument(

@@ -302,6 +302,9 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
     """Config file (if any; else ``base`` or the default), then the flags that were given.
 
     An algorithm-parameter flag must belong to the algorithm in effect (from the flags or the file).
+    A new run (no ``base``) whose model is named neither by ``--model`` nor by the file gets its
+    dataset's default model (``DatasetSpec.default_model``: ``cnn1d`` for ``mnist1d``), the one
+    ``reproduce`` uses.
     """
     cfg = (
         RunConfig.from_toml(args.config) if getattr(args, "config", None) else (base or RunConfig())
@@ -324,7 +327,23 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
                     f"{flag} is a parameter of {them}, not of {algorithm}: "
                     f"drop {flag} or choose --algorithm {owners[name][0]}"
                 )
+    if base is None and "model.name" not in overrides and not _file_names_model(args):
+        dataset = overrides.get("data.dataset", cfg.data.dataset)
+        dataset_model = DATASETS.get(dataset).default_model if dataset in DATASETS else None
+        if dataset_model is not None:
+            overrides["model.name"] = dataset_model
     return cfg.replace(overrides) if overrides else cfg
+
+
+def _file_names_model(args: argparse.Namespace) -> bool:
+    """Whether the ``--config`` file sets ``model.name`` (read by RunConfig.from_toml before)."""
+    import tomllib
+
+    path = getattr(args, "config", None)
+    if not path:
+        return False
+    raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    return isinstance(raw.get("model"), dict) and "name" in raw["model"]
 
 
 def choose_threads(num_params: int, requested: int | None, default: int) -> tuple[int, str]:
@@ -363,5 +382,30 @@ def apply_threads(cfg: RunConfig, requested: int | None) -> str:
 
 
 def default_out(cfg: RunConfig) -> Path:
+    """``runs/<dataset>-<algorithm>-<partition>-seed<seed>.h5``, plus each of the model, clients,
+    rounds and learning rate that differs from the default (``-cnn1d``, ``-100clients``,
+    ``-5rounds``, ``-lr0.1``), so runs that differ in them get different files."""
+    default = RunConfig()
     part = cfg.data.partition + (f"{cfg.data.alpha:g}" if cfg.data.partition == "dirichlet" else "")
-    return Path("runs") / f"{cfg.data.dataset}-{cfg.train.algorithm}-{part}-seed{cfg.seed}.h5"
+    own_model = DATASETS.get(cfg.data.dataset).default_model or default.model.name
+    extra = "".join(
+        text
+        for differs, text in (
+            (cfg.model.name != own_model, f"-{cfg.model.name}"),
+            (cfg.train.clients != default.train.clients, f"-{cfg.train.clients}clients"),
+            (cfg.train.rounds != default.train.rounds, f"-{cfg.train.rounds}rounds"),
+            (cfg.train.lr != default.train.lr, f"-lr{cfg.train.lr:g}"),
+        )
+        if differs
+    )
+    name = f"{cfg.data.dataset}-{cfg.train.algorithm}-{part}{extra}-seed{cfg.seed}.h5"
+    return Path("runs") / name
+
+
+def check_fits(cfg: RunConfig) -> None:
+    """The model takes the dataset's inputs (one-line ConfigError), from the dataset's declared
+    shape: before any data is loaded or any file is touched."""
+    from driftscope.models import check_model_fits
+
+    ds = DATASETS.get(cfg.data.dataset)
+    check_model_fits(cfg.model.name, ds.input_shape, ds.num_classes, ds.name)

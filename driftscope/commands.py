@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from driftscope.cli_flags import apply_threads, default_out, resolve_config
+from driftscope.cli_flags import apply_threads, check_fits, default_out, resolve_config
 from driftscope.config import RunConfig
 from driftscope.errors import ConfigError, DriftscopeError
 from driftscope.events import Hook
@@ -30,6 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         requested = args.threads if args.threads is not None else stored_threads(out)
     else:
         cfg = resolve_config(args)
+        check_fits(cfg)
         out = Path(args.out) if args.out else default_out(cfg)
         from driftscope.runfile import check_output
 

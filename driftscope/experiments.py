@@ -20,7 +20,7 @@ import pandas as pd
 
 from driftscope.analysis.tables import layer_summary
 from driftscope.config import RunConfig
-from driftscope.data import Dataset, load_dataset
+from driftscope.data import DATASETS, Dataset, load_dataset
 from driftscope.errors import ConfigError, DivergenceError
 from driftscope.reader import open_run
 from driftscope.registry import Registry
@@ -232,10 +232,6 @@ class ReproduceResult:
     figures_dir: Path
 
 
-# The model a dataset is reproduced with when none is named (inputs need a matching network).
-DEFAULT_MODELS = {"mnist1d": "cnn1d"}
-
-
 def reproduce(
     out_dir: Path,
     rounds: int | None = None,
@@ -253,10 +249,11 @@ def reproduce(
     ``log`` receives one line per event (``"[fedavg] training ..."`` when ``progress``; a line
     for each arm that diverged). The arms must include ``fedavg`` and ``fedavg-iid``.
     ``dataset``/``model``: another dataset, e.g. ``"mnist1d"`` (``model`` defaults to
-    ``DEFAULT_MODELS`` or the config's); every other setting stays the default config's.
+    the dataset's ``default_model``, else the config's); every other setting stays the default
+    config's.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = model or DEFAULT_MODELS.get(dataset, RunConfig().model.name)
+    model = model or DATASETS.get(dataset).default_model or RunConfig().model.name
     data = load_dataset(dataset)
     paths: dict[str, Path] = {}
     diverged: dict[str, str] = {}

@@ -108,6 +108,42 @@ def check_model_name(name: str) -> None:
     MODELS.get(name)
 
 
+def check_model_fits(
+    name: str, input_shape: Shape, num_classes: int, dataset: str = "the dataset"
+) -> None:
+    """Refuse, in one line, a model that cannot take ``input_shape`` inputs: it is built on the
+    meta device (no memory, no RNG draws) and a batch of two goes through it, so a shape error
+    shows here, before any data is trained or any file is written, not in round 0."""
+    import torch
+
+    from driftscope.data import DATASETS
+
+    spec = MODELS.get(name)
+    shape = tuple(int(s) for s in input_shape)
+    fallback = DATASETS.get(dataset).default_model if dataset in DATASETS else None
+    hint = (
+        f"use --model {fallback} ({dataset}'s default model)"
+        if fallback and fallback != name
+        else f"choose another --model ({', '.join(n for n in MODELS.names() if n != name)})"
+    )
+    try:
+        with torch.device("meta"):
+            out = spec.build(shape, num_classes)(torch.empty(2, *shape))  # type: ignore[arg-type]  # a (C, H, W) tuple
+    except ConfigError:
+        raise  # the model's own one-line check (e.g. vgg11's 32x32)
+    except (RuntimeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"model {name} does not fit {dataset}'s inputs {'x'.join(map(str, shape))} "
+            f"({reason}): {hint}"
+        ) from None
+    if tuple(out.shape) != (2, num_classes):
+        raise ConfigError(
+            f"model {name} gives outputs shaped {tuple(out.shape)[1:]} for {dataset}, not "
+            f"({num_classes},) class scores: {hint}"
+        )
+
+
 def build_model(name: str, input_shape: Shape, num_classes: int) -> nn.Module:
     """Instantiate a registered model (initialisation uses torch's global RNG: seed it first)."""
     return MODELS.get(name).build(input_shape, num_classes)

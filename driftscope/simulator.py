@@ -48,7 +48,7 @@ from driftscope.events import (
     StateRows,
 )
 from driftscope.local import Augmentation, FlatParams, LocalResult, local_train
-from driftscope.models import build_model, check_head, model_layout
+from driftscope.models import build_model, check_head, check_model_fits, model_layout
 from driftscope.partition import label_histogram, partition
 from driftscope.seeding import derive_seed, numpy_rng
 
@@ -74,6 +74,8 @@ class Simulator:
             dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
         )
         ds = self.dataset
+        # a model that cannot take the inputs: one line now, not a traceback in round 0
+        check_model_fits(cfg.model.name, ds.input_shape, ds.num_classes, ds.name)
         self.device = resolve_device(t.device)
         device = self.device
 

@@ -131,3 +131,40 @@ def test_reproduce_prints_the_observation_on_mnist1d(tmp_path, monkeypatch, caps
     with open_run(tmp_path / "rep" / "fedavg-iid.h5") as run:
         assert run.config.data.dataset == "mnist1d"
         assert run.config.model.name == "cnn1d"
+
+
+def test_run_without_model_picks_the_datasets_default_and_names_the_file(tmp_path, monkeypatch):
+    """`driftscope run --dataset mnist1d` trains cnn1d, the model reproduce uses (small_cnn's
+    pooling cannot take 1x40 signals), and the default file name says what differs."""
+    from driftscope.cli import main
+
+    monkeypatch.setenv("DRIFTSCOPE_DATA", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--dataset", "mnist1d", "--clients", "3", "--rounds", "1", "-q"]
+    assert main([*args, "--local-steps", "2", "--probe-size", "16"]) == 0
+    (path,) = (tmp_path / "runs").iterdir()
+    assert path.name == "mnist1d-fedavg-dirichlet0.1-3clients-1rounds-seed0.h5"
+    with open_run(path) as run:
+        assert run.config.model.name == "cnn1d" and run.status == "complete"
+
+
+def test_a_model_that_does_not_fit_is_refused_in_one_line_before_any_file(
+    tmp_path, monkeypatch, capsys
+):
+    from driftscope.cli import main
+
+    monkeypatch.setenv("DRIFTSCOPE_DATA", str(tmp_path / "cache"))
+    out = tmp_path / "runs" / "m.h5"
+    config = tmp_path / "c.toml"
+    config.write_text('[data]\ndataset = "mnist1d"\n[model]\nname = "small_cnn"\n')
+    for args in (["--dataset", "mnist1d", "--model", "small_cnn"], ["--config", str(config)]):
+        assert main(["run", *args, "--rounds", "1", "-q", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "Traceback" not in err
+        assert "small_cnn does not fit mnist1d" in err and "--model cnn1d" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+    # the library refuses it too, before any file
+    cfg = RunConfig().replace({"data.dataset": "mnist1d", "data.data_dir": str(tmp_path / "c")})
+    with pytest.raises(ConfigError, match="use --model cnn1d"):
+        train(cfg, out)
+    assert not out.exists()

@@ -67,7 +67,9 @@ class DatasetSpec:
     """A registered dataset, torch-free: ``load(data_dir)`` imports what it needs when called.
 
     ``input_shape`` (C, H, W) and ``num_classes`` describe what ``load`` returns, so a model can be
-    sized (or its parameters counted) without loading the data.
+    sized (or its parameters counted) without loading the data. ``default_model``: the model that
+    ``driftscope run`` and ``reproduce`` use with this dataset when none is named (None: the
+    config's default, ``small_cnn``).
     """
 
     name: str
@@ -75,6 +77,7 @@ class DatasetSpec:
     input_shape: tuple[int, int, int]
     num_classes: int
     loader: Callable[[Path], Dataset]
+    default_model: str | None = None
 
     def load(self, data_dir: str | os.PathLike | None = None) -> Dataset:
         root = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -144,6 +147,7 @@ for _spec in (
         (1, 1, 40),
         10,
         _mnist1d,
+        default_model="cnn1d",
     ),
     DatasetSpec(
         "mnist", "MNIST, 28x28 (torchvision files)", (1, 28, 28), 10, _torchvision("mnist")
