@@ -127,17 +127,23 @@ def check_model_fits(
         else f"choose another --model ({', '.join(n for n in MODELS.names() if n != name)})"
     )
     try:
-        with torch.device("meta"):
-            out = spec.build(shape, num_classes)(torch.empty(2, *shape))  # type: ignore[arg-type]  # a (C, H, W) tuple
+        try:
+            with torch.device("meta"):
+                out = spec.build(shape, num_classes)(torch.empty(2, *shape))  # type: ignore[arg-type]  # a (C, H, W) tuple
+        except (RuntimeError, ValueError, NotImplementedError):
+            # some operations have no meta kernel: the same check on the CPU, with zeros for
+            # inputs, leaving torch's global RNG as it was (the run's initialisation uses it)
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                out = spec.build(shape, num_classes)(torch.zeros(2, *shape))  # type: ignore[arg-type]
     except ConfigError:
         raise  # the model's own one-line check (e.g. vgg11's 32x32)
-    except (RuntimeError, ValueError) as err:
+    except (RuntimeError, ValueError, NotImplementedError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
             f"model {name} does not fit {dataset}'s inputs {'x'.join(map(str, shape))} "
             f"({reason}): {hint}"
         ) from None
-    if tuple(out.shape) != (2, num_classes):
+    if isinstance(out, torch.Tensor) and tuple(out.shape) != (2, num_classes):
         raise ConfigError(
             f"model {name} gives outputs shaped {tuple(out.shape)[1:]} for {dataset}, not "
             f"({num_classes},) class scores: {hint}"
