@@ -170,8 +170,8 @@ def test_mlflow_export_equals_analyze_csv(finished, tmp_path: Path) -> None:
     assert not Path("mlruns").exists()
 
 
-def wandb_history(run_dir: Path) -> dict[tuple[str, int], float]:
-    """The history rows of a W&B offline run file (LevelDB-log records of wandb's protobuf
+def wandb_history(run_dir: Path) -> tuple[dict[tuple[str, int], float], bool]:
+    """The history rows of a W&B offline run file, and whether it holds the exit record (LevelDB-log records of wandb's protobuf
     Record): 7-byte header, 32 KiB blocks, each record a 7-byte header (crc, length, type)."""
     import json
 
@@ -200,10 +200,11 @@ def wandb_history(run_dir: Path) -> dict[tuple[str, int], float]:
             buf += chunk
         elif kind == 4:
             records.append(buf + chunk)
-    out = {}
+    out, ended = {}, False
     for raw in records:
         rec = pb.Record()
         rec.ParseFromString(raw)
+        ended = ended or rec.WhichOneof("record_type") == "exit"
         if rec.WhichOneof("record_type") != "history":
             continue
         items = {it.key or "/".join(it.nested_key): it.value_json for it in rec.history.item}
@@ -212,7 +213,7 @@ def wandb_history(run_dir: Path) -> dict[tuple[str, int], float]:
             v = json.loads(value)
             if isinstance(v, int | float):
                 out[(key, step)] = float(v)
-    return out
+    return out, ended
 
 
 def test_wandb_offline_export_lists_the_same_keys(finished, tmp_path: Path, monkeypatch) -> None:
@@ -222,7 +223,15 @@ def test_wandb_offline_export_lists_the_same_keys(finished, tmp_path: Path, monk
     run, table = finished
     assert main(["export", str(run), "--to", "wandb", str(tmp_path), "--no-figures"]) == 0
     (run_dir,) = [Path(p) for p in glob.glob(str(tmp_path / "wandb" / "offline-run-*"))]
-    got = wandb_history(run_dir)
+    # wandb's service process may still be writing when finish() returns under load: read until
+    # the run file holds its exit record
+    deadline = time.monotonic() + 60
+    while True:
+        got, ended = wandb_history(run_dir)
+        if ended or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert ended, "the offline run has no exit record"
     want = expected_scalars(table)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-15, abs=0), key  # JSON round trip

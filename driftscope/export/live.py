@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from driftscope.events import Hook, RoundEnded, RunEnded, RunStarted
 from driftscope.export.rounds import hyperparameters, metric_labels, round_exports
@@ -56,8 +58,10 @@ class LiveLogger(Hook):
     ``spec``: ``"tensorboard=DIR"``, ``"mlflow=URI"`` or ``"wandb"`` / ``"wandb=DIR"`` (the CLI's
     ``--log``). A round is committed after every hook has seen its end, so round r is written when
     round r + 1 ends (the last at the run's end), read back from the file: the values are those of
-    ``analyze --csv``. A backend that fails (disk full, service down) warns once
-    (:class:`LoggerWarning`) and is dropped: it never stops the run nor touches its file.
+    ``analyze --csv``. The reading and writing run in a background thread, woken at each round's
+    end, so training does not wait for them; the run's end waits for the last round to be
+    written. A backend that fails (disk full, service down) warns once (:class:`LoggerWarning`)
+    and is dropped: it never stops the run nor touches its file.
     """
 
     def __init__(self, spec: str, run_path: str | os.PathLike) -> None:
@@ -66,6 +70,9 @@ class LiveLogger(Hook):
         self.sink: Sink | None = open_sink(self.kind, self.target, self.path.stem)
         self.run: Run | None = None
         self.done = -1  # the last round written
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
 
     def on_run_start(self, event: RunStarted) -> None:
         import json
@@ -76,15 +83,35 @@ class LiveLogger(Hook):
                 metric_labels(event.layout.layers),
             )
         )
+        if self.sink is not None and self._thread is None:
+            self._thread = threading.Thread(
+                target=self._work, name=f"driftscope-{self.kind}-logger", daemon=True
+            )
+            self._thread.start()
 
     def on_round_end(self, event: RoundEnded) -> None:
-        self._guard(self._write_committed)
+        self._wake.set()
 
     def on_run_end(self, event: RunEnded) -> None:
-        self._guard(self._write_committed)
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        else:  # never started: write what is committed here
+            self._guard(self._write_committed)
         self._close()
 
     # ------------------------------------------------------------------ internals
+    def _work(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            stop = self._stop
+            self._guard(self._write_committed)
+            if stop or self.sink is None:
+                return
+
     def _write_committed(self, sink: Sink) -> None:
         from driftscope.reader import open_run
 
@@ -95,11 +122,13 @@ class LiveLogger(Hook):
         else:
             self.run.refresh()
         rounds = [int(r) for r in self.run.metrics["round"] if int(r) > self.done]
+        if not rounds:
+            return
         for rec in round_exports(self.run, rounds):
             sink.round(rec)
             self.done = rec.round
 
-    def _guard(self, fn: Any) -> None:
+    def _guard(self, fn: Callable[[Sink], None]) -> None:
         if self.sink is None:
             return
         try:

@@ -100,12 +100,14 @@ def round_exports(
         if np.isfinite(value):
             out[int(r)].scalars[scalar_name(str(metric), str(layer))] = float(value)
     # head and body: a metric of the concatenated update is the metric of the summed Grams
-    keep = np.isin(run.rounds, chosen)
-    recorded = run.rounds[keep]
+    all_rounds = run.rounds
+    n = len(all_rounds)  # rows past n: rounds committed since (a live run), cut
+    keep = np.isin(all_rounds, chosen)
+    recorded = all_rounds[keep]
     weights = aggregation_weights(run)
     if weights is not None:
-        weights = weights[keep]
-    grams = {ly.name: run.gram(ly.name)[keep] for ly in run.layers}
+        weights = weights[:n][keep]
+    grams = {ly.name: run.gram(ly.name)[:n][keep] for ly in run.layers}
     for group in dict.fromkeys(ly.group for ly in run.layers):
         layers = [ly for ly in run.layers if ly.group == group]
         g = np.sum([grams[ly.name] for ly in layers], axis=0)

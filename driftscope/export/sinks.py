@@ -198,7 +198,7 @@ class WandbSink(Sink):
         for name, values in rec.histograms.items():
             if len(values):
                 data[name] = self.wandb.Histogram(np.asarray(values).tolist())
-        self.run.log(data, step=rec.round)
+        self.run.log(data, step=rec.round, commit=True)  # written now, not at the next step
 
     def figure(self, name: str, png: Path) -> None:
         self.run.log({f"figures/{name}": self.wandb.Image(str(png))})
