@@ -31,10 +31,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(args)
         check_fits(cfg)
-        out = Path(args.out) if args.out else default_out(cfg)
         from driftscope.runfile import check_output
 
-        check_output(out, args.overwrite)  # before any data is loaded or any file is touched
+        # before any data is loaded or any file is touched; an empty --out is refused, not the default
+        out = check_output(args.out if args.out is not None else default_out(cfg), args.overwrite)
         requested = args.threads
     threads = apply_threads(cfg, requested)
     hooks: list[Hook] = []
@@ -92,7 +92,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from driftscope.report import format_summary
     from driftscope.runfile import check_output
 
-    if args.csv:
+    if args.csv is not None:
         check_output(args.csv, overwrite=True, what="--csv")
     with open_run(args.run) as run:
         try:
@@ -102,7 +102,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(f"driftscope: drift metrics unreadable: {err}", file=sys.stderr)
             return 2
         print(format_summary(run, summary))
-        if args.csv:
+        if args.csv is not None:
             import pandas as pd
 
             from driftscope.analysis.attribution import label_alignment_table
@@ -130,17 +130,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from driftscope.figures import write_figures
+    from driftscope.outputs import check_folder
     from driftscope.reader import open_run
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise DriftscopeError(f"{out} is a file, not a folder: give --out a folder for the figures")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DriftscopeError(
-            f"cannot create {out}: {err.strerror}; choose another --out"
-        ) from None
+    out = check_folder(args.out)
     runs = []
     try:
         for p in args.runs:
@@ -165,11 +158,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from driftscope.report import format_compare, markdown_table
 
     arms = compare_arms(args.arms)  # an unknown name fails before any training
+    from driftscope.outputs import check_folder, check_output
+
+    if args.csv is not None:
+        check_output(args.csv, overwrite=True, what="--csv")
+    check_folder(args.out)
     threads = apply_threads(base, args.threads)
     results = compare(
         base, args.seeds, Path(args.out), args.target, arms=arms, progress=not args.quiet
     )
-    if args.csv:
+    if args.csv is not None:
         results.to_csv(args.csv, index=False)
     print(markdown_table(format_compare(summarize(results), args.target)))
     print(threads)
@@ -178,6 +176,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     threads = apply_threads(RunConfig(), args.threads)
+    from driftscope.outputs import check_folder
+
+    check_folder(args.out)
     from driftscope.experiments import reproduce
     from driftscope.report import format_reproduce
 

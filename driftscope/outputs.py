@@ -72,20 +72,42 @@ def unwritable(path: Path, err: OSError) -> str:
         errno.EROFS: "the file system is read-only",
         errno.ENOSPC: "no space left on the device",
         errno.EISDIR: "it is a directory",
+        errno.EEXIST: "a part of the path is a file, not a directory",  # mkdir over a file
+        errno.ENAMETOOLONG: "the file name is too long",
     }.get(err.errno or 0, err.strerror or one_line(err))
     return f"cannot write {path}: {reason}; choose another --out"
 
 
+#: the most characters the writer's side files add to the run file's name (``.NAME.PID.tmp``,
+#: ``NAME.lock``, ``.NAME.resume``)
+SIDE_FILE_CHARS = 16
+
+
 def check_output(path: str | os.PathLike, overwrite: bool = False, what: str = "--out") -> Path:
     """Check that a file can be written at ``path`` before any work starts: not a directory, not an
-    existing file without ``overwrite``, its directory creatable. One-line :class:`RunFileError`."""
-    path = Path(path)
-    if path.is_dir():
-        raise RunFileError(f"{path} is a directory: give {what} a file path")
-    if path.exists() and not overwrite:
-        raise RunFileError(f"{path} already exists: choose another {what} or pass --overwrite")
+    existing file without ``overwrite``, not empty or ending in a separator (both name a folder),
+    its directory creatable. One-line :class:`RunFileError`."""
+    text = os.fspath(path)
+    if not text:
+        raise RunFileError(f"{what} is empty: give it a file path")
+    if text.endswith(os.sep):
+        raise RunFileError(
+            f"{text} ends in '{os.sep}', so it names a folder: give {what} a file path "
+            f"such as {text}run.h5"
+        )
+    path = Path(text)
     try:
+        if path.is_dir():
+            raise RunFileError(f"{path} is a directory: give {what} a file path")
+        if path.exists() and not overwrite:
+            raise RunFileError(f"{path} already exists: choose another {what} or pass --overwrite")
         path.parent.mkdir(parents=True, exist_ok=True)
+        limit = os.pathconf(path.parent, "PC_NAME_MAX") - SIDE_FILE_CHARS
+        if len(os.fsencode(path.name)) > limit:
+            raise RunFileError(
+                f"cannot write {path}: the file name is too long (at most {limit} bytes here, "
+                f"leaving room for the writer's side files); choose a shorter {what}"
+            )
     except OSError as err:
         raise RunFileError(unwritable(path, err).replace("--out", what)) from None
     if not os.access(path.parent, os.W_OK):
@@ -103,3 +125,22 @@ def write_error(err: Exception) -> str:
     if code == errno.EFBIG or "file too large" in text:
         return "the file size limit (ulimit -f) was reached; raise it and re-run"
     return f"{one_line(err)}; re-run"
+
+
+def check_folder(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Create the output folder ``path`` (with its parents) before any work starts; an empty path,
+    a file there or an uncreatable folder is a one-line :class:`RunFileError`."""
+    text = os.fspath(path)
+    if not text:
+        raise RunFileError(f"{what} is empty: give it a folder")
+    folder = Path(text)
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise RunFileError(f"{folder} is a file, not a folder: give {what} a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = unwritable(folder, err).removeprefix(f"cannot write {folder}: ")
+        raise RunFileError(f"cannot create {folder}: {reason.replace('--out', what)}") from None
+    if not os.access(folder, os.W_OK):
+        raise RunFileError(f"cannot write into {folder}: it is read-only; choose another {what}")
+    return folder

@@ -286,6 +286,38 @@ def test_no_flag_is_taken_by_its_prefix(tmp_path, capsys, flag):
     assert not (tmp_path / "x.h5").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "--out", "afile/x.h5"], "a part of the path is a file, not a directory"),
+        (["run", "--out", "a" * 300 + ".h5"], "the file name is too long"),
+        (["run", "--out", "b" * 250 + ".h5"], "the file name is too long"),  # no room for .lock
+        (["run", "--out", "newdir/"], "newdir/ ends in '/', so it names a folder"),
+        (["run", "--out", ""], "--out is empty"),
+        (["run", "--out", "adir"], "adir is a directory"),
+        (["analyze", "x.h5", "--csv", ""], "--csv is empty"),
+        (["analyze", "x.h5", "--csv", "adir"], "adir is a directory: give --csv a file path"),
+        (["figures", "x.h5", "--out", "afile"], "afile is a file, not a folder"),
+        (["figures", "x.h5", "--out", ""], "--out is empty"),
+        (["compare", "--arms", "fedavg", "--out", "afile"], "afile is a file, not a folder"),
+        (["compare", "--arms", "fedavg", "--out", "afile/c"], "a part of the path is a file"),
+        (["compare", "--arms", "fedavg", "--out", "c", "--csv", "adir"], "adir is a directory"),
+        (["reproduce", "--out", "afile"], "afile is a file, not a folder"),
+        (["reproduce", "--out", ""], "--out is empty"),
+    ],
+)
+def test_bad_outputs_are_one_line_errors(tmp_path, monkeypatch, capsys, args, needle):
+    """Every output path is checked before any work: one line, exit 2, nothing created."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("keep")
+    (tmp_path / "adir").mkdir()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
+    assert (tmp_path / "afile").read_text() == "keep" and not any((tmp_path / "adir").iterdir())
+
+
 def test_existing_output_needs_overwrite(make_run, capsys):
     path = make_run()
     before = path.read_bytes()
