@@ -19,8 +19,13 @@ Results differ from the sequential path only by float32 rounding: a vmapped conv
 one grouped convolution and a vmapped linear layer as one batched matmul, whose reductions add in
 another order. Models with dropout train sequentially (:func:`supported`): the sequential path
 draws each client's dropout masks from torch's global generator seeded per client, a stream that
-vmap (which draws one mask for the whole group) cannot reproduce; models with buffers (BatchNorm
-running statistics) also train sequentially.
+vmap (which draws one mask for the whole group) cannot reproduce. Module buffers (BatchNorm running
+statistics, :mod:`driftscope.buffers`) are batched like the parameters: each client's row starts
+from the buffers it is given and is updated in place by its own forward passes (a vmapped
+``functional_call`` with the buffers as batched inputs); a BatchNorm with ``momentum=None`` (a
+cumulative average, whose factor is read from the step count as a Python number) trains
+sequentially. Frozen parameters (not in the layout) are the shared model's own and get no
+gradient.
 
 Devices: the group trains on the model's device (``train.device``; the simulator's model is
 bound to flat parameters there) exactly as :func:`~driftscope.local.local_train` does: batch
@@ -36,7 +41,7 @@ a fixed rule from the measurements in ``benchmarks/batched_clients.py`` (no timi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -61,9 +66,13 @@ AUTO_MAX_PARAMS = 200_000  # ... for models of at most this many parameters
 
 
 def supported(model: nn.Module) -> bool:
-    """Whether ``model`` can train batched: no dropout, no buffers (BatchNorm statistics)."""
-    has_dropout = any(isinstance(m, nn.Dropout) for m in model.modules())
-    return not has_dropout and next(model.buffers(), None) is None
+    """Whether ``model`` can train batched: no dropout, no BatchNorm with ``momentum=None``."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return not any(
+        isinstance(m, nn.Dropout) or (isinstance(m, _BatchNorm) and m.momentum is None)
+        for m in model.modules()
+    )
 
 
 def use_batched(
@@ -147,12 +156,14 @@ def train_clients(
     round: int,
     augmentation: Augmentation | None = None,
     group: int | None = None,
+    buffers: Sequence[Mapping[str, torch.Tensor]] | None = None,
 ) -> Iterator[LocalResult]:
-    """Train ``clients`` (``data[k]`` is client ``clients[k]``'s ``(data_x, data_y)``) from ``x``,
-    ``group`` clients at a time; yield each client's :class:`LocalResult` in order.
+    """Train ``clients`` (``data[k]`` is client ``clients[k]``'s ``(data_x, data_y)``) from ``x``
+    and the module buffers ``buffers[k]`` (None: the model has none), ``group`` clients at a
+    time; yield each client's :class:`LocalResult` in order, with its buffers after training.
 
-    A result's ``update`` and ``params`` are views valid until the next result is drawn from
-    the iterator (as :func:`~driftscope.local.local_train`'s are until its next call).
+    A result's ``update``, ``params`` and ``buffers`` are views valid until the next result is
+    drawn from the iterator (as :func:`~driftscope.local.local_train`'s are until its next call).
     """
     size = group or group_size(layout.numel)
     for start in range(0, len(clients), size):
@@ -167,6 +178,7 @@ def train_clients(
             seed=seed,
             round=round,
             augmentation=augmentation,
+            buffers=None if buffers is None else buffers[start : start + size],
         )
 
 
@@ -182,6 +194,7 @@ def _train_group(
     seed: int,
     round: int,
     augmentation: Augmentation | None,
+    buffers: Sequence[Mapping[str, torch.Tensor]] | None = None,
 ) -> Iterator[LocalResult]:
     from torch.func import functional_call, grad, vmap
 
@@ -191,6 +204,10 @@ def _train_group(
     device = next(model.parameters()).device  # train.device: where the simulator bound it
     x = x.to(device)  # (the simulator's x is there already)
     params = x.expand(g_all, -1).clone()  # (G, P): row k is client k's model
+    # (G, ...) per buffer: row k is client k's buffers, updated in place by its forward passes
+    bufs: dict[str, torch.Tensor] = {}
+    if buffers:
+        bufs = {n: torch.stack([b[n] for b in buffers]).to(device) for n in buffers[0]}
     for client in clients:
         algorithm.begin_client(client, x)
     correct = algorithm.corrects_gradient
@@ -203,9 +220,9 @@ def _train_group(
     model.train()
 
     def loss_fn(
-        p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
+        p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        logits = functional_call(model, p, (xb,))
+        logits = functional_call(model, {**p, **b}, (xb,))
         loss = F.cross_entropy(logits, yb)
         return loss, (loss, (logits.argmax(-1) == yb).sum())
 
@@ -239,7 +256,10 @@ def _train_group(
                 name: y[:, i.offset : i.offset + i.numel].view(g, *i.shape)
                 for name, i in zip(names, infos, strict=True)
             }
-            grads_dict, (loss, hits) = step_fn(p_dict, xb, yb)
+            b_dict = (
+                bufs if index is None else {n: v.index_select(0, index) for n, v in bufs.items()}
+            )
+            grads_dict, (loss, hits) = step_fn(p_dict, b_dict, xb, yb)
             with torch.no_grad():
                 grads = torch.cat([grads_dict[name].reshape(g, -1) for name in names], dim=1)
                 if correct:
@@ -256,6 +276,8 @@ def _train_group(
                     y.add_(grads, alpha=-lr)
                 if index is not None:
                     params.index_copy_(0, index, y)
+                    for name, value in b_dict.items():  # updated in place: a copy's rows
+                        bufs[name].index_copy_(0, index, value)
                 n_b = yb.shape[1]
                 total_loss.index_add_(0, rows_t, (loss.detach() * n_b).to(loss_dtype))
                 correct_count.index_add_(0, rows_t, hits)
@@ -282,4 +304,5 @@ def _train_group(
             update=update,
             params=y,
             extra=extra,
+            buffers={name: value[k] for name, value in bufs.items()} if buffers else None,
         )

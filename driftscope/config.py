@@ -128,9 +128,6 @@ class DataConfig:
         _check(self.max_redraws >= 1, f"max_redraws must be >= 1 (got {self.max_redraws})")
 
 
-BUFFER_MODES = ("average", "local")
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture and the split of its parameters into body and head."""
@@ -138,17 +135,13 @@ class ModelConfig:
     name: str = "small_cnn"
     head: tuple[str, ...] = ()  # fnmatch patterns over parameter names; () = model's own head
     head_last_k: int | None = None  # or: the last k parameterised layers form the head
-    # module buffers (BatchNorm running statistics) between rounds: "average" (weighted like the
-    # parameters) or "local" (each client keeps its own, FedBN; the global model has the average)
-    buffers: str = "average"
+    buffers: str = "average"  # BatchNorm statistics: "average" | "local" (docs/your-own-model.md)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "head", tuple(self.head))
         _check_name(MODELS, self.name)
-        _check(
-            self.buffers in BUFFER_MODES,
-            f"model.buffers must be one of {', '.join(BUFFER_MODES)} (got {self.buffers!r})",
-        )
+        modes = ("average", "local")
+        _check(self.buffers in modes, f"model.buffers is average or local, not {self.buffers!r}")
         _check(
             self.head_last_k is None or self.head_last_k >= 0,
             f"head_last_k must be >= 0 (got {self.head_last_k})",

@@ -14,7 +14,7 @@ cut by a permutation drawn from the (seed, "batches", round, client) stream, wit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -112,6 +112,9 @@ class LocalResult:
     update: torch.Tensor
     params: torch.Tensor
     extra: torch.Tensor | None
+    # the client's module buffers after training, when the trainer holds them apart from the
+    # model (the batched path); None: they are the model's own (local_train)
+    buffers: Mapping[str, torch.Tensor] | None = None
 
 
 def local_train(

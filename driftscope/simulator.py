@@ -256,7 +256,12 @@ class Simulator:
         for client, w, result in zip(clients, weights, self._train(clients, x), strict=True):
             mean_update.add_(result.update, alpha=w)
             extras.append(result.extra)
-            buffers = read_buffers(self.model, self.buffer_names)  # the client's, after training
+            # the client's buffers after training: the batched path's rows, or the model's own
+            buffers = (
+                result.buffers
+                if result.buffers is not None
+                else read_buffers(self.model, self.buffer_names)
+            )
             if buffers:
                 buffer_mean.add(buffers, w)
                 if self.local_buffers:
@@ -316,11 +321,11 @@ class Simulator:
         one (:func:`local_train`), as ``train.batched`` says."""
         t, seed, r = self.cfg.train, self.cfg.seed, self.round
         if batched.use_batched(t, self.model, self.layout.numel, self.dataset.input_shape):
-            # (a model with buffers never trains batched: batched.supported)
             data = [(self.client_x[c], self.client_y[c]) for c in clients]
+            starts = [self.start_buffers(c) for c in clients] if self.buffer_names else None
             yield from batched.train_clients(
                 self.model, self.layout, data, clients, self.algorithm, x, t,
-                seed=seed, round=r, augmentation=self.augmentation,
+                seed=seed, round=r, augmentation=self.augmentation, buffers=starts,
             )  # fmt: skip
             return
         for client in clients:
@@ -330,13 +335,16 @@ class Simulator:
                 seed=seed, round=r, client=client, augmentation=self.augmentation,
             )  # fmt: skip
 
-    def load_client_buffers(self, client: int) -> None:
-        """Put the buffers ``client`` starts its round from into the working model: the global
-        ones, or in "local" mode its own once it has trained."""
+    def start_buffers(self, client: int) -> dict[str, torch.Tensor]:
+        """The buffers ``client`` starts its round from: the global ones, or in "local" mode its
+        own once it has trained (views)."""
         if self.local_buffers and self.client_buffers_set[client]:
-            load_buffers(self.model, {n: v[client] for n, v in self.client_buffers.items()})
-        else:
-            load_buffers(self.model, self.global_buffers)
+            return {n: v[client] for n, v in self.client_buffers.items()}
+        return self.global_buffers
+
+    def load_client_buffers(self, client: int) -> None:
+        """Put the buffers ``client`` starts its round from into the working model."""
+        load_buffers(self.model, self.start_buffers(client))
 
     # ------------------------------------------------------------------ state (resume)
     def state(self) -> dict[str, torch.Tensor]:
