@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--client-gpus", type=float, default=0.0, help="--engine flower: GPUs per ClientApp"
     )
+    g.add_argument(
+        "--verbose",
+        action="store_true",
+        help="--engine flower: show Flower's own INFO log (default: its warnings only)",
+    )
     _add_run_flags(p)
 
     p = add_command(

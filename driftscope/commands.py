@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             client_cpus=args.client_cpus,
             client_gpus=args.client_gpus,
             overwrite=args.overwrite,
-            quiet=args.quiet,
+            quiet=not args.verbose,
             hooks=hooks,
         )
     else:

@@ -350,3 +350,17 @@ def test_the_flower_apps_run_config_is_a_driftscope_config(tmp_path):
     run_config["config-file"] = str(tmp_path / "c.toml")
     cfg = config_from_run_config(run_config)
     assert (cfg.train.rounds, cfg.train.lr, cfg.train.algorithm) == (2, 0.1, "fedpvr")
+
+
+def test_the_flower_engine_entry_point_is_the_one_pinned():
+    """driftscope runs Flower's simulation engine through the function that flwr 1.42's
+    deprecated ``run_simulation`` calls after its notice: it must still take these arguments."""
+    import inspect
+
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
+    params = inspect.signature(_run_simulation).parameters
+    for name in ("num_supernodes", "exit_event", "client_app", "server_app", "backend_config"):
+        assert name in params, name
+    assert hasattr(EventType, "PYTHON_API_RUN_SIMULATION_LEAVE")

@@ -99,3 +99,33 @@ def test_a_relative_out_lands_in_the_callers_directory(example, tmp_path, monkey
     assert wrapped.out == tmp_path / "runs" / "r.h5"
     assert str(tmp_path / "runs" / "r.h5") in capsys.readouterr().err
     assert wrapped.app == {"dataset": "unknown", "model": "unknown", "partition": "unknown"}
+
+
+@pytest.mark.slow
+def test_the_example_app_on_flowers_simulation_engine(example, tmp_path, capfd):
+    """The same app on Flower's real simulation engine (Ray, 4 virtual SuperNodes with random
+    node ids): client i is partition-id i, the accuracy is the app's central one, and Flower
+    prints no DEPRECATED notice."""
+    pytest.importorskip("ray")
+    from flwr.serverapp import ServerApp
+
+    from driftscope.flower.simulation import simulate_app
+
+    client_app, server_app, task = example
+    out, results = tmp_path / "sim.h5", []
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid, context):
+        results.append(server_app.run(grid, out, rounds=2))
+
+    simulate_app(server, client_app.app, 4)
+    central = [results[0].evaluate_metrics_serverapp[r]["accuracy"] for r in (1, 2)]
+    parts = [task.partition(i, 4, 0.5) for i in range(4)]
+    with open_run(out) as run:
+        assert run.status == "complete" and run.metrics.test_accuracy.tolist() == central
+        assert run.client_sizes.tolist() == [len(y) for _, y in parts]
+        hist = run.label_histogram.to_numpy()
+        for i, (_, y) in enumerate(parts):
+            np.testing.assert_array_equal(hist[i], np.bincount(y.numpy(), minlength=4))
+    assert "DEPRECATED" not in "".join(capfd.readouterr())

@@ -18,6 +18,9 @@ from driftscope.data import Dataset
 from driftscope.flower import FlowerRunError, require_flwr
 
 if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
     from driftscope.events import Hook
     from driftscope.flower.strategy import DriftscopeStrategy
 
@@ -92,16 +95,9 @@ def simulate(
         )
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation as flwr_run_simulation
 
     from driftscope.flower.client import app as client_app
 
-    if quiet:  # else Flower logs each round at INFO
-        flwr_logger = logging.getLogger("flwr")
-        flwr_logger.setLevel(logging.WARNING)
-        if not any(isinstance(f, _DropDeprecation) for f in flwr_logger.filters):
-            flwr_logger.addFilter(_DropDeprecation())
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
     server_app = ServerApp()
 
     @server_app.main()
@@ -109,16 +105,14 @@ def simulate(
         for strategy in strategies:
             strategy.start(grid, timeout=round_timeout)
 
-    backend_config: dict[str, Any] = {
-        "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
-        "init_args": {"logging_level": "ERROR"},
-    }
     try:
-        flwr_run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=nodes.pop(),
-            backend_config=backend_config,
+        simulate_app(
+            server_app,
+            client_app,
+            nodes.pop(),
+            client_cpus=client_cpus,
+            client_gpus=client_gpus,
+            quiet=quiet,
         )
     finally:
         for strategy in strategies:
@@ -126,9 +120,38 @@ def simulate(
                 strategy.writer.close("failed", "Flower's simulation engine stopped before it ran")
 
 
-class _DropDeprecation(logging.Filter):
-    """Flower deprecates ``run_simulation`` in favour of ``flwr run``, which needs a SuperLink;
-    driftscope calls it on purpose, so the notice is noise for its users."""
+def simulate_app(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    num_supernodes: int,
+    *,
+    client_cpus: float = 1.0,
+    client_gpus: float = 0.0,
+    quiet: bool = True,
+) -> None:
+    """Run a ServerApp and a ClientApp (anyone's) on Flower's simulation engine (Ray) in this
+    process, with ``num_supernodes`` virtual SuperNodes (node ``i`` has ``partition-id = i``).
+    ``quiet``: only Flower's warnings (its INFO log otherwise)."""
+    require_flwr(simulation=True)
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "`run_simulation` function is deprecated" not in record.getMessage()
+    # Flower logs each round and its set-up at INFO: only its warnings unless asked (--verbose)
+    logging.getLogger("flwr").setLevel(logging.WARNING if quiet else logging.INFO)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
+    backend_config: dict[str, Any] = {
+        "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
+        "init_args": {"logging_level": "ERROR"},
+    }
+    # flwr 1.42 marks its Python entry point ``flwr.simulation.run_simulation`` deprecated in
+    # favour of ``flwr run``, which needs a SuperLink daemon and an installed app and cannot take
+    # this process's objects; the engine function it calls after the notice is
+    # ``_run_simulation`` (flwr is pinned to 1.42; tests/test_flower.py checks its signature).
+    _run_simulation(
+        num_supernodes=num_supernodes,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_name="ray",
+        backend_config=backend_config,
+    )
