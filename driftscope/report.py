@@ -71,6 +71,12 @@ def format_summary(run: Run, summary: pd.DataFrame | None) -> str:
                         for metric in by.columns
                     ),
                 ]
+            elif "head" not in by.index:  # said, not silently left out
+                lines += [
+                    "",
+                    "no head/body comparison: no layer of this run is in the head (declare one: "
+                    "the model's head_prefixes, or recording(..., head=[...]) for a Flower app)",
+                ]
     try:
         m = run.metrics
     except DriftscopeError as err:

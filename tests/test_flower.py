@@ -364,3 +364,12 @@ def test_the_flower_engine_entry_point_is_the_one_pinned():
     for name in ("num_supernodes", "exit_event", "client_app", "server_app", "backend_config"):
         assert name in params, name
     assert hasattr(EventType, "PYTHON_API_RUN_SIMULATION_LEAVE")
+
+
+def test_a_head_that_matches_nothing_is_an_error_naming_the_arrays():
+    from driftscope.flower.replies import layout_from_arrays
+
+    arrays = ArrayRecord(tiny_model().state_dict())
+    with pytest.raises(ValueError, match=r"head=\['fc\*'\] matches no array; the arrays are 0\."):
+        layout_from_arrays(arrays, ["fc*"])
+    assert [p.group for p in layout_from_arrays(arrays, ["2.*"]).params][-2:] == ["head"] * 2

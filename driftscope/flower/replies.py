@@ -89,6 +89,9 @@ def layout_from_arrays(arrays: ArrayRecord, head: Sequence[str] = ()) -> ModelLa
     layer_names = list(dict.fromkeys(layer_of.values()))
     if head:
         in_head = {k for k, _ in items if any(fnmatch.fnmatchcase(k, p) for p in head)}
+        if not in_head:
+            names = ", ".join(k for k, _ in items[:6]) + (", ..." if len(items) > 6 else "")
+            raise ValueError(f"head={list(head)} matches no array; the arrays are {names}")
     else:
         in_head = {k for k, _ in items if layer_of[k] == layer_names[-1]}
     params, offset = [], 0
