@@ -63,6 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             hooks=hooks,
         )
     else:
+        import torch
+
         from driftscope.training import train
 
         train(
@@ -72,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             resume=bool(args.resume),
             hooks=hooks,
+            threads=torch.get_num_threads(),  # apply_threads' choice, printed below
         )
     from driftscope.reader import open_run
 
@@ -165,7 +168,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_folder(args.out)
     threads = apply_threads(base, args.threads)
     results = compare(
-        base, args.seeds, Path(args.out), args.target, arms=arms, progress=not args.quiet
+        base,
+        args.seeds,
+        Path(args.out),
+        args.target,
+        arms=arms,
+        progress=not args.quiet,
+        threads=args.threads,
     )
     if args.csv is not None:
         results.to_csv(args.csv, index=False)
@@ -175,9 +184,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    threads = apply_threads(RunConfig(), args.threads)
+    from driftscope.data import DATASETS
     from driftscope.outputs import check_folder
 
+    model = args.model or DATASETS.get(args.dataset).default_model or RunConfig().model.name
+    cfg = RunConfig().replace({"data.dataset": args.dataset, "model.name": model})
+    check_fits(cfg)  # before any folder or file
+    threads = apply_threads(cfg, args.threads)  # its line names the model reproduce trains
     check_folder(args.out)
     from driftscope.experiments import reproduce
     from driftscope.report import format_reproduce
@@ -191,6 +204,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         log=lambda line: print(line, flush=True),
         dataset=args.dataset,
         model=args.model,
+        threads=args.threads,
     )
     print(format_reproduce(result))
     print(threads)

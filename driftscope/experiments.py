@@ -112,17 +112,18 @@ def train_arm(
     overrides: Mapping[str, Any] | None = None,
     dataset: Dataset | None = None,
     progress: bool = False,
+    threads: int | None = None,
 ) -> DivergenceError | None:
     """Train ``base`` with the arm's overrides (then ``overrides``) into ``path`` (overwriting).
 
     Returns the :class:`DivergenceError` if the run diverged (its file keeps the rounds before),
-    else None.
+    else None. ``threads``: as :func:`driftscope.train`'s (None: its policy).
     """
     from driftscope.training import train
 
     cfg = base.replace({**arm.overrides, **(overrides or {})})
     try:
-        train(cfg, path, overwrite=True, progress=progress, dataset=dataset)
+        train(cfg, path, overwrite=True, progress=progress, dataset=dataset, threads=threads)
     except DivergenceError as err:
         return err
     return None
@@ -142,6 +143,7 @@ def compare(
     target: float = 0.9,
     arms: Sequence[Arm] = COMPARE_ARMS,
     progress: bool = False,
+    threads: int | None = None,
 ) -> pd.DataFrame:
     """Train every arm for every seed into ``out_dir`` (recording off: only accuracy and bytes
     are needed); one row per (arm, seed).
@@ -157,9 +159,21 @@ def compare(
         for seed in seeds:
             path = out_dir / f"{arm.name}-seed{seed}.h5"
             err = train_arm(
-                base, arm, path, {"seed": seed, "record.enabled": False}, dataset, progress
+                base, arm, path, {"seed": seed, "record.enabled": False}, dataset, progress, threads
             )
             diverged = err is not None
+            if diverged and not path.exists():  # diverged in round 0: no round, no file
+                rows.append(
+                    {
+                        "algorithm": arm.label,
+                        "seed": seed,
+                        "final_accuracy": float("nan"),
+                        "rounds_to_target": float("nan"),
+                        "diverged_at_round": 0,
+                        "bytes_per_round": float("nan"),
+                    }
+                )
+                continue
             with open_run(path) as run:
                 acc = run.metrics["test_accuracy"].to_numpy()
                 rows.append(
@@ -242,6 +256,7 @@ def reproduce(
     log: Log = _quiet,
     dataset: str = "digits",
     model: str | None = None,
+    threads: int | None = None,
 ) -> ReproduceResult:
     """Run the arms on the default config (embedded digits, Dirichlet alpha 0.1) into
     ``out_dir``, overwriting earlier reproduce runs there, and read the observation back.
@@ -264,7 +279,7 @@ def reproduce(
         path = out_dir / f"{arm.name}.h5"
         if progress:
             log(f"[{arm.name}] training ...")
-        err = train_arm(RunConfig(), arm, path, overrides, data, progress)
+        err = train_arm(RunConfig(), arm, path, overrides, data, progress, threads)
         if err is not None:
             diverged[arm.name] = str(err)
             log(f"[{arm.name}] {err}; its run file keeps the rounds before")

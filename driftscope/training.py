@@ -40,8 +40,14 @@ def train(
     dataset: Dataset | None = None,
     hooks: list[Hook] | None = None,
     resume: bool = False,
+    threads: int | None = None,
 ) -> Path:
     """Train ``cfg`` and write the run file ``out``; returns its path.
+
+    ``threads``: torch intra-op threads for this run (restored afterwards). None: the command
+    line's policy (:func:`driftscope.cli_flags.choose_threads`: 1 for models under 1M parameters,
+    else torch's current count), or, on resume, the count the run was trained with. The run file
+    records the count (``environment.torch_threads``).
 
     ``dataset`` reuses an already loaded dataset; ``hooks`` adds observers of your own (they run
     before the recorder). ``resume=True`` continues the interrupted, failed or killed run ``out``,
@@ -50,44 +56,75 @@ def train(
     """
     out = Path(out)
     warn_settings(cfg.train, stacklevel=2)  # e.g. momentum with control variates
-    with sigterm_as_interrupt():
-        if resume:
-            _check_same_config(out, cfg, resume_config(out))
-            _check_same_threads(out)
-        sim = Simulator(cfg, dataset)
-        stored_params(cfg.record, sim.layout)  # a bad pattern fails before any file is touched
-        if resume:
-            writer, state, start = reopen_for_resume(out, sim.num_clients)
-        else:
-            writer = RunWriter.create(out, sim, overwrite=overwrite)
-        try:
-            if resume and start > 0:
-                sim.load_state(state, start)
-            all_hooks: list[Hook] = list(hooks or [])
-            if cfg.record.enabled:
-                all_hooks.append(Recorder.for_simulator(writer, sim))
-            if not resume:
-                shapes = {k: (tuple(v.shape), _dtype(v)) for k, v in sim.state().items()}
-                writer.declare_state(shapes)
-                writer.declare_algorithm_record(sim.algorithm.round_record())
-            writer.start_swmr()
+    import torch
 
-            def commit(event: RoundEnded) -> None:
-                writer.commit(event, sim.commit_state(), sim.algorithm.round_record())
-                release_free_heap()
-
-            sim.run(all_hooks, progress=progress, commit=commit, summaries=False)
-        except DivergenceError as err:
-            writer.close("diverged", str(err))
-            raise
-        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (signals.Terminated)
-            writer.close("interrupted", str(err) or "stopped by the user")
-            raise
-        except BaseException as err:
-            writer.close("failed", f"{type(err).__name__}: {err}")
-            raise
-        writer.close("complete")
+    previous = torch.get_num_threads()
+    try:
+        with sigterm_as_interrupt():
+            if resume:
+                _check_same_config(out, cfg, resume_config(out))
+            sim = Simulator(cfg, dataset)
+            torch.set_num_threads(_run_threads(sim.layout.numel, threads, out if resume else None))
+            if resume:
+                _check_same_threads(out)
+            _train(sim, cfg, out, overwrite, progress, hooks, resume)
+    finally:
+        torch.set_num_threads(previous)
     return out
+
+
+def _run_threads(numel: int, requested: int | None, resumed: Path | None) -> int:
+    """The thread count: ``requested``, else a resumed run's own, else the CLI's policy."""
+    import torch
+
+    from driftscope.cli_flags import choose_threads
+
+    if requested is None and resumed is not None:
+        requested = stored_threads(resumed)
+    return choose_threads(numel, requested, torch.get_num_threads())[0]
+
+
+def _train(
+    sim: Simulator,
+    cfg: RunConfig,
+    out: Path,
+    overwrite: bool,
+    progress: bool,
+    hooks: list[Hook] | None,
+    resume: bool,
+) -> None:
+    stored_params(cfg.record, sim.layout)  # a bad pattern fails before any file is touched
+    if resume:
+        writer, state, start = reopen_for_resume(out, sim.num_clients)
+    else:
+        writer = RunWriter.create(out, sim, overwrite=overwrite)
+    try:
+        if resume and start > 0:
+            sim.load_state(state, start)
+        all_hooks: list[Hook] = list(hooks or [])
+        if cfg.record.enabled:
+            all_hooks.append(Recorder.for_simulator(writer, sim))
+        if not resume:
+            shapes = {k: (tuple(v.shape), _dtype(v)) for k, v in sim.state().items()}
+            writer.declare_state(shapes)
+            writer.declare_algorithm_record(sim.algorithm.round_record())
+        writer.start_swmr()
+
+        def commit(event: RoundEnded) -> None:
+            writer.commit(event, sim.commit_state(), sim.algorithm.round_record())
+            release_free_heap()
+
+        sim.run(all_hooks, progress=progress, commit=commit, summaries=False)
+    except DivergenceError as err:
+        writer.close("diverged", str(err))
+        raise
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (signals.Terminated)
+        writer.close("interrupted", str(err) or "stopped by the user")
+        raise
+    except BaseException as err:
+        writer.close("failed", f"{type(err).__name__}: {err}")
+        raise
+    writer.close("complete")
 
 
 def resume(

@@ -128,6 +128,8 @@ def test_reproduce_prints_the_observation_on_mnist1d(tmp_path, monkeypatch, caps
     assert main([*args, "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert "head vs body" in out and "fc3" in out and "conv4" in out
+    # the last line names the model trained and its parameter count
+    assert out.strip().splitlines()[-1].startswith("torch threads: 1 (cnn1d, 42,506 parameters")
     with open_run(tmp_path / "rep" / "fedavg-iid.h5") as run:
         assert run.config.data.dataset == "mnist1d"
         assert run.config.model.name == "cnn1d"

@@ -105,3 +105,22 @@ def test_augmentation_is_a_crop_and_flip(digits):
             for b in range(5)
         )
         assert found
+
+
+def test_train_picks_threads_as_the_command_line_and_records_them(tmp_path, digits):
+    """driftscope.train (as the notebooks call it) uses one torch thread for a small model, as
+    `driftscope run` does, records it, and gives the caller's count back; threads= overrides."""
+    from driftscope import open_run
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = small_config(train__rounds=1, record__enabled=False)
+        train(cfg, tmp_path / "a.h5", dataset=digits)
+        assert torch.get_num_threads() == 2
+        train(cfg, tmp_path / "b.h5", dataset=digits, threads=2)
+    finally:
+        torch.set_num_threads(before)
+    with open_run(tmp_path / "a.h5") as a, open_run(tmp_path / "b.h5") as b:
+        assert a.environment["torch_threads"] == 1
+        assert b.environment["torch_threads"] == 2
