@@ -20,7 +20,9 @@ masks) are not federated state: they stay as the model builds them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -78,6 +80,32 @@ class BufferAverage:
                 mean = torch.round(mean)
             out[name] = mean.to(dtype)
         return out
+
+
+def arrays_buffers(arrays: Mapping[str, Any] | None, like: Mapping[str, torch.Tensor]) -> Buffers:
+    """The buffers of ``like`` that ``arrays`` (name -> array with ``.numpy()``, such as a Flower
+    ``ArrayRecord`` of a ``state_dict``) carry, in ``like``'s shapes and dtypes (a 0-d counter
+    may arrive as shape (1,)); buffers it does not carry are left out."""
+    if arrays is None:
+        return {}
+    out: Buffers = {}
+    for name, ref in like.items():
+        if name in arrays:
+            values = torch.from_numpy(np.array(arrays[name].numpy()))
+            if values.numel() != ref.numel():
+                raise ValueError(f"buffer {name!r} has {values.numel()} values, not {ref.numel()}")
+            out[name] = values.reshape(ref.shape).to(ref.dtype)
+    return out
+
+
+@torch.no_grad()
+def load_frozen(model: nn.Module | None, arrays: Mapping[str, Any], trained: set[str]) -> None:
+    """Copy into ``model`` (None: nothing) the parameters that are not ``trained`` (frozen ones)
+    from ``arrays`` (name -> array with ``.numpy()``), where they are present."""
+    for name, tensor in model.named_parameters() if model is not None else ():
+        if name not in trained and name in arrays:
+            values = torch.from_numpy(np.array(arrays[name].numpy()))
+            tensor.copy_(values.reshape(tensor.shape))
 
 
 def buffer_bytes(buffers: Mapping[str, torch.Tensor]) -> int:

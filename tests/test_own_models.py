@@ -406,3 +406,71 @@ def test_flower_messages_carry_buffers_and_leave_frozen_parameters_alone(name, d
     _run_files_equal(tmp_path / "inprocess.h5", tmp_path / "flower.h5")
     with open_run(tmp_path / "flower.h5") as a, open_run(tmp_path / "inprocess.h5") as b:
         assert (a.metrics["downlink_bytes"] == b.metrics["downlink_bytes"]).all()
+
+
+def test_the_flower_wrapper_probes_with_the_apps_buffers(tmp_path):
+    """Anyone's Flower app sending state_dicts: the events carry the BatchNorm statistics of each
+    client's reply and of the new global arrays, so probe CKA runs the models the app holds."""
+    pytest.importorskip("flwr")
+    from flowergrid import LocalGrid
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp.strategy import FedAvg
+
+    from driftscope.flower import recording
+
+    def bn_model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+    app = ClientApp()
+    returned: dict = {}
+
+    @app.train()
+    def fit(msg, context):
+        model = bn_model()
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        pid = int(context.node_config["partition-id"])
+        gen = torch.Generator().manual_seed(pid)
+        x, y = torch.randn(32, 4, generator=gen) + pid, torch.randint(0, 3, (32,), generator=gen)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        returned[pid] = {k: v.clone() for k, v in model.state_dict().items()}
+        metrics = MetricRecord({"num-examples": 32})
+        arrays = ArrayRecord(model.state_dict())
+        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+    class Seen(Hook):
+        def on_client_end(self, event):
+            self.client = {k: v.clone() for k, v in event.buffers.items()}
+
+        def on_round_end(self, event):
+            self.global_buffers = {k: v.clone() for k, v in event.global_buffers.items()}
+
+    seen = Seen()
+    wrapped = recording(
+        FedAvg(min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0),
+        tmp_path / "w.h5",
+        model_factory=bn_model,
+        probe_inputs=torch.randn(16, 4, generator=torch.Generator().manual_seed(1)),
+        hooks=[seen],
+    )
+    result = wrapped.start(
+        grid=LocalGrid(app, 3), initial_arrays=ArrayRecord(bn_model().state_dict()), num_rounds=1
+    )
+    names = ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert sorted(seen.global_buffers) == sorted(names)
+    for name in names:
+        want = torch.from_numpy(np.array(result.arrays[name].numpy())).reshape(
+            seen.global_buffers[name].shape
+        )
+        assert torch.equal(seen.global_buffers[name], want.to(seen.global_buffers[name].dtype))
+    assert any(
+        torch.equal(seen.client["1.running_var"], r["1.running_var"]) for r in returned.values()
+    )
+    with open_run(tmp_path / "w.h5") as run:
+        assert run.status == "complete"
+        assert np.isfinite(run.cka("1")).all()

@@ -93,15 +93,12 @@ def record_buffers(
 ) -> dict[str, torch.Tensor]:
     """The inverse of :func:`buffers_record`: every buffer of ``like`` (the model's), in its shape
     and dtype (a 0-d counter arrives as shape (1,))."""
-    out = {}
-    for name, ref in like.items():
-        if name not in record:
-            raise KeyError(f"buffer {name!r} missing from the ArrayRecord")
-        values = torch.from_numpy(np.array(record[name].numpy()))
-        if values.numel() != ref.numel():
-            raise ValueError(f"buffer {name!r} has {values.numel()} values, expected {ref.numel()}")
-        out[name] = values.reshape(ref.shape).to(ref.dtype)
-    return out
+    from driftscope.buffers import arrays_buffers
+
+    missing = [name for name in like if name not in record]
+    if missing:
+        raise KeyError(f"buffer {missing[0]!r} missing from the ArrayRecord")
+    return arrays_buffers(record, like)
 
 
 def vector_record(key: str, vector: torch.Tensor) -> ArrayRecord:

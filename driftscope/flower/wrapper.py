@@ -55,6 +55,7 @@ from flwr.supercore import log
 from torch import nn
 
 from driftscope import schema
+from driftscope.buffers import arrays_buffers, load_frozen
 from driftscope.config import RecordConfig
 from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunEnded, RunStarted
 from driftscope.flower import ENGINE
@@ -181,8 +182,7 @@ class RecordingStrategy(Strategy):
         self.failures: FailureLog | None = None
         self.ids: ClientIds | None = None  # node id -> client, from the first round's replies
         self.layout: ModelLayout | None = None
-        self.num_clients = 0
-        self.clients_per_round = 0
+        self.num_clients = self.clients_per_round = 0
         self.head_rule = ""
         self.central = False  # the app passed evaluate_fn to start
         self._grid: Grid | None = None
@@ -192,6 +192,7 @@ class RecordingStrategy(Strategy):
         self._pending: dict[str, Any] | None = None
         self.series: AppSeries | None = None
         self._arrays: ArrayRecord | None = None
+        self._buffer_like: dict[str, torch.Tensor] = {}  # the probe model's buffers, by name
         self._started = 0.0
 
     # ------------------------------------------------------------------ delegation
@@ -295,6 +296,8 @@ class RecordingStrategy(Strategy):
                 probe_inputs=probe,
                 probe_rows=np.arange(len(probe)) if probe is not None else None,
             )
+            load_frozen(recorder.model, arrays, {p.name for p in layout.params})  # the app's
+            self._buffer_like = dict(recorder.fixed)  # the buffers' names, shapes and dtypes
             self.failures = FailureLog(writer.file, n)
             self.hooks = [*self.user_hooks, recorder, self.failures]
             self.series = AppSeries(writer.file, n)
@@ -383,7 +386,7 @@ class RecordingStrategy(Strategy):
         for client in clients:
             node, reply = rows[client]
             node_ids[client] = node
-            y = None
+            y, buffers = None, {}  # a failed client's CKA rows are blanked (FailureLog)
             if reply is None:
                 failed[client] = "no reply within the round's timeout"
             elif reply.has_error():
@@ -394,6 +397,7 @@ class RecordingStrategy(Strategy):
                     failed[client] = "the reply holds no ArrayRecord"
                 else:
                     y = self._flat(record)
+                    buffers = arrays_buffers(record, self._buffer_like)
             if y is None:  # NaN Gram rows; probed as the global model, CKA rows blanked later
                 y = x
                 update.fill_(math.nan)
@@ -407,7 +411,7 @@ class RecordingStrategy(Strategy):
                 loss, acc = _pick(metrics, TRAIN_LOSS_KEYS), _pick(metrics, TRAIN_ACCURACY_KEYS)
                 losses[client], accs[client], sizes[client] = loss, acc, num
                 write_partition(self.writer.file, client, num, metrics.get(LABEL_COUNTS_KEY))
-            trained = ClientTrained(r, client, num, 0, loss, acc, update, y, self.layout)
+            trained = ClientTrained(r, client, num, 0, loss, acc, update, y, self.layout, buffers)
             for hook in self.hooks:
                 hook.on_client_end(trained)
         agg_arrays, agg_metrics = result
@@ -422,6 +426,7 @@ class RecordingStrategy(Strategy):
         self._pending = {
             "round": r,
             "new_x": new_x,
+            "new_buffers": arrays_buffers(agg_arrays or self._arrays, self._buffer_like),
             "failed": failed,
             "losses": losses,
             "accs": accs,
@@ -488,6 +493,7 @@ class RecordingStrategy(Strategy):
             client_train_accuracy=MappingProxyType(p["accs"]),
             global_params=p["new_x"],
             control_norms=MappingProxyType({}),
+            global_buffers=MappingProxyType(p["new_buffers"]),
         )
         for hook in self.hooks:
             hook.on_round_end(event)
