@@ -37,7 +37,7 @@ def example():
         sys.path.remove(str(APP))
 
 
-def test_the_recorded_app_is_the_app(example, tmp_path, capsys):
+def test_the_recorded_app_is_the_app(example, tmp_path, capsys, monkeypatch):
     client_app, server_app, task = example
     grid = LocalGrid(client_app.app, 4, seed=3)
     out = tmp_path / "app.h5"
@@ -77,6 +77,21 @@ def test_the_recorded_app_is_the_app(example, tmp_path, capsys):
     shown += capsys.readouterr().out
     for default in DEFAULTS:
         assert default not in shown, default
+
+    # an export carries the app's description, not the config's defaults
+    from driftscope.export import live
+    from driftscope.export.sinks import Sink
+
+    kept: dict = {}
+
+    class Kept(Sink):
+        def hyperparameters(self, params, labels):
+            kept.update(params)
+
+    monkeypatch.setattr(live, "open_sink", lambda *a: Kept())
+    assert live.export_run(out, "tensorboard", None, figures=False) == 3
+    assert kept["app.model"] == "TinyCNN" and kept["strategy.class"] == "FedAvg"
+    assert not any("digits" in str(v) for v in kept.values())
 
 
 def test_an_existing_out_fails_before_the_first_round(example, tmp_path):

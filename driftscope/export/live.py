@@ -35,12 +35,14 @@ def export_run(
     from driftscope.reader import open_run
 
     with open_run(path) as run:
-        recs = round_exports(run, label_alignment=run.recorded)
+        # a recorded Flower app may not report its labels; its own description, not the config
+        recs = round_exports(run, label_alignment=run.recorded and run.has_label_histogram)
         sink = open_sink(kind, target, Path(path).stem)
+        config = json.loads(run.config.to_json())
+        if run.app is not None:
+            config = {"app": run.app, "strategy": run.app_strategy, "record": config["record"]}
         try:
-            sink.hyperparameters(
-                hyperparameters(json.loads(run.config.to_json())), metric_labels(run.layers)
-            )
+            sink.hyperparameters(hyperparameters(config), metric_labels(run.layers))
             for rec in recs:
                 sink.round(rec)
             if figures:
