@@ -6,6 +6,7 @@ state of the last committed round (written double-buffered by :class:`~driftscop
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -49,6 +50,46 @@ def _open_for_read(path: Path) -> h5py.File:
     return open_file(path)  # plain or SWMR with bounded retries: a damaged file fails fast
 
 
+def damaged(path: Path, what: str) -> RunFileError:
+    """The one-line error of a run file that cannot be resumed because a part of it is damaged."""
+    return RunFileError(
+        f"{path} is damaged ({what}): it cannot be resumed and was left unchanged; "
+        "start a new run (its committed rounds stay readable where undamaged)"
+    )
+
+
+def _integer_attr(f: h5py.File, path: Path, name: str, default: int | None = None) -> int | None:
+    value = f.attrs.get(name)
+    if value is None:
+        return default
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if not isinstance(value, int | np.integer) or isinstance(value, bool | np.bool_):
+        raise damaged(path, f"attribute '{name}' is {value!r}, not an integer")
+    return int(value)
+
+
+def _check_parts(f: h5py.File, path: Path) -> str:
+    """The parts a resume reads before copying: their presence and types. Returns the status."""
+    _integer_attr(f, path, schema.WRITER_PID)
+    started = f.attrs.get(schema.WRITER_STARTED)
+    if started is not None and not isinstance(started, int | float | np.integer | np.floating):
+        raise damaged(path, f"attribute '{schema.WRITER_STARTED}' is {started!r}, not a time")
+    for name in (schema.STATUS, schema.METRICS_ROUND):
+        if not isinstance(f.get(name), h5py.Dataset):
+            raise damaged(path, f"'{name}' is missing")
+    status = f[schema.STATUS][()]
+    if not isinstance(status, bytes):
+        raise damaged(path, f"'{schema.STATUS}' holds {status!r}, not a status")
+    try:
+        config = json.loads(str(f.attrs.get(schema.ATTR_CONFIG)))
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise damaged(path, f"attribute '{schema.ATTR_CONFIG}' is not a JSON table")
+    return status.decode(errors="replace")
+
+
 def resume_config(path: str | os.PathLike) -> str:
     """The config (JSON) of a run that can be resumed; a one-line error if it cannot."""
     path = Path(path)
@@ -56,13 +97,14 @@ def resume_config(path: str | os.PathLike) -> str:
     try:
         if f.attrs.get("format") != schema.FORMAT:
             raise RunFileError(f"{path} is not a driftscope run: it cannot be resumed")
-        version = int(f.attrs.get("schema_version", -1))
+        version = _integer_attr(f, path, schema.ATTR_SCHEMA_VERSION, -1)
+        assert version is not None
         if version > schema.SCHEMA_VERSION:
             raise RunFileError(
                 f"{path} uses run-file schema {version}, newer than this driftscope writes "
                 f"({schema.SCHEMA_VERSION}): resume it with a newer driftscope"
             )
-        status = f[schema.STATUS][()].decode()
+        status = _check_parts(f, path)
         done = len(f[schema.METRICS_ROUND])
         if status == "complete":
             raise RunFileError(f"{path} is complete ({done} rounds): there is nothing to resume")
@@ -80,6 +122,40 @@ def resume_config(path: str | os.PathLike) -> str:
                 f"{path} was written without resume state (by an older driftscope): start a new run"
             )
         return str(f.attrs["config"])
+    finally:
+        f.close()
+
+
+def check_layout(path: str | os.PathLike, reference: h5py.File) -> None:
+    """Every dataset a fresh writer of the same run creates (``reference``) must be in the file
+    with its dtype, its chunked (growable) layout and its shape (all but the rounds axis where it
+    grows): a resume writes into them. A one-line :func:`damaged` error names the first that is
+    missing or changed; the file is only read."""
+    path = Path(path)
+    f = _open_for_read(path)
+    try:
+        names: list[str] = []
+        reference.visititems(
+            lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None
+        )
+        for name in names:
+            want, got = reference[name], f.get(name)
+            if not isinstance(got, h5py.Dataset):
+                raise damaged(path, f"'{name}' is missing")
+            grows = bool(want.maxshape) and want.maxshape[0] is None
+            shape_ok = got.shape[1:] == want.shape[1:] if grows else got.shape == want.shape
+            if (
+                got.dtype != want.dtype
+                or got.maxshape != want.maxshape
+                or (got.chunks is None) != (want.chunks is None)
+                or not shape_ok
+            ):
+                raise damaged(
+                    path,
+                    f"'{name}' is {got.dtype} {got.shape} "
+                    f"{'chunked' if got.chunks else 'contiguous'}, not what this run writes "
+                    f"({want.dtype} {want.shape} {'chunked' if want.chunks else 'contiguous'})",
+                )
     finally:
         f.close()
 
@@ -173,15 +249,23 @@ def reopen_for_resume(
         dst.flush()
         os.replace(tmp, path)
     except BaseException as err:
-        src.close()
+        # clean up whatever the failure left (a full disk may fail the closes too), then say why
+        with contextlib.suppress(Exception):
+            src.close()
         if dst is not None:
-            dst.close()
-        tmp.unlink(missing_ok=True)
+            with contextlib.suppress(Exception):
+                dst.close()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         lock.release()
         if isinstance(err, OSError):
             raise RunFileError(
                 f"{path} could not be copied for resuming ({str(err).splitlines()[0]}); "
                 "it is unchanged: free disk space or check the file"
+            ) from None
+        if isinstance(err, KeyError | ValueError | TypeError | IndexError):
+            raise damaged(
+                path, str(err).splitlines()[0] if str(err) else type(err).__name__
             ) from None
         raise
     return RunWriter(dst, path, num_clients, lock=lock), state, last + 1

@@ -171,6 +171,28 @@ class RunWriter:
             raise
         return writer
 
+    @classmethod
+    def in_memory(
+        cls,
+        config: Any,
+        layout: ModelLayout,
+        label_histogram: np.ndarray,
+        engine: str = "inprocess",
+    ) -> RunWriter:
+        """A writer of a file held only in memory, with the datasets :meth:`create` makes: the
+        reference a resume checks a run file's layout against (nothing is written to disk)."""
+        f = h5py.File(
+            f"driftscope-reference-{id(config)}-{time.monotonic_ns()}",
+            "w",
+            driver="core",
+            backing_store=False,
+            libver="latest",
+        )
+        hist = np.asarray(label_histogram, dtype=np.int64)
+        writer = cls(f, Path(f.filename), int(hist.shape[0]))
+        writer._write_static(config, layout, hist, engine)
+        return writer
+
     def _write_static(
         self,
         config: Any,

@@ -25,7 +25,12 @@ from driftscope.errors import DivergenceError, RunFileError
 from driftscope.events import Hook, RoundEnded
 from driftscope.heap import release_free_heap
 from driftscope.recorder import Recorder, stored_params
-from driftscope.resume_file import reopen_for_resume, resume_config, stored_threads
+from driftscope.resume_file import (
+    check_layout,
+    reopen_for_resume,
+    resume_config,
+    stored_threads,
+)
 from driftscope.runfile import RunWriter
 from driftscope.signals import sigterm_as_interrupt
 from driftscope.simulator import Simulator
@@ -95,6 +100,7 @@ def _train(
 ) -> None:
     stored_params(cfg.record, sim.layout)  # a bad pattern fails before any file is touched
     if resume:
+        _check_layout(out, sim)  # a damaged file is refused before it is copied
         writer, state, start = reopen_for_resume(out, sim.num_clients)
     else:
         writer = RunWriter.create(out, sim, overwrite=overwrite)
@@ -125,6 +131,22 @@ def _train(
         writer.close("failed", f"{type(err).__name__}: {err}")
         raise
     writer.close("complete")
+
+
+def _check_layout(out: Path, sim: Simulator) -> None:
+    """The run file holds every dataset this run writes, as it writes them (see
+    :func:`~driftscope.resume_file.check_layout`): checked against a writer in memory."""
+    ref = RunWriter.in_memory(sim.cfg, sim.layout, sim.label_histogram)
+    try:
+        if sim.cfg.record.enabled:
+            with warnings.catch_warnings():  # the run's own recorder says it once
+                warnings.simplefilter("ignore")
+                Recorder.for_simulator(ref, sim)
+        ref.declare_state({k: (tuple(v.shape), _dtype(v)) for k, v in sim.state().items()})
+        ref.declare_algorithm_record(sim.algorithm.round_record())
+        check_layout(out, ref.file)
+    finally:
+        ref.file.close()
 
 
 def resume(
