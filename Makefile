@@ -30,7 +30,7 @@ setup: $(FULL)
 
 ## the main job: FedAvg vs SCAFFOLD vs FedPVR on the embedded digits, and where drift lives
 demo: setup-core
-	$(BIN)/driftscope reproduce --out runs/reproduce
+	$(BIN)/driftscope reproduce
 
 ## the whole test suite: lint, format check, type check, tests (notebooks included), then the
 ## float-comparing tests (marker kernels) under the generic CPU kernels another machine may use

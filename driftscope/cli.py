@@ -213,7 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
         "FedAvg control; print where drift lives, accuracy and communication; write figures.",
     )
     p.add_argument(
-        "--out", metavar="DIR", default="runs/reproduce", help="folder for run files and figures"
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="folder for run files and figures [runs/reproduce-<dataset>, plus -<model>, "
+        "-<N>rounds, -seed<K> where not the default]",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a reproduce of other settings (dataset, model, rounds, seed) in --out",
     )
     p.add_argument("--rounds", type=int, default=None, help="rounds per run [the default config's]")
     p.add_argument("--seed", type=int, default=0)

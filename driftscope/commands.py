@@ -191,12 +191,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = RunConfig().replace({"data.dataset": args.dataset, "model.name": model})
     check_fits(cfg)  # before any folder or file
     threads = apply_threads(cfg, args.threads)  # its line names the model reproduce trains
-    check_folder(args.out)
-    from driftscope.experiments import reproduce
+    from driftscope.experiments import check_reproduce_folder, reproduce, reproduce_folder
     from driftscope.report import format_reproduce
 
+    out = Path(args.out) if args.out is not None else reproduce_folder(cfg, args.rounds, args.seed)
+    check_folder(out)
+    if not args.overwrite:
+        check_reproduce_folder(out, cfg, args.rounds, args.seed)
     result = reproduce(
-        out_dir=Path(args.out),
+        out_dir=out,
         rounds=args.rounds,
         seed=args.seed,
         progress=not args.quiet,

@@ -21,7 +21,7 @@ import pandas as pd
 from driftscope.analysis.tables import layer_summary
 from driftscope.config import RunConfig
 from driftscope.data import DATASETS, Dataset, load_dataset
-from driftscope.errors import ConfigError, DivergenceError
+from driftscope.errors import ConfigError, DivergenceError, DriftscopeError, RunFileError
 from driftscope.reader import open_run
 from driftscope.registry import Registry
 
@@ -244,6 +244,62 @@ class ReproduceResult:
     diverged: dict[str, str]
     figures: list[Path]
     figures_dir: Path
+
+
+def _reproduce_settings(cfg: RunConfig, rounds: int | None, seed: int) -> dict[str, Any]:
+    return {
+        "dataset": cfg.data.dataset,
+        "model": cfg.model.name,
+        "rounds": cfg.train.rounds if rounds is None else rounds,
+        "seed": seed,
+    }
+
+
+def reproduce_folder(cfg: RunConfig, rounds: int | None = None, seed: int = 0) -> Path:
+    """``runs/reproduce-<dataset>``, plus ``-<model>`` when not the dataset's default model,
+    ``-<N>rounds`` and ``-seed<K>`` when not the default's: a folder per experiment, so a
+    reproduce of another dataset never lands on the digits demo."""
+    own = DATASETS.get(cfg.data.dataset).default_model or RunConfig().model.name
+    name = f"reproduce-{cfg.data.dataset}"
+    if cfg.model.name != own:
+        name += f"-{cfg.model.name}"
+    if rounds is not None and rounds != RunConfig().train.rounds:
+        name += f"-{rounds}rounds"
+    if seed != 0:
+        name += f"-seed{seed}"
+    return Path("runs") / name
+
+
+def check_reproduce_folder(
+    out_dir: Path,
+    cfg: RunConfig,
+    rounds: int | None = None,
+    seed: int = 0,
+    arms: Sequence[Arm] = REPRODUCE_ARMS,
+) -> None:
+    """Refuse (one line) to write into a folder that holds a reproduce of other settings (dataset,
+    model, rounds, seed) or run files it cannot read: they would be replaced. A reproduce of the
+    same settings may be run again (the same runs)."""
+    want = _reproduce_settings(cfg, rounds, seed)
+    for arm in arms:
+        path = out_dir / f"{arm.name}.h5"
+        if not path.exists():
+            continue
+        try:
+            with open_run(path) as run:
+                have = _reproduce_settings(run.config, None, run.config.seed)
+        except DriftscopeError:
+            have = None
+        if have != want:
+            held = (
+                "a run file it cannot read"
+                if have is None
+                else ", ".join(f"{k} {v}" for k, v in have.items())
+            )
+            raise RunFileError(
+                f"{out_dir} holds a reproduce of other settings ({path.name}: {held}); "
+                "choose another --out or pass --overwrite"
+            )
 
 
 def reproduce(

@@ -170,3 +170,26 @@ def test_a_model_that_does_not_fit_is_refused_in_one_line_before_any_file(
     with pytest.raises(ConfigError, match="use --model cnn1d"):
         train(cfg, out)
     assert not out.exists()
+
+
+def test_reproduce_of_another_dataset_leaves_the_digits_demo_alone(tmp_path, monkeypatch, capsys):
+    """Each dataset gets its own default folder; a folder holding a reproduce of other settings
+    is refused in one line without --overwrite (the same settings may run again)."""
+    from driftscope.cli import main
+
+    monkeypatch.setenv("DRIFTSCOPE_DATA", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    fast = ["--rounds", "1", "--quiet", "--no-figures"]
+    assert main(["reproduce", *fast]) == 0
+    digits = tmp_path / "runs" / "reproduce-digits-1rounds"
+    before = {p.name: p.read_bytes() for p in digits.iterdir()}
+    assert "fedavg.h5" in before
+    assert main(["reproduce", "--dataset", "mnist1d", *fast]) == 0
+    assert (tmp_path / "runs" / "reproduce-mnist1d-1rounds" / "fedavg.h5").exists()
+    assert {p.name: p.read_bytes() for p in digits.iterdir()} == before
+    capsys.readouterr()
+    assert main(["reproduce", "--dataset", "mnist1d", "--out", str(digits), *fast]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds a reproduce of other settings" in err and "--overwrite" in err
+    assert "\n" not in err
+    assert {p.name: p.read_bytes() for p in digits.iterdir()} == before
