@@ -194,8 +194,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from driftscope.experiments import check_reproduce_folder, reproduce, reproduce_folder
     from driftscope.report import format_reproduce
 
-    out = Path(args.out) if args.out is not None else reproduce_folder(cfg, args.rounds, args.seed)
-    check_folder(out)
+    out = check_folder(  # an empty --out is an error, not the current folder
+        args.out if args.out is not None else reproduce_folder(cfg, args.rounds, args.seed)
+    )
     if not args.overwrite:
         check_reproduce_folder(out, cfg, args.rounds, args.seed)
     result = reproduce(
