@@ -256,12 +256,13 @@ def test_stored_accuracy_is_that_of_the_stored_global_parameters_and_buffers(tmp
     assert _accuracy(fresh, sim.test_x, sim.test_y)[0] != pytest.approx(got_loss, rel=1e-3)
 
 
-def test_a_resumed_batchnorm_run_equals_the_uninterrupted_one(tmp_path, digits):
+@pytest.mark.parametrize("buffers", ["average", "local"])
+def test_a_resumed_batchnorm_run_equals_the_uninterrupted_one(tmp_path, digits, buffers):
     from test_resume import StopAt, assert_same_run
 
     from driftscope.training import resume
 
-    cfg = small_config(**BN)
+    cfg = small_config(**dict(BN, model__buffers=buffers))
     whole = tmp_path / "whole.h5"
     train(cfg, whole, dataset=digits)
     path = tmp_path / "r.h5"
