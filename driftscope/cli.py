@@ -180,7 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write every figure the given runs support, as PNG and PDF.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN.h5")
-    p.add_argument("--out", metavar="DIR", default="figures", help="output folder")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="output folder [figures/<run name>, runs joined by +; more than 3: "
+        "figures/<first run>+<N>-more]",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace figures already in --out")
 
     p = add_command(
         "compare",

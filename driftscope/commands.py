@@ -136,7 +136,15 @@ def cmd_figures(args: argparse.Namespace) -> int:
     from driftscope.outputs import check_folder
     from driftscope.reader import open_run
 
-    out = check_folder(args.out)
+    out_text = args.out if args.out is not None else str(figures_folder(args.runs))
+    if not args.overwrite and out_text and Path(out_text).is_dir():
+        held = sorted(p.name for p in Path(out_text).iterdir() if p.suffix in (".png", ".pdf"))
+        if held:
+            raise DriftscopeError(
+                f"{out_text} already holds {len(held)} figure files ({held[0]}, ...): "
+                "choose another --out or pass --overwrite"
+            )
+    out = check_folder(out_text)
     runs = []
     try:
         for p in args.runs:
@@ -151,6 +159,14 @@ def cmd_figures(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def figures_folder(runs: list[str]) -> Path:
+    """``figures/<run name>``, the names of up to 3 runs joined by ``+``, else
+    ``figures/<first run>+<N>-more``: figures of other runs never land in the same folder."""
+    stems = [Path(r).stem for r in runs]
+    name = "+".join(stems) if len(stems) <= 3 else f"{stems[0]}+{len(stems) - 1}-more"
+    return Path("figures") / name
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

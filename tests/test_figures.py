@@ -431,3 +431,24 @@ def test_vgg11_layers_labelled_legibly(vgg_run):
         ax = layer_heatmap(vgg_run)
         assert [t.get_text() for t in ax.get_yticklabels()] == VGG_LABELS
         assert np.asarray(ax.collections[0].get_array()).shape == (11, 1)
+
+
+def test_figures_command_names_its_folder_after_the_runs_and_never_replaces_silently(
+    make_run, tmp_path, monkeypatch, capsys
+):
+    from driftscope.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    a, b = make_run("norecord", record__enabled=False), make_run()
+    assert main(["figures", str(a)]) == 0
+    first = tmp_path / "figures" / a.stem
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    assert any(n.endswith(".png") for n in before)
+    assert main(["figures", str(a), str(b)]) == 0  # two runs: their own folder
+    assert (tmp_path / "figures" / f"{a.stem}+{b.stem}").is_dir()
+    capsys.readouterr()
+    assert main(["figures", str(b), "--out", str(first)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds" in err and "--overwrite" in err and "\n" not in err
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+    assert main(["figures", str(b), "--out", str(first), "--overwrite"]) == 0
