@@ -336,3 +336,22 @@ def test_tensorboard_serves_the_exported_run(finished, tmp_path: Path) -> None:
     finally:
         os.kill(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+def test_live_logger_on_the_flower_strategy(digits, tmp_path: Path) -> None:
+    """The same hook on the Flower engine (its strategy over an in-process test grid)."""
+    pytest.importorskip("flwr")
+    from flowergrid import LocalGrid
+
+    from driftscope.flower.client import app as client_app
+    from driftscope.flower.strategy import DriftscopeStrategy
+
+    cfg = CFG.replace({"train.clients": 3, "train.rounds": 2})
+    out = tmp_path / "flower.h5"
+    logger = LiveLogger(f"tensorboard={tmp_path / 'tb'}", out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LoggerWarning)
+        strategy = DriftscopeStrategy(cfg, out, dataset=digits, hooks=[logger])
+        strategy.start(LocalGrid(client_app, 3, seed=7))
+    assert main(["analyze", str(out), "--csv", str(tmp_path / "t.csv")]) == 0
+    check_tensorboard(tmp_path / "tb" / "flower", out, pd.read_csv(tmp_path / "t.csv"), la=False)
