@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -65,13 +66,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="live_logging-") as tmpdir:
         tmp = Path(tmpdir)
         counter = {"n": 0}
+        # CPU seconds: the logger's (its thread's time in _write_committed) and the whole
+        # process's per run, a figure that load from other processes does not move much
+        cpu: dict[str, list[float]] = {}
+        logger_cpu = {"s": 0.0}
+        write = LiveLogger._write_committed
+
+        def timed_write(self: LiveLogger, sink: Any) -> None:
+            t0 = time.thread_time()
+            try:
+                write(self, sink)
+            finally:
+                logger_cpu["s"] += time.thread_time() - t0
+
+        LiveLogger._write_committed = timed_write  # type: ignore[method-assign]
 
         def arm(backend: str | None) -> Callable[[], None]:
             def go() -> None:
                 counter["n"] += 1
                 out = tmp / f"run{counter['n']}.h5"
                 hooks = [] if backend is None else [LiveLogger(spec(backend, tmp), out)]
+                logger_cpu["s"] = 0.0
+                c0 = time.process_time()
                 train(cfg, out, dataset=ds, hooks=hooks)
+                key = backend or "off"
+                cpu.setdefault(key, []).append(time.process_time() - c0)
+                cpu.setdefault(f"{key}_logger", []).append(logger_cpu["s"])
                 out.unlink()
 
             return go
@@ -91,6 +111,19 @@ def main() -> None:
         )
         for b in args.backends
     ]
+    for b in args.backends:
+        share = [lg / total for lg, total in zip(cpu[f"{b}_logger"], cpu[b], strict=True)]
+        rows.append(
+            row(
+                f"  CPU time of the {b} logger's thread / CPU time of the run with it",
+                share,
+                None,
+                unit="",
+                note=f"logger {summarise(cpu[f'{b}_logger'])['median']:.2f} CPU s, run "
+                f"{summarise(cpu[b])['median']:.2f} CPU s ({args.rounds} rounds); off "
+                f"{summarise(cpu['off'])['median']:.2f} CPU s",
+            )
+        )
     for r in rows:
         print(
             f"{r['name']}: {r['median']:.3f}x [{r['q25']:.3f}-{r['q75']:.3f}] "
@@ -107,7 +140,10 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
-        json.dumps({"env": env, "args": vars(args), "seconds": t, "rows": rows}, indent=1)
+        json.dumps(
+            {"env": env, "args": vars(args), "seconds": t, "cpu_seconds": cpu, "rows": rows},
+            indent=1,
+        )
     )
     print(f"wrote {args.out}")
 
