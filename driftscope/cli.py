@@ -121,12 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="--engine flower: virtual SuperNodes, one per client [--clients]",
     )
-    g.add_argument(
-        "--client-cpus", type=float, default=1.0, help="--engine flower: CPUs per ClientApp"
-    )
-    g.add_argument(
-        "--client-gpus", type=float, default=0.0, help="--engine flower: GPUs per ClientApp"
-    )
+    g.add_argument("--client-cpus", type=float, help="--engine flower: CPUs per ClientApp [1]")
+    g.add_argument("--client-gpus", type=float, help="--engine flower: GPUs per ClientApp [0]")
     g.add_argument(
         "--verbose",
         action="store_true",
@@ -263,28 +259,47 @@ def _show_warning(show: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``driftscope`` command; ``argv`` None: the process's own arguments (then a stop by a
+    signal also keeps later signals from interrupting the process's exit)."""
+    code = _main(argv)
+    if argv is None and code in (130, 143):  # = signals.EXIT_INTERRUPTED, EXIT_TERMINATED
+        import signal
+
+        # the interpreter's exit still runs library finalizers: a second Ctrl-C must not
+        # turn the one-line message into a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from driftscope.signals import sigterm_as_interrupt
 
-    try:
-        with sigterm_as_interrupt(), warnings.catch_warnings():
-            warnings.simplefilter("default", SettingsWarning)  # each text once per main()
-            warnings.showwarning = _show_warning(warnings.showwarning)
-            return COMMANDS[args.command](args)
-    except DriftscopeError as err:
-        print(f"driftscope: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (driftscope.signals.Terminated)
-        from driftscope.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
+    with sigterm_as_interrupt():  # also around the messages: a second signal waits for them
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("default", SettingsWarning)  # each text once per main()
+                warnings.showwarning = _show_warning(warnings.showwarning)
+                return COMMANDS[args.command](args)
+        except DriftscopeError as err:
+            print(f"driftscope: error: {err}", file=sys.stderr)
+            return err.exit_code
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (driftscope.signals.Terminated)
+            from driftscope.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
 
-        terminated = isinstance(err, Terminated)
-        print(
-            f"driftscope: {'terminated (SIGTERM)' if terminated else 'interrupted'}; "
-            "the run file keeps every completed round (continue with run --resume RUN.h5)",
-            file=sys.stderr,
-        )
-        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+            terminated = isinstance(err, Terminated)
+            hint = (
+                "; the run file keeps every completed round (continue with run --resume RUN.h5)"
+                if args.command == "run"
+                else ""
+            )
+            print(
+                f"driftscope: {'terminated (SIGTERM)' if terminated else 'interrupted'}{hint}",
+                file=sys.stderr,
+            )
+            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

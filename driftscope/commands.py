@@ -15,8 +15,14 @@ from driftscope.config import RunConfig
 from driftscope.errors import ConfigError, DriftscopeError
 from driftscope.events import Hook
 
+FLOWER_ONLY = ("supernodes", "client_cpus", "client_gpus")
+
 
 def cmd_run(args: argparse.Namespace) -> int:
+    given = [name for name in FLOWER_ONLY if getattr(args, name, None) is not None]
+    if args.engine != "flower" and given:
+        flag = "--" + given[0].replace("_", "-")
+        raise ConfigError(f"{flag} applies to --engine flower only: drop it or add --engine flower")
     if args.resume:
         import json
 
@@ -56,8 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             cfg,
             out,
             supernodes=args.supernodes,
-            client_cpus=args.client_cpus,
-            client_gpus=args.client_gpus,
+            client_cpus=1.0 if args.client_cpus is None else args.client_cpus,
+            client_gpus=0.0 if args.client_gpus is None else args.client_gpus,
             overwrite=args.overwrite,
             quiet=not args.verbose,
             hooks=hooks,

@@ -115,8 +115,16 @@ class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin):
         return self._file
 
     # ------------------------------------------------------------------ raw access (one place)
+    def _check_open(self) -> None:
+        if not self._file.id.valid:
+            raise RunFileError(
+                f"{self.path.name} is closed: read it before close() (inside 'with open_run(...)') "
+                "or open it again"
+            )
+
     def _get(self, name: str) -> Any:
         """The dataset or group at ``name``; a missing or damaged one is a one-line RunFileError."""
+        self._check_open()
         try:
             return self._file[name]
         except (KeyError, OSError, ValueError, RuntimeError, TypeError) as err:
@@ -157,12 +165,14 @@ class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin):
         return ds
 
     def _has(self, name: str) -> bool:
+        self._check_open()
         try:
             return name in self._file
         except (OSError, KeyError, ValueError, RuntimeError):
             return False
 
     def _attr(self, name: str, default: Any = None, obj: str = "/") -> Any:
+        self._check_open()
         try:
             value = self._file[obj].attrs.get(name, default)
         except (OSError, KeyError, ValueError, RuntimeError, TypeError):
@@ -195,6 +205,8 @@ class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin):
             ds.refresh()
 
     def __repr__(self) -> str:
+        if not self._file.id.valid:
+            return f"<Run {self.path.name}: closed>"
         try:
             c = self.config
             what = (
@@ -228,10 +240,16 @@ class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin):
         """Host, PID and start time (seconds since the epoch) of the writing process (schema 2)."""
         pid = self._attr(schema.WRITER_PID)
         started = self._attr(schema.WRITER_STARTED)
-        return {
+        return {  # a damaged value (not a number) reads as unknown
             "host": self._attr(schema.WRITER_HOST),
-            "pid": None if pid is None else int(pid),
-            "started": None if started is None else float(started),
+            "pid": pid
+            if isinstance(pid, int)
+            else int(pid)
+            if isinstance(pid, np.integer)
+            else None,
+            "started": float(started)
+            if isinstance(started, int | float | np.integer | np.floating)
+            else None,
         }
 
     @property

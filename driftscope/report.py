@@ -127,7 +127,8 @@ def format_inspect(run: Run) -> str:
     status = run.status_text
     lines.append(f"  status: {status}" + (f" ({run.status_message})" if run.status_message else ""))
     w = run.writer
-    writer = f", writer {w['host']} pid {w['pid']}" if w["host"] else ""
+    pid = "unknown (damaged)" if w["pid"] is None else w["pid"]
+    writer = f", writer {w['host']} pid {pid}" if w["host"] else ""
     lines.append(
         f"  schema: driftscope-run v{run.schema_version}, created {run.created}, "
         f"engine {run.engine}{writer}"

@@ -8,6 +8,7 @@ every committed round kept) handles it too; the CLI prints one line and exits 14
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -26,19 +27,45 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+# signals received inside the outermost sigterm_as_interrupt block, and how deeply it is nested
+_received = 0
+_depth = 0
+
+
+def _handler(signum: int, frame: Any) -> None:
+    """The first SIGTERM or SIGINT stops the run; a second one, arriving while the run file is
+    being closed, is ignored (it would interrupt the closing); a third exits at once."""
+    global _received
+    _received += 1
+    if _received == 1:
+        raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt
+    if _received >= 3:
+        os._exit(128 + signum)
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` in the main thread. Outside the main
-    thread (where Python cannot install handlers) the block runs unchanged."""
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread, and a signal
+    arriving while the first one is handled does not interrupt the handling (see
+    :func:`_handler`). Ctrl-C keeps raising :class:`KeyboardInterrupt` (unless SIGINT is
+    ignored or handled by someone else, then it is left alone). Outside the main thread (where
+    Python cannot install handlers) the block runs unchanged."""
+    global _depth, _received
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated(signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, _handler)
+    previous_int = signal.getsignal(signal.SIGINT)
+    own_int = previous_int in (signal.default_int_handler, _handler)
+    if own_int:
+        signal.signal(signal.SIGINT, _handler)
+    _depth += 1
     try:
         yield
     finally:
+        _depth -= 1
+        if _depth == 0:
+            _received = 0
         signal.signal(signal.SIGTERM, previous)
+        if own_int:
+            signal.signal(signal.SIGINT, previous_int)

@@ -7,6 +7,7 @@ import pytest
 
 from driftscope import open_run
 from driftscope.cli import (
+    COMMANDS,
     FLAG_KEYS,
     Flag,
     build_parser,
@@ -316,6 +317,55 @@ def test_bad_outputs_are_one_line_errors(tmp_path, monkeypatch, capsys, args, ne
     assert needle in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
     assert (tmp_path / "afile").read_text() == "keep" and not any((tmp_path / "adir").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--client-cpus", "nan"], "--client-cpus nan is not in (0, "),
+        (["--client-cpus", "inf"], "--client-cpus inf is not in (0, "),
+        (["--client-cpus", "1e300"], "--client-cpus 1e+300 is not in (0, "),
+        (["--client-cpus", "100000"], "--client-cpus 100000.0 is not in (0, "),
+        (["--client-cpus", "0"], "--client-cpus 0.0 is not in (0, "),
+        (["--client-gpus", "nan"], "--client-gpus nan must be a finite number >= 0"),
+        (["--client-gpus", "inf"], "--client-gpus inf must be a finite number >= 0"),
+        (["--client-gpus", "1e300"], "--client-gpus 1e+300 but this machine has"),
+        (["--batched", "on"], "--batched on is not available with --engine flower"),
+    ],
+)
+def test_flower_settings_are_checked_before_flower_starts(tmp_path, capsys, args, needle):
+    """Resources the machine cannot give and settings Flower cannot honour: one line before Ray
+    starts (nothing written)."""
+    pytest.importorskip("flwr")
+    out = tmp_path / "x.h5"
+    assert main(["run", "--engine", "flower", "--rounds", "1", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args", [["--supernodes", "10"], ["--client-cpus", "2"], ["--client-gpus", "0"]]
+)
+def test_flower_flags_on_an_in_process_run_are_refused(tmp_path, capsys, args):
+    out = tmp_path / "x.h5"
+    assert main(["run", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{args[0]} applies to --engine flower only" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["figures", "analyze", "run"])
+def test_ctrl_c_names_the_resume_hint_only_for_a_training_run(monkeypatch, capsys, command):
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(COMMANDS, command, stopped)
+    argv = {"figures": ["figures", "x.h5"], "analyze": ["analyze", "x.h5"], "run": ["run"]}
+    assert main(argv[command]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("driftscope: interrupted") and len(err.splitlines()) == 1
+    assert ("--resume" in err) == (command == "run")
 
 
 def test_existing_output_needs_overwrite(make_run, capsys):

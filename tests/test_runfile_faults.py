@@ -459,3 +459,41 @@ def test_full_disk_on_a_small_filesystem(tmp_path):
             assert len(run.metrics) == run.num_rounds
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda run: run.metrics,
+        lambda run: run.num_rounds,
+        lambda run: run.gram("classifier.4.weight"),
+        lambda run: run.label_histogram,
+        lambda run: run.recorded,
+    ],
+)
+def test_reading_a_closed_run_says_it_is_closed(make_run, read):
+    """Not "damaged" or "recording was off": the file is fine, the handle was closed."""
+    run = open_run(make_run())
+    run.close()
+    with pytest.raises(RunFileError, match=r"is closed: read it before close\(\)"):
+        read(run)
+    assert repr(run).endswith(": closed>")
+
+
+@pytest.mark.parametrize(
+    ("pid", "started"), [("abc", 1.0), (7, "yesterday"), (b"12", b"now"), (1.5, None)]
+)
+def test_inspect_shows_a_run_whose_writer_attributes_are_damaged(tmp_path, make_run, pid, started):
+    path = tmp_path / "r.h5"
+    shutil.copyfile(make_run(), path)
+    with h5py.File(path, "r+") as f:
+        f.attrs[schema.WRITER_PID] = pid
+        if started is not None:
+            f.attrs[schema.WRITER_STARTED] = started
+    done = cli("inspect", str(path))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    with open_run(path) as run:
+        writer = run.writer
+    assert writer["pid"] == (pid if isinstance(pid, int) else None)
+    if started is not None:
+        assert writer["started"] == (started if isinstance(started, float) else None)

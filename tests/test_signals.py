@@ -28,8 +28,17 @@ def committed_rounds(path: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_a_run_cleanly(tmp_path, signum, code):
+@pytest.mark.parametrize(
+    ("signum", "code", "then"),
+    [
+        (signal.SIGINT, 130, None),
+        (signal.SIGTERM, 143, None),
+        # a second signal while the first one closes the run file: waits for it, no traceback
+        (signal.SIGTERM, 143, signal.SIGINT),
+        (signal.SIGINT, 130, signal.SIGTERM),
+    ],
+)
+def test_signal_stops_a_run_cleanly(tmp_path, signum, code, then):
     path = tmp_path / "r.h5"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "driftscope", "run", "--out", str(path), "--rounds", "500", "-q"]
@@ -41,6 +50,9 @@ def test_signal_stops_a_run_cleanly(tmp_path, signum, code):
             assert time.monotonic() < deadline, "no round committed within 120 s"
             time.sleep(0.2)
         proc.send_signal(signum)
+        if then is not None:
+            time.sleep(0.05)
+            proc.send_signal(then)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

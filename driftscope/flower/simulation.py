@@ -8,6 +8,7 @@ actors. Works offline; telemetry is off.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,10 +53,11 @@ def run_simulation(
             f"--supernodes {nodes} but the config has {cfg.train.clients} clients: each SuperNode "
             "holds one client's partition, so give --supernodes equal to --clients (or leave it out)"
         )
-    if client_cpus <= 0 or client_gpus < 0:
+    check_client_resources(client_cpus, client_gpus)
+    if cfg.train.batched == "on":
         raise FlowerRunError(
-            f"client resources must be positive (got {client_cpus} CPUs, {client_gpus} GPUs): "
-            "try --client-cpus 1"
+            "--batched on is not available with --engine flower (each ClientApp trains one "
+            "client): use --batched auto or off, or --engine inprocess"
         )
 
     from driftscope.flower.strategy import DriftscopeStrategy
@@ -70,6 +72,30 @@ def run_simulation(
         quiet=quiet,
     )
     return Path(out)
+
+
+def check_client_resources(client_cpus: float, client_gpus: float) -> None:
+    """Ray resources per ClientApp that this machine can give, checked before Ray starts:
+    CPUs in (0, the machine's CPUs], GPUs in [0, the machine's GPUs]; finite numbers."""
+    cpus = os.cpu_count() or 1
+    if not (math.isfinite(client_cpus) and 0 < client_cpus <= cpus):
+        raise FlowerRunError(
+            f"--client-cpus {client_cpus} is not in (0, {cpus}] (this machine has {cpus} CPUs): "
+            "try --client-cpus 1"
+        )
+    if not (math.isfinite(client_gpus) and client_gpus >= 0):
+        raise FlowerRunError(
+            f"--client-gpus {client_gpus} must be a finite number >= 0: e.g. --client-gpus 0.5"
+        )
+    if client_gpus > 0:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if client_gpus > gpus:
+            raise FlowerRunError(
+                f"--client-gpus {client_gpus} but this machine has {gpus} GPUs: "
+                + ("leave --client-gpus out" if gpus == 0 else f"give at most {gpus}")
+            )
 
 
 def simulate(
