@@ -281,6 +281,10 @@ def test_cli_run_log_and_errors(tmp_path: Path, capsys, monkeypatch) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "mlflow needs a target" in err
     assert not (tmp_path / "x.h5").exists()
+    (tmp_path / "a_file").write_text("")
+    assert main(["export", str(out), "--to", "tensorboard", str(tmp_path / "a_file")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write the tensorboard export" in err
     assert main(["export", str(out), "--to", "neptune", "x"]) == 2
     assert "unknown logger 'neptune'" in capsys.readouterr().err
     # a missing extra names it

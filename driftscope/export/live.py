@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from driftscope.errors import DriftscopeError
 from driftscope.events import Hook, RoundEnded, RunEnded, RunStarted
 from driftscope.export.rounds import hyperparameters, metric_labels, round_exports
 from driftscope.export.sinks import Sink, figure_pngs, open_sink, parse_target
@@ -49,8 +50,11 @@ def export_run(
                 with tempfile.TemporaryDirectory(prefix="driftscope-figures-") as tmp:
                     for png in figure_pngs(run, Path(tmp)):
                         sink.figure(png.stem, png)
-        finally:
             sink.close()
+        except OSError as err:  # a full disk, a target gone: one line, the run file untouched
+            raise DriftscopeError(
+                f"cannot write the {kind} export to {target or '.'}: {err.strerror or err}"
+            ) from None
     return len(recs)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from driftscope.errors import ConfigError
+from driftscope.errors import ConfigError, DriftscopeError
 from driftscope.export.rounds import RoundExport
 
 __all__ = ["KINDS", "Sink", "open_sink", "parse_target"]
@@ -208,7 +208,18 @@ class WandbSink(Sink):
 
 
 def open_sink(kind: str, target: str | None, run_name: str) -> Sink:
-    """A sink of ``kind`` at ``target`` for a run called ``run_name`` (its file's stem)."""
+    """A sink of ``kind`` at ``target`` for a run called ``run_name`` (its file's stem); a target
+    that cannot be written is a one-line :class:`~driftscope.errors.DriftscopeError`."""
+    try:
+        return _open(kind, target, run_name)
+    except OSError as err:
+        raise DriftscopeError(
+            f"cannot write the {kind} export to {target or '.'}: {err.strerror or err}; choose "
+            "another target"
+        ) from None
+
+
+def _open(kind: str, target: str | None, run_name: str) -> Sink:
     if kind == "tensorboard":
         assert target is not None
         return TensorBoardSink(target, run_name)
