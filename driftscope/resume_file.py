@@ -140,6 +140,11 @@ def check_layout(path: str | os.PathLike, reference: h5py.File) -> None:
         )
         for name in names:
             want, got = reference[name], f.get(name)
+            if not isinstance(got, h5py.Dataset) and name.startswith(f"{schema.STATE}/buffers/"):
+                raise RunFileError(
+                    f"{path} has no buffers in its resume state ('{name}'): it was written before "
+                    "module buffers were resume state; start a new run"
+                )
             if not isinstance(got, h5py.Dataset):
                 raise damaged(path, f"'{name}' is missing")
             grows = bool(want.maxshape) and want.maxshape[0] is None

@@ -21,7 +21,7 @@ from typing import Any
 from driftscope.algorithms import warn_settings
 from driftscope.config import RunConfig
 from driftscope.data import Dataset
-from driftscope.errors import DivergenceError, RunFileError
+from driftscope.errors import DivergenceError, DriftscopeError, RunFileError
 from driftscope.events import Hook, RoundEnded
 from driftscope.heap import release_free_heap
 from driftscope.recorder import Recorder, stored_params
@@ -180,8 +180,14 @@ def _check_same_threads(path: Path) -> None:
 
 
 def _check_same_config(path: Path, cfg: RunConfig, stored_json: str) -> None:
-    """A resumed run must continue with the config it started with (data_dir may move)."""
-    stored = _flatten(json.loads(stored_json))
+    """A resumed run must continue with the config it started with (data_dir may move). A key
+    the stored config lacks (written before the key existed) counts as its default."""
+    raw = json.loads(stored_json)
+    try:
+        raw = json.loads(RunConfig.from_dict(raw, source=str(path)).to_json())
+    except DriftscopeError:
+        pass  # compared as stored: the difference is named below
+    stored = _flatten(raw)
     given = _flatten(json.loads(cfg.to_json()))
     for key in sorted(set(stored) | set(given)):
         if key in ("data.data_dir", "train.device", "train.state_budget_mb"):

@@ -6,6 +6,7 @@ The models are written here and registered in ``MODELS`` under test-only names; 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -475,3 +476,35 @@ def test_the_flower_wrapper_probes_with_the_apps_buffers(tmp_path):
     with open_run(tmp_path / "w.h5") as run:
         assert run.status == "complete"
         assert np.isfinite(run.cka("1")).all()
+
+
+def test_a_run_file_from_before_buffers_were_state(tmp_path, digits):
+    """A stored config without model.buffers reads as the default; resuming it continues a model
+    without buffers, and refuses (one line) a model whose buffers the file never stored."""
+    import h5py
+    from test_resume import StopAt
+
+    from driftscope import schema
+    from driftscope.errors import RunFileError
+    from driftscope.training import resume
+
+    for name, works in (("test_lora", True), ("test_bn_resnet", False)):
+        path = tmp_path / f"{name}.h5"
+        with pytest.raises(KeyboardInterrupt):
+            train(
+                small_config(**dict(RUN, model__name=name)), path, dataset=digits, hooks=[StopAt(1)]
+            )
+        with h5py.File(path, "r+") as f:  # as written before: no model.buffers, no buffer state
+            config = json.loads(f.attrs[schema.ATTR_CONFIG])
+            del config["model"]["buffers"]
+            f.attrs[schema.ATTR_CONFIG] = json.dumps(config)
+            if "buffers" in f["state"]:
+                del f["state/buffers"]
+        if works:
+            resume(path, dataset=digits)
+            with open_run(path) as run:
+                assert run.status == "complete" and run.config.model.buffers == "average"
+        else:
+            with pytest.raises(RunFileError, match="no buffers") as err:
+                resume(path, dataset=digits)
+            assert "\n" not in str(err.value)
