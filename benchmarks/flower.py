@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """driftscope on Flower vs in-process, and Flower's own FedAvg as the peer (not part of the tests).
 
-    python benchmarks/flower.py [--rounds 40] [--out benchmarks/results/flower.json]
+    python benchmarks/flower.py [--rounds 40] [--loopback-rounds 3] [--out benchmarks/results/flower.json]
 
 The default workload (digits, small CNN, 10 clients, Dirichlet 0.1, 2 local epochs, recording
 on) three ways, one after another in this invocation:
@@ -10,7 +10,12 @@ on) three ways, one after another in this invocation:
 - ``driftscope-flower``: ``driftscope run --engine flower`` (Flower's simulation engine, one CPU
   per ClientApp: on 2 cores two clients train at once);
 - ``flower-fedavg``: Flower's own ``FedAvg`` strategy and a plain ClientApp (torch SGD, the same
-  model, partition and hyperparameters; no driftscope recording), evaluated centrally each round.
+  model, partition and hyperparameters; no driftscope recording), evaluated centrally each round;
+- ``loopback-deployment``: ``scripts/flower_loopback.py`` (a SuperLink and one SuperNode per
+  client on 127.0.0.1, ``flwr run`` of driftscope's app, one torch thread per process) for
+  ``--loopback-rounds`` rounds of the same config (its rounds cost tens of seconds: Flower 1.42
+  starts a ClientApp process per message). Its per-round seconds are the server's, from the run
+  file; its wall time includes the daemons' start-up.
 
 Reported: wall time end to end, the first round (engine start-up included), and the median of the
 later rounds; the per-round overhead is ``median(later rounds) - median(in-process rounds)``.
@@ -61,6 +66,24 @@ def driftscope_flower(cfg, out: Path) -> dict:
     return {"wall_s": wall, "round_s": seconds, "final_accuracy": acc}
 
 
+def loopback(cfg, out: Path, rounds: int) -> dict:
+    import subprocess
+
+    from driftscope import open_run
+
+    t = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "flower_loopback.py"), "--nodes",
+         str(cfg.train.clients), "--out", str(out), "--run-config", f"train.rounds={rounds}"],
+        check=True,
+    )  # fmt: skip
+    wall = time.perf_counter() - t
+    with open_run(out) as run:
+        seconds = run.metrics.seconds.tolist()
+        acc = float(run.metrics.test_accuracy.iloc[-1])
+    return {"wall_s": wall, "round_s": seconds, "final_accuracy": acc}
+
+
 def flower_fedavg(cfg) -> dict:
     """Flower's FedAvg with a plain PyTorch ClientApp on the same model and client data."""
     import torch
@@ -69,8 +92,8 @@ def flower_fedavg(cfg) -> dict:
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
-    from flwr.simulation import run_simulation
 
+    from driftscope.flower.simulation import simulate_app
     from driftscope.simulator import Simulator
 
     sim = Simulator(cfg)  # the same partition, model and test set as the other two arms
@@ -121,12 +144,7 @@ def flower_fedavg(cfg) -> dict:
         strategy.start(grid, init, num_rounds=t.rounds, evaluate_fn=evaluate)
 
     start = time.perf_counter()
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=t.clients,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-    )
+    simulate_app(server_app, client_app, t.clients, client_cpus=1)
     wall = time.perf_counter() - start
     edges = [start, *stamps[1:]] if stamps else [start]
     rounds = [b - a for a, b in itertools.pairwise(edges)]
@@ -155,6 +173,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--loopback-rounds", type=int, default=3, help="0: skip that arm")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "flower.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -163,12 +182,19 @@ def main() -> None:
         a = inprocess(cfg, Path(tmp) / "inprocess.h5")
         b = driftscope_flower(cfg, Path(tmp) / "flower.h5")
         c = flower_fedavg(cfg)
+        d = (
+            loopback(cfg, Path(tmp) / "loopback.h5", args.loopback_rounds)
+            if args.loopback_rounds
+            else None
+        )
     base = a["round_s"][1:]
     rows = [
         summarize("inprocess", a, None),
         summarize("driftscope-flower", b, base),
         summarize("flower-fedavg (peer)", c, base),
     ]
+    if d is not None:
+        rows.append(summarize("loopback-deployment", d, base))
     report = {
         "rows": rows,
         "config": {"rounds": args.rounds, "clients": cfg.train.clients, "dataset": "digits"},

@@ -1,0 +1,162 @@
+"""A Flower deployment on this machine (loopback): one SuperLink, N SuperNodes, ``flwr run`` of an
+app, then every daemon stopped by its PID.
+
+::
+
+    python scripts/flower_loopback.py --nodes 2 --out runs/dep.h5 \\
+        --run-config "train.algorithm='fedpvr' train.clients=2 train.rounds=2"
+
+It picks free 127.0.0.1 ports, writes a Flower home (``--workdir``, default a temporary folder)
+whose ``config.toml`` names the SuperLink connection ``loop``, starts the SuperLink and waits
+until its port accepts connections, starts SuperNode ``i`` with ``partition-id=i
+num-partitions=N`` and waits until the SuperLink has activated all of them, submits the run
+(``--app``, default driftscope's own app; ``out`` is passed in its run config), waits until the
+run file's status is no longer ``running`` and stops the daemons (their process groups: SIGTERM,
+then SIGKILL). Every process gets one torch/OpenMP thread (``OMP_NUM_THREADS=1``), so the run is
+the one ``driftscope run`` gives with the same config (its default thread policy uses one thread
+for small models), and Flower's runtime dependency installation is off. Daemon logs are in
+the work folder. Exit status 0 when the run completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a daemon and what it spawned (its process group, by PID), politely then firmly."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait)
+    with contextlib.suppress(ProcessLookupError):  # children left in the group
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_for(predicate, seconds: float, what: str, procs: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        for p in procs:
+            if p.poll() is not None:
+                raise SystemExit(
+                    f"flower_loopback: {p.args[0]} exited ({p.returncode}) while waiting for {what}"
+                )
+        if time.monotonic() > deadline:
+            raise SystemExit(f"flower_loopback: timed out after {seconds:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def run_status(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    from driftscope import open_run
+
+    try:
+        with open_run(path) as run:
+            return run.status
+    except Exception:  # being created
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--nodes", type=int, default=2, help="SuperNodes (partition-id 0..N-1)")
+    p.add_argument("--out", required=True, help="the run file (made absolute)")
+    p.add_argument("--run-config", default="", help="flwr run --run-config overrides")
+    p.add_argument("--app", default=str(ROOT / "driftscope" / "flower" / "app"))
+    p.add_argument("--workdir", help="Flower home and daemon logs [a temporary folder]")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds for the whole run")
+    args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="flower-loopback-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    link = free_port()
+    (work / "config.toml").write_text(
+        f'[superlink]\ndefault = "loop"\n\n[superlink.loop]\n'
+        f'address = "127.0.0.1:{link}"\ninsecure = true\n'
+    )
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
+        FLWR_HOME=str(work),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
+
+    def start(cmd: list[str], log: str) -> subprocess.Popen:
+        with (work / log).open("w") as f:
+            proc = subprocess.Popen(
+                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        daemons.append(proc)
+        return proc
+
+    daemons: list[subprocess.Popen] = []
+    started = time.monotonic()
+    try:
+        start([str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link),
+               "--database", ":flwr-in-memory:"], "superlink.log")  # fmt: skip
+        wait_for(lambda: listening(link), 120, "the SuperLink's port", daemons)
+        for i in range(args.nodes):
+            start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
+                   "--host", "127.0.0.1", "--port", str(free_port()),
+                   "--node-config", f"partition-id={i} num-partitions={args.nodes}"],
+                  f"supernode{i}.log")  # fmt: skip
+        log = work / "superlink.log"
+        wait_for(
+            lambda: log.read_text(errors="replace").count("Activated node_id") >= args.nodes,
+            120,
+            f"{args.nodes} SuperNodes to connect",
+            daemons,
+        )
+        up = time.monotonic() - started
+        run_config = " ".join(x for x in (f"out='{out}'", args.run_config) if x)
+        submit = subprocess.run(
+            [str(BIN / "flwr"), "run", args.app, "loop", "--run-config", run_config],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if submit.returncode != 0:
+            print(submit.stdout + submit.stderr, file=sys.stderr)
+            return 2
+        remaining = args.timeout - (time.monotonic() - started)
+        wait_for(lambda: run_status(out) not in (None, "running"), remaining, "the run", daemons)
+    finally:
+        for proc in reversed(daemons):
+            stop(proc)
+    status = run_status(out)
+    print(f"flower_loopback: daemons up in {up:.1f} s; run {status}: {out} (logs in {work})")
+    return 0 if status == "complete" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
