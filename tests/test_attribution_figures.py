@@ -24,6 +24,14 @@ def test_profile_and_heatmap(make_run):
         np.testing.assert_allclose(
             diamonds.get_ydata(), summary["label_alignment_cumulative"].to_numpy()
         )
+        # every mark is in the legend, and the x axis is labelled
+        assert [t.get_text() for t in ax.get_legend().texts] == [
+            "one round, p \u2264 0.05",
+            "one round, p > 0.05",
+            "median, middle 50% of rounds",
+            "updates summed over all rounds",
+        ]
+        assert ax.get_xlabel() == "layer"
         plt.close(ax.figure)
 
         table = class_variance_table(run)

@@ -19,7 +19,7 @@ import torch
 from conftest import small_config
 
 from driftscope import RunConfig, open_run, train
-from driftscope.analysis.tables import drift_table, layer_summary
+from driftscope.analysis.tables import drift_table
 from driftscope.data import Dataset
 from driftscope.errors import DivergenceError
 from driftscope.events import Hook
@@ -178,26 +178,29 @@ def test_layer_profile_shows_what_analyze_reports(fedavg):
     assert _xtick_texts(ax) == labels
     assert list(ax.get_xticks()) == list(range(len(labels)))
     assert ax.get_xlabel().startswith("layer\n") and "variance" in ax.get_ylabel()
-    assert "ratio of sums over all rounds" in ax.get_xlabel()  # the figure says what it shows
+    # the figure says what it shows, and how analyze's number differs
+    assert "median of single rounds, bar: middle 50%" in ax.get_xlabel()
+    assert "analyze pools rounds as their ratio of sums" in ax.get_xlabel()
     (patch,) = _head_patches(ax)
     x0, x1 = _head_span(fedavg)
     assert patch.get_x() == pytest.approx(x0)
     assert patch.get_x() + patch.get_width() == pytest.approx(x1)
     assert "head" in [t.get_text() for t in ax.texts]
     assert ax.get_yscale() == "log"
-    # the markers are layer_summary's numbers (what `driftscope analyze` prints: ratios of sums
-    # over rounds), in model order; the bars span the single rounds' interquartile range
-    summary = layer_summary(fedavg).set_index("label")
+    # marker and bar show one statistic, the single rounds' values: the marker their median,
+    # the bar their interquartile range, in model order; so every marker lies on its bar
     line = next(ln for ln in ax.lines if len(ln.get_ydata()) == len(labels))
-    np.testing.assert_allclose(line.get_ydata(), summary.loc[labels, "relative_variance"])
     table = drift_table(fedavg)
     sub = table[table["metric"] == "relative_variance"]
     (bars,) = [c for c in ax.collections if type(c).__name__ == "LineCollection"]
-    for lab, seg in zip(labels, bars.get_segments()):
+    for lab, seg, y in zip(labels, bars.get_segments(), line.get_ydata(), strict=True):
         values = sub[sub["label"] == lab]["value"]
+        assert y == pytest.approx(values.median())
         np.testing.assert_allclose(sorted(seg[:, 1]), values.quantile([0.25, 0.75]))
-    # a mean metric says so instead
-    assert "mean over all rounds" in layer_profile(fedavg, "cosine_divergence").get_xlabel()
+        assert seg[:, 1].min() <= y <= seg[:, 1].max()
+    # a mean metric says how analyze pools it
+    note = layer_profile(fedavg, "cosine_divergence").get_xlabel()
+    assert "analyze pools rounds as their mean" in note
 
 
 def test_layer_profile_compares_runs(runs):
@@ -221,7 +224,8 @@ def test_layer_heatmap_rows_layers_columns_rounds(fedavg):
     values = np.asarray(ax.collections[0].get_array())
     assert values.shape == (len(labels), len(fedavg.rounds))
     assert [t.get_text() for t in ax.get_yticklabels()] == labels
-    assert ax.get_xlabel() == "round" and ax.get_ylabel() == "layer"
+    assert ax.get_xlabel() == "round" and ax.get_ylabel() == "layer (head: bold, below the line)"
+    assert ax.get_title().startswith("FedAvg")  # the run it draws
     weights = {t.get_text(): t.get_fontweight() for t in ax.get_yticklabels()}
     for ly in fedavg.layers:
         assert (weights[ly.label] == "bold") == (ly.group == "head")
@@ -271,6 +275,9 @@ def test_cosine_clustermap_data_and_labels(fedavg):
         dominant = [str(k) for k in np.flatnonzero(share >= 0.25)]
         expected.add(f"client {c}: {','.join(dominant) if dominant else 'mixed'}")
     assert {t.get_text() for t in grid.ax_heatmap.get_yticklabels()} == expected
+    assert (
+        grid.ax_heatmap.get_ylabel() == "client: its dominant classes (\u2265 25% of its samples)"
+    )
     mesh = grid.ax_heatmap.collections[0]
     assert mesh.norm.vmin == -1 and mesh.norm.vmax == 1
     title = grid.figure.get_suptitle()
@@ -368,7 +375,10 @@ def test_write_figures_png_and_pdf(runs, tmp_path):
     open_before = plt.get_fignums()
     out = tmp_path / "figs" / "nested"
     written = write_figures(runs, out)
-    assert sorted(written) == sorted(out / f"{n}.{ext}" for n in EXPECTED for ext in ("png", "pdf"))
+    # one heatmap per run, each titled with its run (one figure cannot show three)
+    heatmaps = [f"layer_heatmap_relative_variance_{n}" for n in ("FedAvg", "SCAFFOLD", "FedPVR")]
+    names = [n for n in EXPECTED if not n.startswith("layer_heatmap")] + heatmaps
+    assert sorted(written) == sorted(out / f"{n}.{ext}" for n in names for ext in ("png", "pdf"))
     for path in written:
         assert path.stat().st_size > 1000
     assert (out / "accuracy_curves.png").read_bytes()[:4] == b"\x89PNG"

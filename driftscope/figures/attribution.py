@@ -28,6 +28,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from driftscope.analysis.attribution import (
     SIGNIFICANCE,
@@ -107,12 +108,25 @@ def label_alignment_profile(
             ax.plot([i, i], [q1, q3], color="0.15", lw=1.4, zorder=3)
             ax.plot(i, med, "o", color="0.15", ms=3.5, zorder=4)
     cum = summary.set_index("label")["label_alignment_cumulative"].reindex(labels).to_numpy()
+    diamond = sns.color_palette("colorblind")[3]
+    handles = [
+        Line2D([], [], ls="", marker="o", ms=2.5, color=color, alpha=0.6,
+               label=f"one round, p \u2264 {SIGNIFICANCE:g}"),
+        Line2D([], [], ls="", marker="o", ms=2.5, mfc="none", mec=color, mew=0.5,
+               label=f"one round, p > {SIGNIFICANCE:g}"),
+        Line2D([0], [0], color="0.15", lw=1.4, marker="o", ms=3.5,
+               label="median, middle 50% of rounds"),
+    ]  # fmt: skip
     if np.isfinite(cum).any():
-        ax.plot(
-            np.arange(len(labels)), cum, "D", color=sns.color_palette("colorblind")[3], ms=3.5,
-            zorder=5, label="cumulative updates",
+        ax.plot(np.arange(len(labels)), cum, "D", color=diamond, ms=3.5, zorder=5)
+        handles.append(
+            Line2D([], [], ls="", marker="D", ms=3.5, color=diamond,
+                   label="updates summed over all rounds")
         )  # fmt: skip
-        ax.legend(loc="lower left", fontsize=6, frameon=False, handletextpad=0.3)
+    ax.legend(
+        handles=handles, loc="lower left", fontsize=5.5, frameon=False, handletextpad=0.3, ncol=2,
+        columnspacing=0.8,
+    )  # fmt: skip
     ax.axhline(0, color="0.5", lw=0.6, zorder=1)
     ax.set_xticks(np.arange(len(labels)), labels)
     for tick, ly in zip(ax.get_xticklabels(), run.layers):
@@ -120,6 +134,7 @@ def label_alignment_profile(
             tick.set_fontweight("bold")
     ax.set_xlim(-0.5, len(labels) - 0.5)
     ax.set_ylim(-1.05, 1.15)
+    ax.set_xlabel("layer")
     ax.set_ylabel("label alignment (Spearman)")
     ax.set_title(f"{_title(run)}: update cosine vs label cosine", fontsize=8)
     return ax

@@ -84,7 +84,12 @@ def cosine_clustermap(
         )
     hm = grid.ax_heatmap
     hm.set_xlabel("client")
-    hm.set_ylabel("")
+    if hist.shape[1]:  # the row labels' classes, said on the figure
+        hm.set_ylabel(
+            f"client: its dominant classes (\u2265 {DOMINANT_SHARE:.0%} of its samples)", fontsize=7
+        )
+    else:
+        hm.set_ylabel("client")
     hm.tick_params(axis="both", length=0, pad=1)
     hm.tick_params(axis="x", rotation=0)
     hm.tick_params(axis="y", rotation=0)

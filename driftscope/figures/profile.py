@@ -12,7 +12,6 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
 
-from driftscope.analysis.tables import pool_rounds
 from driftscope.figures.common import (
     add_headroom,
     as_tidy,
@@ -42,11 +41,15 @@ DODGE = 0.45  # share of a layer's slot that the conditions' markers spread over
 
 def profile_note(metric: str, seeds: bool = False) -> str:
     """What a layer-profile point and bar show, as written under the figure's x axis (two lines:
-    one line was wider than the figure and clipped at both edges)."""
-    pooled = "all rounds" + (" and seeds" if seeds else "")
+    one line was wider than the figure and clipped at both edges). Both are one statistic: the
+    distribution of the single-round values."""
+    pooled = "rounds" + (" and seeds" if seeds else "")
     m = METRICS.get(metric) if metric in METRICS else None
-    how = "ratio of sums over " if m is not None and m.ratio is not None else "mean over "
-    return f"marker: {how}{pooled}, as in analyze\nbar: middle 50% of rounds"
+    analyze = "ratio of sums" if m is not None and m.ratio is not None else "mean"
+    return (
+        f"marker: median of single {pooled}, bar: middle 50%\n"
+        f"(analyze pools {pooled} as their {analyze})"
+    )
 
 
 def layer_profile(
@@ -57,11 +60,11 @@ def layer_profile(
 ) -> Axes:
     """One drift metric per layer, layers in model order on the x axis, conditions side by side.
 
-    The marker is the value ``driftscope analyze`` reports (:func:`~driftscope.analysis.
-    layer_summary`, by :func:`~driftscope.analysis.pool_rounds`): a ratio metric (relative
-    variance, drift diversity) as the ratio of its sums over rounds, any other metric as its mean
-    over rounds; seeds of one condition are pooled the same way. The bar is the interquartile
-    range of the single-round values. The x axis label says so. Head layers are shaded and
+    Marker and bar show one statistic, the distribution of the single-round values (seeds of one
+    condition pooled): the marker is their median, the bar their interquartile range, so the
+    marker always lies on its bar. ``driftscope analyze`` (:func:`~driftscope.analysis.
+    layer_summary`) pools rounds as a ratio of sums for a ratio metric, which weights the early
+    rounds' large updates and can lie outside the bar; the x axis label says both. Head layers are shaded and
     labelled "head". ``data``: a Run, several Runs, or a :func:`~driftscope.analysis.tidy` table.
     ``log``: log y scale (default: for metrics with ``scale="log"`` and positive values).
     """
@@ -71,9 +74,9 @@ def layer_profile(
     hue = "condition" if "condition" in rows.columns else "run"
     algorithms = rows["algorithm"] if "algorithm" in rows.columns else [""] * len(rows)
     hues = order_labels(list(map(str, rows[hue])), list(map(str, algorithms)))
-    pooled = pool_rounds(rows, by=[hue, "label"]).set_index([hue, "label"])["value"]
     finite = rows.dropna(subset=["value"])
-    quart = finite.groupby([hue, "label"])["value"].quantile([0.25, 0.75]).unstack()
+    quart = finite.groupby([hue, "label"])["value"].quantile([0.25, 0.5, 0.75]).unstack()
+    pooled = quart[0.5]
     if log is None:
         positive = bool((finite["value"] > 0).all()) and bool((pooled.dropna() > 0).all())
         log = metric_scale(metric) == "log" and positive
@@ -169,6 +172,6 @@ def layer_heatmap(
             ax.axhline(i0, color="white", lw=1.5)
     layer_ticks(ax, labels, head, axis="y")
     ax.set_xlabel("round")
-    ax.set_ylabel("layer")
+    ax.set_ylabel("layer (head: bold, below the line)" if spans and spans[0][0] > 0 else "layer")
     ax.set_title(runs[0])
     return ax

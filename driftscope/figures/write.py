@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def write_figures(runs: Sequence[Run], out_dir: str | os.PathLike) -> list[Path]
     """Write every figure the runs support, each as PNG (200 dpi) and PDF, into ``out_dir``.
 
     ``layer_profile_<metric>`` (each ``headline`` metric of METRICS the runs have: relative
-    variance, drift diversity, cosine divergence, and CKA when recorded), ``layer_heatmap_relative_variance`` (first recorded run), ``cka_by_layer``,
+    variance, drift diversity, cosine divergence, and CKA when recorded), ``layer_heatmap_relative_variance`` (one per recorded run,
+    ``_<run label>`` added when there are several), ``cka_by_layer``,
     ``cosine_clustermap_<layer>`` (the head's last layer and the first layer of the first
     recorded run), ``label_alignment_profile`` and ``class_variance_heatmap`` (first recorded run;
     :mod:`driftscope.figures.attribution`), ``accuracy_curves``, ``partition_histogram`` (first
@@ -64,9 +66,11 @@ def write_figures(runs: Sequence[Run], out_dir: str | os.PathLike) -> list[Path]
                     ax = layer_profile(data, metric)
                     written += _save(ax.figure, out, f"layer_profile_{metric}")
             first = recorded[0]
-            first_label = run_labels(recorded)[0]
-            ax = layer_heatmap(data[data["run"] == first_label], "relative_variance")
-            written += _save(ax.figure, out, "layer_heatmap_relative_variance")
+            labels = run_labels(recorded)
+            for label in labels:  # one per run, titled with it (one figure would name one run)
+                ax = layer_heatmap(data[data["run"] == label], "relative_variance")
+                suffix = "" if len(labels) == 1 else "_" + re.sub(r"[^A-Za-z0-9.+-]+", "_", label)
+                written += _save(ax.figure, out, f"layer_heatmap_relative_variance{suffix}")
             if any(len(r.cka_rounds) for r in recorded):
                 ax = cka_by_layer(recorded)
                 written += _save(ax.figure, out, "cka_by_layer")
