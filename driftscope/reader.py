@@ -135,15 +135,40 @@ class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin):
             ) from None
 
     def _read(self, name: str, sel: Any = ()) -> np.ndarray:
-        """Read ``name[sel]``; checksum and other read errors become a RunFileError naming it."""
+        """Read ``name[sel]``; checksum and other read errors become a RunFileError naming it.
+        A static dataset listed in :data:`schema.STATIC_CRC` is checked against its CRC-32."""
         ds = self._dataset(name)
         try:
-            return ds[sel]
+            data = ds[sel]
         except (OSError, ValueError, RuntimeError, TypeError, IndexError) as err:
             raise RunFileError(
                 f"{self.path.name}: {name} is damaged ({_one_line(err)}); its checksum or "
                 "layout does not match: copy the file again or re-run"
             ) from None
+        if isinstance(sel, tuple) and sel == ():
+            self._check_static(name, data)
+        return data
+
+    def _check_static(self, name: str, value: Any) -> None:
+        """Compare a static part with its CRC-32 in :data:`schema.STATIC_CRC` (if listed)."""
+        if not hasattr(self, "_static_crc"):
+            raw = self._attr(schema.STATIC_CRC)
+            try:
+                sums = json.loads(raw) if raw is not None else {}
+            except ValueError:
+                sums = None
+            if not isinstance(sums, dict):
+                raise RunFileError(
+                    f"{self.path.name}: the attribute {schema.STATIC_CRC} is damaged: copy the "
+                    "file again or re-run"
+                )
+            self._static_crc: dict[str, Any] = sums
+        want = self._static_crc.get(name)
+        if want is not None and schema.static_crc32(value) != want:
+            raise RunFileError(
+                f"{self.path.name}: {name} is damaged (CRC-32 mismatch): copy the file again "
+                "or re-run"
+            )
 
     def _dataset(self, name: str) -> h5py.Dataset:
         """The dataset at ``name``, checked against the schema's kind and number of axes."""
@@ -271,6 +296,7 @@ class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin):
         raw = self._attr(schema.ATTR_CONFIG)
         if raw is None:
             raise RunFileError(f"{self.path.name}: the config attribute is missing")
+        self._check_static(schema.ATTR_CONFIG, str(raw))
         try:
             value = json.loads(raw)
         except (TypeError, ValueError) as err:

@@ -243,6 +243,16 @@ class RunWriter:
         f.create_group(schema.PARTITION)
         _labelled(f, schema.LABEL_HISTOGRAM, hist, ("client", "class"))
         _labelled(f, schema.CLIENT_SIZE, hist.sum(axis=1), ("client",))
+        sums = {schema.ATTR_CONFIG: schema.static_crc32(config_json)}
+        for name in (
+            schema.LABEL_HISTOGRAM,
+            schema.CLIENT_SIZE,
+            schema.layer_field("numel"),
+            schema.param_field("offset"),
+            schema.param_field("numel"),
+        ):
+            sums[name] = schema.static_crc32(f[name][()])
+        a[schema.STATIC_CRC] = json.dumps(sums, sort_keys=True)
 
         g = f.create_group(schema.METRICS)
         growable(g, "round", (), np.int64, schema.AX_ROUND)

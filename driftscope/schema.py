@@ -238,6 +238,19 @@ def updates_path(param: str) -> str:
     return f"{UPDATES}/{param}"
 
 
+STATIC_CRC = "static_crc32"  # root attr, JSON {name: CRC-32}: the config attribute ("config")
+# and the small static datasets (partition, model fields) that have no chunk checksum; the reader
+# checks each when it reads it (absent in files written before it: unchecked)
+
+
+def static_crc32(value: str | np.ndarray) -> int:
+    """The CRC-32 of a static part as :data:`STATIC_CRC` holds it: a string's UTF-8 bytes, a
+    numeric array's bytes as stored (little-endian int64)."""
+    if isinstance(value, str):
+        return int(crc32(value.encode()))
+    return int(crc32(np.ascontiguousarray(value, dtype="<i8").view(np.uint8)))
+
+
 def row_crc32(rows: np.ndarray) -> np.ndarray:
     """The CRC-32 (zlib's, ISO-HDLC) of each row of ``rows`` (S, numel), over the row's bytes in
     the stored dtype: what ``update_crc`` holds for one stored round of a parameter."""

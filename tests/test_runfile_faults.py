@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -497,3 +498,49 @@ def test_inspect_shows_a_run_whose_writer_attributes_are_damaged(tmp_path, make_
     assert writer["pid"] == (pid if isinstance(pid, int) else None)
     if started is not None:
         assert writer["started"] == (started if isinstance(started, float) else None)
+
+
+def _set_attr_config(f: h5py.File) -> None:
+    config = json.loads(f.attrs[schema.ATTR_CONFIG])
+    config["train"]["lr"] = 0.5  # valid JSON, a valid config: only the checksum can tell
+    f.attrs[schema.ATTR_CONFIG] = json.dumps(config, sort_keys=True)
+
+
+def _bump(name: str):
+    def damage(f: h5py.File) -> None:
+        values = f[name][()]
+        values.flat[0] += 1
+        f[name][...] = values
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    ("damage", "read", "needle"),
+    [
+        (_set_attr_config, lambda run: run.config, "config is damaged (CRC-32 mismatch)"),
+        (
+            _bump(schema.LABEL_HISTOGRAM),
+            lambda run: run.label_histogram,
+            f"{schema.LABEL_HISTOGRAM} is damaged (CRC-32 mismatch)",
+        ),
+        (
+            _bump(schema.CLIENT_SIZE),
+            lambda run: (
+                run.client_sizes if hasattr(run, "client_sizes") else run._read(schema.CLIENT_SIZE)
+            ),
+            f"{schema.CLIENT_SIZE} is damaged (CRC-32 mismatch)",
+        ),
+    ],
+)
+def test_changed_static_parts_are_detected(tmp_path, make_run, damage, read, needle):
+    """The config attribute and the small static datasets have no HDF5 chunk checksum: a CRC-32
+    stored with them (static_crc32) tells a changed value from the written one."""
+    path = tmp_path / "r.h5"
+    shutil.copyfile(make_run(), path)
+    with h5py.File(path, "r+") as f:
+        damage(f)
+    with open_run(path) as run, pytest.raises(RunFileError, match=re.escape(needle)):
+        read(run)
+    with open_run(make_run()) as run:  # the undamaged original reads
+        read(run)
