@@ -88,7 +88,8 @@ def test_unknown_model():
 
 
 def test_registry_specs_are_torch_free_and_count_parameters():
-    assert MODELS.names() == ("small_cnn", "vgg11", "mlp", "cnn1d")
+    # other test modules register their own models into the same registry: the built-ins come first
+    assert MODELS.names()[:4] == ("small_cnn", "vgg11", "mlp", "cnn1d")
     spec = MODELS.get("vgg11")
     assert spec.num_params((3, 32, 32), 10) == 9_750_922  # counted on the meta device
     assert spec.num_params((3, 32, 32), 100) == 9_797_092
