@@ -71,8 +71,16 @@ class TablesMixin:
         data = {"round": self._read(schema.METRICS_ROUND, slice(0, n))}
         for name in schema.METRIC_NAMES:
             path = schema.metric_path(name)
-            col = self._read(path, slice(0, n)) if self._has(path) else np.zeros(0)
-            data[name] = col if len(col) == n else np.full(n, np.nan)
+            if not self._has(path):  # a metric this file's writer did not have
+                data[name] = np.full(n, np.nan)
+                continue
+            col = self._read(path, slice(0, n))
+            if len(col) != n:
+                raise RunFileError(
+                    f"{self.path.name}: {path} has {len(col)} rows for {n} committed rounds: "
+                    "it is damaged; copy the file again or re-run"
+                )
+            data[name] = col
         return pd.DataFrame(data)
 
     @property

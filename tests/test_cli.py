@@ -411,3 +411,17 @@ def test_analyze_and_inspect(make_run, tmp_path, capsys):
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
     assert "records/gram" in text and "fc3" in text and "schema: driftscope-run v2" in text
+
+
+def test_fedpvr_on_a_model_without_a_declared_head_is_refused():
+    """FedPVR with no head would be FedAvg in disguise: refused unless the empty head is explicit
+    (--head-last-k 0, which the user then asked for)."""
+    from types import SimpleNamespace
+
+    from driftscope.models import check_head
+
+    headless = SimpleNamespace(head_numel=0, layers=[SimpleNamespace(name="fc")])
+    with pytest.raises(ConfigError, match="fedpvr needs the model's head"):
+        check_head("fedpvr", headless, (), None)
+    check_head("fedpvr", headless, (), 0)  # explicit: allowed
+    check_head("fedavg", headless, (), None)  # the head does not change FedAvg

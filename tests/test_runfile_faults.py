@@ -544,3 +544,14 @@ def test_changed_static_parts_are_detected(tmp_path, make_run, damage, read, nee
         read(run)
     with open_run(make_run()) as run:  # the undamaged original reads
         read(run)
+
+
+def test_a_shortened_metric_is_damage_not_missing_values(tmp_path, make_run):
+    """A metric dataset with fewer rows than the commit marker: an error naming it, not NaN."""
+    path = tmp_path / "r.h5"
+    shutil.copyfile(make_run(), path)
+    name = schema.metric_path("test_accuracy")
+    with h5py.File(path, "r+") as f:
+        f[name].resize(f[name].shape[0] - 1, axis=0)
+    with open_run(path) as run, pytest.raises(RunFileError, match=f"{name} has .* rows for"):
+        _ = run.metrics
