@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="See where in a neural network federated learning drifts.",
         allow_abbrev=False,
     )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (a module name or a .py file) before the command: its registered "
+        "models, datasets, algorithms and metrics become choices (repeatable; also "
+        "$DRIFTSCOPE_PLUGINS, comma-separated, and the 'driftscope.plugins' entry points)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -258,6 +267,23 @@ def _show_warning(show: Any) -> Any:
     return showwarning
 
 
+def _plugin_args(argv: Sequence[str]) -> list[str]:
+    """The ``--plugin`` values given before the command (read before the parser is built, since
+    the plugins' registrations become its choices and flags)."""
+    names: list[str] = []
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        arg = argv[i]
+        if arg == "--plugin" and i + 1 < len(argv):
+            names.append(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--plugin="):
+            names.append(arg.split("=", 1)[1])
+        i += 1
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``driftscope`` command; ``argv`` None: the process's own arguments (then a stop by a
     signal also keeps later signals from interrupting the process's exit)."""
@@ -273,6 +299,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from driftscope import plugins
+
+    try:
+        # installed entry points are looked up for every command, not for the top-level help
+        help_only = not argv or argv[0] in ("-h", "--help")
+        loaded = plugins.load_plugins(_plugin_args(argv), entry_points=not help_only)
+        plugins.export(loaded)  # the Flower engine's workers import the same plugins
+    except DriftscopeError as err:
+        print(f"driftscope: error: {err}", file=sys.stderr)
+        return err.exit_code
     parser = build_parser()
     args = parser.parse_args(argv)
     from driftscope.signals import sigterm_as_interrupt

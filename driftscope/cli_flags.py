@@ -68,7 +68,12 @@ def _general_flags() -> list[Flag]:
             "data",
             metavar="DIR",
         ),
-        Flag("data.partition", "how data is split across clients", "data", choices=PARTITIONS),
+        Flag(
+            "data.partition",
+            "how data is split across clients",
+            "data",
+            choices=tuple(p for p in PARTITIONS if p != "custom"),  # custom: train(split=...)
+        ),
         Flag("data.alpha", "Dirichlet concentration; smaller = more skew", "data", type=float),
         Flag(
             "data.classes_per_client", "classes per client for --partition shards", "data", type=int

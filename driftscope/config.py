@@ -37,9 +37,9 @@ from driftscope.data import DATASETS
 from driftscope.device import check_device_name
 from driftscope.errors import ConfigError
 from driftscope.models import MODELS
-from driftscope.registry import nearest
+from driftscope.registry import checking_names, nearest
 
-PARTITIONS = ("iid", "dirichlet", "shards")
+PARTITIONS = ("iid", "dirichlet", "shards", "custom")  # custom: train(split=...)
 UPDATE_DTYPES = ("float16", "float32")
 CKA_PRECISIONS = ("float32", "float64")  # = driftscope.metrics.gram.PRECISIONS
 
@@ -82,11 +82,6 @@ def _check_finite(obj: Any, section: str) -> None:
         check_number(getattr(obj, f.name), f"{section}{f.name}")
 
 
-def _check_name(registry: Any, name: str) -> None:
-    if name not in registry:
-        raise ConfigError(registry.unknown_message(name))
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset and how it is split across clients."""
@@ -102,7 +97,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_finite(self, "data.")
-        _check_name(DATASETS, self.dataset)
+        DATASETS.check(self.dataset)
         _check(
             self.partition in PARTITIONS,
             f"unknown partition '{self.partition}': choose one of {', '.join(PARTITIONS)}",
@@ -115,7 +110,7 @@ class DataConfig:
             self.classes_per_client >= 1,
             f"classes_per_client must be >= 1 (got {self.classes_per_client})",
         )
-        num_classes = DATASETS.get(self.dataset).num_classes
+        num_classes = DATASETS.get(self.dataset).num_classes if self.dataset in DATASETS else 2**31
         _check(
             self.partition != "shards" or self.classes_per_client <= num_classes,
             f"classes_per_client {self.classes_per_client} is more than {self.dataset}'s "
@@ -139,7 +134,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "head", tuple(self.head))
-        _check_name(MODELS, self.name)
+        MODELS.check(self.name)
         modes = ("average", "local")
         _check(self.buffers in modes, f"model.buffers is average or local, not {self.buffers!r}")
         _check(
@@ -181,14 +176,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_finite(self, "train.")
-        cls = ALGORITHMS.get(self.algorithm)
-        if self.params is None:
-            object.__setattr__(self, "params", cls.Params())
-        _check(
-            isinstance(self.params, cls.Params),
-            f"train.params are {type(self.params).__name__}, not {self.algorithm}'s "
-            f"{cls.Params.__name__}: change algorithms with RunConfig.replace",
-        )
+        if checking_names() or self.algorithm in ALGORITHMS:
+            cls = ALGORITHMS.get(self.algorithm)
+            if self.params is None:
+                object.__setattr__(self, "params", cls.Params())
+            _check(
+                isinstance(self.params, cls.Params),
+                f"train.params are {type(self.params).__name__}, not {self.algorithm}'s "
+                f"{cls.Params.__name__}: change algorithms with RunConfig.replace",
+            )
+        else:  # an algorithm this process does not know: its params as stored (a dict)
+            object.__setattr__(self, "params", dict(self.params or {}))
         _check(self.rounds >= 1, f"rounds must be >= 1 (got {self.rounds})")
         _check(self.clients >= 1, f"clients must be >= 1 (got {self.clients})")
         _check(
@@ -295,7 +293,8 @@ class RunConfig:
         """Build from a nested dict; unknown keys are an error naming the nearest valid one.
 
         Schema-1 configs (``train.mu``, ``train.body_momentum``) are migrated: the key that belongs
-        to the chosen algorithm moves to ``train.params``, the other is dropped.
+        to the chosen algorithm moves to ``train.params``, the other is dropped. Inside
+        ``registry.names_unchecked()`` (a run file's config) names are kept as stored.
         """
         return _build(cls, _migrate(raw), source, prefix="")
 
@@ -441,6 +440,8 @@ def _build_params(train: dict[str, Any], value: Any, source: str) -> Any:
     algorithm = train.get("algorithm", TrainConfig.algorithm)
     if not isinstance(algorithm, str):
         raise ConfigError(f"{_at(source)}'train.algorithm' must be a string (got {algorithm!r})")
+    if algorithm not in ALGORITHMS and not checking_names():
+        return dict(value) if isinstance(value, dict) else {}  # as stored
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"{_at(source)}{ALGORITHMS.unknown_message(algorithm)}")
     params_cls = ALGORITHMS.get(algorithm).Params

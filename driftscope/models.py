@@ -25,6 +25,7 @@ Registry (``MODELS``):
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,7 +37,7 @@ from driftscope.registry import Registry
 if TYPE_CHECKING:
     from torch import nn
 
-Shape = tuple[int, int, int]
+Shape = tuple[int, ...]  # one sample's shape: (C, H, W) for images, (F,) for rows
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,7 @@ class ModelSpec:
 
     def build(self, input_shape: Shape, num_classes: int) -> nn.Module:
         """Instantiate (initialisation uses torch's global RNG: seed it first)."""
-        c, h, w = input_shape
-        return self.factory((int(c), int(h), int(w)), num_classes)
+        return self.factory(tuple(int(d) for d in input_shape), num_classes)
 
     def num_params(self, input_shape: Shape, num_classes: int) -> int:
         """Parameter count, from a build on the meta device (no memory, no RNG draws)."""
@@ -89,7 +89,7 @@ def _vgg11(shape: Shape, k: int) -> nn.Module:
 def _mlp(shape: Shape, k: int) -> nn.Module:
     from driftscope.nets import MLP
 
-    return MLP(shape[0] * shape[1] * shape[2], k)
+    return MLP(math.prod(shape), k)
 
 
 def _cnn1d(shape: Shape, k: int) -> nn.Module:
@@ -129,12 +129,12 @@ def check_model_fits(
     try:
         try:
             with torch.device("meta"):
-                out = spec.build(shape, num_classes)(torch.empty(2, *shape))  # type: ignore[arg-type]  # a (C, H, W) tuple
+                out = spec.build(shape, num_classes)(torch.empty(2, *shape))
         except (RuntimeError, ValueError, NotImplementedError):
             # some operations have no meta kernel: the same check on the CPU, with zeros for
             # inputs, leaving torch's global RNG as it was (the run's initialisation uses it)
             with torch.random.fork_rng(devices=[]), torch.no_grad():
-                out = spec.build(shape, num_classes)(torch.zeros(2, *shape))  # type: ignore[arg-type]
+                out = spec.build(shape, num_classes)(torch.zeros(2, *shape))
     except ConfigError:
         raise  # the model's own one-line check (e.g. vgg11's 32x32)
     except (RuntimeError, ValueError, NotImplementedError) as err:

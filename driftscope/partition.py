@@ -1,4 +1,5 @@
-"""Split a labelled training set across clients: IID, Dirichlet label skew, or k classes each.
+"""Split a labelled training set across clients: IID, Dirichlet label skew, or k classes each,
+or a split of the user's own (``custom_split``).
 
 Every partitioner takes the labels (N,) and a ``numpy.random.Generator`` and returns one sorted
 int64 index array per client. ``label_histogram`` gives the (clients, classes) counts that the run
@@ -7,9 +8,15 @@ file stores.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
-from driftscope.errors import DataError
+from driftscope.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from driftscope.config import DataConfig
 
 
 def iid(labels: np.ndarray, n_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -98,6 +105,90 @@ def partition(
     if method == "shards":
         return shards(labels, n_clients, classes_per_client, rng)
     raise DataError(f"unknown partition '{method}': choose iid, dirichlet or shards")
+
+
+# a user's split: one index array per client, or a function (labels, rng) -> such a list
+Split = Sequence[Any] | Callable[[np.ndarray, np.random.Generator], Sequence[Any]]
+
+
+def client_split(
+    data: DataConfig,
+    labels: np.ndarray,
+    n_clients: int,
+    rng: np.random.Generator,
+    split: Split | None = None,
+) -> list[np.ndarray]:
+    """The clients' index arrays: the user's own ``split`` (:func:`custom_split`), or the
+    partition ``data.partition`` names, drawn from ``rng``."""
+    if split is not None:
+        return custom_split(split, labels, n_clients, rng)
+    if data.partition == "custom":
+        raise ConfigError(
+            "data.partition = 'custom' needs the split itself: train(cfg, out, split=...), "
+            "or choose iid, dirichlet or shards"
+        )
+    return partition(
+        labels,
+        n_clients,
+        data.partition,
+        rng,
+        alpha=data.alpha,
+        classes_per_client=data.classes_per_client,
+        min_share=data.min_share,
+        max_redraws=data.max_redraws,
+    )
+
+
+def custom_split(
+    split: Split, labels: np.ndarray, n_clients: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """A user's own client split, checked: ``split`` is a list of index arrays into the training
+    set, one per client, or a callable ``(labels, rng) -> list`` of them (``rng``: the run's
+    partition stream, so the split repeats with the seed). Each client's indices come back as a
+    sorted int64 array; a client may not be empty nor hold an index twice, and the number of
+    arrays must equal ``n_clients`` (``train.clients``). Clients may share samples."""
+    labels = np.asarray(labels)
+    if callable(split):
+        split = split(labels, rng)
+    if isinstance(split, np.ndarray) and split.ndim == 2:
+        split = list(split)
+    if isinstance(split, str | bytes) or not isinstance(split, Sequence | np.ndarray):
+        raise DataError(
+            f"the split must be a list of index arrays, one per client (got {type(split).__name__})"
+        )
+    if len(split) != n_clients:
+        raise DataError(
+            f"the split has {len(split)} clients but train.clients = {n_clients}: set "
+            f"train.clients = {len(split)} (cfg.replace({{'train.clients': {len(split)}}}))"
+        )
+    n = len(labels)
+    parts: list[np.ndarray] = []
+    for client, part in enumerate(split):
+        index = np.asarray(_as_numpy(part))
+        if index.dtype == bool and index.shape == (n,):
+            index = np.flatnonzero(index)  # a boolean mask over the training set
+        if index.ndim != 1 or not (np.issubdtype(index.dtype, np.integer) or index.size == 0):
+            raise DataError(
+                f"split[{client}] must be a 1-D array of integer indices "
+                f"(got dtype {index.dtype}, shape {index.shape})"
+            )
+        if index.size == 0:
+            raise DataError(f"split[{client}] is empty: every client needs training samples")
+        if index.min() < 0 or index.max() >= n:
+            raise DataError(
+                f"split[{client}] has index {int(index.min() if index.min() < 0 else index.max())}"
+                f" outside the training set of {n} samples (0 .. {n - 1})"
+            )
+        index = np.sort(index.astype(np.int64))
+        if (np.diff(index) == 0).any():
+            raise DataError(f"split[{client}] holds a sample twice: give each index once")
+        parts.append(index)
+    return parts
+
+
+def _as_numpy(part: Any) -> Any:
+    """An index array given as a torch tensor, a list or a numpy array, as numpy."""
+    return part.cpu().numpy() if hasattr(part, "cpu") and hasattr(part, "numpy") else part
 
 
 def label_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:

@@ -307,11 +307,16 @@ class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin):
 
     @cached_property
     def config(self) -> Any:
-        """The run's :class:`~driftscope.config.RunConfig` (schema-1 configs migrated on load)."""
+        """The run's :class:`~driftscope.config.RunConfig` (schema-1 configs migrated on load).
+
+        Read as stored: dataset, model and algorithm names this process has never registered
+        (a user's own objects) stay strings, and an unknown algorithm's params a dict."""
         from driftscope.config import RunConfig
+        from driftscope.registry import names_unchecked
 
         try:
-            return RunConfig.from_dict(self.config_dict, source=f"{self.path.name} config")
+            with names_unchecked():
+                return RunConfig.from_dict(self.config_dict, source=f"{self.path.name} config")
         except DriftscopeError as err:
             raise RunFileError(f"{self.path.name}: the stored config is invalid ({err})") from None
 

@@ -8,6 +8,8 @@ file explains itself. Torch-free: registries are read while parsing arguments.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 from collections.abc import Iterator
 from typing import Generic, TypeVar
@@ -16,7 +18,27 @@ from driftscope.errors import ConfigError
 
 T = TypeVar("T")
 
-__all__ = ["Registry", "nearest"]
+__all__ = ["Registry", "checking_names", "names_unchecked", "nearest"]
+
+# False while configs are built without checking names against the registries: a stored config
+# (a run file describes itself, whatever code made it) or one naming a user's own model/dataset
+_CHECKING: contextvars.ContextVar[bool] = contextvars.ContextVar("checking_names", default=True)
+
+
+@contextlib.contextmanager
+def names_unchecked(unchecked: bool = True) -> Iterator[None]:
+    """Inside this block (``unchecked`` True), configs are built without checking dataset, model
+    and algorithm names against the registries (an unknown algorithm's params stay a dict)."""
+    token = _CHECKING.set(_CHECKING.get() and not unchecked)
+    try:
+        yield
+    finally:
+        _CHECKING.reset(token)
+
+
+def checking_names() -> bool:
+    """Whether names are checked against the registries now (see :func:`names_unchecked`)."""
+    return _CHECKING.get()
 
 
 def nearest(name: str, choices: tuple[str, ...] | list[str]) -> str | None:
@@ -60,6 +82,12 @@ class Registry(Generic[T]):
             return self._items[name]
         except (KeyError, TypeError):
             raise ConfigError(self.unknown_message(name)) from None
+
+    def check(self, name: object) -> None:
+        """An unknown name is a :class:`ConfigError`, unless names are not being checked
+        (:func:`names_unchecked`: a stored config, a user's own objects)."""
+        if checking_names() and name not in self._items:
+            raise ConfigError(self.unknown_message(name))
 
     def unknown_message(self, name: object) -> str:
         """'unknown algorithm 'fedavgg': did you mean 'fedavg'? choose one of fedavg, ...'."""

@@ -35,9 +35,9 @@ from driftscope.buffers import (
     read_buffers,
 )
 from driftscope.config import RunConfig
-from driftscope.data import Dataset, load_dataset
+from driftscope.data import Dataset, TensorData, as_dataset, load_dataset, normalisation
 from driftscope.device import data_fits, resolve_device
-from driftscope.errors import DivergenceError
+from driftscope.errors import ConfigError, DivergenceError
 from driftscope.events import (
     ClientTrained,
     Hook,
@@ -49,7 +49,8 @@ from driftscope.events import (
 )
 from driftscope.local import Augmentation, FlatParams, LocalResult, local_train
 from driftscope.models import build_model, check_head, check_model_fits, model_layout
-from driftscope.partition import label_histogram, partition
+from driftscope.own import model_name, recorded_config
+from driftscope.partition import Split, client_split, label_histogram
 from driftscope.seeding import derive_seed, numpy_rng
 
 EVAL_BATCH = 1024
@@ -67,57 +68,76 @@ class Simulator:
     ``dataset`` may be passed to reuse an already loaded one (tests, benchmarks, notebooks).
     """
 
-    def __init__(self, cfg: RunConfig, dataset: Dataset | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        dataset: Dataset | TensorData | None = None,
+        *,
+        model: Callable[[], torch.nn.Module] | None = None,
+        split: Split | None = None,
+    ) -> None:
         self.cfg = cfg
         t = cfg.train
-        self.dataset = (
+        self.dataset = as_dataset(
             dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
         )
         ds = self.dataset
-        # a model that cannot take the inputs: one line now, not a traceback in round 0
-        check_model_fits(cfg.model.name, ds.input_shape, ds.num_classes, ds.name)
+        # a registered model that cannot take the inputs: one line now, not a traceback in round 0
+        if model is None:
+            check_model_fits(cfg.model.name, ds.input_shape, ds.num_classes, ds.name)
         self.device = resolve_device(t.device)
         device = self.device
 
-        # data -> partition
+        # data -> partition (a split of the user's own, or one of driftscope's from the seed)
         labels = ds.train_y.numpy()
-        self.parts = partition(
-            labels,
-            t.clients,
-            cfg.data.partition,
-            numpy_rng(cfg.seed, "partition"),
-            alpha=cfg.data.alpha,
-            classes_per_client=cfg.data.classes_per_client,
-            min_share=cfg.data.min_share,
-            max_redraws=cfg.data.max_redraws,
-        )
+        rng = numpy_rng(cfg.seed, "partition")
+        self.parts = client_split(cfg.data, labels, t.clients, rng, split)
         self.label_histogram = label_histogram(labels, self.parts, ds.num_classes)
         self.augment = ds.augment if cfg.data.augment is None else cfg.data.augment
-        mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
-        std = torch.tensor(ds.std).view(1, -1, 1, 1)
+        mean, std = normalisation(ds, self.augment)  # (1, C, 1, ...) or None: as given
         self.augmentation = (
-            Augmentation(ds.crop_padding, mean.to(device), std.to(device)) if self.augment else None
+            Augmentation(ds.crop_padding, mean.to(device), std.to(device))
+            if self.augment and mean is not None and std is not None
+            else None
         )
         # client data on the device when they fit (driftscope.device.data_fits), else in host
         # memory (pinned for cuda) and copied per batch by local_train
         train_bytes = ds.train_x.element_size() * ds.train_x.nelement()
         self.data_on_device = data_fits(train_bytes, device)
         home = device if self.data_on_device else torch.device("cpu")
-        train_x = ds.train_x if self.augment else (ds.train_x - mean) / std
+
+        def normalised(x: torch.Tensor) -> torch.Tensor:
+            return x if mean is None or std is None else (x - mean) / std
+
+        train_x = ds.train_x if self.augment else normalised(ds.train_x)
         train_x, train_y = train_x.to(home), ds.train_y.to(home)
         self.client_x = [train_x[torch.from_numpy(p).to(home)] for p in self.parts]
         self.client_y = [train_y[torch.from_numpy(p).to(home)] for p in self.parts]
         if not self.data_on_device and device.type == "cuda":
             self.client_x = [t.pin_memory() for t in self.client_x]
             self.client_y = [t.pin_memory() for t in self.client_y]
-        test_x = (ds.test_x - mean) / std
+        test_x = normalised(ds.test_x)
         test_home = device if data_fits(test_x.element_size() * test_x.nelement(), device) else home
         self.test_x = test_x.to(test_home)
         self.test_y = ds.test_y.to(test_home)
 
-        # model
+        # model: a registered one by name, or the user's own factory (called for the training
+        # model and the recorder's probe model; the seed fixes the initial weights)
+        self._factory = model
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        self.model = build_model(cfg.model.name, ds.input_shape, ds.num_classes)
+        self.model = self.build_model()
+        if model is not None and not isinstance(self.model, torch.nn.Module):
+            raise ConfigError(
+                f"model= must be a function that returns a torch.nn.Module (it returned a "
+                f"{type(self.model).__name__}): pass the class or a lambda, not an instance"
+            )
+        # the run file names what was used: the dataset's and model's own names, the split
+        self.cfg = cfg = recorded_config(
+            cfg,
+            dataset=ds.name if dataset is not None else None,
+            model=model_name(model, self.model) if model is not None else None,
+            partition="custom" if split is not None else None,
+        )
         self.layout = model_layout(self.model, cfg.model.head, cfg.model.head_last_k)
         check_head(t.algorithm, self.layout, cfg.model.head, cfg.model.head_last_k)
         self.flat = FlatParams(self.model, self.layout, device)  # initialised on the CPU
@@ -147,6 +167,8 @@ class Simulator:
 
     def build_model(self) -> torch.nn.Module:
         """A fresh model of this run's architecture (its parameters are not the run's)."""
+        if self._factory is not None:
+            return self._factory()
         ds = self.dataset
         return build_model(self.cfg.model.name, ds.input_shape, ds.num_classes)
 

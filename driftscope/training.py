@@ -15,16 +15,19 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from driftscope.algorithms import warn_settings
 from driftscope.config import RunConfig
-from driftscope.data import Dataset
+from driftscope.data import Dataset, TensorData
 from driftscope.errors import DivergenceError, DriftscopeError, RunFileError
 from driftscope.events import Hook, RoundEnded
 from driftscope.heap import release_free_heap
+from driftscope.partition import Split
 from driftscope.recorder import Recorder, stored_params
+from driftscope.registry import names_unchecked
 from driftscope.resume_file import (
     check_layout,
     reopen_for_resume,
@@ -42,10 +45,12 @@ def train(
     *,
     overwrite: bool = False,
     progress: bool = False,
-    dataset: Dataset | None = None,
+    dataset: Dataset | TensorData | None = None,
     hooks: list[Hook] | None = None,
     resume: bool = False,
     threads: int | None = None,
+    model: Callable[[], Any] | None = None,
+    split: Split | None = None,
 ) -> Path:
     """Train ``cfg`` and write the run file ``out``; returns its path.
 
@@ -54,10 +59,18 @@ def train(
     else torch's current count), or, on resume, the count the run was trained with. The run file
     records the count (``environment.torch_threads``).
 
-    ``dataset`` reuses an already loaded dataset; ``hooks`` adds observers of your own (they run
-    before the recorder). ``resume=True`` continues the interrupted, failed or killed run ``out``,
-    whose config must equal ``cfg`` (see :func:`resume`). Legal but questionable settings (e.g.
-    momentum with control variates) emit a :class:`~driftscope.errors.SettingsWarning`.
+    Your own objects need no registration: ``model`` is a zero-argument factory returning a
+    ``torch.nn.Module`` (called for the training model and the recorder's probe model; the seed
+    fixes its initial weights), ``dataset`` a :class:`~driftscope.data.TensorData` (tensors of any
+    shape (N, ...)) or a loaded :class:`~driftscope.data.Dataset`, ``split`` one index array per
+    client or a callable ``(labels, rng) -> list of arrays``
+    (:func:`~driftscope.partition.custom_split`). The run file records the dataset's and model's
+    own names (their ``name``, else the class name) and the split as ``custom``, with every
+    client's size and label histogram. ``hooks`` adds observers of your own (they run before the
+    recorder). ``resume=True`` continues the interrupted, failed or killed run ``out``, whose
+    config must equal ``cfg`` (see :func:`resume`; give the same own objects again). Legal but
+    questionable settings (e.g. momentum with control variates) emit a
+    :class:`~driftscope.errors.SettingsWarning`.
     """
     out = Path(out)
     warn_settings(cfg.train, stacklevel=2)  # e.g. momentum with control variates
@@ -66,9 +79,10 @@ def train(
     previous = torch.get_num_threads()
     try:
         with sigterm_as_interrupt():
-            if resume:
-                _check_same_config(out, cfg, resume_config(out))
-            sim = Simulator(cfg, dataset)
+            stored = resume_config(out) if resume else None
+            sim = Simulator(cfg, dataset, model=model, split=split)
+            if stored is not None:  # the config as recorded: own objects' names, custom split
+                _check_same_config(out, sim.cfg, stored)
             torch.set_num_threads(_run_threads(sim.layout.numel, threads, out if resume else None))
             if resume:
                 _check_same_threads(out)
@@ -153,12 +167,26 @@ def resume(
     path: str | os.PathLike,
     *,
     progress: bool = False,
-    dataset: Dataset | None = None,
+    dataset: Dataset | TensorData | None = None,
     hooks: list[Hook] | None = None,
+    model: Callable[[], Any] | None = None,
+    split: Split | None = None,
 ) -> Path:
-    """Continue the interrupted, failed or killed run ``path`` with its own config."""
-    cfg = RunConfig.from_dict(json.loads(resume_config(path)), source=str(path))
-    return train(cfg, path, progress=progress, dataset=dataset, hooks=hooks, resume=True)
+    """Continue the interrupted, failed or killed run ``path`` with its own config (and the
+    same own ``model``, ``dataset`` and ``split`` it was trained with, if any)."""
+    own = model is not None or dataset is not None or split is not None
+    with names_unchecked(own):  # own objects: the names they gave are not registered
+        cfg = RunConfig.from_dict(json.loads(resume_config(path)), source=str(path))
+    return train(
+        cfg,
+        path,
+        progress=progress,
+        dataset=dataset,
+        hooks=hooks,
+        resume=True,
+        model=model,
+        split=split,
+    )
 
 
 def _dtype(tensor: Any) -> str:

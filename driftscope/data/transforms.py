@@ -11,6 +11,16 @@ from __future__ import annotations
 import torch
 
 
+def channel_stats(
+    values: tuple[float, ...] | None, ndim: int, device: torch.device | None = None
+) -> torch.Tensor | None:
+    """Per-channel statistics (mean or std) shaped to broadcast over a batch of ``ndim``
+    dimensions (B, C, ...): (1, C, 1, ...); None stays None (no normalisation)."""
+    if values is None:
+        return None
+    return torch.tensor(values, device=device).view(1, -1, *([1] * (ndim - 2)))
+
+
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """x: (B, C, H, W) in [0, 1]; mean, std: (1, C, 1, 1). Returns a new tensor."""
     return (x - mean) / std

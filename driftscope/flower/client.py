@@ -120,6 +120,9 @@ def runtime_for(config_json: str) -> ClientRuntime:
     """The process's runtime for this run config (one kept: a node serves one run at a time)."""
     runtime = _RUNTIME.get(config_json)
     if runtime is None:
+        from driftscope.plugins import load_plugins
+
+        load_plugins()  # $DRIFTSCOPE_PLUGINS and entry points: the server's own registrations
         cfg = RunConfig.from_dict(json.loads(config_json), source="the server's run config")
         _RUNTIME.clear()
         runtime = _RUNTIME[config_json] = ClientRuntime(cfg)

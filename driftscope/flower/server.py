@@ -10,6 +10,8 @@ run config, which Flower flattens to dotted keys and ``flwr run --run-config`` o
     seed, data.*, model.*, train.*, record.*   driftscope config keys (see driftscope.config)
 
 and runs :class:`~driftscope.flower.strategy.DriftscopeStrategy` for ``train.rounds`` rounds.
+Plugins (:mod:`driftscope.plugins`) named in ``DRIFTSCOPE_PLUGINS`` or installed as entry points
+are imported first, on the server and on every ClientApp.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    from driftscope.plugins import load_plugins
+
+    load_plugins()  # $DRIFTSCOPE_PLUGINS and entry points: the user's registrations
     run_config = dict(context.run_config)
     cfg = config_from_run_config(run_config)
     strategy = DriftscopeStrategy(

@@ -144,6 +144,13 @@ def simulate(
         for strategy in strategies:
             if strategy.writer is not None:  # still open: it never ran
                 strategy.writer.close("failed", "Flower's simulation engine stopped before it ran")
+    # Flower's engine logs an exception of the ServerApp and returns: a run that failed (every
+    # client of a round failed, ...) is an error of this call
+    for strategy in strategies:
+        if strategy.status != "complete":
+            status = strategy.status or "failed"
+            message = strategy.message.split(": ", 1)[-1] if strategy.message else "it never ran"
+            raise FlowerRunError(f"the Flower run {status}: {message}")
 
 
 def simulate_app(
@@ -165,6 +172,9 @@ def simulate_app(
     # Flower logs each round and its set-up at INFO: only its warnings unless asked (--verbose)
     logging.getLogger("flwr").setLevel(logging.WARNING if quiet else logging.INFO)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
+    # the ClientApps in Ray's workers import the same plugins (driftscope.plugins): the workers
+    # inherit this process's environment (DRIFTSCOPE_PLUGINS, set by the command line) and Flower
+    # passes them its sys.path (where a plugin next to the user was found)
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
         "init_args": {"logging_level": "ERROR"},

@@ -39,7 +39,7 @@ from driftscope.config import RunConfig
 from driftscope.data import Dataset
 from driftscope.errors import ConfigError, DivergenceError
 from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunEnded, RunStarted
-from driftscope.flower import ENGINE, wire
+from driftscope.flower import ENGINE, FlowerRunError, wire
 from driftscope.flower.failures import FailureLog
 from driftscope.flower.nodes import map_nodes, sort_replies
 from driftscope.runfile import RunWriter
@@ -101,6 +101,7 @@ class DriftscopeStrategy(Strategy):
         self._clients: list[int] = []
         self._round_start = 0.0
         self.failed_rounds: dict[int, dict[int, str]] = {}
+        self.status, self.message = "", ""  # how start() ended: "complete", "failed", ...
 
     # ------------------------------------------------------------------ run file
     def _open(self, out: str | os.PathLike[str], overwrite: bool) -> None:
@@ -171,6 +172,7 @@ class DriftscopeStrategy(Strategy):
             status, message = "failed", f"{type(err).__name__}: {err}"
             raise
         finally:
+            self.status, self.message = status, message
             ended = RunEnded(status, message)
             for hook in self.hooks:
                 hook.on_run_end(ended)
@@ -245,6 +247,13 @@ class DriftscopeStrategy(Strategy):
             self.failures.failed = failed
 
         answered = [c for c in clients if c in answers]
+        if clients and not answered:  # nothing to aggregate: the round failed, and so the run
+            client, reason = min(failed.items()) if failed else (clients[0], "no reply")
+            raise FlowerRunError(
+                f"every client failed in round {r} (client {client}: {_last_line(reason)}); if "
+                "the model, dataset or algorithm is your own, every node must import its plugin "
+                "(driftscope --plugin MODULE, or DRIFTSCOPE_PLUGINS)"
+            )
         x = self.x
         sizes = torch.tensor([len(self.sim.parts[c]) for c in answered])
         weights = client_weights(sizes, self.cfg.train.weighting).tolist() if answered else []
@@ -358,3 +367,10 @@ class DriftscopeStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         return None
+
+
+def _last_line(reason: str) -> str:
+    """A client's error in one line: the last non-empty line of what Flower reports (a
+    traceback ends with the exception)."""
+    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
