@@ -154,18 +154,19 @@ def test_a_round_in_which_every_client_failed_fails_the_run(digits, tmp_path):
     from driftscope.flower.client import app as client_app
     from driftscope.flower.strategy import DriftscopeStrategy
 
-    def fail(msg, client):
-        return "error" if msg.metadata.message_type == "train" else None
+    def fail(msg, client):  # every client of round 1 (round 0 is committed, so a file stays)
+        train_msg = msg.metadata.message_type == "train"
+        return "error" if train_msg and int(msg.content["config"]["round"]) == 1 else None
 
     cfg = small_config(train__clients=3, train__rounds=2, train__local_steps=2)
     strategy = DriftscopeStrategy(cfg, tmp_path / "f.h5", dataset=digits)
-    with pytest.raises(FlowerRunError, match="every client failed in round 0 \\(client 0: ") as err:
+    with pytest.raises(FlowerRunError, match="every client failed in round 1 \\(client 0: ") as err:
         strategy.start(LocalGrid(client_app, 3, fail=fail))
     assert "\n" not in str(err.value) and "--plugin" in str(err.value)
     with open_run(tmp_path / "f.h5") as run:
         assert run.status == "failed"
-        assert "every client failed in round 0" in run.status_message
-        assert len(run.metrics) == 0
+        assert "every client failed in round 1" in run.status_message
+        assert len(run.metrics) == 1
 
 
 @pytest.mark.slow
