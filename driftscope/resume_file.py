@@ -20,7 +20,7 @@ from driftscope import schema
 from driftscope.errors import RunFileError
 from driftscope.h5open import open_file, writer_alive
 from driftscope.h5write import CHUNK_CACHE
-from driftscope.outputs import Lock
+from driftscope.outputs import Lock, write_error
 from driftscope.runfile import RunWriter
 
 
@@ -263,9 +263,9 @@ def reopen_for_resume(
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         lock.release()
-        if isinstance(err, OSError):
+        if isinstance(err, OSError | RuntimeError):  # h5py reports a failed write either way
             raise RunFileError(
-                f"{path} could not be copied for resuming ({str(err).splitlines()[0]}); "
+                f"{path} could not be copied for resuming ({write_error(err)}); "
                 "it is unchanged: free disk space or check the file"
             ) from None
         if isinstance(err, KeyError | ValueError | TypeError | IndexError):

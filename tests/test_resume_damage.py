@@ -4,7 +4,10 @@ the file is left exactly as it was (no temporary copy left beside it)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -129,3 +132,34 @@ def test_an_undamaged_copy_resumes(interrupted, tmp_path, capsys):
         assert run.status == "complete" and run.num_rounds == 2
         assert json.loads(run.file.attrs["config"])["train"]["rounds"] == 2
         assert np.isfinite(run.metrics.test_accuracy).all()
+
+
+FULL = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+from driftscope.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_during_resume_leaves_the_run_and_no_copy(interrupted, tmp_path):
+    """The resume copy hits the file size limit: one line, the run unchanged, no .resume file."""
+    path = tmp_path / "r.h5"
+    shutil.copyfile(interrupted, path)
+    before = path.read_bytes()
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    code = FULL.format(limit=len(before) // 2)
+    done = subprocess.run(
+        [sys.executable, "-c", code, "run", "--resume", str(path), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "it is unchanged" in lines[0], done.stderr
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5"]
