@@ -42,6 +42,8 @@ COMPARE_ARM_NAMES = (
     "scaffold",
     "fedpvr_body_momentum_09",
     "fedpvr_no_momentum",
+    "fedavg_body_momentum_09",
+    "scaffold_lr_001",
     "fedpvr_auto",
 )
 
@@ -204,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         "drift-chosen head).",
     )
     p.add_argument("--config", metavar="FILE", help="base TOML config [the default]")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--target", type=float, default=0.9, help="target test accuracy, in (0, 1]")
     p.add_argument("--out", metavar="DIR", default="runs/compare", help="folder for run files")
     p.add_argument(

@@ -197,6 +197,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         arms=arms,
         progress=not args.quiet,
         threads=args.threads,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     if args.csv is not None:
         results.to_csv(args.csv, index=False)

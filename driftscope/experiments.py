@@ -66,6 +66,15 @@ COMPARE_ARMS = (
         "FedPVR (no momentum)",
         {"train.algorithm": "fedpvr", "train.params.body_momentum": None},
     ),
+    # ablation: FedPVR's local momentum (0.9 on the body, none on the head) without its control
+    # variates; with the two FedPVR arms it separates what momentum and control variates add
+    Arm(
+        "fedavg_body_momentum_09",
+        "FedAvg + body momentum 0.9",
+        {"train.algorithm": "fedavg_body_momentum", "train.params.body_momentum": 0.9},
+    ),
+    # context: SCAFFOLD at a learning rate where it trains on the default (it diverges at 0.05)
+    Arm("scaffold_lr_001", "SCAFFOLD (lr 0.01)", {"train.algorithm": "scaffold", "train.lr": 0.01}),
 )
 
 #: every arm ``compare`` knows, by name (``driftscope compare --arms NAME ...``): the default
@@ -136,6 +145,11 @@ def rounds_to(acc: np.ndarray, target: float) -> float:
     return float(hits[0] + 1) if len(hits) else float("nan")
 
 
+#: rounds at the end of a run whose test accuracy ``compare`` also averages (one round's accuracy
+#: is noisy; an unstable arm shows in this mean)
+LAST_ROUNDS = 5
+
+
 def compare(
     base: RunConfig,
     seeds: Sequence[int],
@@ -144,30 +158,43 @@ def compare(
     arms: Sequence[Arm] = COMPARE_ARMS,
     progress: bool = False,
     threads: int | None = None,
+    log: Log = _quiet,
 ) -> pd.DataFrame:
     """Train every arm for every seed into ``out_dir`` (recording off: only accuracy and bytes
-    are needed); one row per (arm, seed).
+    are needed); one row per (arm, seed). A seed fixes the partition, the initialisation and the
+    batch order, so the arms of one seed are paired.
 
-    Columns: ``algorithm`` (the arm's label), ``seed``, ``final_accuracy`` (NaN if diverged),
-    ``rounds_to_target`` (1-based, NaN if never), ``diverged_at_round`` (NaN if not),
-    ``bytes_per_round``.
+    ``log`` receives a header line before each run when ``progress`` (arm, its name, seed, and
+    its place in the whole) and one line for each run that diverged.
+
+    Columns: ``algorithm`` (the arm's label), ``arm`` (its name), ``seed``, ``final_accuracy``
+    (NaN if diverged), ``last_rounds_accuracy`` (mean test accuracy of the last
+    :data:`LAST_ROUNDS` rounds; NaN if diverged), ``rounds_to_target`` (1-based, NaN if never),
+    ``diverged_at_round`` (NaN if not), ``bytes_per_round``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(base.data.dataset, base.data.data_dir)
     rows = []
-    for arm in arms:
-        for seed in seeds:
+    total = len(arms) * len(seeds)
+    for i, arm in enumerate(arms):
+        for j, seed in enumerate(seeds):
             path = out_dir / f"{arm.name}-seed{seed}.h5"
+            if progress:
+                n = i * len(seeds) + j + 1
+                log(f"== {arm.label} [{arm.name}], seed {seed} (run {n}/{total}) ==")
             err = train_arm(
                 base, arm, path, {"seed": seed, "record.enabled": False}, dataset, progress, threads
             )
             diverged = err is not None
             if diverged and not path.exists():  # diverged in round 0: no round, no file
+                log(f"{arm.label} [{arm.name}], seed {seed}: diverged at round 0")
                 rows.append(
                     {
                         "algorithm": arm.label,
+                        "arm": arm.name,
                         "seed": seed,
                         "final_accuracy": float("nan"),
+                        "last_rounds_accuracy": float("nan"),
                         "rounds_to_target": float("nan"),
                         "diverged_at_round": 0,
                         "bytes_per_round": float("nan"),
@@ -176,11 +203,19 @@ def compare(
                 continue
             with open_run(path) as run:
                 acc = run.metrics["test_accuracy"].to_numpy()
+                if diverged:
+                    log(
+                        f"{arm.label} [{arm.name}], seed {seed}: diverged at round {run.num_rounds}"
+                    )
                 rows.append(
                     {
                         "algorithm": arm.label,
+                        "arm": arm.name,
                         "seed": seed,
                         "final_accuracy": float("nan") if diverged else float(acc[-1]),
+                        "last_rounds_accuracy": (
+                            float("nan") if diverged else float(acc[-LAST_ROUNDS:].mean())
+                        ),
                         "rounds_to_target": rounds_to(acc, target),
                         "diverged_at_round": run.num_rounds if diverged else float("nan"),
                         "bytes_per_round": run.bytes_per_round,

@@ -22,10 +22,15 @@ from driftscope.algorithms.fedpvr import FedPVR
 from driftscope.algorithms.fedpvr_auto import FedPVRAuto
 from driftscope.algorithms.scaffold import Scaffold
 
+# isort: split
+# registered after the algorithms above, so that the registry lists them first
+from driftscope.algorithms.fedavg_body_momentum import FedAvgBodyMomentum
+
 __all__ = [
     "ALGORITHMS",
     "Algorithm",
     "FedAvg",
+    "FedAvgBodyMomentum",
     "FedPVR",
     "FedPVRAuto",
     "FedProx",

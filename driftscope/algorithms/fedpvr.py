@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from driftscope.config import TrainConfig
+    from driftscope.models import ModelLayout
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,18 @@ class FedPVR(ControlVariates):
         return torch.as_tensor(self.layout.head_mask())  # numpy or torch bool (P,)
 
     def momentum(self) -> float | torch.Tensor:
-        import torch
+        return body_head_momentum(self.layout, self.train.momentum, self.params.body_momentum)
 
-        body = self.params.body_momentum
-        if body is None or body == self.train.momentum:
-            return self.train.momentum
-        head = torch.as_tensor(self.layout.head_mask())
-        return torch.where(head, torch.tensor(self.train.momentum), torch.tensor(body)).float()
+
+def body_head_momentum(
+    layout: ModelLayout, head: float, body: float | None
+) -> float | torch.Tensor:
+    """Local SGD momentum ``body`` on body parameters and ``head`` on head parameters: a (P,)
+    tensor, or the float ``head`` when ``body`` is None or equal to it (FedPVR's rule, shared by
+    ``fedavg_body_momentum``)."""
+    import torch
+
+    if body is None or body == head:
+        return head
+    mask = torch.as_tensor(layout.head_mask())
+    return torch.where(mask, torch.tensor(head), torch.tensor(body)).float()
