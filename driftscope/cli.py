@@ -151,7 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--csv",
         metavar="PATH",
         help="also write the tidy table (round, layer, label, group, metric, value): drift "
-        "metrics and label_alignment, label_alignment_p",
+        "metrics and label_alignment, label_alignment_p; for a ratio metric also its numerator "
+        "and denominator, named in numerator_name and denominator_name (relative_variance = "
+        "update_variance / mean_update_sq_norm): pool rounds as sum(numerator) / sum(denominator)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        metavar="ROUND",
+        help="first round of the head-vs-body numbers pooled after a warm-up [a quarter of the "
+        "rounds]",
     )
 
     p = add_command(

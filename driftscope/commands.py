@@ -96,27 +96,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from driftscope.analysis.tables import drift_table, layer_summary
+    from driftscope.analysis.evidence import head_vs_body
+    from driftscope.analysis.tables import drift_table, layer_summary, name_ratio_parts
     from driftscope.reader import open_run
     from driftscope.report import format_summary
     from driftscope.runfile import check_output
 
+    if args.warmup is not None and args.warmup < 0:
+        raise ConfigError(f"--warmup must be a round >= 0 (got {args.warmup})")
     if args.csv is not None:
         check_output(args.csv, overwrite=True, what="--csv")
     with open_run(args.run) as run:
         try:
+            table = drift_table(run, parts=True)
             summary = layer_summary(run)
+            evidence = head_vs_body(run, args.warmup, table)
         except DriftscopeError as err:  # damaged records: say which, show what is readable
             print(format_summary(run, None))
             print(f"driftscope: drift metrics unreadable: {err}", file=sys.stderr)
             return 2
-        print(format_summary(run, summary))
+        print(format_summary(run, summary, evidence))
         if args.csv is not None:
             import pandas as pd
 
             from driftscope.analysis.attribution import label_alignment_table
 
-            tables = [drift_table(run)]
+            tables = [name_ratio_parts(table)]
             if run.has_label_histogram:  # a recorded Flower app may not report its labels
                 tables.append(label_alignment_table(run))
             table = pd.concat(tables, ignore_index=True)
@@ -179,8 +184,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not 0 < args.target <= 1:
         raise ConfigError(f"--target must be in (0, 1] (got {args.target}): a test accuracy")
     base = RunConfig.from_toml(args.config) if args.config else RunConfig()
-    from driftscope.experiments import compare, compare_arms, summarize
-    from driftscope.report import format_compare, markdown_table
+    from driftscope.experiments import compare, compare_arms, paired, summarize
+    from driftscope.report import format_compare, format_paired, markdown_table
 
     arms = compare_arms(args.arms)  # an unknown name fails before any training
     from driftscope.outputs import check_folder, check_output
@@ -202,6 +207,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.csv is not None:
         results.to_csv(args.csv, index=False)
     print(markdown_table(format_compare(summarize(results), args.target)))
+    final = paired(results)
+    if len(final):
+        labels = {a.name: a.label for a in arms}
+        last = paired(results, column="last_rounds_accuracy")
+        print(
+            "\nPaired over seeds (each seed: the same partition, initialisation and batches in "
+            "every arm), final test accuracy, arm minus reference, in points; last column: the "
+            "mean test accuracy of the last 5 rounds:"
+        )
+        print(markdown_table(format_paired(final, last, labels)))
     print(threads)
     return 0
 

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from driftscope.analysis.tables import layer_summary
+from driftscope.analysis.evidence import depth_trend, head_vs_body
+from driftscope.analysis.tables import drift_table, layer_summary
 from driftscope.config import RunConfig
 from driftscope.data import DATASETS, Dataset, load_dataset
 from driftscope.errors import ConfigError, DivergenceError, DriftscopeError, RunFileError
@@ -28,11 +29,14 @@ from driftscope.registry import Registry
 __all__ = [
     "ARMS",
     "COMPARE_ARMS",
+    "CONTRASTS",
     "REPRODUCE_ARMS",
     "Arm",
+    "Contrast",
     "ReproduceResult",
     "compare",
     "compare_arms",
+    "paired",
     "reproduce",
     "rounds_to",
     "summarize",
@@ -252,6 +256,83 @@ def summarize(results: pd.DataFrame, baseline: str = "FedAvg") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@dataclass(frozen=True)
+class Contrast:
+    """A paired comparison of two arms over seeds: ``arm`` minus ``reference``, and what the
+    difference measures."""
+
+    arm: str
+    reference: str
+    question: str
+
+
+#: the paired comparisons ``compare`` prints when both arms ran: FedPVR's gain over FedAvg taken
+#: apart into its body momentum and its head control variates, and SCAFFOLD for context
+CONTRASTS = (
+    Contrast("fedpvr_body_momentum_09", "fedavg", "FedPVR's gain over FedAvg"),
+    Contrast("fedavg_body_momentum_09", "fedavg", "body momentum alone"),
+    Contrast("fedpvr_no_momentum", "fedavg", "head control variates alone"),
+    Contrast(
+        "fedpvr_body_momentum_09", "fedavg_body_momentum_09", "control variates, given momentum"
+    ),
+    Contrast("fedpvr_body_momentum_09", "fedpvr_no_momentum", "momentum, given control variates"),
+    Contrast("scaffold_lr_001", "fedavg", "SCAFFOLD at lr 0.01 against FedAvg at the base lr"),
+)
+
+
+def paired(
+    results: pd.DataFrame,
+    contrasts: Sequence[Contrast] = CONTRASTS,
+    column: str = "final_accuracy",
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Paired differences over seeds (a seed fixes partition, initialisation and batch order, so
+    two arms of one seed differ only by the algorithm) of ``column`` for each contrast whose two
+    arms are in ``results`` (:func:`compare`'s rows).
+
+    Columns: ``arm``, ``reference``, ``question``, ``seeds`` (seeds both arms ran),
+    ``pairs`` (seeds where both finished), ``differences`` (per paired seed, in seed order),
+    ``mean``, ``low``, ``high`` (Student-t interval at ``confidence`` of the mean difference;
+    NaN below 2 pairs), ``p`` (two-sided paired t-test), ``wins`` (pairs where the arm is
+    higher).
+    """
+    from scipy import stats
+
+    rows = []
+    arms = set(results["arm"])
+    for c in contrasts:
+        if c.arm not in arms or c.reference not in arms:
+            continue
+        a = results[results["arm"] == c.arm].set_index("seed")[column]
+        b = results[results["arm"] == c.reference].set_index("seed")[column]
+        seeds = [seed for seed in a.index if seed in b.index]
+        d = (a.loc[seeds] - b.loc[seeds]).dropna()
+        n = len(d)
+        mean = float(d.mean()) if n else float("nan")
+        low = high = p = float("nan")
+        if n > 1:
+            sem = float(d.std(ddof=1)) / np.sqrt(n)
+            half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
+            low, high = mean - half, mean + half
+            p = float(stats.ttest_1samp(d.to_numpy(), 0.0).pvalue) if sem > 0 else float("nan")
+        rows.append(
+            {
+                "arm": c.arm,
+                "reference": c.reference,
+                "question": c.question,
+                "seeds": len(seeds),
+                "pairs": n,
+                "differences": [float(v) for v in d],
+                "mean": mean,
+                "low": low,
+                "high": high,
+                "p": p,
+                "wins": int((d > 0).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------------------------- reproduce
 @dataclass(frozen=True)
 class ReproduceResult:
@@ -261,14 +342,19 @@ class ReproduceResult:
         paths: run file of each arm, by arm name.
         labels: arm name -> label.
         layers: FedAvg per layer (model order), ``label, group`` then ``relative_variance``,
-            ``drift_diversity`` and ``cka`` for alpha 0.1 and for the IID control (suffixes
+            ``mean_pairwise_cosine`` and ``cka`` for alpha 0.1 and for the IID control (suffixes
             ``" a=0.1"`` and ``" iid"``), pooled over rounds as ``layer_summary`` pools them.
-        head_vs_body: per partition, head/body ratios of the group means of relative variance and
-            drift diversity, and body minus head CKA.
+        head_vs_body: ``analysis.evidence.head_vs_body`` of the FedAvg run of each partition
+            (column ``partition`` first): pooled, pooled after the warm-up, and per round.
         accuracy: per arm: final and best test accuracy, MB and FedAvg multiples per round, status.
         diverged: arm name -> the divergence message, for arms that diverged.
         figures: the figure files written (empty when figures were off).
         figures_dir: where they went.
+        depth: per partition, the Spearman correlation of relative variance with depth over all
+            layers (``"all"``) and through the body (``"body"``).
+        alignment: per arm of the skewed partition: the head's and the body's relative variance,
+            mean pairwise cosine and CKA (group means of the pooled per-layer values): how
+            algorithms compare.
     """
 
     paths: dict[str, Path]
@@ -279,6 +365,8 @@ class ReproduceResult:
     diverged: dict[str, str]
     figures: list[Path]
     figures_dir: Path
+    depth: pd.DataFrame = field(default_factory=pd.DataFrame)
+    alignment: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _reproduce_settings(cfg: RunConfig, rounds: int | None, seed: int) -> dict[str, Any]:
@@ -375,7 +463,8 @@ def reproduce(
             diverged[arm.name] = str(err)
             log(f"[{arm.name}] {err}; its run file keeps the rounds before")
         paths[arm.name] = path
-    layers, gaps = _where_drift_lives(paths)
+    layers, gaps, depth = _where_drift_lives(paths)
+    alignment = _alignment(paths, {a.name: a.label for a in arms}, diverged)
     accuracy = _accuracy(paths)
     written: list[Path] = []
     if figures:
@@ -396,36 +485,65 @@ def reproduce(
         diverged=diverged,
         figures=written,
         figures_dir=out_dir / "figures",
+        depth=depth,
+        alignment=alignment,
     )
 
 
-SUMMARY_COLUMNS = ["relative_variance", "drift_diversity", "cka"]
+#: the per-layer measures reproduce prints: none is a function of another (drift diversity is
+#: (1 + relative variance) / S under uniform weights, docs/science.md)
+SUMMARY_COLUMNS = ["relative_variance", "mean_pairwise_cosine", "cka"]
+PARTITIONS = {"fedavg": "alpha 0.1", "fedavg-iid": "iid"}
 
 
-def _where_drift_lives(paths: Mapping[str, Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _where_drift_lives(
+    paths: Mapping[str, Path],
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     summaries = {}
-    for name in ("fedavg", "fedavg-iid"):
+    evidence = []
+    depth = []
+    for name, partition in PARTITIONS.items():
         with open_run(paths[name]) as run:
-            summaries[name] = layer_summary(run)
+            table = drift_table(run, parts=True)
+            summaries[name] = s = layer_summary(run)
+            evidence.append(head_vs_body(run, table=table).assign(partition=partition))
+        rv = s["relative_variance"]
+        depth.append(
+            {
+                "partition": partition,
+                "all": depth_trend(rv),
+                "body": depth_trend(rv[s["group"] == "body"]),
+            }
+        )
     layers = summaries["fedavg"][["label", "group", *SUMMARY_COLUMNS]].merge(
         summaries["fedavg-iid"][["label", *SUMMARY_COLUMNS]],
         on="label",
         suffixes=(" a=0.1", " iid"),
     )
+    gaps = pd.concat(evidence, ignore_index=True)
+    gaps = gaps[["partition", *gaps.columns.drop("partition")]]
+    return layers, gaps, pd.DataFrame(depth)
+
+
+def _alignment(
+    paths: Mapping[str, Path], labels: Mapping[str, str], diverged: Mapping[str, str]
+) -> pd.DataFrame:
+    """Head and body group means of the pooled per-layer measures, per arm on the skewed
+    partition (every arm but the IID control)."""
     rows = []
-    for name, s in summaries.items():
-        by = s.groupby("group")[SUMMARY_COLUMNS].mean()
-        rows.append(
-            {
-                "partition": "alpha 0.1" if name == "fedavg" else "iid",
-                "rel. variance head/body": by.loc["head", "relative_variance"]
-                / by.loc["body", "relative_variance"],
-                "diversity head/body": by.loc["head", "drift_diversity"]
-                / by.loc["body", "drift_diversity"],
-                "CKA body - head": by.loc["body", "cka"] - by.loc["head", "cka"],
-            }
-        )
-    return layers, pd.DataFrame(rows)
+    for name, path in paths.items():
+        if name == "fedavg-iid":
+            continue
+        with open_run(path) as run:
+            by = layer_summary(run).groupby("group")[SUMMARY_COLUMNS].mean()
+            rounds = run.num_rounds
+        row: dict[str, Any] = {"run": labels.get(name, name), "rounds": rounds}
+        row["diverged"] = name in diverged
+        for group in ("head", "body"):
+            for col in SUMMARY_COLUMNS:
+                row[f"{group} {col}"] = by.loc[group, col] if group in by.index else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _accuracy(paths: Mapping[str, Path]) -> pd.DataFrame:

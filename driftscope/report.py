@@ -37,9 +37,13 @@ def _run_title(run: Run) -> str:
     return f"{run.path.name}: {what}{', '.join(parts)} ({run.status_text})"
 
 
-def format_summary(run: Run, summary: pd.DataFrame | None) -> str:
-    """Per-layer drift table, layers in model order, head rows marked with '*' (``summary`` None:
-    the title and the metrics only, for a file whose records cannot be read)."""
+def format_summary(
+    run: Run, summary: pd.DataFrame | None, evidence: pd.DataFrame | None = None
+) -> str:
+    """Per-layer drift table, layers in model order, head rows marked with '*', then head against
+    body (``evidence``: ``analysis.evidence.head_vs_body``) with the per-round spread beside the
+    pooled numbers (``summary`` None: the title and the metrics only, for a file whose records
+    cannot be read)."""
     lines = [_run_title(run)]
     if summary is None:
         pass
@@ -59,24 +63,16 @@ def format_summary(run: Run, summary: pd.DataFrame | None) -> str:
         cols = [" ", "label", "layer", "group", "numel", *headline_metrics()]
         table = table[[col for col in cols if col in table]]
         lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-        if len(table) and "relative_variance" in summary:
-            means = ["relative_variance", "drift_diversity", "cka"]
-            by = summary.groupby("group")[[m for m in means if m in summary]].mean()
-            if {"head", "body"} <= set(by.index):
-                lines += [
-                    "",
-                    "mean over layers       body      head",
-                    *(
-                        f"{metric:<20} {by.loc['body', metric]:8.4f}  {by.loc['head', metric]:8.4f}"
-                        for metric in by.columns
-                    ),
-                ]
-            elif "head" not in by.index:  # said, not silently left out
-                lines += [
-                    "",
-                    "no head/body comparison: no layer of this run is in the head (declare one: "
-                    "the model's head_prefixes, or recording(..., head=[...]) for a Flower app)",
-                ]
+        if evidence is not None and len(evidence):
+            lines += ["", evidence_title(evidence)]
+            lines.append(format_evidence(evidence).to_string(index=False))
+            lines.append(diversity_note(_weighting(run)))
+        elif len(table) and "head" not in set(summary["group"]):  # said, not silently left out
+            lines += [
+                "",
+                "no head/body comparison: no layer of this run is in the head (declare one: "
+                "the model's head_prefixes, or recording(..., head=[...]) for a Flower app)",
+            ]
     try:
         m = run.metrics
     except DriftscopeError as err:
@@ -90,6 +86,70 @@ def format_summary(run: Run, summary: pd.DataFrame | None) -> str:
             f"{run.bytes_per_round / 1e6:.3f} MB (down + up)",
         ]
     return "\n".join(lines)
+
+
+def _weighting(run: Run) -> str:
+    try:
+        return run.config.train.weighting
+    except DriftscopeError:
+        return "uniform"
+
+
+EVIDENCE_NAMES = {
+    "relative_variance": "rel. variance",
+    "mean_pairwise_cosine": "pairwise cosine",
+    "cka": "CKA",
+}
+
+
+def evidence_title(evidence: pd.DataFrame) -> str:
+    """The line above :func:`format_evidence`'s table."""
+    warmup = int(evidence["warmup"].iloc[0])
+    return (
+        "head vs body (mean over the layers of each group): pooled over all rounds, pooled from "
+        f"round {warmup} on, and compared round by round (median [interquartile range] over "
+        "rounds; rounds in which the head is beyond the body: more variance, less alignment)"
+    )
+
+
+def format_evidence(evidence: pd.DataFrame) -> pd.DataFrame:
+    """``head_vs_body``'s rows as printed: one row per measure, numbers as text."""
+    warmup = int(evidence["warmup"].iloc[0]) if len(evidence) else 0
+
+    def num(v: float) -> str:
+        return "-" if not np.isfinite(v) else f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}"
+
+    return pd.DataFrame(
+        {
+            "measure": [
+                f"{EVIDENCE_NAMES.get(m, m)} {c}"
+                for m, c in zip(evidence["metric"], evidence["comparison"])
+            ],
+            "pooled": [num(v) for v in evidence["pooled"]],
+            f"pooled, rounds >= {warmup}": [num(v) for v in evidence["pooled_after_warmup"]],
+            "per-round median [IQR]": [
+                f"{num(m)} [{num(a)}, {num(b)}]"
+                for m, a, b in zip(evidence["median"], evidence["q25"], evidence["q75"])
+            ],
+            "rounds head beyond body": [
+                f"{k}/{n}" for k, n in zip(evidence["head_beyond"], evidence["rounds"])
+            ],
+        }
+    )
+
+
+def diversity_note(weighting: str = "uniform") -> str:
+    """Why drift diversity is not shown beside relative variance (docs/science.md)."""
+    if weighting == "uniform":
+        return (
+            "drift diversity is not shown: with uniform client weights it equals "
+            "(1 + relative variance) / S, the same evidence (docs/science.md)"
+        )
+    return (
+        "drift diversity is (1 + relative variance around the unweighted mean update) / S; the "
+        "relative variance above is around the size-weighted mean the server applies "
+        "(docs/science.md)"
+    )
 
 
 def _section(lines: list[str], title: str, body: Callable[[], list[str]]) -> None:
@@ -262,6 +322,39 @@ def format_compare(summary: pd.DataFrame, target: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def format_paired(
+    final: pd.DataFrame, last: pd.DataFrame | None = None, labels: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """``experiments.paired`` of the final accuracy (and of the mean of the last rounds,
+    ``last``) as the printed table, differences in accuracy points (1 point = 0.01)."""
+    labels = labels or {}
+
+    def interval(r: object) -> str:
+        mean, low, high = (100 * getattr(r, k) for k in ("mean", "low", "high"))
+        if not np.isfinite(mean):
+            return "-"
+        if not np.isfinite(low):
+            return f"{mean:+.2f}"
+        return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+    rows = []
+    later = {} if last is None else {(r.arm, r.reference): r for r in last.itertuples()}
+    for r in final.itertuples():
+        row = {
+            "comparison": f"{labels.get(r.arm, r.arm)} - {labels.get(r.reference, r.reference)}",
+            "what it measures": r.question,
+            "per-seed difference (points)": " ".join(f"{100 * d:+.1f}" for d in r.differences)
+            + ("" if r.pairs == r.seeds else f" ({r.seeds - r.pairs} seeds diverged)"),
+            "mean [95% CI]": interval(r),
+            "p (paired t)": "-" if not np.isfinite(r.p) else f"{r.p:.3f}",
+            "higher in": f"{r.wins}/{r.pairs}",
+        }
+        if (r.arm, r.reference) in later:
+            row["last 5 rounds: mean [95% CI]"] = interval(later[r.arm, r.reference])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _mean_std(mean: float, std: float, n: int, fmt: str) -> str:
     """'mean ± sample std' over seeds; the mean alone for a single seed."""
     if n < 2:
@@ -269,10 +362,17 @@ def _mean_std(mean: float, std: float, n: int, fmt: str) -> str:
     return f"{format(mean, fmt)} ± {format(std, fmt)}"
 
 
+ALIGNMENT_NOTE = (
+    "Compare algorithms by alignment (pairwise cosine, CKA), not by relative variance alone: "
+    "variance reduction shrinks the mean update, so a layer's relative variance can rise while its "
+    "clients' updates become more aligned (docs/science.md)."
+)
+
+
 def format_reproduce(result: ReproduceResult) -> str:
-    """The printed report of ``driftscope reproduce``: per-layer drift head vs body, then accuracy
-    and communication, then where the figures went. Markdown tables, as the README shows them."""
-    names = {"relative_variance": "rel. variance", "drift_diversity": "drift diversity"}
+    """The printed report of ``driftscope reproduce``: per-layer drift, head vs body pooled and
+    per round, alignment per algorithm, then accuracy and communication, then where the figures
+    went. Markdown tables, as docs/results.md shows them."""
     layers = result.layers
     cols = {
         "layer": [
@@ -281,9 +381,12 @@ def format_reproduce(result: ReproduceResult) -> str:
     }
     for col in layers.columns.drop(["label", "group"]):
         metric, part = col.rsplit(" ", 1)
-        name = f"{names.get(metric, metric.upper())} {'IID' if part == 'iid' else 'α=0.1'}"
+        name = f"{EVIDENCE_NAMES.get(metric, metric)} {'IID' if part == 'iid' else 'α=0.1'}"
         digits = 2 if metric == "relative_variance" else 3
         cols[name] = [f"{v:.{digits}f}" for v in layers[col]]
+    gaps = result.head_vs_body
+    evidence = format_evidence(gaps)
+    evidence.insert(0, "partition", list(gaps["partition"]))
     acc = result.accuracy
     accuracy = pd.DataFrame(
         {
@@ -296,13 +399,50 @@ def format_reproduce(result: ReproduceResult) -> str:
         }
     )
     lines = [
-        "\n== Where drift lives: FedAvg, per layer (aggregated over rounds; * = head) ==",
+        "\n== Where drift lives: FedAvg, per layer (pooled over rounds; * = head) ==",
         markdown_table(pd.DataFrame(cols)),
-        "\nhead vs body (mean over layers of each group):",
-        markdown_table(result.head_vs_body),
-        "\n== Accuracy and communication ==",
-        markdown_table(accuracy),
     ]
+    if len(result.depth):
+        lines.append(
+            "\nrelative variance against depth (Spearman over the layers in model order; +1: it "
+            "rises with every layer): "
+            + "; ".join(
+                f"{'α=0.1' if d.partition == 'alpha 0.1' else 'IID'} {d.all:.2f} over all layers, "
+                f"{d.body:.2f} through the body"
+                for d in result.depth.itertuples(index=False)
+            )
+        )
+    if len(gaps):
+        lines += [
+            "\n" + evidence_title(gaps) + ":",
+            markdown_table(evidence),
+            diversity_note(),
+        ]
+    if len(result.alignment):
+        lines += [
+            "\n== Comparing algorithms, α=0.1: alignment of the clients' updates ==",
+            markdown_table(_alignment_table(result.alignment)),
+            ALIGNMENT_NOTE,
+        ]
+    lines += ["\n== Accuracy and communication ==", markdown_table(accuracy)]
     if result.figures:
         lines.append(f"\nwrote {len(result.figures)} figure files to {result.figures_dir}")
     return "\n".join(lines)
+
+
+def _alignment_table(alignment: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame(
+        {
+            "run": [
+                f"{r} (rounds 0-{n - 1}, then diverged)" if d else r
+                for r, n, d in zip(alignment["run"], alignment["rounds"], alignment["diverged"])
+            ]
+        }
+    )
+    for group in ("head", "body"):
+        for metric, digits in (("relative_variance", 2), ("mean_pairwise_cosine", 3), ("cka", 3)):
+            out[f"{group} {EVIDENCE_NAMES[metric]}"] = [
+                "-" if not np.isfinite(v) else f"{v:.{digits}f}"
+                for v in alignment[f"{group} {metric}"]
+            ]
+    return out

@@ -70,6 +70,35 @@ def test_fedpvr_body_momentum_changes_only_what_it_should(digits):
     assert not torch.allclose(plain, mom)
 
 
+def test_fedavg_body_momentum_is_fedpvr_without_control_variates(digits):
+    """The ablation arm: FedPVR's momentum rule, no correction. Its first round is FedPVR's
+    (control variates start at zero), later rounds differ (FedPVR's correction acts); with the
+    body momentum equal to the head's it is FedAvg; bitwise, the same arithmetic."""
+    one = {"train__rounds": 1, "record__enabled": False}
+    sims = {
+        name: Simulator(small_config(train__algorithm=name, **one), digits)
+        for name in ("fedpvr", "fedavg_body_momentum")
+    }
+    for sim in sims.values():
+        sim.run()
+    assert torch.equal(sims["fedpvr"].global_params, sims["fedavg_body_momentum"].global_params)
+    momenta = [sim.algorithm.momentum() for sim in sims.values()]
+    assert torch.equal(*momenta)
+    assert momenta[0].unique().tolist() == pytest.approx([0.0, 0.9])  # head 0, body 0.9
+    assert not sims["fedavg_body_momentum"].algorithm.corrects_gradient
+    two = final_params(digits, train__algorithm="fedavg_body_momentum")
+    assert not torch.allclose(two, final_params(digits, train__algorithm="fedpvr"))
+    plain = final_params(
+        digits, train__algorithm="fedavg_body_momentum", train__params__body_momentum=None
+    )
+    assert torch.equal(plain, final_params(digits, train__algorithm="fedavg"))
+    # FedAvg's traffic: no control variates on the wire
+    assert sims["fedavg_body_momentum"].algorithm.values_per_client() == (
+        sims["fedpvr"].layout.numel,
+        sims["fedpvr"].layout.numel,
+    )
+
+
 def test_fedprox_with_mu_zero_is_fedavg_and_mu_pulls_towards_x(digits):
     a = final_params(digits, train__algorithm="fedavg")
     b = final_params(digits, train__algorithm="fedprox", train__params__mu=0.0)

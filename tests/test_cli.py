@@ -404,7 +404,10 @@ def test_analyze_and_inspect(make_run, tmp_path, capsys):
     import pandas as pd
 
     table = pd.read_csv(csv)
-    assert list(table.columns) == ["round", "layer", "label", "group", "metric", "value"]
+    assert list(table.columns) == [
+        *["round", "layer", "label", "group", "metric", "value"],
+        *["numerator", "denominator", "numerator_name", "denominator_name"],
+    ]
     assert {"relative_variance", "drift_diversity", "cosine_divergence", "cka"} <= set(table.metric)
     alignment = table[table.metric == "label_alignment_p"]["value"]
     assert len(alignment) and alignment.between(0, 1).all()  # label attribution rows too

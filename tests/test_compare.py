@@ -64,8 +64,20 @@ def test_a_diverging_arm_is_a_row_not_a_crash(tmp_path, digits):
         Arm("fedavg", "FedAvg", {"train.algorithm": "fedavg"}),
         Arm("fedavg_lr_1e6", "FedAvg lr 1e6", {"train.algorithm": "fedavg", "train.lr": 1e6}),
     ]
-    res = compare(small_config(), [0], tmp_path, target=0.5, arms=arms)
+    log: list[str] = []
+    res = compare(
+        small_config(), [0], tmp_path, target=0.5, arms=arms, progress=True, log=log.append
+    )
+    # a header per arm and seed, then one line for the divergence
+    assert log == [
+        "== FedAvg [fedavg], seed 0 (run 1/2) ==",
+        "== FedAvg lr 1e6 [fedavg_lr_1e6], seed 0 (run 2/2) ==",
+        "FedAvg lr 1e6 [fedavg_lr_1e6], seed 0: diverged at round 0",
+    ]
     ok, bad = res.iloc[0], res.iloc[1]
+    with open_run(tmp_path / "fedavg-seed0.h5") as run:  # 3 rounds: the last 5 are all of them
+        assert ok["last_rounds_accuracy"] == pytest.approx(run.metrics["test_accuracy"].mean())
+    assert ok["arm"] == "fedavg"
     assert math.isnan(ok["diverged_at_round"]) and 0 < ok["final_accuracy"] <= 1
     assert bad["diverged_at_round"] == 0 and math.isnan(bad["final_accuracy"])
     # it diverged in round 0: a run with no committed round leaves no file
@@ -74,11 +86,46 @@ def test_a_diverging_arm_is_a_row_not_a_crash(tmp_path, digits):
         assert run.status == "complete"
 
 
-def test_arms_by_name_default_unchanged_and_one_line_errors():
+def test_paired_differences_interval_and_test_against_scipy():
+    """Per-seed differences of paired arms; the interval and p-value are scipy's paired t (a
+    diverged seed leaves its pair out)."""
+    from scipy import stats
+
+    from driftscope.experiments import Contrast, paired
+    from driftscope.report import format_paired
+
+    a = [0.90, 0.95, 0.93, 0.97, np.nan]
+    b = [0.88, 0.94, 0.94, 0.95, 0.90]
+    rows = [("A", "a", k, v) for k, v in enumerate(a)] + [("B", "b", k, v) for k, v in enumerate(b)]
+    df = pd.DataFrame(rows, columns=["algorithm", "arm", "seed", "final_accuracy"])
+    out = paired(df, [Contrast("a", "b", "what a adds"), Contrast("a", "zz", "absent")])
+    assert len(out) == 1  # a contrast with an arm that did not run is left out
+    r = out.iloc[0]
+    d = np.array(a[:4]) - np.array(b[:4])
+    assert r["differences"] == pytest.approx(list(d)) and r["pairs"] == 4 and r["seeds"] == 5
+    assert r["p"] == pytest.approx(stats.ttest_rel(a[:4], b[:4]).pvalue, rel=1e-12)
+    ci = stats.t.interval(0.95, 3, loc=d.mean(), scale=stats.sem(d))
+    assert (r["low"], r["high"]) == pytest.approx(ci, rel=1e-12)
+    assert r["wins"] == 3
+    printed = format_paired(out, labels={"a": "A", "b": "B"}).iloc[0]
+    assert printed["comparison"] == "A - B"
+    assert printed["per-seed difference (points)"] == "+2.0 +1.0 -1.0 +2.0 (1 seeds diverged)"
+    assert printed["higher in"] == "3/4"
+
+
+def test_arms_by_name_default_and_one_line_errors():
     from driftscope.cli import COMPARE_ARM_NAMES
 
     assert ARMS.names() == COMPARE_ARM_NAMES  # the CLI's help lists what the registry holds
-    assert compare_arms() == COMPARE_ARMS == tuple(ARMS.get(n) for n in COMPARE_ARM_NAMES[:4])
+    assert compare_arms() == COMPARE_ARMS == tuple(ARMS.get(n) for n in COMPARE_ARM_NAMES[:6])
+    # the ablation arms: FedPVR's momentum without control variates, SCAFFOLD where it trains
+    assert ARMS.get("fedavg_body_momentum_09").overrides["train.algorithm"] == (
+        "fedavg_body_momentum"
+    )
+    assert ARMS.get("scaffold_lr_001").overrides == {
+        "train.algorithm": "scaffold",
+        "train.lr": 0.01,
+    }
     arms = compare_arms(["fedpvr_auto", "fedavg"])
     assert [a.label for a in arms] == ["FedPVR (auto head)", "FedAvg"]
     assert arms[0].overrides == {"train.algorithm": "fedpvr_auto"}

@@ -357,8 +357,8 @@ def test_partition_histogram_totals(fedavg):
 # ---------------------------------------------------------------------------------------- files
 EXPECTED = [
     "layer_profile_relative_variance",
-    "layer_profile_drift_diversity",
     "layer_profile_cosine_divergence",
+    "layer_profile_mean_pairwise_cosine",
     "layer_profile_cka",
     "layer_heatmap_relative_variance",
     "cka_by_layer",

@@ -38,6 +38,7 @@ __all__ = [
     "communication_factor",
     "drift_table",
     "layer_summary",
+    "name_ratio_parts",
     "pool_rounds",
     "tidy",
 ]
@@ -143,6 +144,22 @@ def _frame(
         data["numerator"] = nan if num is None else np.asarray(num, dtype=np.float64)
         data["denominator"] = nan if den is None else np.asarray(den, dtype=np.float64)
     return data
+
+
+def name_ratio_parts(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (with ratio parts) with two more columns naming each ratio metric's numerator and
+    denominator (``Metric.ratio_names``, e.g. relative_variance: ``update_variance`` over
+    ``mean_update_sq_norm``; empty for other metrics): what ``driftscope analyze --csv`` writes,
+    so that anyone can pool a ratio over rounds as ``sum(numerator) / sum(denominator)``."""
+    names = {
+        name: METRICS.get(name).ratio_names
+        for name in table["metric"].unique()
+        if name in METRICS and METRICS.get(name).ratio is not None
+    }
+    return table.assign(
+        numerator_name=table["metric"].map(lambda m: names[m][0] if m in names else ""),
+        denominator_name=table["metric"].map(lambda m: names[m][1] if m in names else ""),
+    )
 
 
 def pool_rounds(table: pd.DataFrame, by: Sequence[str] = ("layer", "metric")) -> pd.DataFrame:

@@ -58,6 +58,9 @@ class Metric:
             pooled over rounds as a ratio of sums.
         headline: shown by default: a column of ``driftscope analyze`` and a layer-profile figure
             of ``driftscope figures``.
+        ratio_names: names of the ratio's numerator and denominator (the ``numerator_name`` and
+            ``denominator_name`` columns of ``driftscope analyze --csv``); default
+            ``("<name> numerator", "<name> denominator")``.
     """
 
     name: str
@@ -68,6 +71,7 @@ class Metric:
     description: str
     ratio: tuple[GramFunction, GramFunction] | None = None
     headline: bool = False
+    ratio_names: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.scale not in ("linear", "log"):
@@ -76,6 +80,9 @@ class Metric:
             raise ValueError(f"metric {self.name}: source must be 'gram' or 'cka'")
         if self.ratio is not None and self.source != "gram":
             raise ValueError(f"metric {self.name}: only 'gram' metrics can be ratios")
+        if self.ratio is not None and self.ratio_names is None:
+            names = (f"{self.name} numerator", f"{self.name} denominator")
+            object.__setattr__(self, "ratio_names", names)
 
 
 METRICS: Registry[Metric] = Registry("metric")
@@ -152,6 +159,7 @@ for _metric in (
         _gram(drift.relative_variance),
         "V / ||m||^2: the spread relative to the mean update",
         ratio=(_gram(drift.update_variance), _gram(drift.mean_update_sq_norm)),
+        ratio_names=("update_variance", "mean_update_sq_norm"),
         headline=True,
     ),
     Metric(
@@ -168,12 +176,13 @@ for _metric in (
         "log",
         "gram",
         _gram(drift.drift_diversity, weighted=False),
-        "sum ||d_i||^2 / ||sum d_i||^2, from 1/S (all equal) upward (the FedPVR paper's measure)",
+        "sum ||d_i||^2 / ||sum d_i||^2, from 1/S (all equal) upward (the FedPVR paper's measure); "
+        "(1 + relative variance) / S under uniform weights, so not separate evidence",
         ratio=(
             _gram(drift.update_sq_trace, weighted=False),
             _gram(drift.update_sum_sq_norm, weighted=False),
         ),
-        headline=True,
+        ratio_names=("sum_client_sq_norm", "sum_update_sq_norm"),
     ),
     Metric(
         "cosine_divergence",
@@ -190,7 +199,8 @@ for _metric in (
         "linear",
         "gram",
         _gram(drift.mean_pairwise_cosine, weighted=False),
-        "cos(d_i, d_j) averaged over client pairs",
+        "cos(d_i, d_j) averaged over client pairs: how aligned the clients' updates are",
+        headline=True,
     ),
     Metric(
         "mean_update_sq_norm",
