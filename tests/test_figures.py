@@ -215,6 +215,12 @@ def test_layer_profile_compares_runs(runs):
     assert [t.get_text() for t in ax2.get_legend().texts] == ["FedAvg", "SCAFFOLD", "FedPVR"]
     with pytest.raises(ValueError, match="no 'nope'"):
         layer_profile(data, "nope")
+    # across algorithms a spread measure names the measures that compare them fairly
+    assert (
+        "compare alignment (cosine, CKA)" in layer_profile(data, "relative_variance").get_xlabel()
+    )
+    assert "compare alignment" not in ax.get_xlabel()  # cosine divergence: alignment itself
+    assert "compare alignment" not in layer_profile(runs[0], "relative_variance").get_xlabel()
 
 
 # ---------------------------------------------------------------------------------------- heatmap

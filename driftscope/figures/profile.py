@@ -39,17 +39,35 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 DODGE = 0.45  # share of a layer's slot that the conditions' markers spread over
 
 
-def profile_note(metric: str, seeds: bool = False) -> str:
+#: the third line under a variance profile that draws runs of more than one algorithm
+ACROSS_ALGORITHMS = (
+    "across algorithms compare alignment (cosine, CKA):\n"
+    "variance reduction also shrinks the mean update"
+)
+
+
+def spread_measure(metric: str) -> bool:
+    """A measure of spread (a variance or a ratio of variances), which variance reduction changes
+    through the mean update as well as through the clients' agreement."""
+    m = METRICS.get(metric) if metric in METRICS else None
+    return (m is not None and m.ratio is not None) or "variance" in metric
+
+
+def profile_note(metric: str, seeds: bool = False, algorithms: int = 1) -> str:
     """What a layer-profile point and bar show, as written under the figure's x axis (two lines:
     one line was wider than the figure and clipped at both edges). Both are one statistic: the
-    distribution of the single-round values."""
+    distribution of the single-round values. With runs of more than one ``algorithms`` on a spread
+    measure, two more lines say which measures compare algorithms fairly."""
     pooled = "rounds" + (" and seeds" if seeds else "")
     m = METRICS.get(metric) if metric in METRICS else None
     analyze = "ratio of sums" if m is not None and m.ratio is not None else "mean"
-    return (
+    note = (
         f"marker: median of single {pooled}, bar: middle 50%\n"
         f"(analyze pools {pooled} as their {analyze})"
     )
+    if algorithms > 1 and spread_measure(metric):
+        note += "\n" + ACROSS_ALGORITHMS
+    return note
 
 
 def layer_profile(
@@ -101,7 +119,8 @@ def layer_profile(
     shade_head(ax, labels, head)
     layer_ticks(ax, labels, head)
     seeds = "run" in rows.columns and bool((rows.groupby(hue)["run"].nunique() > 1).any())
-    ax.set_xlabel(f"layer\n{profile_note(metric, seeds)}", fontsize=6.5)
+    n_algorithms = rows["algorithm"].nunique() if "algorithm" in rows.columns else 1
+    ax.set_xlabel(f"layer\n{profile_note(metric, seeds, n_algorithms)}", fontsize=6.5)
     ax.set_ylabel(metric_label(metric))
     ax.legend(handles=handles)
     legend_above(ax)
