@@ -151,11 +151,11 @@ def name_ratio_parts(table: pd.DataFrame) -> pd.DataFrame:
     denominator (``Metric.ratio_names``, e.g. relative_variance: ``update_variance`` over
     ``mean_update_sq_norm``; empty for other metrics): what ``driftscope analyze --csv`` writes,
     so that anyone can pool a ratio over rounds as ``sum(numerator) / sum(denominator)``."""
-    names = {
-        name: METRICS.get(name).ratio_names
-        for name in table["metric"].unique()
-        if name in METRICS and METRICS.get(name).ratio is not None
-    }
+    names: dict[str, tuple[str, str]] = {}
+    for name in table["metric"].unique():
+        parts = METRICS.get(name).ratio_names if name in METRICS else None
+        if parts is not None:
+            names[name] = parts
     return table.assign(
         numerator_name=table["metric"].map(lambda m: names[m][0] if m in names else ""),
         denominator_name=table["metric"].map(lambda m: names[m][1] if m in names else ""),
