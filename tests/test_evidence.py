@@ -21,6 +21,7 @@ def run_path(make_run):
     return make_run("evidence", train__rounds=6, train__clients=4, train__local_steps=4)
 
 
+@pytest.mark.kernels
 def test_drift_diversity_is_one_plus_relative_variance_over_s_under_uniform_weights(run_path):
     """The relation that makes drift diversity no second piece of evidence, on a real run: per
     round and layer, and pooled over rounds (a ratio of sums of the same parts). Float64 sums of
@@ -41,6 +42,7 @@ def test_drift_diversity_is_one_plus_relative_variance_over_s_under_uniform_weig
     assert {"relative_variance", "mean_pairwise_cosine", "cka"} <= set(headline_metrics())
 
 
+@pytest.mark.kernels
 def test_csv_ratio_parts_pool_to_layer_summary(run_path, tmp_path, capsys):
     """Pool analyze --csv's numerator and denominator columns over rounds: layer_summary's value
     (the same float64 numbers summed in the same order: 1e-12 relative)."""
@@ -67,6 +69,7 @@ def test_csv_ratio_parts_pool_to_layer_summary(run_path, tmp_path, capsys):
         np.testing.assert_allclose(pooled.loc[summary.index, metric], summary[metric], rtol=1e-12)
 
 
+@pytest.mark.kernels
 def test_head_vs_body_against_a_loop_over_rounds_and_layers(run_path):
     """Every number of head_vs_body recomputed the obvious way from the stored Gram matrices."""
     warmup = 2
