@@ -555,3 +555,12 @@ def test_a_shortened_metric_is_damage_not_missing_values(tmp_path, make_run):
         f[name].resize(f[name].shape[0] - 1, axis=0)
     with open_run(path) as run, pytest.raises(RunFileError, match=f"{name} has .* rows for"):
         _ = run.metrics
+
+
+@pytest.mark.parametrize("missing", [0.001, 0.5])
+def test_a_truncated_file_is_named_truncated(tmp_path, make_run, missing):
+    data = make_run().read_bytes()
+    path = tmp_path / "r.h5"
+    path.write_bytes(data[: int(len(data) * (1 - missing))])
+    with pytest.raises(RunFileError, match=r"r\.h5 is truncated \([\d,]+ of [\d,]+ bytes\)"):
+        open_run(path)
