@@ -80,7 +80,9 @@ def bench(quick: bool, tmp: Path, threads: int) -> dict[str, Any]:
     def h5_write(sync: bool, suffix: str) -> float:
         path = fresh(suffix)
         os.sync()  # start each arm with no dirty pages left by the other (not timed)
-        writer = RunWriter.create(path, sim)
+        writer = RunWriter.create(
+            path, config=sim.cfg, layout=sim.layout, label_histogram=sim.label_histogram
+        )
         # creates the datasets as in a real run
         rec = Recorder(writer, cfg.record, sim.layout, s, sim.num_clients, sim.build_model)
         writer.start_swmr()

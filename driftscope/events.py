@@ -1,7 +1,8 @@
 """What an engine tells its hooks: small read-only events, one per step of a run.
 
-An engine (the in-process :class:`~driftscope.simulator.Simulator`, later a Flower server) calls
-every hook's methods in this order::
+An engine (the in-process :class:`~driftscope.simulator.Simulator`, the Flower strategy, the
+Flower recording wrapper) calls every hook's methods in this order (through one
+:class:`~driftscope.engine.lifecycle.Lifecycle`)::
 
     on_run_start(RunStarted)
     for each round r:  on_round_start(RoundStarted)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -38,7 +40,7 @@ class RunStarted:
     num_clients: int
     clients_per_round: int
     label_histogram: np.ndarray  # (clients, classes)
-    engine: str  # "simulator", ...
+    engine: str  # "inprocess", "flower"
     start_round: int = 0
 
 
@@ -83,7 +85,9 @@ class RoundEnded:
 
     ``global_params`` (P,) is the new global model; ``control_norms`` maps a parameter name to the
     (1 + clients,) norms of the server's and every client's control variate (SCAFFOLD, FedPVR;
-    empty otherwise), computed when first read.
+    empty otherwise), computed when first read. ``failed`` maps a sampled client whose reply was
+    an error or never came (Flower) to the reason: it is left out of the average, its
+    ``ClientTrained`` carried a NaN update, and the run file marks it in ``/clients/failed``.
     """
 
     round: int
@@ -101,6 +105,7 @@ class RoundEnded:
     control_norms: Mapping[str, torch.Tensor]
     # the new global module buffers, by name (driftscope.buffers); empty if the model has none
     global_buffers: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    failed: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)

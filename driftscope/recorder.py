@@ -59,7 +59,6 @@ if TYPE_CHECKING:
 
     from driftscope.models import ModelLayout
     from driftscope.runfile import RunWriter
-    from driftscope.simulator import Simulator
 
 CKA_KINDS = schema.CKA_KINDS
 
@@ -234,25 +233,6 @@ class Recorder(Hook):
     ``schema.CKA_SKIPPED_ATTR``.
     """
 
-    @classmethod
-    def for_simulator(cls, writer: RunWriter, sim: Simulator) -> Recorder:
-        """The recorder of ``sim``'s run (its record config, layout, probe rows of its test set,
-        model factory and control-variate names): what every engine built on a Simulator uses."""
-        rc = sim.cfg.record
-        rows = probe_index(sim.cfg.seed, len(sim.test_y), rc.probe_size) if rc.probe_size else None
-        return cls(
-            writer,
-            rc,
-            sim.layout,
-            clients_per_round=sim.cfg.train.clients_per_round,
-            num_clients=sim.num_clients,
-            model_factory=sim.build_model,
-            probe_inputs=sim.test_x[rows] if rows is not None else None,
-            probe_rows=rows,
-            control_names=tuple(sim.algorithm.state_norms()),
-            frozen=sim.frozen,
-        )
-
     def __init__(
         self,
         writer: RunWriter,
@@ -419,12 +399,20 @@ class Recorder(Hook):
         if self._cka_now:
             self._probe_grams(event.global_params, event.global_buffers)
             assert self._grams is not None
+            # a failed client was probed as the global model (no model of its own exists): its
+            # rows and columns are NaN
+            failed = [event.clients.index(c) for c in event.failed]
             for k, name in enumerate(self.layer_names):
                 # (S+1, n, n) Grams of centred features, computed on the device; CKA on the host
                 grams = self._grams[k, : self._models].cpu().numpy()  # no copy on the cpu
-                append(ds(schema.cka_path("linear", name)), pairwise_cka(grams, centred=True))
-                append(ds(schema.cka_path("rbf", name)), pairwise_cka(rbf_from_linear_gram(grams)))
-                append(ds(schema.cka_path("debiased", name)), pairwise_cka(grams, debiased=True))
+                for kind, values in (
+                    ("linear", pairwise_cka(grams, centred=True)),
+                    ("rbf", pairwise_cka(rbf_from_linear_gram(grams))),
+                    ("debiased", pairwise_cka(grams, debiased=True)),
+                ):
+                    values[failed, :] = np.nan
+                    values[:, failed] = np.nan
+                    append(ds(schema.cka_path(kind, name)), values)
             append(ds(schema.CKA_ROUND), r)
             self._grams = None  # the S + 1 probe Grams per layer are not held past the round
             release_free_heap()

@@ -67,8 +67,9 @@ import h5py
 import numpy as np
 
 from driftscope import schema
+from driftscope.config import RunConfig
 from driftscope.errors import RunFileError
-from driftscope.events import StateRows
+from driftscope.events import RoundEnded, StateRows
 from driftscope.h5write import CHUNK_CACHE, _labelled, append, environment, growable
 from driftscope.layout import ModelLayout
 from driftscope.outputs import Lock, RunWriteError, check_output, unwritable, write_error
@@ -116,36 +117,27 @@ class RunWriter:
         self._handles: dict[str, h5py.Dataset] = {}
         self._size = 0  # file size after the last commit
         self._most = 0  # the most one round has added
+        self._failed = False  # /clients/failed declared (an engine that may lose clients)
 
     # ------------------------------------------------------------------ create
     @classmethod
     def create(
         cls,
         path: str | os.PathLike,
-        sim: Any = None,
         *,
-        config: Any = None,
-        layout: ModelLayout | None = None,
-        label_histogram: np.ndarray | None = None,
+        config: RunConfig | Mapping[str, Any],
+        layout: ModelLayout,
+        label_histogram: np.ndarray,
         overwrite: bool = False,
         engine: str = "inprocess",
         device: str | None = None,
     ) -> RunWriter:
         """Create a new run for ``path`` (at a temporary name until the first round commits).
 
-        ``config`` is a RunConfig (anything with ``to_json()``) or a JSON-able dict. ``sim`` (an
-        object with ``cfg``, ``layout`` and ``label_histogram``) may stand for the three.
+        ``config``: the run's RunConfig (or a JSON-able dict); ``label_histogram`` (clients,
+        classes); ``engine``: the engine's name (root attr ``engine``); ``device``: the training
+        device as :func:`driftscope.device.device_name` names it (stored in the environment).
         """
-        if sim is not None:
-            if device is None and hasattr(sim, "device"):
-                from driftscope.device import device_name
-
-                device = device_name(sim.device)
-            config = sim.cfg if config is None else config
-            layout = sim.layout if layout is None else layout
-            label_histogram = sim.label_histogram if label_histogram is None else label_histogram
-        if config is None or layout is None or label_histogram is None:
-            raise TypeError("RunWriter.create needs config, layout and label_histogram")
         path = check_output(path, overwrite)
         lock = Lock(path)
         try:
@@ -174,7 +166,7 @@ class RunWriter:
     @classmethod
     def in_memory(
         cls,
-        config: Any,
+        config: RunConfig | Mapping[str, Any],
         layout: ModelLayout,
         label_histogram: np.ndarray,
         engine: str = "inprocess",
@@ -195,7 +187,7 @@ class RunWriter:
 
     def _write_static(
         self,
-        config: Any,
+        config: RunConfig | Mapping[str, Any],
         layout: ModelLayout,
         hist: np.ndarray,
         engine: str,
@@ -205,7 +197,7 @@ class RunWriter:
         env = environment()
         if device is not None:  # the training device, e.g. "cuda:0 (NVIDIA H100 80GB HBM3)"
             env["device"] = device
-        config_json = config.to_json() if hasattr(config, "to_json") else json.dumps(config)
+        config_json = config.to_json() if isinstance(config, RunConfig) else json.dumps(config)
         a = f.attrs
         a[schema.ATTR_FORMAT] = schema.FORMAT
         a[schema.ATTR_SCHEMA_VERSION] = schema.SCHEMA_VERSION
@@ -306,6 +298,22 @@ class RunWriter:
             value = np.asarray(value)
             growable(g, key, value.shape, value.dtype, schema.AX_ROUND_LAYER)
 
+    def declare_failed_clients(self) -> None:
+        """Create ``/clients/failed`` (round, client) int8, before :meth:`start_swmr`: each
+        commit appends 1 where a sampled client failed (``RoundEnded.failed``)."""
+        ds = growable(
+            self.file.require_group(schema.CLIENTS),
+            schema.CLIENT_FAILED.split("/", 1)[1],
+            (self.num_clients,),
+            np.int8,
+            schema.AX_ROUND_CLIENT,
+        )
+        ds.attrs["description"] = (
+            "1 where a sampled client's reply was an error or never came; "
+            "its Gram rows are NaN and it is left out of the average"
+        )
+        self._failed = True
+
     def start_swmr(self) -> None:
         """Turn on SWMR. The run stays at its temporary name until its first round commits."""
         self._guard(self._start_swmr)
@@ -333,35 +341,36 @@ class RunWriter:
 
     def commit(
         self,
-        event: Any,
+        event: RoundEnded,
         state: Mapping[str, Any] | None = None,
         algorithm_record: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write one round and commit it: client metrics, round metrics, resume state (into slot
-        ``round % 2``), the algorithm's per-layer record (``algorithm/<key>``, see
-        :meth:`declare_algorithm_record`), then the commit marker ``metrics/round``, then flush.
-
-        ``event`` is a RoundEnded (or the older RoundSummary): ``round``, ``client_train_loss`` and
-        ``client_train_accuracy`` (client -> value), and one attribute per ``schema.METRIC_NAMES``.
-        """
+        """Write one round and commit it: client metrics, round metrics, failed clients (when
+        declared), resume state (into slot ``round % 2``), the algorithm's per-layer record
+        (``algorithm/<key>``, see :meth:`declare_algorithm_record`), then the commit marker
+        ``metrics/round``, then flush."""
         self._guard(self._commit, event, state, algorithm_record)
 
     def _commit(
         self,
-        event: Any,
+        event: RoundEnded,
         state: Mapping[str, Any] | None,
         algorithm_record: Mapping[str, Any] | None = None,
     ) -> None:
         losses = np.full(self.num_clients, np.nan)
         accs = np.full(self.num_clients, np.nan)
-        for client, value in dict(getattr(event, "client_train_loss", {}) or {}).items():
+        for client, value in event.client_train_loss.items():
             losses[int(client)] = value
-        for client, value in dict(getattr(event, "client_train_accuracy", {}) or {}).items():
+        for client, value in event.client_train_accuracy.items():
             accs[int(client)] = value
         append(self._ds(schema.client_metric_path("train_loss")), losses)
         append(self._ds(schema.client_metric_path("train_accuracy")), accs)
         for name in schema.METRIC_NAMES:
             append(self._ds(schema.metric_path(name)), getattr(event, name))
+        if self._failed:
+            row = np.zeros(self.num_clients, dtype=np.int8)
+            row[list(event.failed)] = 1
+            append(self._ds(schema.CLIENT_FAILED), row)
         rnd = int(event.round)
         if state:
             self._write_state(rnd, state)

@@ -1,9 +1,10 @@
-"""In-process federated simulation: every client trains in turn on one shared working model.
+"""The in-process engine: every client trains in turn on one shared working model.
 
-The engine samples the clients of a round, trains each with :func:`driftscope.local.local_train`
-on one working model bound to flat vectors, averages the updates through the algorithm, evaluates
-the new global model, and tells its hooks with read-only :mod:`~driftscope.events`. Client data sit
-in memory as tensors.
+The run is assembled by :class:`~driftscope.engine.setup.RunSetup`. Per round the engine samples
+the clients, trains each with :func:`driftscope.local.local_train` (or a group at once with
+:mod:`driftscope.batched`) on the setup's working model bound to flat vectors, averages the
+updates through the algorithm, evaluates the new global model, and tells its
+:class:`~driftscope.engine.lifecycle.Lifecycle` with read-only :mod:`~driftscope.events`.
 
 Seeding (all from ``RunConfig.seed``, see :mod:`driftscope.seeding`): the partition, the model's
 initialisation, each round's client sample, and each (round, client)'s batch order, augmentation and
@@ -14,47 +15,35 @@ model and algorithm state loaded with :meth:`Simulator.load_state`) continues ex
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from driftscope import batched
-from driftscope.algorithms import Algorithm, build_algorithm
+from driftscope.algorithms import Algorithm
 from driftscope.algorithms.aggregate import client_weights
 from driftscope.buffers import (
     BufferAverage,
     buffer_bytes,
-    buffer_names,
     clone_buffers,
     load_buffers,
     read_buffers,
 )
 from driftscope.config import RunConfig
-from driftscope.data import Dataset, TensorData, as_dataset, load_dataset, normalisation
-from driftscope.device import data_fits, resolve_device
-from driftscope.errors import ConfigError, DivergenceError
-from driftscope.events import (
-    ClientTrained,
-    Hook,
-    RoundEnded,
-    RoundStarted,
-    RunEnded,
-    RunStarted,
-    StateRows,
-)
+from driftscope.data import Dataset, TensorData
+from driftscope.engine.lifecycle import INPROCESS, Lifecycle, round_ended
+from driftscope.engine.progress import Progress
+from driftscope.engine.setup import RunSetup
+from driftscope.errors import DivergenceError
+from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunStarted, StateRows
+from driftscope.layout import ModelLayout
 from driftscope.local import Augmentation, FlatParams, LocalResult, local_train
-from driftscope.models import build_model, check_head, check_model_fits, model_layout
-from driftscope.own import model_name, recorded_config
-from driftscope.partition import Split, client_split, label_histogram
-from driftscope.seeding import derive_seed, numpy_rng
+from driftscope.partition import Split
 
-EVAL_BATCH = 1024
-ENGINE = "simulator"
+ENGINE = INPROCESS
 GLOBAL_PARAMS = "global_params"  # state name of the global model; algorithm state: "algorithm/<k>"
 ALGORITHM_STATE = "algorithm/"
 BUFFER_STATE = "buffers/"  # the global buffers: "buffers/<name>"
@@ -63,9 +52,12 @@ CLIENT_BUFFER_SET = "client_buffers_set"  # (N,) uint8: 1 where the client has b
 
 
 class Simulator:
-    """Runs a federated training described by a :class:`RunConfig`.
+    """The in-process engine: runs the federated training that ``setup`` assembled.
 
-    ``dataset`` may be passed to reuse an already loaded one (tests, benchmarks, notebooks).
+    ``Simulator(cfg, dataset)`` assembles the run (:class:`~driftscope.engine.setup.RunSetup`;
+    ``dataset`` may be passed to reuse an already loaded one); :meth:`from_setup` runs one
+    already assembled. The setup's parts are readable here by their names (``layout``,
+    ``algorithm``, ``client_x``, ...).
     """
 
     def __init__(
@@ -76,200 +68,173 @@ class Simulator:
         model: Callable[[], torch.nn.Module] | None = None,
         split: Split | None = None,
     ) -> None:
-        self.cfg = cfg
-        t = cfg.train
-        self.dataset = as_dataset(
-            dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
-        )
-        ds = self.dataset
-        # a registered model that cannot take the inputs: one line now, not a traceback in round 0
-        if model is None:
-            check_model_fits(cfg.model.name, ds.input_shape, ds.num_classes, ds.name)
-        self.device = resolve_device(t.device)
-        device = self.device
+        self._use(RunSetup(cfg, dataset, model=model, split=split))
 
-        # data -> partition (a split of the user's own, or one of driftscope's from the seed)
-        labels = ds.train_y.numpy()
-        rng = numpy_rng(cfg.seed, "partition")
-        self.parts = client_split(cfg.data, labels, t.clients, rng, split)
-        self.label_histogram = label_histogram(labels, self.parts, ds.num_classes)
-        self.augment = ds.augment if cfg.data.augment is None else cfg.data.augment
-        mean, std = normalisation(ds, self.augment)  # (1, C, 1, ...) or None: as given
-        self.augmentation = (
-            Augmentation(ds.crop_padding, mean.to(device), std.to(device))
-            if self.augment and mean is not None and std is not None
-            else None
-        )
-        # client data on the device when they fit (driftscope.device.data_fits), else in host
-        # memory (pinned for cuda) and copied per batch by local_train
-        train_bytes = ds.train_x.element_size() * ds.train_x.nelement()
-        self.data_on_device = data_fits(train_bytes, device)
-        home = device if self.data_on_device else torch.device("cpu")
+    @classmethod
+    def from_setup(cls, setup: RunSetup) -> Simulator:
+        sim = cls.__new__(cls)
+        sim._use(setup)
+        return sim
 
-        def normalised(x: torch.Tensor) -> torch.Tensor:
-            return x if mean is None or std is None else (x - mean) / std
-
-        train_x = ds.train_x if self.augment else normalised(ds.train_x)
-        train_x, train_y = train_x.to(home), ds.train_y.to(home)
-        self.client_x = [train_x[torch.from_numpy(p).to(home)] for p in self.parts]
-        self.client_y = [train_y[torch.from_numpy(p).to(home)] for p in self.parts]
-        if not self.data_on_device and device.type == "cuda":
-            self.client_x = [t.pin_memory() for t in self.client_x]
-            self.client_y = [t.pin_memory() for t in self.client_y]
-        test_x = normalised(ds.test_x)
-        test_home = device if data_fits(test_x.element_size() * test_x.nelement(), device) else home
-        self.test_x = test_x.to(test_home)
-        self.test_y = ds.test_y.to(test_home)
-
-        # model: a registered one by name, or the user's own factory (called for the training
-        # model and the recorder's probe model; the seed fixes the initial weights)
-        self._factory = model
-        torch.manual_seed(derive_seed(cfg.seed, "init"))
-        self.model = self.build_model()
-        if model is not None and not isinstance(self.model, torch.nn.Module):
-            raise ConfigError(
-                f"model= must be a function that returns a torch.nn.Module (it returned a "
-                f"{type(self.model).__name__}): pass the class or a lambda, not an instance"
-            )
-        # the run file names what was used: the dataset's and model's own names, the split
-        self.cfg = cfg = recorded_config(
-            cfg,
-            dataset=ds.name if dataset is not None else None,
-            model=model_name(model, self.model) if model is not None else None,
-            partition="custom" if split is not None else None,
-        )
-        self.layout = model_layout(self.model, cfg.model.head, cfg.model.head_last_k)
-        check_head(t.algorithm, self.layout, cfg.model.head, cfg.model.head_last_k)
-        self.flat = FlatParams(self.model, self.layout, device)  # initialised on the CPU
-        self.global_params = self.flat.params.clone()
-        # frozen parameters (requires_grad False): the model's own, never trained or sent
-        self.frozen = {n: p for n, p in self.model.named_parameters() if not p.requires_grad}
+    def _use(self, setup: RunSetup) -> None:
+        self.setup = setup
+        self.cfg = setup.cfg
+        self.global_params = setup.initial_params.clone()
         # buffers (driftscope.buffers): the global ones, and in "local" mode each client's own
-        self.buffer_names = buffer_names(self.model)
-        self.global_buffers = clone_buffers(read_buffers(self.model, self.buffer_names))
-        self.local_buffers = cfg.model.buffers == "local" and bool(self.buffer_names)
+        self.global_buffers = clone_buffers(setup.initial_buffers)
         self.client_buffers: dict[str, torch.Tensor] = {}
-        self.client_buffers_set = torch.zeros(t.clients, dtype=torch.uint8)
-        if self.local_buffers:
+        self.client_buffers_set = torch.zeros(setup.num_clients, dtype=torch.uint8)
+        if setup.local_buffers:
             self.client_buffers = {
-                name: torch.zeros((t.clients, *v.shape), dtype=v.dtype, device=device)
+                name: torch.zeros((setup.num_clients, *v.shape), dtype=v.dtype, device=setup.device)
                 for name, v in self.global_buffers.items()
             }
-
-        # algorithm
-        self.algorithm: Algorithm = build_algorithm(t, self.layout, t.clients).to(device)
         self.round = 0  # the next round to train
 
-    # ------------------------------------------------------------------ public API
+    # ------------------------------------------------------------------ the setup's parts
+    @property
+    def layout(self) -> ModelLayout:
+        return self.setup.layout
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return self.setup.algorithm
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.setup.model
+
+    @property
+    def flat(self) -> FlatParams:
+        return self.setup.flat
+
+    @property
+    def device(self) -> torch.device:
+        return self.setup.device
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.setup.dataset
+
+    @property
+    def parts(self) -> list[np.ndarray]:
+        return self.setup.parts
+
+    @property
+    def label_histogram(self) -> np.ndarray:
+        return self.setup.label_histogram
+
+    @property
+    def client_x(self) -> list[torch.Tensor]:
+        return self.setup.client_x
+
+    @property
+    def client_y(self) -> list[torch.Tensor]:
+        return self.setup.client_y
+
+    @property
+    def test_x(self) -> torch.Tensor:
+        return self.setup.test_x
+
+    @property
+    def test_y(self) -> torch.Tensor:
+        return self.setup.test_y
+
+    @property
+    def augmentation(self) -> Augmentation | None:
+        return self.setup.augmentation
+
+    @property
+    def augment(self) -> bool:
+        return self.setup.augment
+
+    @property
+    def data_on_device(self) -> bool:
+        return self.setup.data_on_device
+
     @property
     def num_clients(self) -> int:
-        return self.cfg.train.clients
+        return self.setup.num_clients
+
+    @property
+    def frozen(self) -> dict[str, torch.nn.Parameter]:
+        return self.setup.frozen
+
+    @property
+    def buffer_names(self) -> list[str]:
+        return self.setup.buffer_names
+
+    @property
+    def local_buffers(self) -> bool:
+        return self.setup.local_buffers
 
     def build_model(self) -> torch.nn.Module:
         """A fresh model of this run's architecture (its parameters are not the run's)."""
-        if self._factory is not None:
-            return self._factory()
-        ds = self.dataset
-        return build_model(self.cfg.model.name, ds.input_shape, ds.num_classes)
+        return self.setup.build_model()
 
+    def sample_clients(self, round: int) -> list[int]:
+        """The clients taking part in ``round`` (sorted; all clients when client_fraction = 1)."""
+        return self.setup.sample_clients(round)
+
+    def evaluate(self, params: torch.Tensor) -> tuple[float, float]:
+        """(mean cross-entropy, accuracy) of ``params`` (with the global buffers) on the test set."""
+        return self.setup.evaluate(params, self.global_buffers)
+
+    # ------------------------------------------------------------------ the engine
     def run(
         self,
         hooks: Sequence[Hook] = (),
         progress: bool = False,
-        commit: Callable[[RoundEnded], None] | None = None,
         *,
+        lifecycle: Lifecycle | None = None,
         summaries: bool = True,
     ) -> list[RoundEnded]:
         """Train from round ``self.round`` to ``cfg.train.rounds``, telling ``hooks``.
 
-        ``commit(event)`` is called after every hook's ``on_round_end`` (the trainer writes the
-        round there). Returns each round's :class:`~driftscope.events.RoundEnded` without its
-        tensors (``global_params`` empty, no control norms): see :attr:`global_params`. With
+        ``lifecycle`` (default: one with ``hooks`` and no run file) receives every event, commits
+        each round (:func:`driftscope.train` gives one with the run file) and ends with the
+        run's status; ``hooks`` are added to it, then the progress display when ``progress``.
+        Returns each round's :class:`~driftscope.events.RoundEnded` without its tensors
+        (``global_params`` empty, no control norms): see :attr:`global_params`. With
         ``summaries=False`` it returns ``[]`` and keeps nothing per round: the summaries hold each
         sampled client's loss and accuracy, O(rounds x clients per round) objects that a caller
         who writes the rounds elsewhere (``train``) never reads.
         """
-        from tqdm import tqdm  # plain text bar: no ipywidgets needed in notebooks
-
-        rounds = self.cfg.train.rounds
+        life = lifecycle if lifecycle is not None else Lifecycle()
+        for hook in hooks:
+            life.add(hook)
+        if progress:
+            life.add(Progress())
         kept: list[RoundEnded] = []
-        status, message = "complete", ""
-        # A bar only on a terminal: elsewhere (a log file, a pipe) tqdm cannot redraw in place
-        # and writes a line per update; print a compact line every ``every`` rounds instead.
-        tty = progress and sys.stderr.isatty()
-        every = max(1, rounds // 8)
-        t0 = time.perf_counter()
-        bar = tqdm(
-            total=rounds,
-            initial=self.round,
-            disable=not tty,
-            desc=self.cfg.train.algorithm,
-            unit="round",
-            dynamic_ncols=True,
+        started = RunStarted(
+            config=self.cfg,
+            layout=self.layout,
+            num_clients=self.num_clients,
+            clients_per_round=self.cfg.train.clients_per_round,
+            label_histogram=self.label_histogram,
+            engine=ENGINE,
+            start_round=self.round,
         )
-        try:
-            started = RunStarted(
-                config=self.cfg,
-                layout=self.layout,
-                num_clients=self.num_clients,
-                clients_per_round=self.cfg.train.clients_per_round,
-                label_histogram=self.label_histogram,
-                engine=ENGINE,
-                start_round=self.round,
-            )
-            for hook in hooks:
-                hook.on_run_start(started)
-            while self.round < rounds:
-                event = self.run_round(hooks)
-                if commit is not None:
-                    commit(event)
+        with life.running(started):
+            while self.round < self.cfg.train.rounds:
+                event = self._round(life)
                 if summaries:
                     kept.append(_without_tensors(event))
-                bar.update(1)
-                if not math.isnan(event.test_accuracy):
-                    bar.set_postfix(acc=f"{event.test_accuracy:.3f}", loss=f"{event.test_loss:.3f}")
-                if progress and not tty and (self.round % every == 0 or self.round == rounds):
-                    print(
-                        _progress_line(self.cfg.train.algorithm, event, rounds, t0),
-                        file=sys.stderr,
-                        flush=True,
-                    )
-        except DivergenceError as err:
-            status, message = "diverged", str(err)
-            raise
-        except KeyboardInterrupt as err:
-            status, message = "interrupted", str(err) or "stopped by the user"
-            raise
-        except BaseException as err:
-            status, message = "failed", f"{type(err).__name__}: {err}"
-            raise
-        finally:
-            bar.close()
-            ended = RunEnded(status, message)
-            for hook in hooks:
-                hook.on_run_end(ended)
         return kept
 
-    def sample_clients(self, round: int) -> list[int]:
-        """The clients taking part in ``round`` (sorted; all clients when client_fraction = 1)."""
-        k = self.cfg.train.clients_per_round
-        if k == self.num_clients:
-            return list(range(self.num_clients))
-        rng = numpy_rng(self.cfg.seed, "sampling", round)
-        return sorted(int(i) for i in rng.choice(self.num_clients, size=k, replace=False))
-
     def run_round(self, hooks: Sequence[Hook] = ()) -> RoundEnded:
+        """One communication round told to ``hooks`` (no run file): see :meth:`run`."""
+        return self._round(Lifecycle(hooks))
+
+    def _round(self, life: Lifecycle) -> RoundEnded:
         """One communication round: local training on sampled clients, then aggregation."""
         start = time.perf_counter()
         r = self.round
-        t = self.cfg.train
         clients = tuple(self.sample_clients(r))
-        round_started = RoundStarted(r, clients)
-        for hook in hooks:
-            hook.on_round_start(round_started)
+        life.round_start(RoundStarted(r, clients))
         x = self.global_params
-        sizes = torch.tensor([len(self.parts[c]) for c in clients])
-        weights = client_weights(sizes, t.weighting).tolist()
+        sizes = torch.tensor([self.setup.client_size(c) for c in clients])
+        weights = client_weights(sizes, self.cfg.train.weighting).tolist()
         mean_update = torch.zeros_like(x)
         buffer_mean = BufferAverage(self.global_buffers)
         extras: list[torch.Tensor | None] = []
@@ -291,50 +256,42 @@ class Simulator:
                         self.client_buffers[name][client].copy_(value)
                     self.client_buffers_set[client] = 1
             losses[client], accs[client] = result.train_loss, result.train_accuracy
-            trained = ClientTrained(
-                round=r,
-                client=client,
-                num_samples=result.num_samples,
-                steps=result.steps,
-                train_loss=result.train_loss,
-                train_accuracy=result.train_accuracy,
-                update=result.update,
-                params=result.params,
-                layout=self.layout,
-                buffers=MappingProxyType(buffers),
+            life.client_end(
+                ClientTrained(
+                    round=r,
+                    client=client,
+                    num_samples=result.num_samples,
+                    steps=result.steps,
+                    train_loss=result.train_loss,
+                    train_accuracy=result.train_accuracy,
+                    update=result.update,
+                    params=result.params,
+                    layout=self.layout,
+                    buffers=MappingProxyType(buffers),
+                )
             )
-            for hook in hooks:
-                hook.on_client_end(trained)
         self.global_params = self.algorithm.server_update(x, mean_update, extras)
         if self.global_buffers:
             self.global_buffers = buffer_mean.result()
         if not bool(torch.isfinite(self.global_params).all()):
             raise DivergenceError(f"the global model became non-finite at round {r}: lower --lr")
-        evaluate = (r + 1) % t.eval_every == 0 or r + 1 == t.rounds
-        test_loss, test_acc = (
-            self.evaluate(self.global_params) if evaluate else (math.nan, math.nan)
-        )
+        nan = (math.nan, math.nan)
         down, up = self.algorithm.bytes_per_client()
         carried = buffer_bytes(self.global_buffers)  # buffers go down (unless kept local) and up
-        down, up = down + (0 if self.local_buffers else carried), up + carried
-        event = RoundEnded(
+        event = round_ended(
             round=r,
             clients=clients,
-            test_loss=test_loss,
-            test_accuracy=test_acc,
-            train_loss=float(np.mean(list(losses.values()))),
-            train_accuracy=float(np.mean(list(accs.values()))),
-            downlink_bytes=down * len(clients),
-            uplink_bytes=up * len(clients),
-            seconds=time.perf_counter() - start,
-            client_train_loss=MappingProxyType(losses),
-            client_train_accuracy=MappingProxyType(accs),
+            test=self.evaluate(self.global_params) if self.setup.evaluates(r) else nan,
+            losses=losses,
+            accuracies=accs,
+            per_client_bytes=(down + (0 if self.local_buffers else carried), up + carried),
+            answered=len(clients),
+            started=start,
             global_params=self.global_params,
             control_norms=_LazyMapping(self.algorithm.state_norms),
-            global_buffers=MappingProxyType(self.global_buffers),
+            global_buffers=self.global_buffers,
         )
-        for hook in hooks:
-            hook.on_round_end(event)
+        life.round_end(event)
         self.round += 1
         return event
 
@@ -428,27 +385,6 @@ class Simulator:
             self.client_buffers_set.copy_(torch.as_tensor(state[CLIENT_BUFFER_SET]))
         self.round = next_round
 
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def evaluate(self, params: torch.Tensor) -> tuple[float, float]:
-        """(mean cross-entropy, accuracy) of ``params`` (with the global buffers) on the test set."""
-        self.flat.params.copy_(params)
-        load_buffers(self.model, self.global_buffers)
-        self.model.eval()
-        device = self.device
-        # summed on the device in float64 (float32 on mps) and read once
-        dtype = torch.float32 if device.type == "mps" else torch.float64
-        total = torch.zeros((), dtype=dtype, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        for start in range(0, len(self.test_y), EVAL_BATCH):
-            xb = self.test_x[start : start + EVAL_BATCH].to(device, non_blocking=True)
-            yb = self.test_y[start : start + EVAL_BATCH].to(device, non_blocking=True)
-            logits = self.model(xb)
-            total += F.cross_entropy(logits, yb, reduction="sum")
-            correct += (logits.argmax(1) == yb).sum()
-        n = len(self.test_y)
-        return float(total) / n, int(correct) / n
-
 
 def _without_tensors(event: RoundEnded) -> RoundEnded:
     import dataclasses
@@ -482,12 +418,3 @@ class _LazyMapping(Mapping[str, torch.Tensor]):
 
     def __len__(self) -> int:
         return len(self._get())
-
-
-def _progress_line(name: str, event: RoundEnded, rounds: int, t0: float) -> str:
-    """``fedavg round 10/40  acc 0.912  loss 0.301  12 s``: the compact line printed instead of
-    a progress bar when stderr is not a terminal."""
-    line = f"{name} round {event.round + 1}/{rounds}"
-    if not math.isnan(event.test_accuracy):
-        line += f"  acc {event.test_accuracy:.3f}  loss {event.test_loss:.3f}"
-    return line + f"  {time.perf_counter() - t0:.0f} s"

@@ -1,7 +1,7 @@
-"""One call from a config to a finished run file: simulator + recorder + writer.
+"""One call from a config to a finished run file: setup + in-process engine + run-file lifecycle.
 
 Everything that can be wrong with the input (config, dataset, head patterns, recording patterns)
-fails while the :class:`~driftscope.simulator.Simulator` and the recording plan are built, before
+fails while the :class:`~driftscope.engine.setup.RunSetup` and the recording plan are built, before
 any file is created, so bad input never leaves a damaged run file. Once training starts, each
 round is committed to the file by :meth:`~driftscope.runfile.RunWriter.commit` after every hook has
 seen its end, together with the state that continuing needs (global model, control variates); if
@@ -22,19 +22,13 @@ from typing import Any
 from driftscope.algorithms import warn_settings
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, TensorData
-from driftscope.errors import DivergenceError, DriftscopeError, RunFileError
-from driftscope.events import Hook, RoundEnded
-from driftscope.heap import release_free_heap
+from driftscope.engine.lifecycle import INPROCESS, open_recording
+from driftscope.engine.setup import RunSetup
+from driftscope.errors import DriftscopeError, RunFileError
+from driftscope.events import Hook
 from driftscope.partition import Split
-from driftscope.recorder import Recorder, stored_params
 from driftscope.registry import names_unchecked
-from driftscope.resume_file import (
-    check_layout,
-    reopen_for_resume,
-    resume_config,
-    stored_threads,
-)
-from driftscope.runfile import RunWriter
+from driftscope.resume_file import resume_config, stored_threads
 from driftscope.signals import sigterm_as_interrupt
 from driftscope.simulator import Simulator
 
@@ -80,7 +74,7 @@ def train(
     try:
         with sigterm_as_interrupt():
             stored = resume_config(out) if resume else None
-            sim = Simulator(cfg, dataset, model=model, split=split)
+            sim = Simulator.from_setup(RunSetup(cfg, dataset, model=model, split=split))
             if stored is not None:  # the config as recorded: own objects' names, custom split
                 _check_same_config(out, sim.cfg, stored)
             torch.set_num_threads(_run_threads(sim.layout.numel, threads, out if resume else None))
@@ -112,55 +106,23 @@ def _train(
     hooks: list[Hook] | None,
     resume: bool,
 ) -> None:
-    stored_params(cfg.record, sim.layout)  # a bad pattern fails before any file is touched
-    if resume:
-        _check_layout(out, sim)  # a damaged file is refused before it is copied
-        writer, state, start = reopen_for_resume(out, sim.num_clients)
-    else:
-        writer = RunWriter.create(out, sim, overwrite=overwrite)
+    life, state, start = open_recording(
+        sim.setup,
+        out,
+        engine=INPROCESS,
+        hooks=hooks or (),
+        overwrite=overwrite,
+        resume=resume,
+        state=lambda: (sim.commit_state(), sim.algorithm.round_record()),
+        initial_state=sim.state(),
+    )
     try:
         if resume and start > 0:
             sim.load_state(state, start)
-        all_hooks: list[Hook] = list(hooks or [])
-        if cfg.record.enabled:
-            all_hooks.append(Recorder.for_simulator(writer, sim))
-        if not resume:
-            shapes = {k: (tuple(v.shape), _dtype(v)) for k, v in sim.state().items()}
-            writer.declare_state(shapes)
-            writer.declare_algorithm_record(sim.algorithm.round_record())
-        writer.start_swmr()
-
-        def commit(event: RoundEnded) -> None:
-            writer.commit(event, sim.commit_state(), sim.algorithm.round_record())
-            release_free_heap()
-
-        sim.run(all_hooks, progress=progress, commit=commit, summaries=False)
-    except DivergenceError as err:
-        writer.close("diverged", str(err))
-        raise
-    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (signals.Terminated)
-        writer.close("interrupted", str(err) or "stopped by the user")
-        raise
     except BaseException as err:
-        writer.close("failed", f"{type(err).__name__}: {err}")
+        life.end(err)
         raise
-    writer.close("complete")
-
-
-def _check_layout(out: Path, sim: Simulator) -> None:
-    """The run file holds every dataset this run writes, as it writes them (see
-    :func:`~driftscope.resume_file.check_layout`): checked against a writer in memory."""
-    ref = RunWriter.in_memory(sim.cfg, sim.layout, sim.label_histogram)
-    try:
-        if sim.cfg.record.enabled:
-            with warnings.catch_warnings():  # the run's own recorder says it once
-                warnings.simplefilter("ignore")
-                Recorder.for_simulator(ref, sim)
-        ref.declare_state({k: (tuple(v.shape), _dtype(v)) for k, v in sim.state().items()})
-        ref.declare_algorithm_record(sim.algorithm.round_record())
-        check_layout(out, ref.file)
-    finally:
-        ref.file.close()
+    sim.run(progress=progress, lifecycle=life, summaries=False)
 
 
 def resume(
@@ -187,12 +149,6 @@ def resume(
         model=model,
         split=split,
     )
-
-
-def _dtype(tensor: Any) -> str:
-    import torch
-
-    return str(torch.empty(0, dtype=tensor.dtype).numpy().dtype)  # no copy off the device
 
 
 def _check_same_threads(path: Path) -> None:

@@ -216,7 +216,7 @@ def test_batched_explicit_cpu_and_host_data(digits64, monkeypatch):
     """``--device cpu`` given explicitly equals the default bit for bit on the batched path, and
     so do client data kept in host memory; both equal the sequential path (per-parameter momentum,
     augmentation, weight decay and control variates all on the device path)."""
-    import driftscope.simulator as simulator_module
+    import driftscope.engine.setup as run_setup_module
 
     monkeypatch.setattr(batched, "MAX_GROUP", 3)
     default = run(digits64, "on", **DEVICE_RUN)
@@ -226,7 +226,7 @@ def test_batched_explicit_cpu_and_host_data(digits64, monkeypatch):
     assert isinstance(explicit[0].algorithm.momentum(), torch.Tensor)  # per-parameter momentum
     assert_same(explicit, default, atol=0)
     assert_same(explicit, sequential, atol=1e-11)
-    monkeypatch.setattr(simulator_module, "data_fits", lambda nbytes, device: False)
+    monkeypatch.setattr(run_setup_module, "data_fits", lambda nbytes, device: False)
     host = run(digits64, "on", **DEVICE_RUN, **{"train.device": "cpu"})
     assert not host[0].data_on_device
     assert_same(host, default, atol=0)

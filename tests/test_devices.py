@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import small_config
 
-import driftscope.simulator as simulator_module
+import driftscope.engine.setup as run_setup_module
 from driftscope import schema, train
 from driftscope.config import TrainConfig
 from driftscope.device import DeviceError, available_devices, resolve_device
@@ -96,7 +96,7 @@ CFG = dict(
 def test_explicit_cpu_and_host_data_equal_the_default(tmp_path, digits, monkeypatch):
     default = train(small_config(**CFG), tmp_path / "default.h5", dataset=digits)
     explicit = train(small_config(**CFG, train__device="cpu"), tmp_path / "cpu.h5", dataset=digits)
-    monkeypatch.setattr(simulator_module, "data_fits", lambda nbytes, device: False)
+    monkeypatch.setattr(run_setup_module, "data_fits", lambda nbytes, device: False)
     sim = Simulator(small_config(**CFG, train__device="cpu"), digits)
     assert not sim.data_on_device
     host = train(small_config(**CFG, train__device="cpu"), tmp_path / "host.h5", dataset=digits)

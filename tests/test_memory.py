@@ -18,9 +18,9 @@ import torch
 from conftest import small_config
 
 from driftscope import train
+from driftscope.engine.lifecycle import Lifecycle, recorder_for
 from driftscope.events import Hook
 from driftscope.h5write import CHUNK_CACHE
-from driftscope.recorder import Recorder
 from driftscope.resume_file import reopen_for_resume
 from driftscope.runfile import RunWriter
 from driftscope.simulator import Simulator
@@ -55,13 +55,24 @@ def test_the_writer_caches_one_appended_chunk_per_dataset(tmp_path, digits):
     dataset open for the whole run: the file is opened with a 1 MiB cache instead."""
     cfg = small_config(**MANY)
     sim = Simulator(cfg, digits)
-    writer = RunWriter.create(tmp_path / "r.h5", sim)
-    recorder = Recorder.for_simulator(writer, sim)
+    writer = RunWriter.create(
+        tmp_path / "r.h5", config=sim.cfg, layout=sim.layout, label_histogram=sim.label_histogram
+    )
+    recorder = recorder_for(
+        writer, cfg, sim.layout, model_factory=sim.build_model, test_x=sim.test_x
+    )
     writer.declare_state({k: tuple(v.shape) for k, v in sim.state().items()})
     writer.start_swmr()
-    sim.run([recorder], commit=writer.commit)
-    assert _check_chunk_cache(writer.file) > 10  # gram/*, cka/*, metrics, clients
-    writer.close()
+
+    class Cache(Hook):  # before the lifecycle closes the file
+        def on_run_end(self, event):
+            self.checked = _check_chunk_cache(writer.file)
+
+    cache = Cache()
+    sim.run(
+        lifecycle=Lifecycle([recorder, cache], writer=writer, state=lambda: (sim.state(), None))
+    )
+    assert cache.checked > 10  # gram/*, cka/*, metrics, clients
 
 
 def test_a_resumed_writer_has_the_same_chunk_cache(tmp_path, digits):

@@ -401,8 +401,8 @@ def test_flower_messages_carry_buffers_and_leave_frozen_parameters_alone(name, d
     strategy.start(LocalGrid(client_app, 3, seed=7))
     assert torch.equal(strategy.x, sim.global_params)
     for key, value in sim.global_buffers.items():
-        assert torch.equal(strategy.sim.global_buffers[key], value), key
-    for n, p in strategy.sim.model.named_parameters():
+        assert torch.equal(strategy.global_buffers[key], value), key
+    for n, p in strategy.setup.model.named_parameters():
         if not p.requires_grad:
             assert torch.equal(p, sim.frozen[n]), n
     _run_files_equal(tmp_path / "inprocess.h5", tmp_path / "flower.h5")

@@ -9,6 +9,7 @@ from conftest import small_config
 
 from driftscope import open_run, train
 from driftscope.analysis import cka
+from driftscope.engine.lifecycle import Lifecycle
 from driftscope.events import Hook
 from driftscope.h5write import chunk_columns
 from driftscope.metrics.cka import cka_error_bound
@@ -136,7 +137,9 @@ def test_recorder_never_touches_the_training_model_or_the_rng(tmp_path, digits):
         train__rounds=3, train__clients=3, train__eval_every=2, record__probe_size=16
     )
     sim = Simulator(cfg, digits)
-    writer = RunWriter.create(tmp_path / "r.h5", sim)
+    writer = RunWriter.create(
+        tmp_path / "r.h5", config=sim.cfg, layout=sim.layout, label_histogram=sim.label_histogram
+    )
     rng = torch.get_rng_state()
     rec = _recorder(writer, sim, cfg)  # builds its own probe model
     assert torch.equal(torch.get_rng_state(), rng)
@@ -155,8 +158,7 @@ def test_recorder_never_touches_the_training_model_or_the_rng(tmp_path, digits):
 
     writer.start_swmr()
     check = Check()
-    sim.run([rec, check], commit=writer.commit)
-    writer.close()
+    sim.run(lifecycle=Lifecycle([rec, check], writer=writer))
     assert check.checked
 
 
@@ -169,7 +171,9 @@ def test_recorder_records_events_from_any_engine(tmp_path, digits):
     cfg = small_config(train__clients=3, record__probe_size=8)
     sim = Simulator(cfg, digits)  # metadata only
     layout = sim.layout
-    writer = RunWriter.create(tmp_path / "r.h5", sim)
+    writer = RunWriter.create(
+        tmp_path / "r.h5", config=sim.cfg, layout=sim.layout, label_histogram=sim.label_histogram
+    )
     rec = _recorder(writer, sim, cfg)
     writer.start_swmr()
     g = torch.Generator().manual_seed(0)

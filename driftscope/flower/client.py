@@ -41,21 +41,22 @@ class LocalResult:
 
 class ClientRuntime:
     """What a process needs to train any client of one run: the data, the model, the algorithm
-    (the in-process simulator's own set-up, so the partition and the model match it exactly).
+    (the run's :class:`~driftscope.engine.setup.RunSetup`, as in-process, so the partition and the
+    model match it exactly).
 
     Built once per process and config (loading and partitioning the data is the slow part) and
     reused for every message of the run.
     """
 
     def __init__(self, cfg: RunConfig) -> None:
-        from driftscope.simulator import Simulator
+        from driftscope.engine.setup import RunSetup
 
         self.cfg = cfg
         # which run a control variate in Context.state belongs to (a node may serve several)
         self.fingerprint = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:16]
-        self.sim = Simulator(cfg)
-        self.layout = self.sim.layout
-        self.algorithm: Any = self.sim.algorithm  # SCAFFOLD's c, c_clients, selection: duck-typed
+        self.setup = RunSetup(cfg)
+        self.layout = self.setup.layout
+        self.algorithm: Any = self.setup.algorithm  # SCAFFOLD's c, c_clients, selection: duck-typed
 
     @property
     def has_control(self) -> bool:
@@ -78,31 +79,31 @@ class ClientRuntime:
         from driftscope.buffers import clone_buffers, load_buffers, read_buffers
         from driftscope.local import local_train
 
-        algo, sim = self.algorithm, self.sim
-        x = x.to(sim.device)  # the wire's tensors are on the CPU; training is on sim.device
+        algo, setup = self.algorithm, self.setup
+        x = x.to(setup.device)  # the wire's tensors are on the CPU; training is on setup.device
         if self.has_control:
             assert c is not None  # the server sends c when has_control
             algo.c = c.to(algo.c.device).clone()
             algo.set_client_row(client, c_i)
         if buffers:
-            load_buffers(sim.model, buffers)
+            load_buffers(setup.model, buffers)
         result = local_train(
-            sim.flat,
-            sim.client_x[client],
-            sim.client_y[client],
+            setup.flat,
+            setup.client_x[client],
+            setup.client_y[client],
             algo,
             x,
             self.cfg.train,
             seed=self.cfg.seed,
             round=round,
             client=client,
-            augmentation=sim.augmentation,
+            augmentation=setup.augmentation,
         )
         return LocalResult(
             params=result.params.cpu().clone(),
             buffers={
                 k: v.cpu()
-                for k, v in clone_buffers(read_buffers(sim.model, sim.buffer_names)).items()
+                for k, v in clone_buffers(read_buffers(setup.model, setup.buffer_names)).items()
             },
             delta=None if result.extra is None else result.extra.cpu().clone(),
             control=algo.client_row(client).cpu().clone() if self.has_control else None,
@@ -175,8 +176,8 @@ def train(msg: Message, context: Context) -> Message:
             else torch.zeros(rt.control_size())  # control variates start at zero
         )
     buffers = (
-        wire.record_buffers(msg.content[wire.BUFFERS], rt.sim.global_buffers)
-        if rt.sim.buffer_names
+        wire.record_buffers(msg.content[wire.BUFFERS], rt.setup.initial_buffers)
+        if rt.setup.buffer_names
         else None
     )
     result = rt.train(round, client, x, c, c_i, buffers)

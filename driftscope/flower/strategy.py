@@ -4,9 +4,10 @@
 it samples clients with driftscope's seed stream (the same clients as in-process for the same seed
 and round), sends each sampled client one message (global model, server control variate, round),
 and aggregates the replies through the algorithm's own server step, in client order, so the global
-model equals the in-process one. It emits the same events as the simulator
-(:mod:`driftscope.events`), so the unchanged recorder writes the same run file, committed round by
-round with :meth:`~driftscope.runfile.RunWriter.commit`; the file says ``engine = "flower"``.
+model equals the in-process one. It is assembled by the same
+:class:`~driftscope.engine.setup.RunSetup` and runs the same
+:class:`~driftscope.engine.lifecycle.Lifecycle` as the in-process engine, so the unchanged recorder
+writes the same run file, committed round by round; the file says ``engine = "flower"``.
 Resuming a Flower run (``--resume``) is not supported: no resume state is written.
 
 Faults: a client whose reply is an error (its ClientApp raised) or that did not answer within the
@@ -24,7 +25,6 @@ from logging import INFO
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -32,15 +32,15 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.result import Result
 from flwr.supercore import log
 
-from driftscope import schema
 from driftscope.algorithms.aggregate import client_weights
-from driftscope.buffers import BufferAverage, buffer_bytes
+from driftscope.buffers import BufferAverage, buffer_bytes, clone_buffers
 from driftscope.config import RunConfig
 from driftscope.data import Dataset
+from driftscope.engine.lifecycle import Lifecycle, open_recording, round_ended
+from driftscope.engine.setup import RunSetup
 from driftscope.errors import ConfigError, DivergenceError
-from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunEnded, RunStarted
+from driftscope.events import ClientTrained, Hook, RoundStarted, RunStarted
 from driftscope.flower import ENGINE, FlowerRunError, wire
-from driftscope.flower.failures import FailureLog
 from driftscope.flower.nodes import map_nodes, sort_replies
 from driftscope.runfile import RunWriter
 
@@ -70,7 +70,6 @@ class DriftscopeStrategy(Strategy):
         node_wait_s: float = NODE_WAIT_S,
     ) -> None:
         from driftscope.algorithms import warn_settings
-        from driftscope.simulator import Simulator
 
         if cfg.train.algorithm in NOT_ON_FLOWER:
             raise ConfigError(
@@ -85,43 +84,37 @@ class DriftscopeStrategy(Strategy):
         warn_settings(cfg.train, stacklevel=2)  # as driftscope.train does
         self.cfg = cfg
         # The server's copy of the run: layout, algorithm state, test set, the initial model.
-        self.sim = Simulator(cfg, dataset)
-        self.layout = self.sim.layout
-        self.algorithm: Any = self.sim.algorithm  # SCAFFOLD's c, c_clients, selection: duck-typed
+        self.setup = RunSetup(cfg, dataset)
+        self.layout = self.setup.layout
+        self.algorithm: Any = self.setup.algorithm  # SCAFFOLD's c, c_clients, selection: duck-typed
         self.num_clients = cfg.train.clients
-        self.x = self.sim.global_params.clone()
+        self.x = self.setup.initial_params.clone()
+        self.global_buffers = clone_buffers(self.setup.initial_buffers)  # averaged every round
         self.node_wait_s = node_wait_s
-        self.hooks: list[Hook] = list(hooks)
-        self.writer: RunWriter | None = None
-        self.failures: FailureLog | None = None
-        if out is not None:
-            self._open(out, overwrite)
+        if out is None:
+            self.life = Lifecycle(hooks)
+        else:
+            self.life, _, _ = open_recording(
+                self.setup, out, engine=ENGINE, hooks=hooks, overwrite=overwrite, failures=True
+            )
         self._node_of: dict[int, int] = {}  # client -> node id
         self._client_of: dict[int, int] = {}  # node id -> client
         self._clients: list[int] = []
         self._round_start = 0.0
         self.failed_rounds: dict[int, dict[int, str]] = {}
-        self.status, self.message = "", ""  # how start() ended: "complete", "failed", ...
 
-    # ------------------------------------------------------------------ run file
-    def _open(self, out: str | os.PathLike[str], overwrite: bool) -> None:
-        from driftscope.recorder import Recorder, stored_params
-        from driftscope.runfile import RunWriter
+    @property
+    def writer(self) -> RunWriter | None:
+        return self.life.writer
 
-        sim, rc = self.sim, self.cfg.record
-        stored_params(rc, self.layout)  # a bad pattern fails before any file is touched
-        writer = RunWriter.create(out, sim, overwrite=overwrite)
-        try:
-            writer.file.attrs[schema.ENGINE_ATTR] = ENGINE
-            if rc.enabled:
-                self.hooks.append(Recorder.for_simulator(writer, sim))
-            self.failures = FailureLog(writer.file, self.num_clients)
-            self.hooks.append(self.failures)  # after the recorder: it blanks failed CKA rows
-            writer.start_swmr()
-        except BaseException:
-            writer.close("failed", "could not set up the recording")
-            raise
-        self.writer = writer
+    @property
+    def status(self) -> str:
+        """How :meth:`start` ended: "complete", "diverged", "interrupted", "failed" ("": not yet)."""
+        return self.life.ended.status if self.life.ended is not None else ""
+
+    @property
+    def message(self) -> str:
+        return self.life.ended.message if self.life.ended is not None else ""
 
     def initial_arrays(self) -> ArrayRecord:
         """The seeded initial global model, as Flower arrays."""
@@ -146,13 +139,10 @@ class DriftscopeStrategy(Strategy):
             layout=self.layout,
             num_clients=self.num_clients,
             clients_per_round=self.cfg.train.clients_per_round,
-            label_histogram=self.sim.label_histogram,
+            label_histogram=self.setup.label_histogram,
             engine=ENGINE,
         )
-        for hook in self.hooks:
-            hook.on_run_start(started)
-        status, message = "complete", ""
-        try:
+        with self.life.running(started):
             return super().start(
                 grid,
                 self.initial_arrays(),
@@ -162,22 +152,7 @@ class DriftscopeStrategy(Strategy):
                 evaluate_config=evaluate_config,
                 evaluate_fn=evaluate_fn,
             )
-        except DivergenceError as err:
-            status, message = "diverged", str(err)
-            raise
-        except KeyboardInterrupt:
-            status, message = "interrupted", "stopped by the user"
-            raise
-        except BaseException as err:
-            status, message = "failed", f"{type(err).__name__}: {err}"
-            raise
-        finally:
-            self.status, self.message = status, message
-            ended = RunEnded(status, message)
-            for hook in self.hooks:
-                hook.on_run_end(ended)
-            if self.writer is not None:
-                self.writer.close(status, message)
+        raise AssertionError("unreachable")  # mypy: running() re-raises every error
 
     def summary(self) -> None:
         t = self.cfg.train
@@ -205,13 +180,9 @@ class DriftscopeStrategy(Strategy):
                 grid, self.num_clients, self.node_wait_s, timeout=3600
             )
         r = server_round - 1  # driftscope counts rounds from 0, Flower from 1
-        clients = self.sim.sample_clients(r)
+        clients = self.setup.sample_clients(r)
         self._clients = clients
-        if self.failures is not None:
-            self.failures.failed = {}
-        round_started = RoundStarted(r, tuple(clients))
-        for hook in self.hooks:
-            hook.on_round_start(round_started)
+        self.life.round_start(RoundStarted(r, tuple(clients)))
         global_arrays = wire.flat_to_arrays(self.x, self.layout)
         control = None
         if hasattr(self.algorithm, "c") and self.algorithm.selection.size > 0:
@@ -229,8 +200,8 @@ class DriftscopeStrategy(Strategy):
             )
             if control is not None:
                 content[wire.CONTROL] = control
-            if self.sim.buffer_names:
-                content[wire.BUFFERS] = wire.buffers_record(self.sim.global_buffers)
+            if self.setup.buffer_names:
+                content[wire.BUFFERS] = wire.buffers_record(self.global_buffers)
             messages.append(
                 Message(content, dst_node_id=self._node_of[client], message_type=MessageType.TRAIN)
             )
@@ -243,8 +214,6 @@ class DriftscopeStrategy(Strategy):
         clients = self._clients
         answers, failed = sort_replies(replies, clients, self._client_of, r)
         self.failed_rounds[r] = failed
-        if self.failures is not None:
-            self.failures.failed = failed
 
         answered = [c for c in clients if c in answers]
         if clients and not answered:  # nothing to aggregate: the round failed, and so the run
@@ -255,7 +224,7 @@ class DriftscopeStrategy(Strategy):
                 "(driftscope --plugin MODULE, or DRIFTSCOPE_PLUGINS)"
             )
         x = self.x
-        sizes = torch.tensor([len(self.sim.parts[c]) for c in answered])
+        sizes = torch.tensor([self.setup.client_size(c) for c in answered])
         weights = client_weights(sizes, self.cfg.train.weighting).tolist() if answered else []
         mean_update = torch.zeros_like(x)
         update = torch.empty_like(x)
@@ -263,7 +232,7 @@ class DriftscopeStrategy(Strategy):
         losses: dict[int, float] = {}
         accs: dict[int, float] = {}
         weight_of = dict(zip(answered, weights, strict=True))
-        buffer_mean = BufferAverage(self.sim.global_buffers)
+        buffer_mean = BufferAverage(self.global_buffers)
         for client in clients:  # in the simulator's order, so the sums round the same way
             if client in answers:
                 content = answers[client].content
@@ -278,8 +247,8 @@ class DriftscopeStrategy(Strategy):
                     self.algorithm.refresh_norms(client)
                 extras.append(delta)
                 buffers: dict[str, torch.Tensor] = {}
-                if self.sim.buffer_names:
-                    buffers = wire.record_buffers(content[wire.BUFFERS], self.sim.global_buffers)
+                if self.setup.buffer_names:
+                    buffers = wire.record_buffers(content[wire.BUFFERS], self.global_buffers)
                     buffer_mean.add(buffers, weight_of[client])
                 m = content[wire.METRICS]
                 trained = ClientTrained(
@@ -296,21 +265,20 @@ class DriftscopeStrategy(Strategy):
                 )
                 losses[client], accs[client] = trained.train_loss, trained.train_accuracy
             else:  # keep the recorder's rows aligned with the sampled clients: NaN, not stale
-                update.fill_(math.nan)  # the recorder probes x in its place; FailureLog blanks it
+                update.fill_(math.nan)  # the recorder probes x in its place, then blanks it
                 trained = ClientTrained(
                     r,
                     client,
-                    len(self.sim.parts[client]),
+                    self.setup.client_size(client),
                     0,
                     math.nan,
                     math.nan,
                     update,
                     x,
                     self.layout,
-                    MappingProxyType(self.sim.global_buffers),
+                    MappingProxyType(self.global_buffers),
                 )
-            for hook in self.hooks:
-                hook.on_client_end(trained)
+            self.life.client_end(trained)
 
         if answered:
             new_x = self.algorithm.server_update(x, mean_update, extras)
@@ -319,39 +287,33 @@ class DriftscopeStrategy(Strategy):
         if not bool(torch.isfinite(new_x).all()):
             raise DivergenceError(f"the global model became non-finite at round {r}: lower --lr")
         self.x = new_x
-        if answered and self.sim.buffer_names:  # the global buffers, for evaluation and probing
-            self.sim.global_buffers = buffer_mean.result()
-        t = self.cfg.train
-        evaluate = (r + 1) % t.eval_every == 0 or r + 1 == t.rounds
-        test_loss, test_acc = self.sim.evaluate(new_x) if evaluate else (math.nan, math.nan)
+        if answered and self.setup.buffer_names:  # the global buffers, for evaluation and probing
+            self.global_buffers = buffer_mean.result()
         down, up = self.algorithm.bytes_per_client()
-        carried = buffer_bytes(self.sim.global_buffers)  # buffers travel both ways
-        down, up = down + carried, up + carried
-        event = RoundEnded(
+        carried = buffer_bytes(self.global_buffers)  # buffers travel both ways
+        nan = (math.nan, math.nan)
+        event = round_ended(
             round=r,
-            clients=tuple(clients),
-            test_loss=test_loss,
-            test_accuracy=test_acc,
-            train_loss=float(np.mean(list(losses.values()))) if losses else math.nan,
-            train_accuracy=float(np.mean(list(accs.values()))) if accs else math.nan,
-            downlink_bytes=down * len(clients),
-            uplink_bytes=up * len(answered),
-            seconds=time.perf_counter() - self._round_start,
-            client_train_loss=MappingProxyType(losses),
-            client_train_accuracy=MappingProxyType(accs),
+            clients=clients,
+            test=self.setup.evaluate(new_x, self.global_buffers)
+            if self.setup.evaluates(r)
+            else nan,
+            losses=losses,
+            accuracies=accs,
+            per_client_bytes=(down + carried, up + carried),
+            answered=len(answered),
+            started=self._round_start,
             global_params=new_x,
             control_norms=MappingProxyType(self.algorithm.state_norms()),
-            global_buffers=MappingProxyType(self.sim.global_buffers),
+            failed=failed,
+            global_buffers=self.global_buffers,
         )
-        for hook in self.hooks:
-            hook.on_round_end(event)
-        if self.writer is not None:
-            self.writer.commit(event)  # after every hook: /metrics/round commits the round
+        self.life.round_end(event)  # every hook, then the commit (/metrics/round last)
         metrics = MetricRecord(
             {
                 "train-loss": event.train_loss,
-                "test-loss": test_loss,
-                "test-accuracy": test_acc,
+                "test-loss": event.test_loss,
+                "test-accuracy": event.test_accuracy,
                 "clients-failed": len(failed),
             }
         )

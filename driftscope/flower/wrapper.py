@@ -57,10 +57,10 @@ from torch import nn
 from driftscope import schema
 from driftscope.buffers import arrays_buffers, load_frozen
 from driftscope.config import RecordConfig
-from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunEnded, RunStarted
+from driftscope.engine.lifecycle import Lifecycle, round_ended
+from driftscope.events import ClientTrained, Hook, RoundStarted, RunStarted
 from driftscope.flower import ENGINE
 from driftscope.flower.app_file import AppSeries, head_layout, server_config, write_partition
-from driftscope.flower.failures import FailureLog
 from driftscope.flower.replies import (
     ACCURACY_KEYS,
     DESCRIBED,
@@ -176,10 +176,8 @@ class RecordingStrategy(Strategy):
         self.record = dataclasses.replace(record or RecordConfig(), probe_size=probe_size)
         self.overwrite = overwrite
         self.num_rounds = 0
-        self.writer: RunWriter | None = None
-        self.hooks: list[Hook] = []
+        self.life: Lifecycle | None = None  # opened at the first round's replies
         self.user_hooks: list[Hook] = list(hooks)
-        self.failures: FailureLog | None = None
         self.ids: ClientIds | None = None  # node id -> client, from the first round's replies
         self.layout: ModelLayout | None = None
         self.num_clients = self.clients_per_round = 0
@@ -223,27 +221,26 @@ class RecordingStrategy(Strategy):
                 return metrics
 
             kwargs["evaluate_fn"] = central
-        status, message = "complete", ""
+        error: BaseException | None = None
         try:
             return super().start(grid, initial_arrays, num_rounds, **kwargs)
-        except KeyboardInterrupt:
-            status, message = "interrupted", "stopped by the user"
-            raise
         except BaseException as err:
-            status, message = "failed", f"{type(err).__name__}: {err}"
+            error = err
             raise
         finally:
             if self._pending is not None and self.writer is not None:
                 self._commit()
-            self.close(status, message)
+            self.close(error)
 
-    def close(self, status: str = "complete", message: str = "") -> None:
-        if self.writer is not None:
-            ended = RunEnded(status, message)
-            for hook in self.hooks:
-                hook.on_run_end(ended)
-            self.writer.close(status, message)
-            self.writer = None
+    @property
+    def writer(self) -> RunWriter | None:
+        return self.life.writer if self.life is not None else None
+
+    def close(self, error: BaseException | None = None) -> None:
+        """End the recording with the status of ``error`` (None: complete); then a no-op."""
+        if self.life is not None:
+            self.life.end(error)
+            self.life = None
 
     # ------------------------------------------------------------------ set-up (first round)
     def _open(self, arrays: ArrayRecord, replies: Sequence[Message]) -> None:
@@ -298,23 +295,22 @@ class RecordingStrategy(Strategy):
             )
             load_frozen(recorder.model, arrays, {p.name for p in layout.params})  # the app's
             self._buffer_like = dict(recorder.fixed)  # the buffers' names, shapes and dtypes
-            self.failures = FailureLog(writer.file, n)
-            self.hooks = [*self.user_hooks, recorder, self.failures]
+            writer.declare_failed_clients()
             self.series = AppSeries(writer.file, n)
         except BaseException:
             writer.close("failed", "could not set up the recording")
             raise
-        self.writer = writer
-        started = RunStarted(
-            config=cfg,
-            layout=layout,
-            num_clients=n,
-            clients_per_round=s,
-            label_histogram=histogram,
-            engine=ENGINE,
+        self.life = Lifecycle([*self.user_hooks, recorder], writer=writer)
+        self.life.start(
+            RunStarted(
+                config=cfg,
+                layout=layout,
+                num_clients=n,
+                clients_per_round=s,
+                label_histogram=histogram,
+                engine=ENGINE,
+            )
         )
-        for hook in self.hooks:
-            hook.on_run_start(started)
 
     def _flat(self, arrays: ArrayRecord) -> torch.Tensor:
         assert self.layout is not None
@@ -344,8 +340,10 @@ class RecordingStrategy(Strategy):
         result = self.strategy.aggregate_train(server_round, replies)  # first, and untouched
         if self.writer is None and self._sent and self._arrays is not None:
             self._open(self._arrays, replies)
-        if self.writer is None or self.layout is None or self._arrays is None or self.ids is None:
+        life = self.life
+        if life is None or self.layout is None or self._arrays is None or self.ids is None:
             return result
+        assert life.writer is not None
         r = server_round - 1
         x = self._x = self._flat(self._arrays)
         by_node = {m.metadata.src_node_id: m for m in replies}
@@ -375,8 +373,7 @@ class RecordingStrategy(Strategy):
                 server_round,
             )
         self._round_clients = clients
-        for hook in self.hooks:
-            hook.on_round_start(RoundStarted(r, tuple(clients)))
+        life.round_start(RoundStarted(r, tuple(clients)))
         update = torch.empty_like(x)
         failed: dict[int, str] = {}
         losses: dict[int, float] = {}
@@ -386,7 +383,7 @@ class RecordingStrategy(Strategy):
         for client in clients:
             node, reply = rows[client]
             node_ids[client] = node
-            y, buffers = None, {}  # a failed client's CKA rows are blanked (FailureLog)
+            y, buffers = None, {}  # a failed client's CKA rows are NaN (RoundEnded.failed)
             if reply is None:
                 failed[client] = "no reply within the round's timeout"
             elif reply.has_error():
@@ -398,7 +395,7 @@ class RecordingStrategy(Strategy):
                 else:
                     y = self._flat(record)
                     buffers = arrays_buffers(record, self._buffer_like)
-            if y is None:  # NaN Gram rows; probed as the global model, CKA rows blanked later
+            if y is None:  # NaN Gram rows; probed as the global model, its CKA rows NaN
                 y = x
                 update.fill_(math.nan)
                 num, loss, acc = 0, math.nan, math.nan
@@ -410,10 +407,10 @@ class RecordingStrategy(Strategy):
                 num = 0 if math.isnan(picked) else int(picked)
                 loss, acc = _pick(metrics, TRAIN_LOSS_KEYS), _pick(metrics, TRAIN_ACCURACY_KEYS)
                 losses[client], accs[client], sizes[client] = loss, acc, num
-                write_partition(self.writer.file, client, num, metrics.get(LABEL_COUNTS_KEY))
-            trained = ClientTrained(r, client, num, 0, loss, acc, update, y, self.layout, buffers)
-            for hook in self.hooks:
-                hook.on_client_end(trained)
+                write_partition(life.writer.file, client, num, metrics.get(LABEL_COUNTS_KEY))
+            life.client_end(
+                ClientTrained(r, client, num, 0, loss, acc, update, y, self.layout, buffers)
+            )
         agg_arrays, agg_metrics = result
         new_x = self._flat(agg_arrays) if agg_arrays is not None else x.clone()
         train = {  # a weighted mean of partition ids or sizes means nothing
@@ -464,9 +461,9 @@ class RecordingStrategy(Strategy):
     def _commit(self, central: MetricRecord | None = None) -> None:
         """The round's end: the recorder's Grams (and CKA), the metrics, the commit marker."""
         p, self._pending = self._pending, None
-        assert p is not None and self.failures is not None and self.writer is not None  # _train
+        life = self.life
+        assert p is not None and life is not None and life.writer is not None  # _train
         assert self.layout is not None
-        self.failures.failed = p["failed"]
         central_values = _scalars(central)
         assert self.series is not None
         self.series.append(
@@ -476,25 +473,23 @@ class RecordingStrategy(Strategy):
                 schema.APP_FEDERATED: p["federated"],
                 schema.APP_TRAIN: p["train"],
             },
-            self.writer.start_swmr,
+            life.writer.start_swmr,
         )
         numel = self.layout.numel
-        event = RoundEnded(
-            round=p["round"],
-            clients=tuple(self._round_clients),
-            test_loss=_pick(central_values, LOSS_KEYS),
-            test_accuracy=_pick(central_values, ACCURACY_KEYS),
-            train_loss=p["train_loss"],
-            train_accuracy=p["train_accuracy"],
-            downlink_bytes=4 * numel * len(self._round_clients),
-            uplink_bytes=4 * numel * p["answered"],
-            seconds=time.perf_counter() - self._started,
-            client_train_loss=MappingProxyType(p["losses"]),
-            client_train_accuracy=MappingProxyType(p["accs"]),
-            global_params=p["new_x"],
-            control_norms=MappingProxyType({}),
-            global_buffers=MappingProxyType(p["new_buffers"]),
+        life.round_end(
+            round_ended(
+                round=p["round"],
+                clients=self._round_clients,
+                test=(_pick(central_values, LOSS_KEYS), _pick(central_values, ACCURACY_KEYS)),
+                losses=p["losses"],
+                accuracies=p["accs"],
+                train=(p["train_loss"], p["train_accuracy"]),
+                per_client_bytes=(4 * numel, 4 * numel),  # float32 arrays each way
+                answered=p["answered"],
+                started=self._started,
+                global_params=p["new_x"],
+                control_norms=MappingProxyType({}),
+                failed=p["failed"],
+                global_buffers=p["new_buffers"],
+            )
         )
-        for hook in self.hooks:
-            hook.on_round_end(event)
-        self.writer.commit(event)
