@@ -1,8 +1,9 @@
-"""The ``run`` flags, built from the config defaults and the registries, and how they resolve.
+"""The ``run`` flags, derived from the config's fields and the registries, and how they resolve.
 
-Every ``run`` flag sets one dotted config key (:class:`Flag`); the table is derived from
-:class:`~driftscope.config.RunConfig`'s defaults and the algorithm, dataset and model registries,
-so adding an algorithm parameter adds its flag. Also the thread policy (:func:`choose_threads`).
+Every ``run`` flag sets one dotted config key (:class:`Flag`). The flags are derived from the
+fields themselves: a :class:`~driftscope.config.RunConfig` section's field with ``help``
+(:func:`driftscope.options.option`: help, flag name, metavar; choices and type from its type
+hint) and every registered algorithm's ``Params`` field, so adding a field adds its flag. Also the thread policy (:func:`choose_threads`).
 Torch-free: :mod:`driftscope.cli` parses with it before any heavy module is imported.
 """
 
@@ -10,21 +11,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from driftscope.algorithms import ALGORITHMS
-from driftscope.config import (
-    CKA_PRECISIONS,
-    PARTITIONS,
-    UPDATE_DTYPES,
-    RunConfig,
-    annotation_text,
-)
+from driftscope.config import RunConfig
 from driftscope.data import DATASETS
 from driftscope.errors import ConfigError
 from driftscope.models import MODELS
+from driftscope.options import FieldType, field_types
 
 # The most torch intra-op threads a run may ask for (torch holds the count in a C int).
 MAX_THREADS = 4096
@@ -54,142 +51,60 @@ class Flag:
         return self.flag[2:].replace("-", "_")
 
 
-def _names(registry: Any) -> str:
-    return ", ".join(registry.names())
+#: the help's groups, in order; a config section's flags go to its group unless a field names one
+GROUPS = ("data", "model", "training", "recording", "algorithm parameters")
+SECTION_GROUPS = {"data": "data", "model": "model", "train": "training", "record": "recording"}
+
+
+def field_flag(key: str, f: dataclasses.Field, kind: FieldType, group: str, help: str) -> Flag:
+    """The flag of one config or ``Params`` field: its kind, type and choices from the type hint
+    (``kind``), its name and metavar from the field's metadata."""
+    flag_kind = "list" if kind.is_list else "bool" if kind.base is bool else "value"
+    parse = kind.base or str
+    return Flag(
+        key,
+        help,
+        f.metadata.get("group", group),
+        flag_kind,
+        type=(_optional(parse) if kind.optional else parse) if flag_kind == "value" else None,
+        choices=f.metadata.get("choices") or kind.choices,
+        metavar=f.metadata.get("metavar")
+        or (
+            None if kind.choices else "N" if parse is int else "X" if flag_kind == "value" else None
+        ),
+        name=f.metadata.get("flag"),
+    )
 
 
 def _general_flags() -> list[Flag]:
-    """The flags for the general config keys (the algorithm's own parameters come from ALGORITHMS)."""
-    return [
-        Flag("data.dataset", f"one of: {_names(DATASETS)}", "data", metavar="NAME"),
-        Flag(
-            "data.data_dir",
-            "where torchvision datasets are cached [$DRIFTSCOPE_DATA or data_cache]",
-            "data",
-            metavar="DIR",
-        ),
-        Flag(
-            "data.partition",
-            "how data is split across clients",
-            "data",
-            choices=tuple(p for p in PARTITIONS if p != "custom"),  # custom: train(split=...)
-        ),
-        Flag("data.alpha", "Dirichlet concentration; smaller = more skew", "data", type=float),
-        Flag(
-            "data.classes_per_client", "classes per client for --partition shards", "data", type=int
-        ),
-        Flag(
-            "data.augment", "crop+flip augmentation [dataset default: on for CIFAR]", "data", "bool"
-        ),
-        Flag("model.name", f"one of: {_names(MODELS)}", "model", metavar="NAME", name="model"),
-        Flag(
-            "model.head",
-            "parameter-name patterns forming the head, e.g. 'classifier.*' [the model's own head]",
-            "model",
-            "list",
-            metavar="PATTERN",
-        ),
-        Flag(
-            "model.head_last_k", "the last K layers form the head", "model", type=int, metavar="K"
-        ),
-        Flag(
-            "model.buffers",
-            "module buffers (BatchNorm statistics) between rounds: average | local (FedBN)",
-            "model",
-            choices=("average", "local"),
-            metavar="MODE",
-        ),
-        Flag("train.algorithm", f"one of: {_names(ALGORITHMS)}", "training", metavar="NAME"),
-        Flag("train.rounds", "communication rounds", "training", type=int),
-        Flag("train.clients", "number of clients", "training", type=int),
-        Flag("train.client_fraction", "share of clients sampled per round", "training", type=float),
-        Flag("train.local_epochs", "local epochs per round", "training", type=int),
-        Flag(
-            "train.local_steps",
-            "fixed local SGD steps per round (replaces epochs)",
-            "training",
-            type=int,
-        ),
-        Flag("train.batch_size", "local batch size", "training", type=int),
-        Flag("train.drop_last", "drop each client's last incomplete batch", "training", "bool"),
-        Flag("train.lr", "local learning rate", "training", type=float),
-        Flag("train.momentum", "local SGD momentum", "training", type=float),
-        Flag("train.weight_decay", "weight decay", "training", type=float),
-        Flag("train.server_lr", "server learning rate", "training", type=float),
-        Flag(
-            "train.weighting",
-            "client weights in the average",
-            "training",
-            choices=("uniform", "samples"),
-        ),
-        Flag(
-            "train.batched",
-            "train a round's clients in one vmapped step (auto: from 32 clients, small inputs)",
-            "training",
-            choices=("auto", "on", "off"),
-        ),
-        Flag("train.eval_every", "evaluate the global model every K rounds", "training", type=int),
-        Flag(
-            "train.device",
-            "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps",
-            "training",
-            metavar="DEVICE",
-        ),
-        Flag(
-            "train.state_budget_mb",
-            "MiB of memory for per-client state (control variates); beyond it a scratch file",
-            "training",
-            type=float,
-            metavar="MIB",
-        ),
-        Flag("seed", "fixes partition, init, sampling and batch order", "training", type=int),
-        Flag(
-            "record.enabled",
-            "record per-layer drift (--no-record for baselines)",
-            "recording",
-            "bool",
-            name="record",
-        ),
-        Flag(
-            "record.every",
-            "record Gram matrices every K rounds",
-            "recording",
-            type=int,
-            metavar="K",
-            name="record_every",
-        ),
-        Flag(
-            "record.updates_every",
-            "store full client updates every K recorded rounds; 0 = never",
-            "recording",
-            type=int,
-            metavar="K",
-        ),
-        Flag("record.update_dtype", "dtype of stored updates", "recording", choices=UPDATE_DTYPES),
-        Flag(
-            "record.update_layers",
-            "store updates only for parameters matching these patterns",
-            "recording",
-            "list",
-            metavar="PATTERN",
-        ),
-        Flag(
-            "record.probe_size", "probe inputs for activation CKA; 0 = off", "recording", type=int
-        ),
-        Flag(
-            "record.cka_every",
-            "probe CKA every K recorded rounds",
-            "recording",
-            type=int,
-            metavar="K",
-        ),
-        Flag(
-            "record.cka_precision",
-            "probe Grams: float32 products summed and centred in float64 (bounded error), or float64",
-            "recording",
-            choices=CKA_PRECISIONS,
-        ),
-    ]
+    """The flags of the general config: every field of :class:`RunConfig` and its sections that
+    carries ``help`` (:func:`driftscope.options.option`), in the config's order."""
+    hints = typing.get_type_hints(RunConfig)
+    top = field_types(RunConfig)
+    flags = []
+    for f in dataclasses.fields(RunConfig):
+        section = hints[f.name]
+        if isinstance(section, type) and dataclasses.is_dataclass(section):
+            kinds = field_types(section)
+            group = SECTION_GROUPS.get(f.name, f.name)
+            for g in dataclasses.fields(section):
+                if "help" in g.metadata:
+                    key = f"{f.name}.{g.name}"
+                    flags.append(field_flag(key, g, kinds[g.name], group, _help(g)))
+        elif "help" in f.metadata:
+            flags.append(field_flag(f.name, f, top[f.name], "training", _help(f)))
+    return flags
+
+
+def _help(f: dataclasses.Field) -> str:
+    """A config field's help: its text with the registry's names, then its default."""
+    text = str(f.metadata["help"])
+    if "names" in f.metadata:
+        text = text.replace("{names}", ", ".join(f.metadata["names"].names()))
+    if "[" not in text:
+        default = f.default
+        text += f" [{', '.join(default) if isinstance(default, tuple) else default}]"
+    return text
 
 
 def _optional(parse: Any) -> Any:
@@ -206,31 +121,21 @@ def _param_flags() -> list[Flag]:
     """One flag per algorithm-parameter name over every registered algorithm."""
     owners: dict[str, list[str]] = {}
     fields: dict[str, dataclasses.Field] = {}
+    owner_params: dict[str, type] = {}
     for name, algo in ALGORITHMS.items():
         for f in dataclasses.fields(algo.Params):
             owners.setdefault(f.name, []).append(name)
             fields.setdefault(f.name, f)
+            owner_params.setdefault(f.name, algo.Params)
     flags = []
     for pname, f in fields.items():
-        annotation = annotation_text(f.type)
-        base = {"float": float, "int": int, "str": str, "bool": bool}.get(
-            annotation.split("|")[0].strip(), str
-        )
-        kind = "bool" if base is bool else "value"
-        parse = _optional(base) if "None" in annotation else base
+        kind = field_types(owner_params[pname])[pname]
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = f"{f.metadata.get('help', '')} ({', '.join(owners[pname])}) [{default}]"
-        if "None" in annotation and "none" not in help_text:
+        if kind.optional and "none" not in help_text:
             help_text += " ('none' for none)"
         flags.append(
-            Flag(
-                f"train.params.{pname}",
-                help_text,
-                "algorithm parameters",
-                kind,
-                type=parse if kind == "value" else None,
-                choices=f.metadata.get("choices"),
-            )
+            field_flag(f"train.params.{pname}", f, kind, "algorithm parameters", help_text)
         )
     return flags
 
@@ -263,28 +168,15 @@ def flag_keys() -> dict[str, str]:
 FLAG_KEYS = flag_keys()  # as registered at import; build_parser() re-reads the registries
 
 
-def _default_of(key: str, defaults: dict[str, Any]) -> Any:
-    node: Any = defaults
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    defaults = RunConfig().to_dict()
+    flags = run_flags()
     groups: dict[str, Any] = {}
-    for f in run_flags():
-        if f.group not in groups:
-            groups[f.group] = p.add_argument_group(f.group)
+    for name in (*GROUPS, *(f.group for f in flags)):
+        if name not in groups:
+            groups[name] = p.add_argument_group(name)
+    for f in flags:
         g = groups[f.group]
-        help_text = f.help
-        if not f.key.startswith("train.params.") and "[" not in help_text:
-            default = _default_of(f.key, defaults)
-            shown = ", ".join(default) if isinstance(default, list | tuple) else default
-            help_text += f" [{shown}]"
-        common: dict[str, Any] = {"dest": f.dest, "help": help_text, "default": argparse.SUPPRESS}
+        common: dict[str, Any] = {"dest": f.dest, "help": f.help, "default": argparse.SUPPRESS}
         if f.kind == "bool":
             g.add_argument(f.flag, action=argparse.BooleanOptionalAction, **common)
         elif f.kind == "list":

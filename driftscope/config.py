@@ -26,53 +26,33 @@ import dataclasses
 import json
 import math
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from driftscope.algorithms import ALGORITHMS
 from driftscope.data import DATASETS
 from driftscope.device import check_device_name
 from driftscope.errors import ConfigError
 from driftscope.models import MODELS
+from driftscope.options import check_choices, check_number, coerce, field_types, option
 from driftscope.registry import checking_names, nearest
 
-PARTITIONS = ("iid", "dirichlet", "shards", "custom")  # custom: train(split=...)
-UPDATE_DTYPES = ("float16", "float32")
-CKA_PRECISIONS = ("float32", "float64")  # = driftscope.metrics.gram.PRECISIONS
+Partition = Literal["iid", "dirichlet", "shards", "custom"]  # custom: train(split=...)
+Buffers = Literal["average", "local"]
+Weighting = Literal["uniform", "samples"]
+Batched = Literal["auto", "on", "off"]
+UpdateDtype = Literal["float16", "float32"]
+CkaPrecision = Literal["float32", "float64"]  # = driftscope.metrics.gram.PRECISIONS
+PARTITIONS: tuple[str, ...] = typing.get_args(Partition)
+UPDATE_DTYPES: tuple[str, ...] = typing.get_args(UpdateDtype)
+CKA_PRECISIONS: tuple[str, ...] = typing.get_args(CkaPrecision)
 
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
-
-
-#: the largest magnitude of a float setting: what float32 holds (every number is used as a float32
-#: tensor or stored in the run file; 1e308 would overflow there)
-FLOAT_MAX = 3.4028234663852886e38
-#: the largest magnitude of an integer setting: what int64 (the run file's integer type) holds
-INT_MAX = 2**63 - 1
-
-
-def check_number(value: Any, key: str) -> None:
-    """A numeric setting must be one that float32 (a float) or int64 (an integer) can hold."""
-    if isinstance(value, bool):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ConfigError(f"{key} must be finite (got {value})")
-        if abs(value) > FLOAT_MAX:
-            raise ConfigError(
-                f"{key} = {value:g} is out of range: a setting must lie within +-3.4e38 "
-                "(what float32 holds)"
-            )
-    elif isinstance(value, int) and not -INT_MAX <= value <= INT_MAX:
-        raise ConfigError(
-            f"{key} = {value} is out of range: an integer setting must lie within +-(2**63 - 1) "
-            "(what int64 holds)"
-        )
 
 
 def _check_finite(obj: Any, section: str) -> None:
@@ -86,22 +66,29 @@ def _check_finite(obj: Any, section: str) -> None:
 class DataConfig:
     """Which dataset and how it is split across clients."""
 
-    dataset: str = "digits"
-    data_dir: str | None = None  # None: $DRIFTSCOPE_DATA or ./data_cache
-    partition: str = "dirichlet"
-    alpha: float = 0.1  # Dirichlet concentration
-    classes_per_client: int = 2  # for partition = "shards"
+    dataset: str = option("digits", "one of: {names}", names=DATASETS, metavar="NAME")
+    data_dir: str | None = option(  # None: $DRIFTSCOPE_DATA or ./data_cache
+        None,
+        "where torchvision datasets are cached [$DRIFTSCOPE_DATA or data_cache]",
+        metavar="DIR",
+    )
+    partition: Partition = option(
+        "dirichlet",
+        "how data is split across clients",
+        choices=("iid", "dirichlet", "shards"),  # custom: train(split=...), no flag
+    )
+    alpha: float = option(0.1, "Dirichlet concentration; smaller = more skew")
+    classes_per_client: int = option(2, "classes per client for --partition shards")
     min_share: float = 0.5  # each client holds >= min_share * (samples / clients)
     max_redraws: int = 1000
-    augment: bool | None = None  # None: the dataset's default (on for CIFAR)
+    augment: bool | None = option(  # None: the dataset's default (on for CIFAR)
+        None, "crop+flip augmentation [dataset default: on for CIFAR]"
+    )
 
     def __post_init__(self) -> None:
         _check_finite(self, "data.")
+        check_choices(self)
         DATASETS.check(self.dataset)
-        _check(
-            self.partition in PARTITIONS,
-            f"unknown partition '{self.partition}': choose one of {', '.join(PARTITIONS)}",
-        )
         _check(
             math.isfinite(self.alpha) and self.alpha > 0,
             f"alpha must be > 0 (got {self.alpha}): use e.g. --alpha 0.1 for strong label skew",
@@ -127,16 +114,25 @@ class DataConfig:
 class ModelConfig:
     """Architecture and the split of its parameters into body and head."""
 
-    name: str = "small_cnn"
-    head: tuple[str, ...] = ()  # fnmatch patterns over parameter names; () = model's own head
-    head_last_k: int | None = None  # or: the last k parameterised layers form the head
-    buffers: str = "average"  # BatchNorm statistics: "average" | "local" (docs/your-own-model.md)
+    name: str = option("small_cnn", "one of: {names}", names=MODELS, metavar="NAME", flag="model")
+    head: tuple[str, ...] = option(  # fnmatch patterns over parameter names; () = model's own head
+        (),
+        "parameter-name patterns forming the head, e.g. 'classifier.*' [the model's own head]",
+        metavar="PATTERN",
+    )
+    head_last_k: int | None = option(  # or: the last k parameterised layers form the head
+        None, "the last K layers form the head", metavar="K"
+    )
+    buffers: Buffers = option(  # docs/your-own-model.md
+        "average",
+        "module buffers (BatchNorm statistics) between rounds: average | local (FedBN)",
+        metavar="MODE",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "head", tuple(self.head))
+        check_choices(self)
         MODELS.check(self.name)
-        modes = ("average", "local")
-        _check(self.buffers in modes, f"model.buffers is average or local, not {self.buffers!r}")
         _check(
             self.head_last_k is None or self.head_last_k >= 0,
             f"head_last_k must be >= 0 (got {self.head_last_k})",
@@ -155,27 +151,38 @@ class TrainConfig:
     numbers (rounds, lr, momentum, ...) apply to every algorithm.
     """
 
-    algorithm: str = "fedavg"
-    rounds: int = 40
-    clients: int = 10
-    client_fraction: float = 1.0  # share of clients sampled each round
-    local_epochs: int = 2
-    local_steps: int | None = None  # if set, a fixed number of SGD steps replaces epochs
-    batch_size: int = 32
-    drop_last: bool = False
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    server_lr: float = 1.0
-    weighting: str = "uniform"  # "uniform" (the paper's) or "samples"
-    eval_every: int = 1
-    batched: str = "auto"  # train sampled clients in one vmapped step: "auto", "on" or "off"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (driftscope.device)
-    state_budget_mb: float = 1024.0  # client state (control variates) in memory; more: scratch file
+    algorithm: str = option("fedavg", "one of: {names}", names=ALGORITHMS, metavar="NAME")
+    rounds: int = option(40, "communication rounds")
+    clients: int = option(10, "number of clients")
+    client_fraction: float = option(1.0, "share of clients sampled per round")
+    local_epochs: int = option(2, "local epochs per round")
+    local_steps: int | None = option(None, "fixed local SGD steps per round (replaces epochs)")
+    batch_size: int = option(32, "local batch size")
+    drop_last: bool = option(False, "drop each client's last incomplete batch")
+    lr: float = option(0.05, "local learning rate")
+    momentum: float = option(0.0, "local SGD momentum")
+    weight_decay: float = option(0.0, "weight decay")
+    server_lr: float = option(1.0, "server learning rate")
+    weighting: Weighting = option(
+        "uniform", "client weights in the average"
+    )  # uniform: the paper's
+    eval_every: int = option(1, "evaluate the global model every K rounds")
+    batched: Batched = option(
+        "auto", "train a round's clients in one vmapped step (auto: from 32 clients, small inputs)"
+    )
+    device: str = option(  # driftscope.device
+        "auto", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps", metavar="DEVICE"
+    )
+    state_budget_mb: float = option(
+        1024.0,
+        "MiB of memory for per-client state (control variates); beyond it a scratch file",
+        metavar="MIB",
+    )
     params: Any = None  # the algorithm's Params; None: its defaults
 
     def __post_init__(self) -> None:
         _check_finite(self, "train.")
+        check_choices(self)
         if checking_names() or self.algorithm in ALGORITHMS:
             cls = ALGORITHMS.get(self.algorithm)
             if self.params is None:
@@ -209,14 +216,6 @@ class TrainConfig:
             math.isfinite(self.server_lr) and self.server_lr > 0,
             f"server_lr must be > 0 (got {self.server_lr})",
         )
-        _check(
-            self.weighting in ("uniform", "samples"),
-            f"unknown weighting '{self.weighting}': choose uniform or samples",
-        )
-        _check(
-            self.batched in ("auto", "on", "off"),
-            f"unknown batched '{self.batched}': choose auto, on or off",
-        )
         _check(self.eval_every >= 1, f"eval_every must be >= 1 (got {self.eval_every})")
         check_device_name(self.device)
         _check(
@@ -233,28 +232,36 @@ class TrainConfig:
 class RecordConfig:
     """What the recorder writes. Gram matrices are always kept when recording is on."""
 
-    enabled: bool = True
-    every: int = 1  # record per-layer statistics every k rounds
-    updates_every: int = 5  # store full client updates every k recorded rounds; 0 = never
-    update_dtype: str = "float32"
-    update_layers: tuple[str, ...] = ("*",)  # fnmatch patterns over parameter names
-    probe_size: int = 128  # probe inputs for activation CKA; 0 = no CKA
-    cka_every: int = 10  # compute probe CKA every k recorded rounds (benchmarks/README.md: cost)
+    enabled: bool = option(
+        True, "record per-layer drift (--no-record for baselines)", flag="record"
+    )
+    every: int = option(1, "record Gram matrices every K rounds", metavar="K", flag="record_every")
+    updates_every: int = option(
+        5, "store full client updates every K recorded rounds; 0 = never", metavar="K"
+    )
+    update_dtype: UpdateDtype = option("float32", "dtype of stored updates")
+    update_layers: tuple[str, ...] = option(  # fnmatch patterns over parameter names
+        ("*",), "store updates only for parameters matching these patterns", metavar="PATTERN"
+    )
+    probe_size: int = option(128, "probe inputs for activation CKA; 0 = off")
+    cka_every: int = option(  # cost: benchmarks/README.md
+        10, "probe CKA every K recorded rounds", metavar="K"
+    )
     # probe Grams as float32 block products summed and centred in float64 (bounded error,
     # metrics/gram.py gram32_error), or all in float64
-    cka_precision: str = "float32"
+    cka_precision: CkaPrecision = option(
+        "float32",
+        "probe Grams: float32 products summed and centred in float64 (bounded error), or float64",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "update_layers", tuple(self.update_layers))
         _check_finite(self, "record.")
+        check_choices(self)
         _check(self.every >= 1, f"record.every must be >= 1 (got {self.every})")
         _check(
             self.updates_every >= 0,
             f"record.updates_every must be >= 0 (got {self.updates_every}); 0 stores no updates",
-        )
-        _check(
-            self.update_dtype in UPDATE_DTYPES,
-            f"unknown update dtype '{self.update_dtype}': choose float16 or float32",
         )
         _check(self.probe_size >= 0, f"probe_size must be >= 0 (got {self.probe_size})")
         _check(
@@ -262,17 +269,13 @@ class RecordConfig:
             f"probe_size must be 0 (off) or >= 4 (got {self.probe_size}): debiased CKA needs 4",
         )
         _check(self.cka_every >= 1, f"record.cka_every must be >= 1 (got {self.cka_every})")
-        _check(
-            self.cka_precision in CKA_PRECISIONS,
-            f"unknown record.cka_precision '{self.cka_precision}': choose float32 or float64",
-        )
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines a run. One seed fixes partition, init, sampling and batches."""
 
-    seed: int = 0
+    seed: int = option(0, "fixes partition, init, sampling and batch order", group="training")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -373,18 +376,6 @@ def _migrate(raw: Any) -> Any:
     return {**raw, "train": train}
 
 
-def annotation_text(tp: Any) -> str:
-    """A field's type as text ("float | None"), whether annotations are strings or types."""
-    if isinstance(tp, str):
-        return tp
-    args = typing.get_args(tp)
-    if args and (typing.get_origin(tp) in (typing.Union, types.UnionType)):
-        return " | ".join(annotation_text(a) for a in args)
-    if tp is type(None):
-        return "None"
-    return tp.__name__ if isinstance(tp, type) else str(tp)
-
-
 def _at(source: str) -> str:
     """Message prefix naming where a value came from (a file), or nothing (overrides, flags)."""
     return f"{source}: " if source else ""
@@ -417,21 +408,21 @@ def _build(cls: type, raw: dict[str, Any], source: str, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{_at(source)}'{prefix.rstrip('.')}' must be a table")
     known = {f.name: f for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kinds = field_types(cls)
     for name in raw:
         if name not in known:
             section = isinstance(raw[name], dict)
             raise ConfigError(f"{_at(source)}" + _unknown(prefix + name, known, prefix, section))
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
-        f = known[name]
         if cls is TrainConfig and name == "params":
             kwargs[name] = _build_params(raw, value, source)
             continue
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, source, prefix=f"{prefix}{name}.")
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], value, source, prefix=f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(value, f, f"{prefix}{name}", source)
+            kwargs[name] = coerce(value, kinds[name], f"{prefix}{name}", _at(source))
     return cls(**kwargs)
 
 
@@ -459,41 +450,3 @@ def _build_params(train: dict[str, Any], value: Any, source: str) -> Any:
                     f"{algorithm}: remove it or choose algorithm {owner}"
                 )
     return _build(params_cls, value, source, prefix="train.params.")
-
-
-_TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
-
-
-def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
-    """Type checking so a TOML typo gives a clear message instead of a crash later."""
-    annotation = annotation_text(f.type)
-    if value is None:
-        if "None" in annotation:
-            return None
-        raise ConfigError(f"{_at(source)}'{key}' cannot be empty")
-    if annotation.startswith("tuple"):
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{_at(source)}'{key}' must be a list of strings (got {value!r})")
-        return tuple(value)
-    kind = annotation.split("|")[0].strip()
-    expected = _TYPE_NAMES.get(kind)
-    if expected is None:
-        return value
-    none_ok = " (or empty)" if "None" in annotation else ""
-    ok = {
-        "bool": isinstance(value, bool),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, int | float) and not isinstance(value, bool),
-        "str": isinstance(value, str),
-    }[kind]
-    if not ok:
-        raise ConfigError(f"{_at(source)}'{key}' must be {expected}{none_ok} (got {value!r})")
-    if kind == "float":
-        value = float(value)
-    try:
-        check_number(value, f"'{key}'")
-    except ConfigError as err:
-        raise ConfigError(f"{_at(source)}{err}") from None
-    return value

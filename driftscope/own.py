@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from driftscope.config import RunConfig
+from driftscope.config import Partition, RunConfig
 from driftscope.registry import names_unchecked
 
 
@@ -30,7 +30,7 @@ def recorded_config(
     *,
     dataset: str | None = None,
     model: str | None = None,
-    partition: str | None = None,
+    partition: Partition | None = None,
 ) -> RunConfig:
     """``cfg`` as a run file records it when the user's own objects were used: the dataset's and
     model's own names and the ``custom`` partition in place of the config's (None: unchanged).

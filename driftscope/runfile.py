@@ -14,39 +14,8 @@ Written with HDF5 single-writer/multiple-reader (SWMR) mode and flushed after ev
 reader can follow a live run and a run killed at any moment leaves a valid file with every
 committed round. SWMR forbids creating objects once it is on, so every dataset is created before.
 
-Safety:
-
-* **One writer per path.** The writer holds ``<path>.lock`` (``fcntl.flock``, released by the
-  kernel if the process dies) for its whole life; a second writer on the same path is refused
-  with the first one's host and PID.
-* **No stub, no lost run.** A new run is created at a hidden temporary name next to ``path``
-  (same directory, so the move is a rename). It replaces ``path`` (``os.replace``, atomic) only
-  when its first round is committed: an old run survives any bad input and any failure before
-  that (a divergence in round 0, an overflow, Ctrl-C, a write error: the temporary file is
-  deleted, and a retry needs no ``--overwrite``), a reader that holds the old file keeps reading
-  its (unlinked) copy, and from the first committed round on the run is live under its own name,
-  so a killed run keeps its committed rounds where the user asked for them. A writer killed
-  before that leaves only its hidden temporary file, which the next writer on ``path`` deletes.
-* **A dead writer is visible.** The file stores the writer's host, PID and start time; the reader
-  treats "running" with a dead writer as stopped.
-* **Checksums.** A flipped byte in a data chunk is a read error instead of a different number.
-  Every chunked dataset has HDF5's fletcher32 filter, which HDF5 checks on every read, except the
-  stored client updates (``records/updates/<param>``, the bulk of a run file): they are written as
-  whole chunks with no filter (:class:`~driftscope.h5write.ChunkWriter`, ``H5Dwrite_chunk``; a
-  large parameter's chunks hold one client's row and go to the file straight from the update
-  matrix, with no copy), and the CRC-32 of each client's row of each parameter goes to
-  ``records/update_crc`` (:func:`driftscope.schema.row_crc32`; one append per stored round), which
-  ``Run.updates`` checks for every row it reads.
-  Why: fletcher32 costs about as much as writing the bytes, HDF5's filter 2.1-2.4x the write time
-  (run-file writes reached 0.31-0.47x of a plain write) and the same checksum computed in numpy
-  (:func:`~driftscope.h5write.fletcher32`, exact, vectorised) ~8 GB/s at best on this machine, so
-  at most ~0.7x of a 2-3 GB/s page-cache write; ISA-L's CRC-32 runs at ~50 GB/s, computed right
-  after each piece's write while the bytes are in the CPU cache, and the updates reach >= 0.8x
-  (``benchmarks/checksum_cost.py``, ``benchmarks/README.md``). The price: a reader other than
-  driftscope reads the updates unchecked (zlib.crc32 of a row's bytes recomputes the stored value);
-  every other dataset, metadata included, is checked by HDF5 itself.
-* **Write errors** (disk full, file-size limit) become one :class:`RunFileError`; the writer tries
-  to mark the file "failed" and closes it once, never again.
+Safety (one writer per path, no stub and no lost run, a dead writer is visible, checksums, write
+errors as one error): ``docs/file-format.md``, section "The writer's safety".
 """
 
 from __future__ import annotations
@@ -82,13 +51,7 @@ __all__ = [
     "growable",
 ]
 
-# re-exported for older imports; the names live in driftscope.schema
-FORMAT = schema.FORMAT
-SCHEMA_VERSION = schema.SCHEMA_VERSION
-METRIC_NAMES = schema.METRIC_NAMES
 STR = h5py.string_dtype()
-STATUS_DTYPE = schema.STATUS_DTYPE
-MESSAGE_DTYPE = schema.MESSAGE_DTYPE
 
 
 class RunWriter:

@@ -76,7 +76,7 @@ def _sample(flag: Flag, default):
     }
     if flag.key in special:
         return [flag.flag, special[flag.key]], special[flag.key]
-    if flag.type is int:
+    if getattr(flag.type, "__name__", None) == "int":  # int, or int | None
         value = (default or 0) + 1
         return [flag.flag, str(value)], value
     value = default / 2 if default else 0.5

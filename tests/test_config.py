@@ -174,13 +174,52 @@ def test_overrides_apply_on_top():
     assert cfg.train.lr == 0.2 and cfg.seed == 7 and cfg.train.rounds == RunConfig().train.rounds
 
 
-def test_annotation_text_reads_strings_and_types():
-    from typing import Optional
+def test_field_types_read_the_type_hints_not_their_text():
+    from typing import Literal, Optional
 
-    from driftscope.config import annotation_text
+    from driftscope.options import FieldType
 
-    assert annotation_text("float | None") == "float | None"
-    assert annotation_text(float) == "float"
-    assert annotation_text(float | None) == "float | None"
-    assert annotation_text(Optional[int]) == "int | None"  # noqa: UP045
-    assert annotation_text(tuple[str, ...]).startswith("tuple")
+    assert FieldType.of(float | None) == FieldType(float, True, None, False)
+    assert FieldType.of(Optional[int]) == FieldType(int, True, None, False)  # noqa: UP045
+    assert FieldType.of(tuple[str, ...]) == FieldType(str, False, None, True)
+    assert FieldType.of(Literal["a", "b"]) == FieldType(str, False, ("a", "b"), False)
+    assert FieldType.of(bool).base is bool
+
+
+def test_a_field_added_to_a_config_section_is_a_flag_and_a_toml_key(monkeypatch, tmp_path, capsys):
+    """The config is described once: a field with ``option(...)`` metadata added to a section
+    appears in ``driftscope run --help`` (its help, default, metavar, Literal choices) and its TOML
+    value is coerced from its type hint."""
+    import dataclasses
+    from typing import Literal
+
+    from driftscope import cli, config
+    from driftscope.options import option
+
+    @dataclasses.dataclass(frozen=True)
+    class Record(config.RecordConfig):
+        smoothing: float = option(0.5, "a new recording knob", metavar="S")
+        style: Literal["plain", "fancy"] = option("plain", "a new recording choice")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            config.check_choices(self)
+
+    monkeypatch.setattr(config, "RecordConfig", Record)  # RunConfig's type hint names it
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--smoothing S a new recording knob [0.5]" in help_text
+    assert "--style {plain,fancy} a new recording choice [plain]" in help_text
+
+    path = tmp_path / "c.toml"
+    path.write_text("[record]\nsmoothing = 2\nstyle = 'fancy'\n")
+    cfg = RunConfig.from_toml(path)
+    assert cfg.record.smoothing == 2.0 and type(cfg.record.smoothing) is float
+    assert cfg.record.style == "fancy"
+    path.write_text("[record]\nsmoothing = 'x'\n")
+    with pytest.raises(ConfigError, match=r"'record\.smoothing' must be a number"):
+        RunConfig.from_toml(path)
+    path.write_text("[record]\nstyle = 'loud'\n")
+    with pytest.raises(ConfigError, match="unknown style 'loud': choose one of plain, fancy"):
+        RunConfig.from_toml(path)
