@@ -2,8 +2,7 @@
 
 The layout (every path, label and dtype) is :mod:`driftscope.schema`'s. Lifecycle::
 
-    writer = RunWriter.create(path, config=cfg, layout=layout, label_histogram=hist,
-                              overwrite=False, engine="inprocess")
+    writer = RunWriter.create(path, config=cfg, layout=layout, label_histogram=hist)
     # the recorder declares its datasets under writer.file[schema.RECORDS]; declare_state(...)
     writer.start_swmr()          # SWMR on (the file keeps its temporary name)
     for each round: writer.commit(round_ended_event, state)   # after every hook has run;
@@ -43,13 +42,7 @@ from driftscope.h5write import CHUNK_CACHE, _labelled, append, environment, grow
 from driftscope.layout import ModelLayout
 from driftscope.outputs import Lock, RunWriteError, check_output, unwritable, write_error
 
-__all__ = [
-    "RunWriter",
-    "append",
-    "check_output",
-    "environment",
-    "growable",
-]
+__all__ = ["RunWriter", "append", "check_output", "environment", "growable"]
 
 STR = h5py.string_dtype()
 
