@@ -1,7 +1,9 @@
 """Output paths: checked before any work starts, one writer at a time, write errors in one line.
 
-``check_output`` refuses a directory, an existing file without ``--overwrite`` or a path whose
-folder cannot be created; :class:`Lock` is the writer's ``flock`` on ``<run file>.lock`` (host and
+``check_output`` refuses a directory, an existing file without ``--overwrite``, an empty path or
+one ending in a separator, a name too long for the run's side files or a path whose folder cannot
+be created; ``check_folder`` creates an output folder (figures, compare, reproduce) or refuses it
+in one line; :class:`Lock` is the writer's ``flock`` on ``<run file>.lock`` (host and
 PID inside, released by the kernel if the process dies); :func:`write_error` names what a failed
 write ran into. Used by :mod:`driftscope.runfile` and the CLI.
 """
