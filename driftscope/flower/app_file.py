@@ -5,6 +5,7 @@ report them, the node id of each row and the app's own metric series."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from logging import WARNING
@@ -70,6 +71,15 @@ def server_config(
     )
 
 
+def partition_reported_later(f: h5py.File) -> None:
+    """Take the partition out of the static parts' checksums: a recorded app's clients report
+    their sizes and label counts round by round, so those datasets change after creation."""
+    sums = json.loads(f.attrs[schema.STATIC_CRC])
+    for name in (schema.CLIENT_SIZE, schema.LABEL_HISTOGRAM):
+        sums.pop(name, None)
+    f.attrs[schema.STATIC_CRC] = json.dumps(sums, sort_keys=True)
+
+
 def write_partition(f: h5py.File, client: int, num: int, counts: Any) -> None:
     """A client's size (its ``num-examples``) and label counts, as it reports them."""
     f[schema.CLIENT_SIZE][client] = num
@@ -82,12 +92,14 @@ class AppSeries:
     """``app/node_id`` (round, client) and the app's metric series ``app/central``,
     ``app/federated``, ``app/train`` (one (round,) float64 per name). The series are created at
     the first round's end, before SWMR starts (:meth:`append` starts it); a name first seen later
-    is left out, with a warning."""
+    is left out, with a warning. Made right after the file, before SWMR: it takes the partition
+    out of the static checksums (the clients report it round by round)."""
 
     GROUPS = (schema.APP_CENTRAL, schema.APP_FEDERATED, schema.APP_TRAIN)
 
     def __init__(self, f: h5py.File, num_clients: int) -> None:
         self.file = f
+        partition_reported_later(f)
         g = f.require_group(schema.APP_GROUP)
         growable(g, "node_id", (num_clients,), np.uint64, schema.AX_ROUND_CLIENT, fill=0)
         self.names: dict[str, list[str]] | None = None
