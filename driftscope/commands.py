@@ -229,8 +229,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = RunConfig().replace({"data.dataset": args.dataset, "model.name": model})
     check_fits(cfg)  # before any folder or file
     threads = apply_threads(cfg, args.threads)  # its line names the model reproduce trains
-    from driftscope.experiments import check_reproduce_folder, reproduce, reproduce_folder
     from driftscope.report import format_reproduce
+    from driftscope.reproduction import check_reproduce_folder, reproduce, reproduce_folder
 
     out = check_folder(  # an empty --out is an error, not the current folder
         args.out if args.out is not None else reproduce_folder(cfg, args.rounds, args.seed)

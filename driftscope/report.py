@@ -14,7 +14,7 @@ from driftscope.metrics import headline_metrics
 from driftscope.reader import Run
 
 if TYPE_CHECKING:
-    from driftscope.experiments import ReproduceResult
+    from driftscope.reproduction import ReproduceResult
 
 
 def _run_title(run: Run) -> str:

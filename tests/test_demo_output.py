@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 from conftest import small_config
 
-from driftscope.experiments import ReproduceResult
 from driftscope.report import format_reproduce
+from driftscope.reproduction import ReproduceResult
 from driftscope.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
