@@ -151,11 +151,19 @@ def reproduce(
         path = out_dir / f"{arm.name}.h5"
         if progress:
             log(f"[{arm.name}] training ...")
+        path.unlink(missing_ok=True)  # an earlier reproduce's file must not stand in for this one
         err = train_arm(RunConfig(), arm, path, overrides, data, progress, threads)
         if err is not None:
             diverged[arm.name] = str(err)
-            log(f"[{arm.name}] {err}; its run file keeps the rounds before")
-        paths[arm.name] = path
+            kept = "its run file keeps the rounds before" if path.exists() else "no round completed"
+            log(f"[{arm.name}] {err}; {kept}")
+        if path.exists():
+            paths[arm.name] = path
+        elif arm.name in PARTITIONS:
+            raise DriftscopeError(
+                f"reproduce: the {arm.label} run did not complete a round ({err}), and the "
+                "observation needs it: try another --seed"
+            )
     layers, gaps, depth = _where_drift_lives(paths)
     alignment = _alignment(paths, {a.name: a.label for a in arms}, diverged)
     accuracy = _accuracy(paths)
@@ -163,7 +171,7 @@ def reproduce(
     if figures:
         from driftscope.figures import write_figures
 
-        runs = [open_run(paths[a.name]) for a in arms]
+        runs = [open_run(paths[a.name]) for a in arms if a.name in paths]
         try:
             written = write_figures(runs, out_dir / "figures")
         finally:

@@ -156,3 +156,21 @@ def test_cli_compare_with_the_auto_head_arm(tmp_path, capsys):
     assert "- (no FedAvg arm)" in capsys.readouterr().out
     assert main([*argv, "--arms", "fedpvr"]) == 2
     assert "unknown compare arm 'fedpvr'" in capsys.readouterr().err
+
+
+def test_reproduce_with_an_arm_that_completes_no_round(tmp_path):
+    """An arm that diverges in round 0 leaves no file: reproduce reports it and goes on, and an
+    earlier reproduce's file of that arm never stands in for it."""
+    from driftscope.experiments import REPRODUCE_ARMS
+    from driftscope.reproduction import reproduce
+
+    arms = [a for a in REPRODUCE_ARMS if a.name in ("fedavg", "fedavg-iid")]
+    arms.append(Arm("scaffold", "SCAFFOLD", {"train.algorithm": "scaffold", "train.lr": 1e6}))
+    (tmp_path / "scaffold.h5").write_text("an earlier reproduce's file")
+    log: list[str] = []
+    res = reproduce(tmp_path, rounds=1, progress=False, figures=False, arms=arms, log=log.append)
+    assert not (tmp_path / "scaffold.h5").exists()
+    assert set(res.paths) == {"fedavg", "fedavg-iid"}
+    assert "diverged" in res.diverged["scaffold"]
+    assert log == [f"[scaffold] {res.diverged['scaffold']}; no round completed"]
+    assert list(res.accuracy["run"]) == ["fedavg", "fedavg-iid"]
