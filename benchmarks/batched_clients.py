@@ -38,9 +38,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from driftscope.config import RunConfig  # noqa: E402
 from driftscope.data import Dataset  # noqa: E402
-from driftscope.models import build_model  # noqa: E402
+from driftscope.engine.inprocess import Simulator  # noqa: E402
+from driftscope.models.registry import build_model  # noqa: E402
 from driftscope.seeding import torch_generator  # noqa: E402
-from driftscope.simulator import Simulator  # noqa: E402
 
 SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
 

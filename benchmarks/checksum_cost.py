@@ -31,7 +31,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from driftscope.h5write import (
+from driftscope.runfile.h5write import (
     CHUNK_BYTES,
     ChunkWriter,
     append,

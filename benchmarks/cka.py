@@ -21,13 +21,13 @@ from benchmarks.harness import (
 )
 from driftscope.config import RunConfig
 from driftscope.data import load_dataset
-from driftscope.events import Hook
+from driftscope.engine.events import Hook
+from driftscope.engine.inprocess import Simulator
+from driftscope.engine.recorder import capture_activations
 from driftscope.metrics.cka import pairwise_cka
 from driftscope.metrics.gram import centred_gram
-from driftscope.models import build_model
-from driftscope.recorder import capture_activations
+from driftscope.models.registry import build_model
 from driftscope.seeding import torch_generator
-from driftscope.simulator import Simulator
 
 
 def bench(quick: bool, tmp: Path, threads: int) -> dict[str, Any]:

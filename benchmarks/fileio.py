@@ -22,11 +22,11 @@ from benchmarks.harness import (
     synthetic_cifar,
 )
 from driftscope.config import RunConfig
-from driftscope.events import RoundEnded
-from driftscope.reader import open_run
-from driftscope.recorder import Recorder
-from driftscope.runfile import RunWriter
-from driftscope.simulator import Simulator
+from driftscope.engine.events import RoundEnded
+from driftscope.engine.inprocess import Simulator
+from driftscope.engine.recorder import Recorder
+from driftscope.runfile.reader import open_run
+from driftscope.runfile.writer import RunWriter
 
 
 def fsync_path(path: Path) -> None:

@@ -93,8 +93,8 @@ def flower_fedavg(cfg) -> dict:
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
 
+    from driftscope.engine.inprocess import Simulator
     from driftscope.flower.simulation import simulate_app
-    from driftscope.simulator import Simulator
 
     sim = Simulator(cfg)  # the same partition, model and test set as the other two arms
     t = cfg.train

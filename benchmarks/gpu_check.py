@@ -62,9 +62,9 @@ from benchmarks.recording import PAPER_POLICY  # noqa: E402
 from benchmarks.simulator import _sim_vs_bare  # noqa: E402
 from driftscope.config import RunConfig  # noqa: E402
 from driftscope.data import Dataset, load_dataset  # noqa: E402
-from driftscope.reader import open_run  # noqa: E402
-from driftscope.simulator import Simulator  # noqa: E402
-from driftscope.training import train  # noqa: E402
+from driftscope.engine.inprocess import Simulator  # noqa: E402
+from driftscope.engine.training import train  # noqa: E402
+from driftscope.runfile.reader import open_run  # noqa: E402
 
 PRESET = ROOT / "configs" / "fedpvr_cifar10.toml"
 SECTIONS = ("vgg_round", "recording", "batched", "agreement", "memory")

@@ -18,13 +18,13 @@ from benchmarks.harness import (
     row,
     rss_mb,
 )
-from driftscope import schema
 from driftscope.config import RunConfig
 from driftscope.data import load_dataset
-from driftscope.events import Hook, RoundStarted, RunEnded, RunStarted
-from driftscope.recorder import stored_params
-from driftscope.simulator import Simulator
-from driftscope.training import train
+from driftscope.engine.events import Hook, RoundStarted, RunEnded, RunStarted
+from driftscope.engine.inprocess import Simulator
+from driftscope.engine.recorder import stored_params
+from driftscope.engine.training import train
+from driftscope.runfile import schema
 
 
 class Sampler(Hook):

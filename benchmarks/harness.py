@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from driftscope.data import Dataset
-from driftscope.simulator import Simulator
+from driftscope.engine.inprocess import Simulator
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent

@@ -34,8 +34,8 @@ import torch  # noqa: E402
 from benchmarks.harness import interleaved, log, ratios, row, summarise  # noqa: E402
 from driftscope.config import RunConfig  # noqa: E402
 from driftscope.data import load_dataset  # noqa: E402
+from driftscope.engine.training import train  # noqa: E402
 from driftscope.export import LiveLogger  # noqa: E402
-from driftscope.training import train  # noqa: E402
 
 
 def spec(backend: str, tmp: Path) -> str:

@@ -71,7 +71,7 @@ def reset_peak() -> None:
 
 def heap_in_use_mb() -> float:
     """The C heap in use (glibc ``mallinfo2``) in MiB; nan without glibc."""
-    from driftscope.heap import heap_in_use_bytes
+    from driftscope.engine.heap import heap_in_use_bytes
 
     used = heap_in_use_bytes()
     return float("nan") if used is None else used / MIB
@@ -105,7 +105,7 @@ def child(
 
     from driftscope import RunConfig, train
     from driftscope.data import load_dataset
-    from driftscope.events import Hook
+    from driftscope.engine.events import Hook
 
     ds = load_dataset("digits")
     cfg = RunConfig().replace(

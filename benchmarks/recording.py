@@ -21,8 +21,8 @@ from benchmarks.harness import (
 )
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, load_dataset
-from driftscope.reader import open_run
-from driftscope.training import train
+from driftscope.engine.training import train
+from driftscope.runfile.reader import open_run
 
 # The policy a paper-scale run would use: Grams every round, head updates float16 every round,
 # probe CKA (128 inputs, float32 probe Grams) every 10 rounds
@@ -38,7 +38,7 @@ PAPER_POLICY: dict[str, Any] = {
 
 
 def bench(quick: bool, tmp: Path, threads: int) -> dict[str, Any]:
-    """Same run (same seed) with recording off and on, as ``driftscope.training.train`` runs it."""
+    """Same run (same seed) with recording off and on, as ``driftscope.engine.training.train`` runs it."""
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
 
@@ -197,13 +197,13 @@ PAPER = {"clients": 10, "epochs": 10, "images": 4500, "batch": 128}
 @contextmanager
 def instrumented(times: dict[str, float]) -> Iterator[None]:
     """Time the recorder's probe-CKA parts and local training inside a real run, by wrapping the
-    names ``driftscope.recorder`` and ``driftscope.simulator`` call (restored afterwards):
+    names ``driftscope.engine.recorder`` and ``driftscope.engine.inprocess`` call (restored afterwards):
     ``probe`` (``Recorder._probe_grams``: forward passes + Grams), ``gram`` (``centred_gram``),
     ``cka_math`` (``pairwise_cka``, ``rbf_from_linear_gram``), ``cka_write`` (appends under
     ``records/cka``), ``hooks`` (all of the recorder's hooks), ``client_hooks`` (its
     ``on_client_end``) and ``local`` (``local_train``)."""
-    import driftscope.recorder as rec
-    import driftscope.simulator as sim
+    import driftscope.engine.inprocess as sim
+    import driftscope.engine.recorder as rec
 
     saved: list[tuple[Any, str, Any]] = []
 
@@ -242,12 +242,12 @@ def cka_round_components(base: RunConfig, ds: Dataset, tmp: Path, quick: bool) -
     step at the paper's batch size (128) for the extrapolation."""
     import torch
 
-    from driftscope.events import Hook
+    from driftscope.engine.events import Hook
+    from driftscope.engine.inprocess import Simulator
+    from driftscope.engine.recorder import capture_activations, probe_index
     from driftscope.metrics.cka import cka_error_bound, pairwise_cka, rbf_from_linear_gram
     from driftscope.metrics.gram import centred_gram, gram32_error
-    from driftscope.models import build_model
-    from driftscope.recorder import capture_activations, probe_index
-    from driftscope.simulator import Simulator
+    from driftscope.models.registry import build_model
 
     class Last(Hook):
         """Counts local steps and keeps the last round's client and global parameters."""

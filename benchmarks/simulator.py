@@ -21,10 +21,10 @@ from benchmarks.harness import (
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, load_dataset
 from driftscope.data.transforms import augment_batch
-from driftscope.local import batches
-from driftscope.models import build_model
+from driftscope.engine.inprocess import Simulator
+from driftscope.engine.local import batches
+from driftscope.models.registry import build_model
 from driftscope.seeding import derive_seed, torch_generator
-from driftscope.simulator import Simulator
 
 
 def bench(quick: bool, tmp: Path, threads: int) -> dict[str, Any]:

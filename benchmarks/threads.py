@@ -25,7 +25,7 @@ from benchmarks.harness import (
 )
 from driftscope.config import RunConfig
 from driftscope.data import load_dataset
-from driftscope.simulator import Simulator
+from driftscope.engine.inprocess import Simulator
 
 BUSY_LOOP = "while True: pass"
 

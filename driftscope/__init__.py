@@ -1,9 +1,9 @@
 """driftscope: see where in a neural network federated learning drifts.
 
-Data flow: :mod:`~driftscope.data` -> :mod:`~driftscope.partition` -> :mod:`~driftscope.models` ->
-:mod:`~driftscope.algorithms` -> :mod:`~driftscope.simulator` -> :mod:`~driftscope.recorder` ->
-:mod:`~driftscope.runfile` -> :mod:`~driftscope.reader` -> :mod:`~driftscope.metrics` ->
-:mod:`~driftscope.analysis` -> :mod:`~driftscope.figures`, :mod:`~driftscope.experiments` and
+Data flow: :mod:`~driftscope.data` -> :mod:`~driftscope.data.partition` -> :mod:`~driftscope.models.registry` ->
+:mod:`~driftscope.algorithms` -> :mod:`~driftscope.engine.inprocess` -> :mod:`~driftscope.engine.recorder` ->
+:mod:`~driftscope.runfile.writer` -> :mod:`~driftscope.runfile.reader` -> :mod:`~driftscope.metrics` ->
+:mod:`~driftscope.analysis` -> :mod:`~driftscope.figures`, :mod:`~driftscope.experiments.compare` and
 :mod:`~driftscope.cli`.
 
 ``import driftscope`` is light: ``train``, ``open_run`` and ``Run`` are imported on first use, so
@@ -19,14 +19,14 @@ __version__ = "0.1.0"
 from driftscope.config import RunConfig
 
 if TYPE_CHECKING:
-    from driftscope.reader import Run, open_run
-    from driftscope.training import resume, train
+    from driftscope.engine.training import resume, train
+    from driftscope.runfile.reader import Run, open_run
 
 _LAZY = {
-    "Run": "driftscope.reader",
-    "open_run": "driftscope.reader",
-    "train": "driftscope.training",
-    "resume": "driftscope.training",
+    "Run": "driftscope.runfile.reader",
+    "open_run": "driftscope.runfile.reader",
+    "train": "driftscope.engine.training",
+    "resume": "driftscope.engine.training",
 }
 
 

@@ -2,10 +2,10 @@
 
 A run is described by one :class:`RunConfig` with four sections that follow the data flow::
 
-    [data]       dataset, partition          -> driftscope.data, driftscope.partition
-    [model]      architecture, head          -> driftscope.models
-    [train]      algorithm and its numbers   -> driftscope.algorithms, driftscope.simulator
-    [record]     what the recorder stores    -> driftscope.recorder
+    [data]       dataset, partition          -> driftscope.data, driftscope.data.partition
+    [model]      architecture, head          -> driftscope.models.registry
+    [train]      algorithm and its numbers   -> driftscope.algorithms, driftscope.engine.inprocess
+    [record]     what the recorder stores    -> driftscope.engine.recorder
 
 ``RunConfig.from_dict`` accepts the nested form (as in a TOML file); ``RunConfig.replace`` applies
 dotted overrides such as ``{"train.lr": 0.1}`` (how CLI flags override a config file). The resolved
@@ -35,7 +35,7 @@ from driftscope.algorithms import ALGORITHMS
 from driftscope.data import DATASETS
 from driftscope.device import check_device_name
 from driftscope.errors import ConfigError
-from driftscope.models import MODELS
+from driftscope.models.registry import MODELS
 from driftscope.options import check_choices, check_number, coerce, field_types, option
 from driftscope.registry import checking_names, nearest
 

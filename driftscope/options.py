@@ -4,7 +4,7 @@
 (``field(metadata=...)``); its type hint gives the rest: ``Literal[...]`` the choices, ``X | None``
 that it may be empty, ``tuple[str, ...]`` a list of strings. :func:`field_types` reads the hints
 with ``typing.get_type_hints`` (not annotation text), and from them :func:`coerce` checks a TOML
-value and :func:`check_choices` a section's choices; :mod:`driftscope.cli_flags` derives the flags
+value and :func:`check_choices` a section's choices; :mod:`driftscope.cli.flags` derives the flags
 from the same fields, as it does for every algorithm's ``Params``. Torch-free.
 """
 

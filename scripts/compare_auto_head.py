@@ -48,8 +48,8 @@ def one_run(job: tuple[str, dict, str, int]) -> dict:
     import torch
 
     from driftscope.config import RunConfig
+    from driftscope.engine.inprocess import Simulator
     from driftscope.errors import DivergenceError
-    from driftscope.simulator import Simulator
 
     torch.set_num_threads(1)
     setting, overrides, arm, seed = job

@@ -20,9 +20,9 @@ from driftscope.algorithms import (
     register_algorithm,
 )
 from driftscope.config import RunConfig, TrainConfig
+from driftscope.engine.events import Hook
+from driftscope.engine.inprocess import Simulator
 from driftscope.errors import ConfigError
-from driftscope.events import Hook
-from driftscope.simulator import Simulator
 
 
 class Capture(Hook):
@@ -128,7 +128,7 @@ def test_one_client_one_step_is_sgd(digits):
     )
     sim = Simulator(cfg, digits)
     # the same model, the same batch, torch's own optimizer
-    from driftscope.models import build_model
+    from driftscope.models.registry import build_model
     from driftscope.seeding import derive_seed, torch_generator
 
     torch.manual_seed(derive_seed(cfg.seed, "init"))
@@ -396,7 +396,7 @@ def test_train_warns_about_momentum_with_control_variates(tmp_path, digits, caps
 
 def test_algorithm_modules_do_not_import_torch():
     code = (
-        "import sys; import driftscope.algorithms, driftscope.config, driftscope.models, "
+        "import sys; import driftscope.algorithms, driftscope.config, driftscope.models.registry, "
         "driftscope.data; from driftscope.config import RunConfig; "
         "RunConfig().replace({'train.algorithm': 'fedprox', 'train.params.mu': 0.1}); "
         "print(sorted(m for m in ('torch', 'numpy', 'pandas', 'h5py', 'matplotlib') if m in sys.modules))"

@@ -1,4 +1,4 @@
-"""Batched clients (driftscope.batched) against the sequential path (driftscope.local).
+"""Batched clients (driftscope.engine.batched) against the sequential path (driftscope.engine.local).
 
 Both paths do the same arithmetic in another order: a vmapped convolution is one grouped
 convolution, a vmapped linear layer one batched matmul. In float64 the two agree to ~1e-15, so the
@@ -16,15 +16,15 @@ import dataclasses
 import pytest
 import torch
 
-from driftscope import batched
 from driftscope.algorithms import ALGORITHMS, build_algorithm
 from driftscope.algorithms.base import Algorithm
 from driftscope.config import RunConfig
+from driftscope.engine import batched
+from driftscope.engine.events import Hook
+from driftscope.engine.inprocess import Simulator
+from driftscope.engine.local import batches as local_batches
 from driftscope.errors import ConfigError
-from driftscope.events import Hook
-from driftscope.local import batches as local_batches
-from driftscope.models import build_model, model_layout
-from driftscope.simulator import Simulator
+from driftscope.models.registry import build_model, model_layout
 
 # float results compared at a rounding tolerance: make test runs these again under other CPU kernels
 pytestmark = pytest.mark.kernels
@@ -181,8 +181,8 @@ def test_auto_rule_and_dropout_fallback(digits):
 
 def test_recorded_run_same_as_sequential(few_digits, tmp_path):
     """The recorder sees the same events: a recorded run's Grams and stored updates agree."""
-    from driftscope.reader import open_run
-    from driftscope.training import train
+    from driftscope.engine.training import train
+    from driftscope.runfile.reader import open_run
 
     values = {
         "train.clients": 4,
@@ -250,7 +250,7 @@ def _recorded_batches(monkeypatch, module) -> list[list[torch.Tensor]]:
 def test_batched_draws_the_sequential_paths_batches(few_digits, monkeypatch):
     """The same permutations, client by client and step by step, as local_train draws (from each
     client's CPU generator, moved to the device as local_train moves them)."""
-    from driftscope import local
+    from driftscope.engine import local
 
     monkeypatch.setattr(batched, "MAX_GROUP", 3)
     values = {"train.device": "cpu", "data.augment": True, "train.local_epochs": 2}
@@ -269,7 +269,7 @@ def test_batched_draws_the_sequential_paths_batches(few_digits, monkeypatch):
 def test_a_client_with_host_data_copies_each_batch_to_the_device(few_digits):
     """The host-memory branch (data off the training device: copied batch by batch), forced on
     with the CPU as the device: the same batches, augmentation draws included, as data on it."""
-    from driftscope.local import Augmentation
+    from driftscope.engine.local import Augmentation
 
     cfg = RunConfig().replace({"train.batch_size": 16, "train.local_epochs": 2})
     aug = Augmentation(1, torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))

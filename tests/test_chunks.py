@@ -17,9 +17,10 @@ import h5py
 import numpy as np
 import pytest
 
-from driftscope import open_run, schema
+from driftscope import open_run
 from driftscope.errors import RunFileError
-from driftscope.h5write import CHUNK_BYTES, ChunkWriter, fletcher32, growable, update_chunks
+from driftscope.runfile import schema
+from driftscope.runfile.h5write import CHUNK_BYTES, ChunkWriter, fletcher32, growable, update_chunks
 
 
 def _hdf5_fletcher32() -> ctypes._CFuncPtr | None:
@@ -196,9 +197,9 @@ def test_a_file_written_before_the_crc_keeps_fletcher32_when_its_recorder_goes_o
     import torch
 
     from driftscope.config import RecordConfig
-    from driftscope.layout import LayerInfo, ModelLayout, ParamInfo
-    from driftscope.recorder import Recorder
-    from driftscope.runfile import RunWriter
+    from driftscope.engine.recorder import Recorder
+    from driftscope.models.layout import LayerInfo, ModelLayout, ParamInfo
+    from driftscope.runfile.writer import RunWriter
 
     params = (ParamInfo("w", "fc", "body", (40, 30), 0), ParamInfo("b", "fc", "head", (40,), 1200))
     layout = ModelLayout(params, (LayerInfo("fc", "fc1", "Linear", "mixed", ("w", "b"), 1240),))

@@ -16,6 +16,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from driftscope.config import RunConfig
+from driftscope.engine.recorder import capture_activations
 from driftscope.errors import ConfigError
 from driftscope.metrics import gram as gram_module
 from driftscope.metrics.cka import (
@@ -25,8 +26,7 @@ from driftscope.metrics.cka import (
     unbiased_centre_norm,
 )
 from driftscope.metrics.gram import centred_gram, float64_device, gram32_error
-from driftscope.models import build_model, model_layout
-from driftscope.recorder import capture_activations
+from driftscope.models.registry import build_model, model_layout
 
 # float results compared at a rounding tolerance: make test runs these again under other CPU kernels
 pytestmark = pytest.mark.kernels
@@ -285,7 +285,8 @@ def test_run_file_names_the_precision(tmp_path, digits) -> None:
     import h5py
     from conftest import small_config
 
-    from driftscope import schema, train
+    from driftscope import train
+    from driftscope.runfile import schema
 
     for precision in ("float32", "float64"):
         cfg = small_config(train__rounds=1, record__cka_precision=precision)

@@ -421,7 +421,7 @@ def test_fedpvr_on_a_model_without_a_declared_head_is_refused():
     (--head-last-k 0, which the user then asked for)."""
     from types import SimpleNamespace
 
-    from driftscope.models import check_head
+    from driftscope.models.registry import check_head
 
     headless = SimpleNamespace(head_numel=0, layers=[SimpleNamespace(name="fc")])
     with pytest.raises(ConfigError, match="fedpvr needs the model's head"):

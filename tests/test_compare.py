@@ -10,7 +10,7 @@ import pytest
 from conftest import small_config
 
 from driftscope.errors import ConfigError
-from driftscope.experiments import (
+from driftscope.experiments.compare import (
     ARMS,
     COMPARE_ARMS,
     Arm,
@@ -19,8 +19,8 @@ from driftscope.experiments import (
     rounds_to,
     summarize,
 )
-from driftscope.reader import open_run
-from driftscope.report import format_compare
+from driftscope.experiments.report import format_compare
+from driftscope.runfile.reader import open_run
 
 
 def test_rounds_to_counts_from_one_and_is_nan_when_never_reached():
@@ -91,8 +91,8 @@ def test_paired_differences_interval_and_test_against_scipy():
     diverged seed leaves its pair out)."""
     from scipy import stats
 
-    from driftscope.experiments import Contrast, paired
-    from driftscope.report import format_paired
+    from driftscope.experiments.compare import Contrast, paired
+    from driftscope.experiments.report import format_paired
 
     a = [0.90, 0.95, 0.93, 0.97, np.nan]
     b = [0.88, 0.94, 0.94, 0.95, 0.90]
@@ -161,8 +161,8 @@ def test_cli_compare_with_the_auto_head_arm(tmp_path, capsys):
 def test_reproduce_with_an_arm_that_completes_no_round(tmp_path):
     """An arm that diverges in round 0 leaves no file: reproduce reports it and goes on, and an
     earlier reproduce's file of that arm never stands in for it."""
-    from driftscope.experiments import REPRODUCE_ARMS
-    from driftscope.reproduction import reproduce
+    from driftscope.experiments.compare import REPRODUCE_ARMS
+    from driftscope.experiments.reproduce import reproduce
 
     arms = [a for a in REPRODUCE_ARMS if a.name in ("fedavg", "fedavg-iid")]
     arms.append(Arm("scaffold", "SCAFFOLD", {"train.algorithm": "scaffold", "train.lr": 1e6}))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 from conftest import small_config
 
-from driftscope.report import format_reproduce
-from driftscope.reproduction import ReproduceResult
-from driftscope.simulator import Simulator
+from driftscope.engine.inprocess import Simulator
+from driftscope.experiments.report import format_reproduce
+from driftscope.experiments.reproduce import ReproduceResult
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -20,13 +20,14 @@ import torch
 from conftest import small_config
 
 import driftscope.engine.setup as run_setup_module
-from driftscope import schema, train
+from driftscope import train
 from driftscope.config import TrainConfig
 from driftscope.device import DeviceError, available_devices, resolve_device
+from driftscope.engine.events import Hook
+from driftscope.engine.inprocess import Simulator
+from driftscope.engine.training import resume
 from driftscope.errors import ConfigError
-from driftscope.events import Hook
-from driftscope.simulator import Simulator
-from driftscope.training import resume
+from driftscope.runfile import schema
 
 NUMEL = 69194  # small_cnn on digits
 
@@ -183,7 +184,7 @@ def test_scratch_file_run_resumes_to_the_same_state(tmp_path, digits):
 
 def test_recorder_drops_probe_grams_after_a_cka_round(tmp_path, digits, monkeypatch):
     """The S + 1 probe Grams per layer live only during their CKA round."""
-    from driftscope.recorder import Recorder
+    from driftscope.engine.recorder import Recorder
 
     seen = []
 

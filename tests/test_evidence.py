@@ -12,7 +12,7 @@ from driftscope.analysis.tables import drift_table, layer_summary
 from driftscope.cli import main
 from driftscope.metrics import METRICS, headline_metrics
 from driftscope.metrics.drift import relative_variance
-from driftscope.reader import open_run
+from driftscope.runfile.reader import open_run
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,13 @@ import pytest
 from driftscope.cli import main
 from driftscope.config import RunConfig
 from driftscope.data import load_dataset
+from driftscope.engine.training import train
 from driftscope.export import LiveLogger, export_run
 from driftscope.export.live import LoggerWarning
 from driftscope.export.rounds import round_exports, scalar_name
 from driftscope.export.sinks import Sink
 from driftscope.metrics import METRICS
-from driftscope.reader import open_run
-from driftscope.training import train
+from driftscope.runfile.reader import open_run
 
 pytest.importorskip("tensorboard")
 

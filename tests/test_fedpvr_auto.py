@@ -13,11 +13,11 @@ from torch import nn
 from driftscope.algorithms import build_algorithm
 from driftscope.algorithms.fedpvr_auto import FedPVRAutoParams, choose_layers
 from driftscope.config import RunConfig
+from driftscope.engine.inprocess import Simulator
 from driftscope.errors import ConfigError
 from driftscope.metrics import drift
 from driftscope.metrics.gram import update_gram
-from driftscope.models import model_layout
-from driftscope.simulator import Simulator
+from driftscope.models.registry import model_layout
 
 
 def auto(**params):
@@ -260,8 +260,8 @@ def test_params_are_checked(bad, match):
 
 def test_the_choice_is_in_the_run_file_inspect_and_a_figure(tmp_path, digits):
     from driftscope import open_run, train
+    from driftscope.experiments.report import format_inspect
     from driftscope.figures import chosen_layers_map, write_figures
-    from driftscope.report import format_inspect
 
     cfg = small_config(
         train__rounds=4,
@@ -372,8 +372,8 @@ def test_scratch_file_run_resumes_bit_for_bit(tmp_path, digits):
     from test_resume import contents
 
     from driftscope import train
-    from driftscope.events import Hook
-    from driftscope.training import resume
+    from driftscope.engine.events import Hook
+    from driftscope.engine.training import resume
 
     class StopAt(Hook):
         def on_round_start(self, event):

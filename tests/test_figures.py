@@ -21,8 +21,8 @@ from conftest import small_config
 from driftscope import RunConfig, open_run, train
 from driftscope.analysis.tables import drift_table
 from driftscope.data import Dataset
+from driftscope.engine.events import Hook
 from driftscope.errors import DivergenceError
-from driftscope.events import Hook
 from driftscope.figures import (
     accuracy_curves,
     cka_by_layer,

@@ -24,12 +24,12 @@ from torch import nn
 
 from driftscope import RunConfig, open_run, train
 from driftscope.cli import main
+from driftscope.engine.events import Hook
+from driftscope.engine.inprocess import Simulator
 from driftscope.errors import DivergenceError
-from driftscope.events import Hook
 from driftscope.flower import FlowerMissingError, FlowerRunError, recording, require_flwr
 from driftscope.flower.client import app as client_app
 from driftscope.flower.strategy import DriftscopeStrategy
-from driftscope.simulator import Simulator
 
 # the equivalence config: 3 clients, 2 rounds (3 local steps, 16 probe inputs: fast)
 EQUIV = {

@@ -20,7 +20,7 @@ from flowergrid import LocalGrid
 
 from driftscope.cli import main
 from driftscope.errors import RunFileError
-from driftscope.reader import open_run
+from driftscope.runfile.reader import open_run
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "flower_app"
 DEFAULTS = ("digits", "small_cnn", "alpha=0.1", "lr 0.05", "fedavg on")

@@ -21,7 +21,7 @@ pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
 from driftscope import open_run, train
-from driftscope.events import Hook
+from driftscope.engine.events import Hook
 from driftscope.flower.simulation import simulate
 from driftscope.flower.strategy import DriftscopeStrategy
 

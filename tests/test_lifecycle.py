@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from driftscope.engine.events import Hook, RunStarted
 from driftscope.engine.lifecycle import (
     Hooks,
     Lifecycle,
@@ -17,9 +18,8 @@ from driftscope.engine.lifecycle import (
     run_ended,
     traffic,
 )
+from driftscope.engine.signals import Terminated
 from driftscope.errors import DivergenceError
-from driftscope.events import Hook, RunStarted
-from driftscope.signals import Terminated
 
 PACKAGE = Path(__file__).resolve().parent.parent / "driftscope"
 
@@ -100,4 +100,6 @@ def test_the_lifecycle_ends_once_with_the_blocks_outcome():
 def test_nothing_under_flower_imports_the_in_process_engine():
     for path in (PACKAGE / "flower").rglob("*.py"):
         text = path.read_text()
-        assert "driftscope.simulator" not in text and "SimpleNamespace" not in text, path.name
+        assert "driftscope.engine.inprocess" not in text and "SimpleNamespace" not in text, (
+            path.name
+        )

@@ -18,12 +18,12 @@ import torch
 from conftest import small_config
 
 from driftscope import train
+from driftscope.engine.events import Hook
+from driftscope.engine.inprocess import Simulator
 from driftscope.engine.lifecycle import Lifecycle, recorder_for
-from driftscope.events import Hook
-from driftscope.h5write import CHUNK_CACHE
-from driftscope.resume_file import reopen_for_resume
-from driftscope.runfile import RunWriter
-from driftscope.simulator import Simulator
+from driftscope.runfile.h5write import CHUNK_CACHE
+from driftscope.runfile.resume import reopen_for_resume
+from driftscope.runfile.writer import RunWriter
 
 MANY = dict(train__rounds=3, train__clients=40, train__client_fraction=0.5, data__partition="iid")
 

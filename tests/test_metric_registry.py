@@ -10,9 +10,9 @@ import pytest
 from driftscope import open_run
 from driftscope.analysis import drift_table, layer_summary
 from driftscope.errors import ConfigError
+from driftscope.experiments.report import format_summary
 from driftscope.figures import layer_profile, write_figures
 from driftscope.metrics import METRICS, Metric, register_metric
-from driftscope.report import format_summary
 
 TOY = "max_client_sq_norm"
 

@@ -11,7 +11,7 @@ from driftscope import RunConfig, open_run, train
 from driftscope.data import DATASETS, load_dataset
 from driftscope.data import mnist1d as m1d
 from driftscope.errors import ConfigError
-from driftscope.models import MODELS, build_model, model_layout
+from driftscope.models.registry import MODELS, build_model, model_layout
 
 
 @pytest.fixture(scope="module")

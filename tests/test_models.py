@@ -4,7 +4,7 @@ import torch
 from driftscope.algorithms import build_algorithm
 from driftscope.config import TrainConfig
 from driftscope.errors import ConfigError
-from driftscope.models import MODELS, build_model, model_layout
+from driftscope.models.registry import MODELS, build_model, model_layout
 
 
 def test_vgg11_matches_the_paper():

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from driftscope.nets import MLP, SmallCNN
-from driftscope.nets_1d import CNN1D
+from driftscope.models.nets import MLP, SmallCNN
+from driftscope.models.nets_1d import CNN1D
 
 # float results compared at a rounding tolerance: make test runs these again under other CPU kernels
 pytestmark = pytest.mark.kernels

@@ -284,7 +284,7 @@ def test_normalisation_only_where_the_dataset_asks(tmp_path):
 
 
 def test_resume_with_own_objects_equals_the_uninterrupted_run(own_runs, tmp_path):
-    from driftscope.training import resume
+    from driftscope.engine.training import resume
 
     split = own_runs["split"]
     cfg = small_config(train__clients=3, **{**BASE, "train__rounds": 3})
@@ -293,7 +293,7 @@ def test_resume_with_own_objects_equals_the_uninterrupted_run(own_runs, tmp_path
     class Stop(Exception):
         pass
 
-    from driftscope.events import Hook
+    from driftscope.engine.events import Hook
 
     class StopAfterOne(Hook):
         def on_round_end(self, event):

@@ -16,10 +16,10 @@ from conftest import small_config
 from torch import nn
 
 from driftscope import open_run, train
+from driftscope.engine.events import Hook
+from driftscope.engine.inprocess import BUFFER_STATE, GLOBAL_PARAMS, Simulator
 from driftscope.errors import ConfigError
-from driftscope.events import Hook
-from driftscope.models import MODELS, ModelSpec, model_layout, register_model
-from driftscope.simulator import BUFFER_STATE, GLOBAL_PARAMS, Simulator
+from driftscope.models.registry import MODELS, ModelSpec, model_layout, register_model
 
 pytestmark = pytest.mark.kernels
 
@@ -261,7 +261,7 @@ def test_stored_accuracy_is_that_of_the_stored_global_parameters_and_buffers(tmp
 def test_a_resumed_batchnorm_run_equals_the_uninterrupted_one(tmp_path, digits, buffers):
     from test_resume import StopAt, assert_same_run
 
-    from driftscope.training import resume
+    from driftscope.engine.training import resume
 
     cfg = small_config(**dict(BN, model__buffers=buffers))
     whole = tmp_path / "whole.h5"
@@ -484,9 +484,9 @@ def test_a_run_file_from_before_buffers_were_state(tmp_path, digits):
     import h5py
     from test_resume import StopAt
 
-    from driftscope import schema
+    from driftscope.engine.training import resume
     from driftscope.errors import RunFileError
-    from driftscope.training import resume
+    from driftscope.runfile import schema
 
     for name, works in (("test_lora", True), ("test_bn_resnet", False)):
         path = tmp_path / f"{name}.h5"

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from driftscope.data.partition import dirichlet, label_histogram, partition, shards
 from driftscope.errors import DataError
-from driftscope.partition import dirichlet, label_histogram, partition, shards
 
 
 def labels(n=1000, k=10, seed=0):

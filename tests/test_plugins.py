@@ -20,7 +20,7 @@ from conftest import small_config
 
 from driftscope import open_run, plugins, train
 from driftscope.errors import ConfigError
-from driftscope.models import MODELS
+from driftscope.models.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ PLUGIN = textwrap.dedent(
     """A user's plugin: registers the model 'tiny_plugin' (torch imported when it is built)."""
     import math
 
-    from driftscope.models import ModelSpec, register_model
+    from driftscope.models.registry import ModelSpec, register_model
 
 
     def build(shape, num_classes):

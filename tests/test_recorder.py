@@ -9,13 +9,13 @@ from conftest import small_config
 
 from driftscope import open_run, train
 from driftscope.analysis import cka
+from driftscope.engine.events import Hook
+from driftscope.engine.inprocess import Simulator
 from driftscope.engine.lifecycle import Lifecycle
-from driftscope.events import Hook
-from driftscope.h5write import chunk_columns
+from driftscope.engine.recorder import update_gram
 from driftscope.metrics.cka import cka_error_bound
 from driftscope.metrics.gram import centred_gram, gram32_error
-from driftscope.recorder import update_gram
-from driftscope.simulator import Simulator
+from driftscope.runfile.h5write import chunk_columns
 
 
 class Snapshots(Hook):
@@ -114,7 +114,7 @@ def test_chunk_columns_cover_the_parameter_with_little_waste(numel):
 
 
 def _recorder(writer, sim, cfg):
-    from driftscope.recorder import Recorder, probe_index
+    from driftscope.engine.recorder import Recorder, probe_index
 
     rows = probe_index(cfg.seed, len(sim.test_y), cfg.record.probe_size)
     return Recorder(
@@ -131,7 +131,7 @@ def _recorder(writer, sim, cfg):
 
 
 def test_recorder_never_touches_the_training_model_or_the_rng(tmp_path, digits):
-    from driftscope.runfile import RunWriter
+    from driftscope.runfile.writer import RunWriter
 
     cfg = small_config(
         train__rounds=3, train__clients=3, train__eval_every=2, record__probe_size=16
@@ -165,8 +165,8 @@ def test_recorder_never_touches_the_training_model_or_the_rng(tmp_path, digits):
 def test_recorder_records_events_from_any_engine(tmp_path, digits):
     """Hand-made events (no engine): the Grams are the updates' inner products and the stored
     updates are the updates."""
-    from driftscope.events import ClientTrained, RoundEnded, RoundStarted
-    from driftscope.runfile import RunWriter
+    from driftscope.engine.events import ClientTrained, RoundEnded, RoundStarted
+    from driftscope.runfile.writer import RunWriter
 
     cfg = small_config(train__clients=3, record__probe_size=8)
     sim = Simulator(cfg, digits)  # metadata only
@@ -204,7 +204,7 @@ def test_recorder_records_events_from_any_engine(tmp_path, digits):
 
 
 def test_client_event_views_per_layer(digits):
-    from driftscope.events import ClientTrained
+    from driftscope.engine.events import ClientTrained
 
     sim = Simulator(small_config(), digits)
     layout = sim.layout

@@ -16,10 +16,11 @@ import pytest
 from conftest import small_config
 
 import driftscope
-from driftscope import open_run, schema, train
+from driftscope import open_run, train
+from driftscope.engine.events import Hook
+from driftscope.engine.training import resume
 from driftscope.errors import RunFileError
-from driftscope.events import Hook
-from driftscope.training import resume
+from driftscope.runfile import schema
 
 ROOT = Path(driftscope.__file__).resolve().parent.parent
 IGNORED_DATASETS = {schema.metric_path("seconds")}
@@ -117,7 +118,7 @@ def test_failed_commit_resumes_to_the_same_state(
 ):
     """A round whose records, metrics rows and state were written but whose commit marker was not
     (an error inside the commit): resume cuts those rows and uses the previous state slot."""
-    from driftscope.runfile import RunWriter
+    from driftscope.runfile.writer import RunWriter
 
     mark = RunWriter._mark
 
@@ -143,8 +144,8 @@ import json, os, signal, sys
 import torch
 torch.set_num_threads(1)
 from driftscope import RunConfig, train
-from driftscope.events import Hook
-from driftscope.runfile import RunWriter
+from driftscope.engine.events import Hook
+from driftscope.runfile.writer import RunWriter
 
 cfg = RunConfig.from_dict(json.loads(sys.argv[1]))
 where, at = sys.argv[3], int(sys.argv[4])
@@ -278,7 +279,7 @@ def test_cli_resume_checks_flags_against_the_run(tmp_path, digits):
 def test_resume_refuses_a_run_that_is_still_being_written(tmp_path):
     import time
 
-    from driftscope.resume_file import resume_config
+    from driftscope.runfile.resume import resume_config
 
     path = tmp_path / "r.h5"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

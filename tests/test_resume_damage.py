@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from driftscope import open_run, schema, train
+from driftscope import open_run, train
 from driftscope.cli import main
-from driftscope.events import Hook
+from driftscope.engine.events import Hook
+from driftscope.runfile import schema
 
 
 class StopAt(Hook):

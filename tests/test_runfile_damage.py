@@ -32,7 +32,7 @@ WORKER = textwrap.dedent(
     import numpy as np
     from driftscope import open_run
     from driftscope.errors import DriftscopeError
-    from driftscope.report import format_inspect
+    from driftscope.experiments.report import format_inspect
 
     def digest(value):
         if hasattr(value, "to_numpy"):

@@ -18,10 +18,11 @@ import h5py
 import numpy as np
 import pytest
 
-from driftscope import open_run, schema
+from driftscope import open_run
 from driftscope.errors import DriftscopeError, RunFileError
-from driftscope.layout import ModelLayout, ParamInfo
-from driftscope.runfile import RunWriter
+from driftscope.models.layout import ModelLayout, ParamInfo
+from driftscope.runfile import schema
+from driftscope.runfile.writer import RunWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -79,7 +80,7 @@ class Event:
 
 
 def write_small(path: Path, rounds: int = 3, overwrite: bool = False) -> None:
-    from driftscope.layout import LayerInfo
+    from driftscope.models.layout import LayerInfo
 
     layout = ModelLayout(LAYOUT.params, (LayerInfo("fc", "fc1", "Linear", "mixed", ("w", "b"), 8),))
     w = RunWriter.create(
@@ -100,7 +101,7 @@ def write_small(path: Path, rounds: int = 3, overwrite: bool = False) -> None:
 def test_reader_does_not_import_torch():
     proc = py(
         """
-        import sys, driftscope.reader, driftscope.layout, driftscope.schema, driftscope.report
+        import sys, driftscope.runfile.reader, driftscope.models.layout, driftscope.runfile.schema, driftscope.experiments.report
         assert 'torch' not in sys.modules, 'torch imported'
         import driftscope
         assert callable(driftscope.open_run) and 'torch' not in sys.modules
@@ -188,7 +189,7 @@ def test_second_cli_run_on_same_out_is_refused(tmp_path):
             "-c",
             "import sys, numpy as np; sys.path.insert(0, sys.argv[2]);"
             "from tests.test_runfile_faults import LAYOUT, Event;"
-            "from driftscope.runfile import RunWriter;"
+            "from driftscope.runfile.writer import RunWriter;"
             "w = RunWriter.create(sys.argv[1], config={}, layout=LAYOUT,"
             " label_histogram=np.ones((2, 2)));"
             "w.start_swmr(); print('ready', flush=True); sys.stdin.readline();"
@@ -269,7 +270,7 @@ KILLED = """
 import os, sys, numpy as np
 sys.path.insert(0, {root!r})
 from tests.test_runfile_faults import LAYOUT, Event
-from driftscope.runfile import RunWriter
+from driftscope.runfile.writer import RunWriter
 w = RunWriter.create({path!r}, config={{}}, layout=LAYOUT, label_histogram=np.ones((2, 2)))
 w.start_swmr()
 for r in range(3):

@@ -4,9 +4,9 @@ from conftest import small_config
 
 from driftscope import open_run, train
 from driftscope.data.transforms import augment_batch
+from driftscope.engine.events import Hook
+from driftscope.engine.inprocess import Simulator
 from driftscope.errors import DivergenceError
-from driftscope.events import Hook
-from driftscope.simulator import Simulator
 
 
 def test_one_seed_repeats_the_run(digits):
@@ -28,7 +28,7 @@ def test_client_sampling_and_local_steps(digits):
     cfg = small_config(train__rounds=3, train__client_fraction=0.3, train__local_steps=4)
     steps = []
 
-    from driftscope.events import Hook
+    from driftscope.engine.events import Hook
 
     class Steps(Hook):
         def on_client_end(self, event):

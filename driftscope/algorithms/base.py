@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import torch
 
     from driftscope.config import TrainConfig
-    from driftscope.models import ModelLayout
+    from driftscope.models.layout import ModelLayout
 
 BYTES_PER_VALUE = 4  # float32 on the wire
 
@@ -92,7 +92,7 @@ class Algorithm:
         self, clients: Sequence[int], grads: torch.Tensor, params: torch.Tensor, x: torch.Tensor
     ) -> None:
         """:meth:`correct_gradient` for a group of clients trained at once
-        (:mod:`driftscope.batched`): row k of ``grads`` and ``params`` (G, P) is client
+        (:mod:`driftscope.engine.batched`): row k of ``grads`` and ``params`` (G, P) is client
         ``clients[k]``'s. The default calls ``begin_client`` and ``correct_gradient`` on each row
         (so ``begin_client`` must only set up per-client state); override it to batch."""
         for k, client in enumerate(clients):

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from driftscope.config import TrainConfig
-    from driftscope.models import ModelLayout
+    from driftscope.models.layout import ModelLayout
 
 
 MIB = 1 << 20

@@ -1,4 +1,4 @@
-"""Which labels drive a run's drift: tidy tables over a :class:`~driftscope.reader.Run`.
+"""Which labels drive a run's drift: tidy tables over a :class:`~driftscope.runfile.reader.Run`.
 
 The math lives in :mod:`driftscope.metrics.attribution`; these functions read the recorded update
 Grams, stored updates and the partition's label histograms, and return long tables.
@@ -44,9 +44,9 @@ import pandas as pd
 
 from driftscope.analysis.tables import aggregation_weights
 from driftscope.errors import RunFileError
-from driftscope.layout import LayerInfo
 from driftscope.metrics import attribution as at
-from driftscope.reader import Run
+from driftscope.models.layout import LayerInfo
+from driftscope.runfile.reader import Run
 
 ALIGNMENT_METRICS = ("label_alignment", "label_alignment_p")
 CLASS_METRICS = (

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from driftscope.analysis.tables import drift_table, pool_rounds
-from driftscope.reader import Run
+from driftscope.runfile.reader import Run
 
 __all__ = ["EVIDENCE_MEASURES", "default_warmup", "depth_trend", "group_comparison", "head_vs_body"]
 

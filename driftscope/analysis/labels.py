@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from driftscope.reader import Run
+from driftscope.runfile.reader import Run
 
 __all__ = [
     "algorithm_label",

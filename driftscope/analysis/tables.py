@@ -26,11 +26,11 @@ from numpy.typing import ArrayLike
 
 from driftscope.analysis.labels import config_value, run_labels
 from driftscope.errors import RunFileError
-from driftscope.layout import LayerInfo
 from driftscope.metrics import METRICS, Metric
 from driftscope.metrics.drift import as_gram
-from driftscope.reader import Run
-from driftscope.schema import CKA_KINDS
+from driftscope.models.layout import LayerInfo
+from driftscope.runfile.reader import Run
+from driftscope.runfile.schema import CKA_KINDS
 
 __all__ = [
     "BYTES_PER_VALUE",

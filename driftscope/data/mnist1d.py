@@ -13,7 +13,7 @@ that cannot be read or has the wrong shapes is regenerated.
 
 Signals are stored as ``(N, 1, 1, 40)`` float32: a one-channel "image" of height 1, so the
 :class:`~driftscope.data.Dataset` contract (``(N, C, H, W)``) holds unchanged; the ``cnn1d`` model
-(:mod:`driftscope.nets_1d`) reads them as ``(N, C, L)``. Values are already standardised by
+(:mod:`driftscope.models.nets_1d`) reads them as ``(N, C, L)``. Values are already standardised by
 ``make_dataset`` (zero mean, unit variance over the whole set), not in ``[0, 1]``; ``mean``/``std``
 are the training set's, so per-batch normalisation is close to the identity.
 """

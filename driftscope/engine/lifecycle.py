@@ -1,6 +1,6 @@
 """One run lifecycle for every engine: hooks, how a run ended, the run file, what a round sent.
 
-Every engine (the in-process :class:`~driftscope.simulator.Simulator`, :func:`driftscope.train`,
+Every engine (the in-process :class:`~driftscope.engine.inprocess.Simulator`, :func:`driftscope.train`,
 the Flower strategy and the Flower recording wrapper) runs a :class:`Lifecycle`::
 
     life = Lifecycle(hooks, writer=writer, state=...)    # writer None: hooks only
@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from driftscope.errors import DivergenceError
-from driftscope.events import (
+from driftscope.engine.events import (
     ClientTrained,
     Hook,
     RoundEnded,
@@ -36,6 +35,7 @@ from driftscope.events import (
     RunEnded,
     RunStarted,
 )
+from driftscope.errors import DivergenceError
 
 if TYPE_CHECKING:
     import os
@@ -44,10 +44,10 @@ if TYPE_CHECKING:
     from torch import nn
 
     from driftscope.config import RunConfig
+    from driftscope.engine.recorder import Recorder
     from driftscope.engine.setup import RunSetup
-    from driftscope.layout import ModelLayout
-    from driftscope.recorder import Recorder
-    from driftscope.runfile import RunWriter
+    from driftscope.models.layout import ModelLayout
+    from driftscope.runfile.writer import RunWriter
 
 #: the name of the in-process engine, in events, the run file (root attr ``engine``) and the CLI
 INPROCESS = "inprocess"
@@ -84,7 +84,7 @@ class Hooks(Hook):
 
 def run_ended(error: BaseException | None) -> RunEnded:
     """How a run ended, as its status: complete (no error), diverged, interrupted (Ctrl-C, or
-    SIGTERM as :class:`~driftscope.signals.Terminated`) or failed (anything else, named)."""
+    SIGTERM as :class:`~driftscope.engine.signals.Terminated`) or failed (anything else, named)."""
     if error is None:
         return RunEnded("complete")
     if isinstance(error, DivergenceError):
@@ -190,7 +190,7 @@ class Lifecycle:
         """Every hook's ``on_round_end``, then the commit of the round (``metrics/round`` last)."""
         self.hooks.on_round_end(event)
         if self.writer is not None:
-            from driftscope.heap import release_free_heap
+            from driftscope.engine.heap import release_free_heap
 
             state, record = self.state() if self.state is not None else (None, None)
             self.writer.commit(event, state, record)
@@ -240,14 +240,14 @@ def open_recording(
     Returns the lifecycle, the resume state read back and the round to start from (``{}``, 0 for a
     new run). Bad input fails before the run replaces anything at ``out``.
     """
-    from driftscope.recorder import stored_params
-    from driftscope.runfile import RunWriter
+    from driftscope.engine.recorder import stored_params
+    from driftscope.runfile.writer import RunWriter
 
     stored_params(setup.cfg.record, setup.layout)  # a bad pattern fails before any file is touched
     loaded: Mapping[str, Any] = {}
     start = 0
     if resume:
-        from driftscope.resume_file import reopen_for_resume
+        from driftscope.runfile.resume import reopen_for_resume
 
         _check_layout(out, setup, initial_state)  # a damaged file is refused before it is copied
         writer, loaded, start = reopen_for_resume(out, setup.num_clients)
@@ -307,11 +307,11 @@ def _declare(
 
 def _check_layout(out: str | os.PathLike, setup: RunSetup, state: Mapping[str, Any] | None) -> None:
     """The run file holds every dataset this run writes, as it writes them (see
-    :func:`~driftscope.resume_file.check_layout`): checked against a writer in memory."""
+    :func:`~driftscope.runfile.resume.check_layout`): checked against a writer in memory."""
     import warnings
 
-    from driftscope.resume_file import check_layout
-    from driftscope.runfile import RunWriter
+    from driftscope.runfile.resume import check_layout
+    from driftscope.runfile.writer import RunWriter
 
     ref = RunWriter.in_memory(setup.cfg, setup.layout, setup.label_histogram)
     try:
@@ -337,7 +337,7 @@ def recorder_for(
     normalised test inputs ``test_x`` drawn from the (seed, "probe") stream), the control-variate
     names of its algorithm, the training model's frozen parameters. What every engine of a
     driftscope config uses."""
-    from driftscope.recorder import Recorder, probe_index
+    from driftscope.engine.recorder import Recorder, probe_index
 
     rc = cfg.record
     rows = probe_index(cfg.seed, len(test_x), rc.probe_size) if rc.probe_size else None

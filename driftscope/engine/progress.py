@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from driftscope.events import Hook, RoundEnded, RunEnded, RunStarted
+from driftscope.engine.events import Hook, RoundEnded, RunEnded, RunStarted
 
 
 class Progress(Hook):

@@ -2,7 +2,7 @@
 test set.
 
 :class:`RunSetup` is what every engine starts from: the in-process engine
-(:class:`~driftscope.simulator.Simulator`), the Flower server (its layout, algorithm state, test
+(:class:`~driftscope.engine.inprocess.Simulator`), the Flower server (its layout, algorithm state, test
 set and client sampling) and every Flower ClientApp (its clients' data, model and algorithm), so a
 client ``i`` holds the same data and the model starts from the same parameters on every engine.
 
@@ -18,15 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from driftscope.algorithms import Algorithm, build_algorithm
-from driftscope.buffers import buffer_names, clone_buffers, load_buffers, read_buffers
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, TensorData, as_dataset, load_dataset, normalisation
+from driftscope.data.partition import Split, client_split, label_histogram
 from driftscope.device import data_fits, device_name, resolve_device
+from driftscope.engine.local import Augmentation, FlatParams
 from driftscope.errors import ConfigError
-from driftscope.local import Augmentation, FlatParams
-from driftscope.models import build_model, check_head, check_model_fits, model_layout
+from driftscope.models.buffers import buffer_names, clone_buffers, load_buffers, read_buffers
+from driftscope.models.registry import build_model, check_head, check_model_fits, model_layout
 from driftscope.own import model_name, recorded_config
-from driftscope.partition import Split, client_split, label_histogram
 from driftscope.seeding import derive_seed, numpy_rng
 
 EVAL_BATCH = 1024
@@ -117,7 +117,7 @@ class RunSetup:
         self.initial_params = self.flat.params.clone()
         # frozen parameters (requires_grad False): the model's own, never trained or sent
         self.frozen = {n: p for n, p in self.model.named_parameters() if not p.requires_grad}
-        # buffers (driftscope.buffers): their names and initial values; "local": each client
+        # buffers (driftscope.models.buffers): their names and initial values; "local": each client
         # keeps its own (the in-process engine only)
         self.buffer_names = buffer_names(self.model)
         self.initial_buffers = clone_buffers(read_buffers(self.model, self.buffer_names))

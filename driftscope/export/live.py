@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from driftscope.engine.events import Hook, RoundEnded, RunEnded, RunStarted
 from driftscope.errors import DriftscopeError
-from driftscope.events import Hook, RoundEnded, RunEnded, RunStarted
 from driftscope.export.rounds import hyperparameters, metric_labels, round_exports
 from driftscope.export.sinks import Sink, figure_pngs, open_sink, parse_target
 
 if TYPE_CHECKING:
-    from driftscope.reader import Run
+    from driftscope.runfile.reader import Run
 
 __all__ = ["LiveLogger", "LoggerWarning", "export_run"]
 
@@ -33,7 +33,7 @@ def export_run(
     returns the number of rounds written."""
     import json
 
-    from driftscope.reader import open_run
+    from driftscope.runfile.reader import open_run
 
     with open_run(path) as run:
         # a recorded Flower app may not report its labels; its own description, not the config
@@ -119,7 +119,7 @@ class LiveLogger(Hook):
                 return
 
     def _write_committed(self, sink: Sink) -> None:
-        from driftscope.reader import open_run
+        from driftscope.runfile.reader import open_run
 
         if self.run is None:
             if not self.path.exists():

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from driftscope.layout import LayerInfo
 from driftscope.metrics import METRICS
-from driftscope.reader import Run
+from driftscope.models.layout import LayerInfo
+from driftscope.runfile.reader import Run
 
 __all__ = ["RoundExport", "hyperparameters", "metric_labels", "round_exports", "scalar_name"]
 

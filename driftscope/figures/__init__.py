@@ -1,6 +1,6 @@
 """Paper-style figures of where federated learning drifts, drawn with seaborn on matplotlib.
 
-Figures read only run files (through :class:`~driftscope.reader.Run`) and the tidy tables of
+Figures read only run files (through :class:`~driftscope.runfile.reader.Run`) and the tidy tables of
 :mod:`driftscope.analysis`; they never touch live training objects. Every plotting function takes
 runs or tidy data and an optional ``ax`` and returns the Axes it drew on, so figures compose into
 panels; :func:`cosine_clustermap` returns seaborn's ``ClusterGrid``. Labels and log scales of

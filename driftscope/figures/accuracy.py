@@ -14,7 +14,7 @@ from driftscope.analysis.tables import communication_factor
 from driftscope.figures.common import as_runs, legend_above
 from driftscope.figures.labels import COMMUNICATION_TITLE, order_labels, run_labels
 from driftscope.figures.style import new_ax, palette
-from driftscope.reader import Run
+from driftscope.runfile.reader import Run
 
 __all__ = ["accuracy_curves"]
 

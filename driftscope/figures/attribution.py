@@ -38,7 +38,7 @@ from driftscope.analysis.attribution import (
 )
 from driftscope.analysis.labels import run_label
 from driftscope.errors import RunFileError
-from driftscope.reader import Run
+from driftscope.runfile.reader import Run
 
 __all__ = ["class_variance_heatmap", "label_alignment_profile", "write_attribution_figures"]
 

@@ -7,7 +7,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 
 from driftscope.figures.style import new_ax
-from driftscope.reader import Run
+from driftscope.runfile.reader import Run
 
 __all__ = ["chosen_layers_map", "has_chosen_layers"]
 

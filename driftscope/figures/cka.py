@@ -13,7 +13,7 @@ from driftscope.analysis.labels import config_value
 from driftscope.figures.common import as_runs, layer_ticks, legend_above, shade_head
 from driftscope.figures.labels import order_labels, run_labels
 from driftscope.figures.style import new_ax, palette, quiet_seaborn
-from driftscope.reader import Run
+from driftscope.runfile.reader import Run
 
 __all__ = ["cka_by_layer"]
 

@@ -13,7 +13,7 @@ from scipy.spatial.distance import squareform
 from driftscope.figures.labels import run_label
 from driftscope.figures.style import COLUMN_WIDTH, quiet_seaborn
 from driftscope.metrics.drift import pairwise_cosine
-from driftscope.reader import Run
+from driftscope.runfile.reader import Run
 
 __all__ = ["cosine_clustermap"]
 

@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.transforms import blended_transform_factory
 
 from driftscope.analysis.tables import tidy
-from driftscope.reader import Run
+from driftscope.runfile.reader import Run
 
 HEAD_COLOR = "0.88"
 ROTATE_ABOVE = 8  # rotate layer tick labels when more layers than this share the axis

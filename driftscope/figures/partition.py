@@ -8,7 +8,7 @@ from matplotlib.axes import Axes
 
 from driftscope.figures.labels import run_label
 from driftscope.figures.style import COLUMN_WIDTH, new_ax, palette, quiet_seaborn
-from driftscope.reader import Run
+from driftscope.runfile.reader import Run
 
 __all__ = ["partition_histogram"]
 

@@ -31,7 +31,7 @@ from driftscope.figures.style import (
     quiet_seaborn,
 )
 from driftscope.metrics import METRICS
-from driftscope.reader import Run
+from driftscope.runfile.reader import Run
 
 __all__ = ["layer_heatmap", "layer_profile", "profile_note"]
 

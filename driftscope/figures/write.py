@@ -21,7 +21,7 @@ from driftscope.figures.partition import partition_histogram
 from driftscope.figures.profile import layer_heatmap, layer_profile
 from driftscope.figures.style import DPI, paper_style
 from driftscope.metrics import headline_metrics
-from driftscope.reader import Run
+from driftscope.runfile.reader import Run
 
 __all__ = ["write_figures"]
 

@@ -17,12 +17,12 @@ from flwr.app import ArrayRecord
 from flwr.supercore import log
 from torch import nn
 
-from driftscope import schema
 from driftscope.config import RecordConfig, RunConfig
 from driftscope.flower.replies import layout_from_arrays
-from driftscope.h5write import append, growable
-from driftscope.layout import ModelLayout
-from driftscope.models import model_layout
+from driftscope.models.layout import ModelLayout
+from driftscope.models.registry import model_layout
+from driftscope.runfile import schema
+from driftscope.runfile.h5write import append, growable
 
 
 def head_layout(

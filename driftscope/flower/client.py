@@ -76,8 +76,8 @@ class ClientRuntime:
     ) -> LocalResult:
         """Train ``client`` from global ``x`` and ``buffers`` with server control ``c`` and its
         own ``c_i``."""
-        from driftscope.buffers import clone_buffers, load_buffers, read_buffers
-        from driftscope.local import local_train
+        from driftscope.engine.local import local_train
+        from driftscope.models.buffers import clone_buffers, load_buffers, read_buffers
 
         algo, setup = self.algorithm, self.setup
         x = x.to(setup.device)  # the wire's tensors are on the CPU; training is on setup.device

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, Message
 from flwr.serverapp.strategy import Strategy
 
 from driftscope.errors import RunFileError
-from driftscope.layout import LayerInfo, ModelLayout, ParamInfo
+from driftscope.models.layout import LayerInfo, ModelLayout, ParamInfo
 
 LOSS_KEYS = ("loss", "test_loss", "eval_loss", "test-loss")
 ACCURACY_KEYS = ("accuracy", "acc", "test_accuracy", "eval_acc", "test-accuracy")
@@ -52,7 +52,7 @@ def client_metrics(
 def check_out(path: str | os.PathLike, overwrite: bool) -> Path:
     """``path`` made absolute against the current directory, checked as ``recording`` takes it:
     a one-line :class:`RunFileError` in the API's words for an existing or unwritable file."""
-    from driftscope.outputs import check_output
+    from driftscope.runfile.outputs import check_output
 
     resolved = Path(path).expanduser()
     if not resolved.is_absolute():

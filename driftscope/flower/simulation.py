@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
 
-    from driftscope.events import Hook
+    from driftscope.engine.events import Hook
     from driftscope.flower.strategy import DriftscopeStrategy
 
 

@@ -33,16 +33,16 @@ from flwr.serverapp.strategy.result import Result
 from flwr.supercore import log
 
 from driftscope.algorithms.aggregate import client_weights
-from driftscope.buffers import BufferAverage, buffer_bytes, clone_buffers
 from driftscope.config import RunConfig
 from driftscope.data import Dataset
+from driftscope.engine.events import ClientTrained, Hook, RoundStarted, RunStarted
 from driftscope.engine.lifecycle import Lifecycle, open_recording, round_ended
 from driftscope.engine.setup import RunSetup
 from driftscope.errors import ConfigError, DivergenceError
-from driftscope.events import ClientTrained, Hook, RoundStarted, RunStarted
 from driftscope.flower import ENGINE, FlowerRunError, wire
 from driftscope.flower.nodes import map_nodes, sort_replies
-from driftscope.runfile import RunWriter
+from driftscope.models.buffers import BufferAverage, buffer_bytes, clone_buffers
+from driftscope.runfile.writer import RunWriter
 
 NODE_WAIT_S = 120.0  # how long to wait for every SuperNode to connect
 #: algorithms whose client-side state the wire protocol cannot carry: fedpvr_auto's choice of

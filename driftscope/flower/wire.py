@@ -34,7 +34,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 if TYPE_CHECKING:
-    from driftscope.layout import ModelLayout
+    from driftscope.models.layout import ModelLayout
 
 ARRAYS = "arrays"
 CONTROL = "control"
@@ -93,7 +93,7 @@ def record_buffers(
 ) -> dict[str, torch.Tensor]:
     """The inverse of :func:`buffers_record`: every buffer of ``like`` (the model's), in its shape
     and dtype (a 0-d counter arrives as shape (1,))."""
-    from driftscope.buffers import arrays_buffers
+    from driftscope.models.buffers import arrays_buffers
 
     missing = [name for name in like if name not in record]
     if missing:

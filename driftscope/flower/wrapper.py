@@ -54,11 +54,9 @@ from flwr.serverapp.strategy.result import Result
 from flwr.supercore import log
 from torch import nn
 
-from driftscope import schema
-from driftscope.buffers import arrays_buffers, load_frozen
 from driftscope.config import RecordConfig
+from driftscope.engine.events import ClientTrained, Hook, RoundStarted, RunStarted
 from driftscope.engine.lifecycle import Lifecycle, round_ended
-from driftscope.events import ClientTrained, Hook, RoundStarted, RunStarted
 from driftscope.flower import ENGINE
 from driftscope.flower.app_file import AppSeries, head_layout, server_config, write_partition
 from driftscope.flower.replies import (
@@ -79,10 +77,12 @@ from driftscope.flower.replies import (
     reply_metrics,
     strategy_settings,
 )
-from driftscope.layout import ModelLayout
+from driftscope.models.buffers import arrays_buffers, load_frozen
+from driftscope.models.layout import ModelLayout
+from driftscope.runfile import schema
 
 if TYPE_CHECKING:
-    from driftscope.runfile import RunWriter
+    from driftscope.runfile.writer import RunWriter
 
 
 def recording(
@@ -244,8 +244,8 @@ class RecordingStrategy(Strategy):
 
     # ------------------------------------------------------------------ set-up (first round)
     def _open(self, arrays: ArrayRecord, replies: Sequence[Message]) -> None:
-        from driftscope.recorder import Recorder
-        from driftscope.runfile import RunWriter
+        from driftscope.engine.recorder import Recorder
+        from driftscope.runfile.writer import RunWriter
 
         layout, self.head_rule = head_layout(arrays, self.model_factory, self.head)
         print(

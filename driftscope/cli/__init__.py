@@ -6,7 +6,7 @@ usage errors) without a traceback.
 Parsing is torch-free: the run flags, their choices and the algorithm-parameter flags
 (``--mu``, ``--body-momentum``, ...) are built from the config defaults and the registries
 (:data:`~driftscope.algorithms.ALGORITHMS`, :data:`~driftscope.data.DATASETS`,
-:data:`~driftscope.models.MODELS`), and every heavy module (torch, pandas, h5py, matplotlib) is
+:data:`~driftscope.models.registry.MODELS`), and every heavy module (torch, pandas, h5py, matplotlib) is
 imported inside the command that needs it. ``driftscope --help`` and usage errors stay fast.
 """
 
@@ -18,7 +18,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from driftscope.cli_flags import (
+from driftscope.cli.commands import COMMANDS
+from driftscope.cli.flags import (
     FLAG_KEYS,
     SMALL_MODEL_PARAMS,
     Flag,
@@ -32,7 +33,6 @@ from driftscope.cli_flags import (
     resolve_config,
     run_flags,
 )
-from driftscope.commands import COMMANDS
 from driftscope.errors import DriftscopeError, SettingsWarning
 
 #: ``compare --arms`` names, as registered in ``experiments.ARMS`` (kept here so parsing stays
@@ -323,7 +323,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return err.exit_code
     parser = build_parser()
     args = parser.parse_args(argv)
-    from driftscope.signals import sigterm_as_interrupt
+    from driftscope.engine.signals import sigterm_as_interrupt
 
     with sigterm_as_interrupt():  # also around the messages: a second signal waits for them
         try:
@@ -334,8 +334,10 @@ def _main(argv: Sequence[str] | None) -> int:
         except DriftscopeError as err:
             print(f"driftscope: error: {err}", file=sys.stderr)
             return err.exit_code
-        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (driftscope.signals.Terminated)
-            from driftscope.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
+        except (
+            KeyboardInterrupt
+        ) as err:  # Ctrl-C, or SIGTERM (driftscope.engine.signals.Terminated)
+            from driftscope.engine.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
 
             terminated = isinstance(err, Terminated)
             hint = (

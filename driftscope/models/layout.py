@@ -2,7 +2,7 @@
 
 A :class:`ModelLayout` lists a model's parameter tensors in order (each a slot
 ``[offset, offset + numel)`` of the flat parameter vector) and its parameterised layers, each
-marked head or body. :func:`driftscope.models.model_layout` builds one from a torch model; the
+marked head or body. :func:`driftscope.models.registry.model_layout` builds one from a torch model; the
 reader rebuilds the same object from a run file without importing torch.
 """
 

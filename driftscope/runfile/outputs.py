@@ -5,7 +5,7 @@ one ending in a separator, a name too long for the run's side files or a path wh
 be created; ``check_folder`` creates an output folder (figures, compare, reproduce) or refuses it
 in one line; :class:`Lock` is the writer's ``flock`` on ``<run file>.lock`` (host and
 PID inside, released by the kernel if the process dies); :func:`write_error` names what a failed
-write ran into. Used by :mod:`driftscope.runfile` and the CLI.
+write ran into. Used by :mod:`driftscope.runfile.writer` and the CLI.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import os
 import platform
 from pathlib import Path
 
-from driftscope import schema
 from driftscope.errors import RunFileError
+from driftscope.runfile import schema
 
 
 def one_line(err: BaseException) -> str:

@@ -1,10 +1,10 @@
 """The in-process engine: every client trains in turn on one shared working model.
 
 The run is assembled by :class:`~driftscope.engine.setup.RunSetup`. Per round the engine samples
-the clients, trains each with :func:`driftscope.local.local_train` (or a group at once with
-:mod:`driftscope.batched`) on the setup's working model bound to flat vectors, averages the
+the clients, trains each with :func:`driftscope.engine.local.local_train` (or a group at once with
+:mod:`driftscope.engine.batched`) on the setup's working model bound to flat vectors, averages the
 updates through the algorithm, evaluates the new global model, and tells its
-:class:`~driftscope.engine.lifecycle.Lifecycle` with read-only :mod:`~driftscope.events`.
+:class:`~driftscope.engine.lifecycle.Lifecycle` with read-only :mod:`~driftscope.engine.events`.
 
 Seeding (all from ``RunConfig.seed``, see :mod:`driftscope.seeding`): the partition, the model's
 initialisation, each round's client sample, and each (round, client)'s batch order, augmentation and
@@ -22,26 +22,33 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
-from driftscope import batched
 from driftscope.algorithms import Algorithm
 from driftscope.algorithms.aggregate import client_weights
-from driftscope.buffers import (
+from driftscope.config import RunConfig
+from driftscope.data import Dataset, TensorData
+from driftscope.data.partition import Split
+from driftscope.engine import batched
+from driftscope.engine.events import (
+    ClientTrained,
+    Hook,
+    RoundEnded,
+    RoundStarted,
+    RunStarted,
+    StateRows,
+)
+from driftscope.engine.lifecycle import INPROCESS, Lifecycle, round_ended
+from driftscope.engine.local import Augmentation, FlatParams, LocalResult, local_train
+from driftscope.engine.progress import Progress
+from driftscope.engine.setup import RunSetup
+from driftscope.errors import DivergenceError
+from driftscope.models.buffers import (
     BufferAverage,
     buffer_bytes,
     clone_buffers,
     load_buffers,
     read_buffers,
 )
-from driftscope.config import RunConfig
-from driftscope.data import Dataset, TensorData
-from driftscope.engine.lifecycle import INPROCESS, Lifecycle, round_ended
-from driftscope.engine.progress import Progress
-from driftscope.engine.setup import RunSetup
-from driftscope.errors import DivergenceError
-from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted, RunStarted, StateRows
-from driftscope.layout import ModelLayout
-from driftscope.local import Augmentation, FlatParams, LocalResult, local_train
-from driftscope.partition import Split
+from driftscope.models.layout import ModelLayout
 
 ENGINE = INPROCESS
 GLOBAL_PARAMS = "global_params"  # state name of the global model; algorithm state: "algorithm/<k>"
@@ -80,7 +87,7 @@ class Simulator:
         self.setup = setup
         self.cfg = setup.cfg
         self.global_params = setup.initial_params.clone()
-        # buffers (driftscope.buffers): the global ones, and in "local" mode each client's own
+        # buffers (driftscope.models.buffers): the global ones, and in "local" mode each client's own
         self.global_buffers = clone_buffers(setup.initial_buffers)
         self.client_buffers: dict[str, torch.Tensor] = {}
         self.client_buffers_set = torch.zeros(setup.num_clients, dtype=torch.uint8)
@@ -194,7 +201,7 @@ class Simulator:
         ``lifecycle`` (default: one with ``hooks`` and no run file) receives every event, commits
         each round (:func:`driftscope.train` gives one with the run file) and ends with the
         run's status; ``hooks`` are added to it, then the progress display when ``progress``.
-        Returns each round's :class:`~driftscope.events.RoundEnded` without its tensors
+        Returns each round's :class:`~driftscope.engine.events.RoundEnded` without its tensors
         (``global_params`` empty, no control norms): see :attr:`global_params`. With
         ``summaries=False`` it returns ``[]`` and keeps nothing per round: the summaries hold each
         sampled client's loss and accuracy, O(rounds x clients per round) objects that a caller
@@ -296,7 +303,7 @@ class Simulator:
         return event
 
     def _train(self, clients: Sequence[int], x: torch.Tensor) -> Iterator[LocalResult]:
-        """Each client's local training, in order: batched (:mod:`driftscope.batched`) or one by
+        """Each client's local training, in order: batched (:mod:`driftscope.engine.batched`) or one by
         one (:func:`local_train`), as ``train.batched`` says."""
         t, seed, r = self.cfg.train, self.cfg.seed, self.round
         if batched.use_batched(t, self.model, self.layout.numel, self.dataset.input_shape):
@@ -343,7 +350,7 @@ class Simulator:
     def commit_state(self) -> dict[str, np.ndarray | StateRows]:
         """:meth:`state` as host arrays for the run file, once per round after the round: a
         per-client table (``c_clients``) as only the rows changed in the last two rounds
-        (:class:`~driftscope.events.StateRows`; the writer's slot for this round held the state of
+        (:class:`~driftscope.engine.events.StateRows`; the writer's slot for this round held the state of
         two rounds before), so committing costs O(sampled clients), not O(all clients)."""
         rows = self.algorithm.changed_rows()
         out: dict[str, np.ndarray | StateRows] = {}

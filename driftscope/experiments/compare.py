@@ -1,7 +1,7 @@
 """Experiments over several runs: ``compare`` (algorithms over seeds) and ``reproduce``'s arms (the
-run itself: :mod:`driftscope.reproduction`). One :class:`Arm` type describes what each run
+run itself: :mod:`driftscope.experiments.reproduce`). One :class:`Arm` type describes what each run
 changes in the base config; the functions train, read the run files back and RETURN results;
-the CLI prints them with :mod:`driftscope.report`.
+the CLI prints them with :mod:`driftscope.experiments.report`.
 
 A run that diverges is a result, not a crash: its run file keeps the rounds before, ``compare``
 records the round it diverged at (its final accuracy NaN), and ``reproduce`` reports it as
@@ -21,8 +21,8 @@ import pandas as pd
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, load_dataset
 from driftscope.errors import ConfigError, DivergenceError
-from driftscope.reader import open_run
 from driftscope.registry import Registry
+from driftscope.runfile.reader import open_run
 
 __all__ = [
     "ARMS",
@@ -128,7 +128,7 @@ def train_arm(
     Returns the :class:`DivergenceError` if the run diverged (its file keeps the rounds before),
     else None. ``threads``: as :func:`driftscope.train`'s (None: its policy).
     """
-    from driftscope.training import train
+    from driftscope.engine.training import train
 
     cfg = base.replace({**arm.overrides, **(overrides or {})})
     try:

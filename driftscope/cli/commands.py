@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from driftscope.cli_flags import apply_threads, check_fits, default_out, resolve_config
+from driftscope.cli.flags import apply_threads, check_fits, default_out, resolve_config
 from driftscope.config import RunConfig
+from driftscope.engine.events import Hook
 from driftscope.errors import ConfigError, DriftscopeError
-from driftscope.events import Hook
 
 FLOWER_ONLY = ("supernodes", "client_cpus", "client_gpus")
 
@@ -26,7 +26,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         import json
 
-        from driftscope.resume_file import resume_config, stored_threads
+        from driftscope.runfile.resume import resume_config, stored_threads
 
         out = Path(args.resume)
         if (args.out and Path(args.out) != out) or args.overwrite:
@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(args)
         check_fits(cfg)
-        from driftscope.runfile import check_output
+        from driftscope.runfile.writer import check_output
 
         # before any data is loaded or any file is touched; an empty --out is refused, not the default
         out = check_output(args.out if args.out is not None else default_out(cfg), args.overwrite)
@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         import torch
 
-        from driftscope.training import train
+        from driftscope.engine.training import train
 
         train(
             cfg,
@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             hooks=hooks,
             threads=torch.get_num_threads(),  # apply_threads' choice, printed below
         )
-    from driftscope.reader import open_run
+    from driftscope.runfile.reader import open_run
 
     with open_run(out) as run:
         m = run.metrics
@@ -98,9 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from driftscope.analysis.evidence import head_vs_body
     from driftscope.analysis.tables import drift_table, layer_summary, name_ratio_parts
-    from driftscope.reader import open_run
-    from driftscope.report import format_summary
-    from driftscope.runfile import check_output
+    from driftscope.experiments.report import format_summary
+    from driftscope.runfile.reader import open_run
+    from driftscope.runfile.writer import check_output
 
     if args.warmup is not None and args.warmup < 0:
         raise ConfigError(f"--warmup must be a round >= 0 (got {args.warmup})")
@@ -134,8 +134,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from driftscope.reader import open_run
-    from driftscope.report import format_inspect
+    from driftscope.experiments.report import format_inspect
+    from driftscope.runfile.reader import open_run
 
     with open_run(args.run) as run:
         print(format_inspect(run))
@@ -144,8 +144,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from driftscope.figures import write_figures
-    from driftscope.outputs import check_folder
-    from driftscope.reader import open_run
+    from driftscope.runfile.outputs import check_folder
+    from driftscope.runfile.reader import open_run
 
     out_text = args.out if args.out is not None else str(figures_folder(args.runs))
     if not args.overwrite and out_text and Path(out_text).is_dir():
@@ -184,11 +184,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not 0 < args.target <= 1:
         raise ConfigError(f"--target must be in (0, 1] (got {args.target}): a test accuracy")
     base = RunConfig.from_toml(args.config) if args.config else RunConfig()
-    from driftscope.experiments import compare, compare_arms, paired, summarize
-    from driftscope.report import format_compare, format_paired, markdown_table
+    from driftscope.experiments.compare import compare, compare_arms, paired, summarize
+    from driftscope.experiments.report import format_compare, format_paired, markdown_table
 
     arms = compare_arms(args.arms)  # an unknown name fails before any training
-    from driftscope.outputs import check_folder, check_output
+    from driftscope.runfile.outputs import check_folder, check_output
 
     if args.csv is not None:
         check_output(args.csv, overwrite=True, what="--csv")
@@ -223,14 +223,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from driftscope.data import DATASETS
-    from driftscope.outputs import check_folder
+    from driftscope.runfile.outputs import check_folder
 
     model = args.model or DATASETS.get(args.dataset).default_model or RunConfig().model.name
     cfg = RunConfig().replace({"data.dataset": args.dataset, "model.name": model})
     check_fits(cfg)  # before any folder or file
     threads = apply_threads(cfg, args.threads)  # its line names the model reproduce trains
-    from driftscope.report import format_reproduce
-    from driftscope.reproduction import check_reproduce_folder, reproduce, reproduce_folder
+    from driftscope.experiments.report import format_reproduce
+    from driftscope.experiments.reproduce import check_reproduce_folder, reproduce, reproduce_folder
 
     out = check_folder(  # an empty --out is an error, not the current folder
         args.out if args.out is not None else reproduce_folder(cfg, args.rounds, args.seed)

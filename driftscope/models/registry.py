@@ -1,7 +1,7 @@
 """Model registry, and the split of a model's parameters into layers, body and head.
 
 ``MODELS`` is a registry of torch-free :class:`ModelSpec` records; ``spec.build(input_shape,
-num_classes)`` imports the architectures (:mod:`driftscope.nets`, torch) only when called, so the
+num_classes)`` imports the architectures (:mod:`driftscope.models.nets`, torch) only when called, so the
 CLI and config validation can list and check names without importing torch.
 
 Every registered model declares its *head*: the classifier's parameters, named by module prefixes
@@ -19,7 +19,7 @@ Registry (``MODELS``):
   10 classes; head = the 3 linear layers; the reference code's initialisation.
 * ``mlp``: two hidden layers of 200; head = the output layer.
 * ``cnn1d``: ``small_cnn`` in one dimension for 1-D signals (``mnist1d``), in
-  :mod:`driftscope.nets_1d`.
+  :mod:`driftscope.models.nets_1d`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from driftscope.errors import ConfigError
-from driftscope.layout import LayerInfo, ModelLayout, ParamInfo
+from driftscope.models.layout import LayerInfo, ModelLayout, ParamInfo
 from driftscope.registry import Registry
 
 if TYPE_CHECKING:
@@ -70,13 +70,13 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 
 
 def _small_cnn(shape: Shape, k: int) -> nn.Module:
-    from driftscope.nets import SmallCNN
+    from driftscope.models.nets import SmallCNN
 
     return SmallCNN(shape[0], k)
 
 
 def _vgg11(shape: Shape, k: int) -> nn.Module:
-    from driftscope.nets import VGG11
+    from driftscope.models.nets import VGG11
 
     if shape[1:] != (32, 32):
         raise ConfigError(
@@ -87,13 +87,13 @@ def _vgg11(shape: Shape, k: int) -> nn.Module:
 
 
 def _mlp(shape: Shape, k: int) -> nn.Module:
-    from driftscope.nets import MLP
+    from driftscope.models.nets import MLP
 
     return MLP(math.prod(shape), k)
 
 
 def _cnn1d(shape: Shape, k: int) -> nn.Module:
-    from driftscope.nets_1d import build_cnn1d
+    from driftscope.models.nets_1d import build_cnn1d
 
     return build_cnn1d(shape, k)
 
@@ -155,17 +155,8 @@ def build_model(name: str, input_shape: Shape, num_classes: int) -> nn.Module:
     return MODELS.get(name).build(input_shape, num_classes)
 
 
-def __getattr__(name: str) -> object:
-    # the architectures live in driftscope.nets; keep ``driftscope.models.VGG11`` working
-    if name in {"SmallCNN", "VGG11", "MLP", "he_init", "vgg_init", "VGG11_CONFIG"}:
-        from driftscope import nets
-
-        return getattr(nets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # ---------------------------------------------------------------------------------------- layout
-# ParamInfo, LayerInfo and ModelLayout live in the torch-free driftscope.layout (re-exported here)
+# ParamInfo, LayerInfo and ModelLayout are the torch-free driftscope.models.layout's
 _KIND_LABEL = {"Conv2d": "conv", "Conv1d": "conv", "Linear": "fc"}
 ROOT_KIND = "Parameter"  # the kind of a layer made of one parameter owned by the root module
 

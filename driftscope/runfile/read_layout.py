@@ -1,5 +1,5 @@
-"""The model layout of a :class:`driftscope.reader.Run`: parameters and layers in model order
-(:class:`~driftscope.layout.ModelLayout`, head or body), and lookups by name.
+"""The model layout of a :class:`driftscope.runfile.reader.Run`: parameters and layers in model order
+(:class:`~driftscope.models.layout.ModelLayout`, head or body), and lookups by name.
 
 A mixin so that ``reader.py`` stays readable; every read goes through the Run's checked
 ``_read``. Torch-free.
@@ -12,16 +12,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from driftscope import schema
 from driftscope.errors import RunFileError
-from driftscope.h5open import one_line as _one_line
-from driftscope.h5open import strings as _strings
-from driftscope.layout import LayerInfo, ModelLayout, ParamInfo
-from driftscope.run_records import _guarded
+from driftscope.models.layout import LayerInfo, ModelLayout, ParamInfo
+from driftscope.runfile import schema
+from driftscope.runfile.h5open import one_line as _one_line
+from driftscope.runfile.h5open import strings as _strings
+from driftscope.runfile.read_records import _guarded
 
 
 class LayoutMixin:
-    """The model layout of a run (mixed into :class:`~driftscope.reader.Run`)."""
+    """The model layout of a run (mixed into :class:`~driftscope.runfile.reader.Run`)."""
 
     if TYPE_CHECKING:
         path: Path
@@ -33,7 +33,7 @@ class LayoutMixin:
     @cached_property
     @_guarded
     def layout(self) -> ModelLayout:
-        """Parameters and layers in model order (:class:`~driftscope.layout.ModelLayout`)."""
+        """Parameters and layers in model order (:class:`~driftscope.models.layout.ModelLayout`)."""
         f = schema.param_field
         names = _strings(self._read(f("name")))
         layers_of = _strings(self._read(f("layer")))

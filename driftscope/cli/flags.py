@@ -20,7 +20,7 @@ from driftscope.algorithms import ALGORITHMS
 from driftscope.config import RunConfig
 from driftscope.data import DATASETS
 from driftscope.errors import ConfigError
-from driftscope.models import MODELS
+from driftscope.models.registry import MODELS
 from driftscope.options import FieldType, field_types
 
 # The most torch intra-op threads a run may ask for (torch holds the count in a C int).
@@ -302,7 +302,7 @@ def default_out(cfg: RunConfig) -> Path:
 def check_fits(cfg: RunConfig) -> None:
     """The model takes the dataset's inputs (one-line ConfigError), from the dataset's declared
     shape: before any data is loaded or any file is touched."""
-    from driftscope.models import check_model_fits
+    from driftscope.models.registry import check_model_fits
 
     ds = DATASETS.get(cfg.data.dataset)
     check_model_fits(cfg.model.name, ds.input_shape, ds.num_classes, ds.name)

@@ -29,7 +29,7 @@ from driftscope.seeding import derive_seed, torch_generator
 if TYPE_CHECKING:
     from driftscope.algorithms import Algorithm
     from driftscope.config import TrainConfig
-    from driftscope.models import ModelLayout
+    from driftscope.models.layout import ModelLayout
 
 
 class FlatParams:

@@ -1,7 +1,7 @@
 """Opening run files safely: plain for closed files, SWMR with bounded retries for files marked
 open for writing, and whether the process that writes a "running" file is still alive.
 
-Torch-free; used by :mod:`driftscope.reader`.
+Torch-free; used by :mod:`driftscope.runfile.reader`.
 """
 
 from __future__ import annotations

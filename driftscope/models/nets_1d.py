@@ -1,7 +1,7 @@
 """Networks for 1-D signals (MNIST-1D): ``cnn1d``, a small 1-D CNN with a declared 3-layer head.
 
-``CNN1D`` is :class:`~driftscope.nets.SmallCNN` in one dimension (the same builder,
-:func:`~driftscope.nets.small_cnn_layers`, with ``dims=1``), so a run on MNIST-1D differs
+``CNN1D`` is :class:`~driftscope.models.nets.SmallCNN` in one dimension (the same builder,
+:func:`~driftscope.models.nets.small_cnn_layers`, with ``dims=1``), so a run on MNIST-1D differs
 from the digits default in the data, not in the shape of the network: a conv body (16, 32, M, 64,
 64, M, global average pool; kernel 5, padding 2) and a linear head (64, 64, classes) declared by
 ``head_prefixes = ("classifier",)``. 33,536 body and 8,970 head parameters for one input channel
@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from driftscope.errors import ConfigError
-from driftscope.nets import he_init, small_cnn_layers
+from driftscope.models.nets import he_init, small_cnn_layers
 
 
 class CNN1D(nn.Module):
     """Conv1d body (16, 32, M, 64, 64, M, global average pool; kernel 5) and a 3-layer linear
-    head (:func:`~driftscope.nets.small_cnn_layers` in 1-D)."""
+    head (:func:`~driftscope.models.nets.small_cnn_layers` in 1-D)."""
 
     head_prefixes = ("classifier",)
 

@@ -11,10 +11,10 @@ import pandas as pd
 
 from driftscope.errors import DriftscopeError
 from driftscope.metrics import headline_metrics
-from driftscope.reader import Run
+from driftscope.runfile.reader import Run
 
 if TYPE_CHECKING:
-    from driftscope.reproduction import ReproduceResult
+    from driftscope.experiments.reproduce import ReproduceResult
 
 
 def _run_title(run: Run) -> str:

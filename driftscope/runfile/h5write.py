@@ -1,6 +1,6 @@
 """Small HDF5 helpers of the run-file writer: growable labelled datasets and the environment record.
 
-Torch-free. Paths, labels and dtypes come from :mod:`driftscope.schema`.
+Torch-free. Paths, labels and dtypes come from :mod:`driftscope.runfile.schema`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from driftscope import schema
+from driftscope.runfile import schema
 
 # The run writer's chunk cache per open dataset (h5py.File's rdcc_nbytes, rdcc_nslots). HDF5 2.0
 # raised the default from 1 MiB / 521 slots to 8 MiB / 8191 slots, and the writer and the recorder
@@ -184,7 +184,7 @@ class ChunkWriter:
     padded with zeros, HDF5's fill value.
 
     :meth:`append` returns the CRC-32 of each client's row as stored (what
-    :func:`driftscope.schema.row_crc32` gives), computed piece by piece, each piece right after its
+    :func:`driftscope.runfile.schema.row_crc32` gives), computed piece by piece, each piece right after its
     write, while the bytes are still in the CPU cache. A dataset
     with HDF5's fletcher32 filter (updates of a file written before the CRC) gets the filter's
     checksum computed here (:func:`fletcher32`) and appended to each chunk, so HDF5 still checks

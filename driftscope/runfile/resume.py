@@ -1,7 +1,7 @@
-"""The run file's side of resuming a run (:func:`driftscope.training.resume`).
+"""The run file's side of resuming a run (:func:`driftscope.engine.training.resume`).
 
 Check that a file can be resumed, copy it truncated to its committed rounds, and read the saved
-state of the last committed round (written double-buffered by :class:`~driftscope.runfile.RunWriter`).
+state of the last committed round (written double-buffered by :class:`~driftscope.runfile.writer.RunWriter`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from driftscope import schema
 from driftscope.errors import RunFileError
-from driftscope.h5open import open_file, writer_alive
-from driftscope.h5write import CHUNK_CACHE
-from driftscope.outputs import Lock, write_error
-from driftscope.runfile import RunWriter
+from driftscope.runfile import schema
+from driftscope.runfile.h5open import open_file, writer_alive
+from driftscope.runfile.h5write import CHUNK_CACHE
+from driftscope.runfile.outputs import Lock, write_error
+from driftscope.runfile.writer import RunWriter
 
 
 def _mark_writer(f: h5py.File) -> None:

@@ -9,7 +9,7 @@ opened in SWMR read mode with a bounded number of metadata read attempts, so dam
 in milliseconds instead of hanging; "running" with a writer that is no longer alive (same host, dead
 PID) counts as stopped, so the truncation check applies; every read goes through one place that
 turns a missing or damaged dataset (checksum errors included) into a one-line
-:class:`~driftscope.errors.RunFileError` naming it. Every path comes from :mod:`driftscope.schema`.
+:class:`~driftscope.errors.RunFileError` naming it. Every path comes from :mod:`driftscope.runfile.schema`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from typing import Any
 import h5py
 import numpy as np
 
-from driftscope import schema
 from driftscope.errors import DriftscopeError, RunFileError
-from driftscope.h5open import SWMR_READ_ATTEMPTS, open_file, writer_alive
-from driftscope.h5open import one_line as _one_line
-from driftscope.run_app import AppMixin
-from driftscope.run_layout import LayoutMixin
-from driftscope.run_records import RecordsMixin
-from driftscope.run_tables import TablesMixin
+from driftscope.runfile import schema
+from driftscope.runfile.h5open import SWMR_READ_ATTEMPTS, open_file, writer_alive
+from driftscope.runfile.h5open import one_line as _one_line
+from driftscope.runfile.read_app import AppMixin
+from driftscope.runfile.read_layout import LayoutMixin
+from driftscope.runfile.read_records import RecordsMixin
+from driftscope.runfile.read_tables import TablesMixin
 
 __all__ = ["SWMR_READ_ATTEMPTS", "Run", "open_run", "writer_alive"]
 
@@ -99,9 +99,9 @@ class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin):
     rounds), ``metrics`` (DataFrame, one row per committed round). Only this class opens the file.
 
     Its accessors come by job: here opening, the one checked place for raw reads, lifecycle, file
-    facts, config and status; the model layout from :class:`~driftscope.run_layout.LayoutMixin`,
-    per-round tables from :class:`~driftscope.run_tables.TablesMixin`, per-layer records from
-    :class:`~driftscope.run_records.RecordsMixin`.
+    facts, config and status; the model layout from :class:`~driftscope.runfile.read_layout.LayoutMixin`,
+    per-round tables from :class:`~driftscope.runfile.read_tables.TablesMixin`, per-layer records from
+    :class:`~driftscope.runfile.read_records.RecordsMixin`.
     """
 
     def __init__(self, file: h5py.File, path: Path) -> None:

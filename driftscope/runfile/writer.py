@@ -1,6 +1,6 @@
 """The run file's writer: one self-describing HDF5 file per run, committed round by round.
 
-The layout (every path, label and dtype) is :mod:`driftscope.schema`'s. Lifecycle::
+The layout (every path, label and dtype) is :mod:`driftscope.runfile.schema`'s. Lifecycle::
 
     writer = RunWriter.create(path, config=cfg, layout=layout, label_histogram=hist)
     # the recorder declares its datasets under writer.file[schema.RECORDS]; declare_state(...)
@@ -34,13 +34,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from driftscope import schema
 from driftscope.config import RunConfig
+from driftscope.engine.events import RoundEnded, StateRows
 from driftscope.errors import RunFileError
-from driftscope.events import RoundEnded, StateRows
-from driftscope.h5write import CHUNK_CACHE, _labelled, append, environment, growable
-from driftscope.layout import ModelLayout
-from driftscope.outputs import Lock, RunWriteError, check_output, unwritable, write_error
+from driftscope.models.layout import ModelLayout
+from driftscope.runfile import schema
+from driftscope.runfile.h5write import CHUNK_CACHE, _labelled, append, environment, growable
+from driftscope.runfile.outputs import Lock, RunWriteError, check_output, unwritable, write_error
 
 __all__ = ["RunWriter", "append", "check_output", "environment", "growable"]
 

@@ -1,4 +1,4 @@
-"""The per-round tables of a :class:`driftscope.reader.Run`: committed rounds, clients and their
+"""The per-round tables of a :class:`driftscope.runfile.reader.Run`: committed rounds, clients and their
 sizes, metrics, client metrics, the label histogram and the algorithm's per-layer records.
 
 A mixin so that ``reader.py`` stays readable; every read goes through the Run's checked
@@ -14,14 +14,14 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from driftscope import schema
 from driftscope.errors import RunFileError
-from driftscope.layout import LayerInfo
-from driftscope.run_records import _guarded
+from driftscope.models.layout import LayerInfo
+from driftscope.runfile import schema
+from driftscope.runfile.read_records import _guarded
 
 
 class TablesMixin:
-    """Per-round tables of a run (mixed into :class:`~driftscope.reader.Run`)."""
+    """Per-round tables of a run (mixed into :class:`~driftscope.runfile.reader.Run`)."""
 
     if TYPE_CHECKING:
         path: Path

@@ -1,8 +1,8 @@
-"""The network architectures behind :data:`driftscope.models.MODELS` (this module imports torch).
+"""The network architectures behind :data:`driftscope.models.registry.MODELS` (this module imports torch).
 
 * :class:`SmallCNN`: 4 conv layers (16, 32, pool, 64, 64, pool, global average) and a 3-layer
   linear head (64, 64, classes), like VGG-11 in miniature; fits 8x8, 28x28 and 32x32 images.
-  Built by :func:`small_cnn_layers`, which also builds its 1-D twin (:mod:`driftscope.nets_1d`).
+  Built by :func:`small_cnn_layers`, which also builds its 1-D twin (:mod:`driftscope.models.nets_1d`).
 * :class:`VGG11`: the FedPVR paper's VGG-11 without BatchNorm for 32x32 inputs.
 * :class:`MLP`: two hidden layers of 200.
 

@@ -4,8 +4,8 @@ In the simulator every client has the same architecture, so a group of clients c
 computation: their parameters are the rows of one (G, P) matrix, and each step evaluates the
 per-client loss gradient with ``torch.func.vmap(torch.func.grad(...))`` over
 ``torch.func.functional_call`` of the shared model. :func:`train_clients` yields, client by
-client and in the given order, the same :class:`~driftscope.local.LocalResult` that
-:func:`~driftscope.local.local_train` returns, to float tolerance:
+client and in the given order, the same :class:`~driftscope.engine.local.LocalResult` that
+:func:`~driftscope.engine.local.local_train` returns, to float tolerance:
 
 * each client keeps its own data, its own (seed, "batches", round, client) generator (the same
   permutations and the same augmentation draws, in the same order, as the sequential path), its
@@ -20,7 +20,7 @@ one grouped convolution and a vmapped linear layer as one batched matmul, whose 
 another order. Models with dropout train sequentially (:func:`supported`): the sequential path
 draws each client's dropout masks from torch's global generator seeded per client, a stream that
 vmap (which draws one mask for the whole group) cannot reproduce. Module buffers (BatchNorm running
-statistics, :mod:`driftscope.buffers`) are batched like the parameters: each client's row starts
+statistics, :mod:`driftscope.models.buffers`) are batched like the parameters: each client's row starts
 from the buffers it is given and is updated in place by its own forward passes (a vmapped
 ``functional_call`` with the buffers as batched inputs); a BatchNorm with ``momentum=None`` (a
 cumulative average, whose factor is read from the step count as a Python number) trains
@@ -28,7 +28,7 @@ sequentially. Frozen parameters (not in the layout) are the shared model's own a
 gradient.
 
 Devices: the group trains on the model's device (``train.device``; the simulator's model is
-bound to flat parameters there) exactly as :func:`~driftscope.local.local_train` does: batch
+bound to flat parameters there) exactly as :func:`~driftscope.engine.local.local_train` does: batch
 permutations and augmentation draws come from each client's CPU generator (a permutation is moved
 to the device once per pass when the client's data are there), data held in host memory are copied
 to the device batch by batch, the per-parameter momentum is moved to the device, and losses are
@@ -49,14 +49,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from driftscope.data.transforms import augment_batch
+from driftscope.engine.local import Augmentation, LocalResult, batches
 from driftscope.errors import DivergenceError
-from driftscope.local import Augmentation, LocalResult, batches
 from driftscope.seeding import torch_generator
 
 if TYPE_CHECKING:
     from driftscope.algorithms import Algorithm
     from driftscope.config import TrainConfig
-    from driftscope.models import ModelLayout
+    from driftscope.models.layout import ModelLayout
 
 GROUP_BYTES = 64 * 2**20  # clients per group: their (G, P) parameters fit in this many bytes
 MAX_GROUP = 32  # measured: 200 clients of 8x8 digits ran 1.5-2x faster in groups of 32 than of 200
@@ -163,7 +163,7 @@ def train_clients(
     time; yield each client's :class:`LocalResult` in order, with its buffers after training.
 
     A result's ``update``, ``params`` and ``buffers`` are views valid until the next result is
-    drawn from the iterator (as :func:`~driftscope.local.local_train`'s are until its next call).
+    drawn from the iterator (as :func:`~driftscope.engine.local.local_train`'s are until its next call).
     """
     size = group or group_size(layout.numel)
     for start in range(0, len(clients), size):

@@ -1,7 +1,7 @@
 """The run-file layout: every HDF5 path, axis label and dtype, and the recording schedule.
 
-This is the only module that spells a run-file path. The writer (:mod:`driftscope.runfile`), the
-recorder (:mod:`driftscope.recorder`), the reader (:mod:`driftscope.reader`) and the benchmarks
+This is the only module that spells a run-file path. The writer (:mod:`driftscope.runfile.writer`), the
+recorder (:mod:`driftscope.engine.recorder`), the reader (:mod:`driftscope.runfile.reader`) and the benchmarks
 build paths with the names and functions below. Torch-free.
 
 Layout (schema version 2; every array's axes are labelled with ``dims[i].label``; S = clients per

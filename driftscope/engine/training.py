@@ -3,7 +3,7 @@
 Everything that can be wrong with the input (config, dataset, head patterns, recording patterns)
 fails while the :class:`~driftscope.engine.setup.RunSetup` and the recording plan are built, before
 any file is created, so bad input never leaves a damaged run file. Once training starts, each
-round is committed to the file by :meth:`~driftscope.runfile.RunWriter.commit` after every hook has
+round is committed to the file by :meth:`~driftscope.runfile.writer.RunWriter.commit` after every hook has
 seen its end, together with the state that continuing needs (global model, control variates); if
 training stops early (divergence, Ctrl-C, SIGTERM, a crash, SIGKILL) the file keeps every committed
 round, and ``train(..., resume=True)`` (``driftscope run --resume RUN.h5``) continues it from its
@@ -22,15 +22,15 @@ from typing import Any
 from driftscope.algorithms import warn_settings
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, TensorData
+from driftscope.data.partition import Split
+from driftscope.engine.events import Hook
+from driftscope.engine.inprocess import Simulator
 from driftscope.engine.lifecycle import INPROCESS, open_recording
 from driftscope.engine.setup import RunSetup
+from driftscope.engine.signals import sigterm_as_interrupt
 from driftscope.errors import DriftscopeError, RunFileError
-from driftscope.events import Hook
-from driftscope.partition import Split
 from driftscope.registry import names_unchecked
-from driftscope.resume_file import resume_config, stored_threads
-from driftscope.signals import sigterm_as_interrupt
-from driftscope.simulator import Simulator
+from driftscope.runfile.resume import resume_config, stored_threads
 
 
 def train(
@@ -49,7 +49,7 @@ def train(
     """Train ``cfg`` and write the run file ``out``; returns its path.
 
     ``threads``: torch intra-op threads for this run (restored afterwards). None: the command
-    line's policy (:func:`driftscope.cli_flags.choose_threads`: 1 for models under 1M parameters,
+    line's policy (:func:`driftscope.cli.flags.choose_threads`: 1 for models under 1M parameters,
     else torch's current count), or, on resume, the count the run was trained with. The run file
     records the count (``environment.torch_threads``).
 
@@ -58,7 +58,7 @@ def train(
     fixes its initial weights), ``dataset`` a :class:`~driftscope.data.TensorData` (tensors of any
     shape (N, ...)) or a loaded :class:`~driftscope.data.Dataset`, ``split`` one index array per
     client or a callable ``(labels, rng) -> list of arrays``
-    (:func:`~driftscope.partition.custom_split`). The run file records the dataset's and model's
+    (:func:`~driftscope.data.partition.custom_split`). The run file records the dataset's and model's
     own names (their ``name``, else the class name) and the split as ``custom``, with every
     client's size and label histogram. ``hooks`` adds observers of your own (they run before the
     recorder). ``resume=True`` continues the interrupted, failed or killed run ``out``, whose
@@ -90,7 +90,7 @@ def _run_threads(numel: int, requested: int | None, resumed: Path | None) -> int
     """The thread count: ``requested``, else a resumed run's own, else the CLI's policy."""
     import torch
 
-    from driftscope.cli_flags import choose_threads
+    from driftscope.cli.flags import choose_threads
 
     if requested is None and resumed is not None:
         requested = stored_threads(resumed)

@@ -1,4 +1,4 @@
-"""The record accessors of :class:`driftscope.reader.Run`: recorded rounds, Gram matrices, stored
+"""The record accessors of :class:`driftscope.runfile.reader.Run`: recorded rounds, Gram matrices, stored
 updates, probe CKA, control-variate norms, resume state and the file's description.
 
 A mixin so that ``reader.py`` stays readable; every read goes through the Run's checked
@@ -19,10 +19,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from driftscope import schema
 from driftscope.errors import DriftscopeError, RunFileError
-from driftscope.h5open import one_line
-from driftscope.layout import LayerInfo, ParamInfo
+from driftscope.models.layout import LayerInfo, ParamInfo
+from driftscope.runfile import schema
+from driftscope.runfile.h5open import one_line
 
 
 def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,7 +44,7 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class RecordsMixin:
-    """Per-layer records of a run (mixed into :class:`~driftscope.reader.Run`)."""
+    """Per-layer records of a run (mixed into :class:`~driftscope.runfile.reader.Run`)."""
 
     if TYPE_CHECKING:
         path: Path

@@ -1,8 +1,8 @@
 """``reproduce``: the FedPVR paper's observation on the embedded default, from one command.
 
-It trains the :data:`~driftscope.experiments.REPRODUCE_ARMS` (FedAvg under label skew and IID,
+It trains the :data:`~driftscope.experiments.compare.REPRODUCE_ARMS` (FedAvg under label skew and IID,
 SCAFFOLD, FedPVR), reads the run files back and RETURNS where drift lives, how aligned each
-algorithm's updates are and the accuracy table; the CLI prints them with :mod:`driftscope.report`.
+algorithm's updates are and the accuracy table; the CLI prints them with :mod:`driftscope.experiments.report`.
 A diverged arm is reported as diverged at its round while the other arms go on.
 """
 
@@ -21,8 +21,8 @@ from driftscope.analysis.tables import drift_table, layer_summary
 from driftscope.config import RunConfig
 from driftscope.data import DATASETS, load_dataset
 from driftscope.errors import DriftscopeError, RunFileError
-from driftscope.experiments import REPRODUCE_ARMS, Arm, Log, _quiet, train_arm
-from driftscope.reader import open_run
+from driftscope.experiments.compare import REPRODUCE_ARMS, Arm, Log, _quiet, train_arm
+from driftscope.runfile.reader import open_run
 
 __all__ = ["ReproduceResult", "check_reproduce_folder", "reproduce", "reproduce_folder"]
 

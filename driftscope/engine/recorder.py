@@ -1,12 +1,12 @@
 """Records every client's per-layer update, the updates' Gram matrices and probe-set CKA.
 
-:class:`Recorder` is a :class:`~driftscope.events.Hook` that sees only events: it reads each
-client's update and parameters from :class:`~driftscope.events.ClientTrained` and the new global
-model from :class:`~driftscope.events.RoundEnded`, and runs those parameters forward on a fixed
+:class:`Recorder` is a :class:`~driftscope.engine.events.Hook` that sees only events: it reads each
+client's update and parameters from :class:`~driftscope.engine.events.ClientTrained` and the new global
+model from :class:`~driftscope.engine.events.RoundEnded`, and runs those parameters forward on a fixed
 probe set in its OWN probe model (built by ``model_factory``, parameters swapped in as views with
 ``torch.func.functional_call``), so it never touches the training model and cannot tell which
 engine trained. Per recorded round it appends under ``/records`` of the run file (paths, axes and
-dtypes in :mod:`driftscope.schema`; S = clients per round, n = probe size)::
+dtypes in :mod:`driftscope.runfile.schema`; S = clients per round, n = probe size)::
 
     round                 (rec,)              the recorded round numbers; written last
     clients               (rec, S)            which clients took part, in row order
@@ -43,22 +43,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from driftscope import schema
 from driftscope.config import RecordConfig
+from driftscope.engine.events import ClientTrained, Hook, RoundEnded, RoundStarted
+from driftscope.engine.heap import release_free_heap
 from driftscope.errors import DriftscopeError, SettingsWarning
-from driftscope.events import ClientTrained, Hook, RoundEnded, RoundStarted
-from driftscope.h5write import ChunkWriter, update_chunks
-from driftscope.heap import release_free_heap
 from driftscope.metrics.cka import pairwise_cka, rbf_from_linear_gram
 from driftscope.metrics.gram import centred_gram, update_gram
-from driftscope.runfile import append, growable
+from driftscope.runfile import schema
+from driftscope.runfile.h5write import ChunkWriter, update_chunks
+from driftscope.runfile.writer import append, growable
 from driftscope.seeding import torch_generator
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
-    from driftscope.models import ModelLayout
-    from driftscope.runfile import RunWriter
+    from driftscope.models.layout import ModelLayout
+    from driftscope.runfile.writer import RunWriter
 
 CKA_KINDS = schema.CKA_KINDS
 
@@ -146,7 +146,7 @@ def probe_plan(
     own), a module not called or called more than once per forward pass, an output without a
     tensor or without a dimension of size n. A forward pass that fails skips every layer.
     """
-    from driftscope.models import ROOT_KIND
+    from driftscope.models.registry import ROOT_KIND
 
     n = inputs.shape[0]
     dims: dict[str, int] = {}
@@ -219,7 +219,7 @@ def stored_params(cfg: RecordConfig, layout: ModelLayout) -> list:
 
 
 class Recorder(Hook):
-    """Writes per-layer recordings into an open :class:`~driftscope.runfile.RunWriter`'s file.
+    """Writes per-layer recordings into an open :class:`~driftscope.runfile.writer.RunWriter`'s file.
 
     ``model_factory()`` builds a model of the run's architecture (its own trainable parameters
     are never used); ``probe_inputs`` are the (normalised) probe images, ``probe_rows`` their
@@ -262,7 +262,7 @@ class Recorder(Hook):
         self.fixed: dict[str, torch.Tensor] = {}  # frozen parameters, then buffers, by name
         if self.probe_size:
             assert probe_inputs is not None
-            from driftscope.buffers import buffer_names, clone_buffers, read_buffers
+            from driftscope.models.buffers import buffer_names, clone_buffers, read_buffers
 
             with torch.random.fork_rng(devices=[]):  # initialising it draws from torch's RNG
                 model = model_factory()

@@ -1,6 +1,6 @@
 """What a run recorded from someone's Flower app (``driftscope.flower.recording``) says about the
 app: its description, its strategy, and its own metric series. Mixed into
-:class:`driftscope.reader.Run`; torch-free. A run of driftscope's own has none of these
+:class:`driftscope.runfile.reader.Run`; torch-free. A run of driftscope's own has none of these
 (``app`` is None) and its config describes it.
 """
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from driftscope import schema
+from driftscope.runfile import schema
 
 if TYPE_CHECKING:
     import h5py
@@ -26,7 +26,7 @@ KINDS = {
 
 
 class AppMixin:
-    """The recorded app's facts (mixed into :class:`~driftscope.reader.Run`)."""
+    """The recorded app's facts (mixed into :class:`~driftscope.runfile.reader.Run`)."""
 
     if TYPE_CHECKING:
 

@@ -1,6 +1,6 @@
 """What an engine tells its hooks: small read-only events, one per step of a run.
 
-An engine (the in-process :class:`~driftscope.simulator.Simulator`, the Flower strategy, the
+An engine (the in-process :class:`~driftscope.engine.inprocess.Simulator`, the Flower strategy, the
 Flower recording wrapper) calls every hook's methods in this order (through one
 :class:`~driftscope.engine.lifecycle.Lifecycle`)::
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from driftscope.config import RunConfig
-    from driftscope.models import LayerInfo, ModelLayout, ParamInfo
+    from driftscope.models.layout import LayerInfo, ModelLayout, ParamInfo
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class ClientTrained:
     """One client's local training in one round.
 
     ``update`` (P,) = y - x and ``params`` (P,) = y (the client's trained model, for probing) are
-    flat float32 vectors in :class:`~driftscope.models.ModelLayout` order.
+    flat float32 vectors in :class:`~driftscope.models.layout.ModelLayout` order.
     """
 
     round: int
@@ -103,7 +103,7 @@ class RoundEnded:
     client_train_accuracy: Mapping[int, float]
     global_params: torch.Tensor
     control_norms: Mapping[str, torch.Tensor]
-    # the new global module buffers, by name (driftscope.buffers); empty if the model has none
+    # the new global module buffers, by name (driftscope.models.buffers); empty if the model has none
     global_buffers: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
     failed: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
 
