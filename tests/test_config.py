@@ -193,8 +193,7 @@ def test_a_field_added_to_a_config_section_is_a_flag_and_a_toml_key(monkeypatch,
     import dataclasses
     from typing import Literal
 
-    from driftscope import config
-    from driftscope import cli
+    from driftscope import cli, config
     from driftscope.options import option
 
     @dataclasses.dataclass(frozen=True)
