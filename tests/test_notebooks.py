@@ -7,6 +7,7 @@ from its data at the end; the tests check that line and that the plots rendered.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -37,6 +38,15 @@ EXPECTED = {
     "04_reading_run_files": r"by-hand metrics match drift_table for 7 layers",
     "05_watching_a_run_live": r"status complete, 3 rounds committed, watched with \d+ redraws",
     "06_which_labels_drive_drift": r"label alignment head -?[\d.]+ body -?[\d.]+ under skew",
+    "07_your_own_model": (
+        r"13 layers of SmallResNet on a custom split of 10 clients; "
+        r"largest relative variance in \S+ \((head|body)\)"
+    ),
+}
+# what the final line must also say when an optional package is installed (without it the notebook
+# skips that section with a message)
+EXPECTED_WITH = {
+    "05_watching_a_run_live": ("tensorboard", r"; [1-9]\d* TensorBoard scalar tags"),
 }
 
 
@@ -113,6 +123,12 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     failed = [line for line in text.splitlines() if line.startswith("NO ")]
     assert not failed, f"{path.name}: checks that do not hold: {failed}"
     assert re.search(EXPECTED[path.stem], marker.group(1)), marker.group(0)
+    if path.stem in EXPECTED_WITH:
+        package, pattern = EXPECTED_WITH[path.stem]
+        if importlib.util.find_spec(package) is not None:
+            assert re.search(pattern, marker.group(1)), (
+                f"{marker.group(0)} ({package} is installed)"
+            )
     assert not [o for o in _outputs(nb) if o.get("output_type") == "error"]
     images = [o for o in _outputs(nb) if "image/png" in o.get("data", {})]
     assert images, f"{path.name} drew no figure"
