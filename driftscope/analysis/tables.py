@@ -2,7 +2,8 @@
 
 ``drift_table(run)`` has one row per (round, layer, metric): columns ``round, layer, label, group,
 metric, value``, for every metric of :data:`driftscope.metrics.METRICS` the run supports (``"gram"``
-metrics on recorded rounds, ``"cka"`` metrics on rounds with probe CKA).
+metrics on recorded rounds, ``"cka"`` metrics on rounds with probe CKA, ``"global"`` metrics on
+recorded rounds of runs that recorded the global model's norms).
 
 ``layer_summary(run)`` aggregates over rounds, one row per layer in model order, one column per
 metric, by :func:`pool_rounds`: ratio measures (relative variance, drift diversity) as ratios of
@@ -94,6 +95,7 @@ def drift_table(run: Run, parts: bool = False, rounds: Sequence[int] | None = No
         weights = weights[:n][keep]
     gram_metrics = _metrics("gram")
     cka_metrics = _metrics("cka")
+    global_metrics = _metrics("global") if run.has_global_weights else []
     for layer in run.layers:
         if len(recorded) and gram_metrics:
             g = as_gram(run.gram(layer.name)[:n][keep])
@@ -104,6 +106,12 @@ def drift_table(run: Run, parts: bool = False, rounds: Sequence[int] | None = No
                     num = m.ratio[0](g, layer.numel, weights)
                     den = m.ratio[1](g, layer.numel, weights)
                 frames.append(_frame(recorded, layer, m.name, value, num, den, parts))
+            if global_metrics:
+                sq, dot = run.global_weights(layer.name)
+                sq, dot = sq[:n][keep], dot[:n][keep]
+                for m in global_metrics:
+                    value = m.function(g, layer.numel, weights, sq, dot)
+                    frames.append(_frame(recorded, layer, m.name, value, None, None, parts))
         if keep_cka.any() and cka_metrics:
             kinds = {k: v[:n_cka][keep_cka] for k, v in _cka_kinds(run, layer.name).items()}
             for m in cka_metrics:

@@ -12,6 +12,8 @@ dtypes in :mod:`driftscope.runfile.schema`; S = clients per round, n = probe siz
     clients               (rec, S)            which clients took part, in row order
     gram/<param>          (rec, S, S) f64     G_ij = <d_i, d_j> of the parameter's updates
     control_norm/<param>  (rec, 1 + N) f32    ||c|| then ||c_i|| for every client (SCAFFOLD, FedPVR)
+    global/sq_norm/<param>, global/dot/<param>  ||w||^2 of the round's starting global model and
+                          (rec,), (rec, S) f64  <w, d_i>: L-DAWA's angle (engine/global_weights.py)
     update_round          (upd,)              rounds whose full updates are stored
     updates/<param>       (upd, S, numel)     client updates, float32 or float16 (policy)
     update_crc            (upd, stored, S)    CRC-32 of each stored client update (whole-chunk writes)
@@ -45,6 +47,7 @@ from torch import nn
 
 from driftscope.config import RecordConfig
 from driftscope.engine.events import ClientTrained, Hook, RoundEnded, RoundStarted
+from driftscope.engine.global_weights import GlobalWeights
 from driftscope.engine.heap import release_free_heap
 from driftscope.errors import DriftscopeError, SettingsWarning
 from driftscope.metrics.cka import pairwise_cka, rbf_from_linear_gram
@@ -284,8 +287,10 @@ class Recorder(Hook):
                     SettingsWarning,
                     stacklevel=2,
                 )
+        self.global_weights = GlobalWeights(self.file, layout, s)
         if schema.RECORD_ROUND not in self.file:
             self._declare(num_clients, probe_rows)
+        self._global = self.global_weights.present  # absent in a resumed older file
 
         self._handles: dict[str, h5py.Dataset] = {}
         self._present: dict[str, bool] = {}
@@ -349,6 +354,7 @@ class Recorder(Hook):
                 f, schema.UPDATE_CRC, (len(self.stored), s), np.uint32, schema.AX_UPDATE_CRC
             )
             crc.attrs[schema.UPDATE_CRC_PARAMS] = json.dumps([p.name for p in self.stored])
+        self.global_weights.declare()
         growable(f, schema.CKA_ROUND, (), np.int64, schema.AX_CKA_ROUND)
         if self.probe_size:
             for kind in CKA_KINDS:
@@ -372,6 +378,7 @@ class Recorder(Hook):
         self._slot = 0
         self._grams = None
         self._models = 0
+        self.global_weights.start_round()
 
     def on_client_end(self, event: ClientTrained) -> None:
         if not self._active:
@@ -379,6 +386,8 @@ class Recorder(Hook):
         if self._updates.device != event.update.device:  # record on the training device
             self._updates = torch.zeros_like(self._updates, device=event.update.device)
         self._updates[self._slot].copy_(event.update)
+        if self._global:
+            self.global_weights.client(self._slot, event.params, event.update)
         self._slot += 1
         if self._cka_now:
             self._probe_grams(event.params, event.buffers)
@@ -416,6 +425,8 @@ class Recorder(Hook):
             append(ds(schema.CKA_ROUND), r)
             self._grams = None  # the S + 1 probe Grams per layer are not held past the round
             release_free_heap()
+        if self._global:
+            self.global_weights.append(ds)
         append(ds(schema.RECORD_CLIENTS), np.asarray(event.clients, dtype=np.int64))
         append(ds(schema.RECORD_ROUND), r)  # written last among records
 

@@ -12,7 +12,7 @@ Adding a metric is one function plus one record::
 after which :func:`~driftscope.analysis.drift_table`, :func:`~driftscope.analysis.layer_summary`,
 the figures (label, log scale) and the reports know it.
 
-Two sources of data:
+Three sources of data:
 
 ``"gram"``: ``function(G, numel, weights)``: ``G`` the ``(..., S, S)`` Gram matrices of one layer's
     client updates (leading axes: rounds), ``numel`` the layer's parameter count, ``weights``
@@ -20,6 +20,10 @@ Two sources of data:
 ``"cka"``: ``function(cka)``: ``cka`` maps each recorded kind (``"linear"``, ``"rbf"``,
     ``"debiased"``) to ``(..., S + 1, S + 1)`` pairwise CKA of the S client models and the new
     global model (last index) on the probe set. Returns ``(...)``.
+``"global"``: ``function(G, numel, weights, sq_norm, dot)``: the ``"gram"`` arguments plus, for the
+    global model ``w`` each round started from, ``sq_norm`` ``(...)`` = ``||w||^2`` and ``dot``
+    ``(..., S)`` = ``<w, d_i>`` (``records/global``; runs recorded before it have none, and
+    the metric is then left out). Returns ``(...)``.
 
 Over rounds (:func:`~driftscope.analysis.layer_summary`, the layer-profile figure) a metric with
 ``ratio = (numerator, denominator)`` is pooled as ``sum(numerator) / sum(denominator)`` (a ratio of
@@ -35,12 +39,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from driftscope.metrics import drift
+from driftscope.metrics import drift, layerwise
 from driftscope.registry import Registry
 
 __all__ = ["METRICS", "Metric", "gram_metrics", "headline_metrics", "register_metric"]
 
 GramFunction = Callable[[np.ndarray, int, Any], np.ndarray]
+SOURCES = ("gram", "cka", "global")
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,8 @@ class Metric:
         name: the ``metric`` value in tables (snake_case).
         label: axis / legend label (matplotlib mathtext allowed).
         scale: ``"linear"`` or ``"log"`` (figures use a log axis for positive values).
-        source: ``"gram"`` or ``"cka"``: what ``function`` takes (see the module docstring).
+        source: ``"gram"``, ``"cka"`` or ``"global"``: what ``function`` takes (see the module
+            docstring).
         function: the measure.
         description: one line for help texts and reports.
         ratio: for a ratio measure, ``(numerator, denominator)`` with the ``"gram"`` signature;
@@ -66,7 +72,7 @@ class Metric:
     name: str
     label: str
     scale: Literal["linear", "log"]
-    source: Literal["gram", "cka"]
+    source: Literal["gram", "cka", "global"]
     function: Callable[..., Any]
     description: str
     ratio: tuple[GramFunction, GramFunction] | None = None
@@ -76,8 +82,8 @@ class Metric:
     def __post_init__(self) -> None:
         if self.scale not in ("linear", "log"):
             raise ValueError(f"metric {self.name}: scale must be 'linear' or 'log'")
-        if self.source not in ("gram", "cka"):
-            raise ValueError(f"metric {self.name}: source must be 'gram' or 'cka'")
+        if self.source not in SOURCES:
+            raise ValueError(f"metric {self.name}: source must be one of {', '.join(SOURCES)}")
         if self.ratio is not None and self.source != "gram":
             raise ValueError(f"metric {self.name}: only 'gram' metrics can be ratios")
         if self.ratio is not None and self.ratio_names is None:
@@ -217,6 +223,24 @@ for _metric in (
         "gram",
         _gram(drift.mean_client_sq_norm, weighted=False),
         "||d_i||^2 averaged over clients",
+    ),
+    Metric(
+        "layer_discrepancy",
+        "layer discrepancy (FedLAMA)",
+        "log",
+        "gram",
+        layerwise.layer_discrepancy,
+        "FedLAMA's d_l = sum_i p_i ||x_i - u||^2 / numel per round: the client models against "
+        "their aggregate, per parameter (equals per_parameter_variance)",
+    ),
+    Metric(
+        "angular_divergence",
+        r"angular divergence $1-\cos(w_g,w_k)$",
+        "log",
+        "global",
+        lambda g, numel, weights, sq_norm, dot: layerwise.angular_divergence(g, sq_norm, dot),
+        "1 - cos(w_g, w_k) of the global model's and each client's layer weights, mean over "
+        "clients (L-DAWA weights client k by the cosine)",
     ),
     Metric(
         "cka",

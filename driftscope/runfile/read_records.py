@@ -153,6 +153,28 @@ class RecordsMixin:
             return out
         return out[self._row(self.rounds, round, "records")]
 
+    @property
+    def has_global_weights(self) -> bool:
+        """Whether the run recorded the global model's ``||w||^2`` and ``<w, d_i>`` (L-DAWA's
+        angle); False for files written before they were recorded."""
+        return self.recorded and self._has(schema.GLOBAL_WEIGHTS)
+
+    @_guarded
+    def global_weights(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """For a parameter or a layer (sums over its parameters): ``||w||^2`` (rounds,) of the
+        global model each recorded round started from, and ``<w, d_i>`` (rounds, S) with each
+        client's update, rows as in :meth:`gram`."""
+        names = self._names(name)
+        if not self.has_global_weights:
+            raise RunFileError(
+                f"{self.path.name} has no global-model norms (records/global): it was recorded "
+                "before driftscope stored them, or with recording off; re-run to record them"
+            )
+        n = len(self.rounds)
+        sq = sum(self._rows(schema.global_sq_norm_path(p), n, "recorded rounds") for p in names)
+        dot = sum(self._rows(schema.global_dot_path(p), n, "recorded rounds") for p in names)
+        return np.asarray(sq, dtype=np.float64), np.asarray(dot, dtype=np.float64)
+
     @_guarded
     def updates(self, name: str, round: int | None = None) -> np.ndarray:
         """Stored client updates of a parameter, shaped (rounds, S, *param shape), or of a layer,

@@ -25,6 +25,10 @@ round, N = clients, n = probe size)::
     /records/clients            (rec, S)            which clients took part, in row order
     /records/gram/<param>       (rec, S, S) f64     G_ij = <d_i, d_j> of the parameter's updates
     /records/control_norm/<param> (rec, 1 + N) f32  ||c|| then ||c_i|| (SCAFFOLD, FedPVR)
+    /records/global/sq_norm/<param> (rec,) f64      ||w||^2 of the global model the round started
+                                                    from (absent in older files: not recorded)
+    /records/global/dot/<param> (rec, S) f64        <w, d_i> of that global model and each
+                                                    client's update (L-DAWA's angle; same)
     /algorithm/<key>            (round, layer)      per-layer values an algorithm reports each round
                                                     (fedpvr_auto: chosen_layers u8, layer_variance)
     /records/update_round       (upd,)              rounds whose full updates are stored
@@ -205,6 +209,10 @@ UPDATE_CHECKSUM_ATTR = (
 UPDATE_CHECKSUM_CRC32 = "crc32"
 CONTROL_NORM = "records/control_norm"
 CKA = "records/cka"
+# the global model the round started from, w, per parameter: ||w||^2 (rec,) and <w, d_i> (rec, S);
+# with ||d_i||^2 from the Gram diagonal they give cos(w, w + d_i) exactly (L-DAWA's angle)
+GLOBAL_WEIGHTS = "records/global"
+GLOBAL_DTYPE = "float64"
 CKA_KINDS = ("linear", "rbf", "debiased")
 RECORD_POLICY_ATTRS = ("every", "updates_every", "cka_every", "probe_size")
 # attr of RECORDS: "float32" or "float64", the probe Grams' arithmetic (record.cka_precision);
@@ -227,6 +235,8 @@ AX_UPDATES = ("update", "client", "value")
 AX_UPDATE_CRC = ("update", "param", "client")
 AX_CKA_ROUND = ("cka",)
 AX_CKA = ("cka", "model", "model")
+AX_GLOBAL_SQ_NORM = ("record",)
+AX_GLOBAL_DOT = ("record", "client")
 AX_ROUND_CLIENT = ("round", "client")
 
 
@@ -257,6 +267,14 @@ def row_crc32(rows: np.ndarray) -> np.ndarray:
     return np.array([crc32(np.ascontiguousarray(row).view(np.uint8)) for row in rows], np.uint32)
 
 
+def global_sq_norm_path(param: str) -> str:
+    return f"{GLOBAL_WEIGHTS}/sq_norm/{param}"
+
+
+def global_dot_path(param: str) -> str:
+    return f"{GLOBAL_WEIGHTS}/dot/{param}"
+
+
 def control_norm_path(param: str) -> str:
     return f"{CONTROL_NORM}/{param}"
 
@@ -282,7 +300,7 @@ ROUND_GROUPS = (METRICS, CLIENTS, ALGORITHM)  # ALGORITHM only where an algorith
 # ... and each record index's committed rows (round <= last committed) are shared by the
 # datasets and groups listed with it
 RECORD_INDEXES = {
-    RECORD_ROUND: (RECORD_CLIENTS, GRAM, CONTROL_NORM),
+    RECORD_ROUND: (RECORD_CLIENTS, GRAM, CONTROL_NORM, GLOBAL_WEIGHTS),
     UPDATE_ROUND: (UPDATES, UPDATE_CRC),
     CKA_ROUND: (CKA,),
 }
@@ -331,7 +349,9 @@ def expected(path: str) -> tuple[str, int | None]:
         numeric = path.endswith(("_offset", "_numel"))
         return ("num" if numeric else "str"), 1
     two_axes = (LABEL_HISTOGRAM, RECORD_CLIENTS)
-    if path in two_axes or path.startswith((f"{CLIENTS}/", f"{CONTROL_NORM}/")):
+    if path in two_axes or path.startswith(
+        (f"{CLIENTS}/", f"{CONTROL_NORM}/", f"{GLOBAL_WEIGHTS}/dot/")
+    ):
         return "num", 2
     if path.startswith(f"{ALGORITHM}/"):
         return "num", 2
