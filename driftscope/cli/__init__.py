@@ -1,4 +1,4 @@
-"""The ``driftscope`` command: run, analyze, inspect, figures, compare, reproduce.
+"""The ``driftscope`` command: run, analyze, advise, inspect, figures, compare, reproduce.
 
 User errors (:class:`~driftscope.errors.DriftscopeError`) print one line and exit non-zero (2 for
 usage errors) without a traceback.
@@ -162,6 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="first round of the head-vs-body numbers pooled after a warm-up [a quarter of the "
         "rounds]",
     )
+
+    p = add_command(
+        "advise",
+        help="per-layer aggregation advice from a run's recorded drift",
+        description="Rank a run's layers by measured drift (FedLAMA's layer discrepancy) and "
+        "recommend per layer: federate as is, variance-reduce, or keep local / aggregate less "
+        "often, with the numbers and thresholds behind each and fedpvr_auto's choice on the same "
+        "run (docs/advise.md).",
+    )
+    p.add_argument("run", metavar="RUN.h5")
+    p.add_argument(
+        "--from-round",
+        type=int,
+        default=0,
+        metavar="ROUND",
+        help="pool the recorded rounds from this round on (skip a warm-up) [0]",
+    )
+    p.add_argument("--csv", metavar="PATH", help="also write the per-layer table")
 
     p = add_command(
         "export",

@@ -133,6 +133,28 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_advise(args: argparse.Namespace) -> int:
+    from driftscope.analysis.advise import advise
+    from driftscope.analysis.advise_report import format_advice
+    from driftscope.runfile.reader import open_run
+    from driftscope.runfile.writer import check_output
+
+    if args.from_round < 0:
+        raise ConfigError(f"--from-round must be a round >= 0 (got {args.from_round})")
+    if args.csv is not None:
+        check_output(args.csv, overwrite=True, what="--csv")
+    with open_run(args.run) as run:
+        advice = advise(run, args.from_round)
+        print(format_advice(run, advice))
+    if args.csv is not None:
+        try:
+            advice.table.to_csv(args.csv, index=False)
+        except OSError as err:
+            raise DriftscopeError(f"cannot write {args.csv}: {err.strerror}") from None
+        print(f"wrote {args.csv} ({len(advice.table)} layers)")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from driftscope.experiments.report import format_inspect
     from driftscope.runfile.reader import open_run
@@ -271,6 +293,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "analyze": cmd_analyze,
+    "advise": cmd_advise,
     "inspect": cmd_inspect,
     "figures": cmd_figures,
     "export": cmd_export,

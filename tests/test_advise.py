@@ -1,0 +1,162 @@
+"""``driftscope advise``: the rules on hand-made numbers, the advice's evidence against slow
+recomputations from a run's Grams, fedpvr_auto's choice (recorded and by its rule), and one-line
+errors for what cannot be advised."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from driftscope import open_run
+from driftscope.algorithms.fedpvr_auto import choose_layers
+from driftscope.analysis import drift_table
+from driftscope.analysis.advise import (
+    AS_IS,
+    KEEP_LOCAL,
+    VARIANCE_REDUCE,
+    VARIANCE_SHARE,
+    advise,
+    fedlama_relaxed,
+    variance_reduced,
+)
+from driftscope.cli import main
+from driftscope.errors import RunFileError
+from driftscope.runfile import schema
+
+# float64 sums of the same Gram entries grouped differently: a few unit roundoffs
+SAME_SUMS = 1e-9
+
+
+def test_variance_reduced_takes_the_top_discrepancy_layers_up_to_the_share():
+    # by discrepancy: layer 0 (10% of the variance), layer 1 (50%: 60% together), layer 2
+    got = variance_reduced(np.array([3.0, 2.0, 1.0]), np.array([10.0, 50.0, 40.0]), 0.5)
+    assert got.tolist() == [True, True, False]
+    assert variance_reduced(np.array([1.0, 2.0]), np.zeros(2), 0.5).tolist() == [False, False]
+
+
+def test_fedlama_relaxes_the_low_discrepancy_layers_before_the_cross_point():
+    # layer 0: 1% of the variance, half the parameters: delta 0.01 < 1 - lambda 0.5, relaxed;
+    # layer 1 is the cross point (delta 1 > 0) and stays: a two-layer model is never wholly relaxed
+    assert fedlama_relaxed(np.array([0.01, 1.0]), np.array([100, 100])).tolist() == [True, False]
+    # a big layer with much of the discrepancy is not relaxed (delta 0.77 > 1 - lambda 0.1)
+    got = fedlama_relaxed(np.array([1.0, 2.0, 10.0]), np.array([1000, 100, 10]))
+    assert got.tolist() == [False, False, False]
+    assert not fedlama_relaxed(np.zeros(3), np.array([1, 2, 3])).any()
+
+
+def _slow_evidence(g, numel):
+    """Pooled variance, alignment and discrepancy of one layer, client by client (uniform)."""
+    variance = aligned = orthogonal = 0.0
+    for gr in g:
+        s = len(gr)
+        m_sq = gr.sum() / s**2  # ||mean d||^2
+        variance += np.trace(gr) / s - m_sq
+        aligned += m_sq
+        orthogonal += np.trace(gr) / s**2
+    return variance, aligned / orthogonal, variance / (len(g) * numel)
+
+
+def test_advice_rests_on_the_runs_numbers(make_run):
+    with open_run(make_run()) as run:
+        advice = advise(run)
+        table = advice.table.set_index("layer")
+        drift = drift_table(run)
+        assert list(advice.table["rank"]) == list(range(1, len(run.layers) + 1))
+        assert advice.table["discrepancy"].is_monotonic_decreasing
+        variances = {}
+        for layer in run.layers:
+            row = table.loc[layer.name]
+            variance, alignment, discrepancy = _slow_evidence(run.gram(layer.name), layer.numel)
+            variances[layer.name] = variance
+            assert row["alignment"] == pytest.approx(alignment, rel=SAME_SUMS)
+            assert row["discrepancy"] == pytest.approx(discrepancy, rel=SAME_SUMS)
+            mine = drift[(drift["layer"] == layer.name) & (drift["metric"] == "layer_discrepancy")]
+            assert row["discrepancy"] == pytest.approx(mine["value"].mean(), rel=SAME_SUMS)
+            angle = drift[
+                (drift["layer"] == layer.name) & (drift["metric"] == "angular_divergence")
+            ]
+            assert row["angular_divergence"] == pytest.approx(angle["value"].mean(), rel=SAME_SUMS)
+            # the rules, first match wins
+            if alignment <= 1 and alignment < advice.model_alignment:
+                assert row["action"] == "keep local" and row["recommendation"] == KEEP_LOCAL
+        names = [ly.name for ly in run.layers]
+        v = np.array([variances[n] for n in names])
+        d = table.loc[names, "discrepancy"].to_numpy()
+        a = table.loc[names, "alignment"].to_numpy()
+        conflict = (a <= 1) & (a < advice.model_alignment)
+        # the whole model's alignment: the layers' sums pooled (Grams of concatenated updates add)
+        grams = sum(run.gram(n) for n in names)
+        assert advice.model_alignment == pytest.approx(_slow_evidence(grams, 1)[1], rel=SAME_SUMS)
+        reduce = variance_reduced(d, v, VARIANCE_SHARE) & ~conflict
+        got = table.loc[names, "recommendation"].to_numpy()
+        assert ((got == VARIANCE_REDUCE) == reduce).all()
+        assert set(got) <= {AS_IS, VARIANCE_REDUCE, KEEP_LOCAL}
+        # fedpvr_auto's rule on the same Grams, by hand: variance over its 5-round warm-up
+        window = run.rounds < 5
+        warm = [
+            sum(_slow_evidence(run.gram(n)[window][[k]], 1)[0] for k in range(window.sum()))
+            for n in names
+        ]
+        assert advice.fedpvr.source == "rule"
+        np.testing.assert_array_equal(
+            advice.fedpvr.chosen, choose_layers(np.array(warm), 0.5, "top")
+        )
+        assert table.loc[names, "fedpvr_auto"].tolist() == advice.fedpvr.chosen.tolist()
+
+
+def test_a_fedpvr_auto_run_is_compared_with_its_recorded_choice(make_run):
+    path = make_run(
+        "fedpvr_auto",
+        train__algorithm="fedpvr_auto",
+        train__params__warmup_rounds=1,
+        record__probe_size=0,
+    )
+    with open_run(path) as run:
+        advice = advise(run)
+        recorded = run.algorithm_record("chosen_layers").to_numpy().astype(bool)[-1]
+    assert advice.fedpvr.source == "recorded"
+    np.testing.assert_array_equal(advice.fedpvr.chosen, recorded)
+
+
+def test_cli_prints_the_ranking_the_rules_and_the_comparison(make_run, tmp_path, capsys):
+    csv = tmp_path / "advice.csv"
+    assert main(["advise", str(make_run()), "--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    for label in ("conv1", "conv4", "fc1", "fc3"):
+        assert f" {label} " in out
+    assert "fedpvr_auto's rule on this run's numbers" in out
+    assert "variance-reduce" in out and "rules (first match" in out
+    import pandas as pd
+
+    assert len(pd.read_csv(csv)) == 7
+
+
+def test_what_cannot_be_advised_is_said_in_one_line(make_run, tmp_path, capsys):
+    path = make_run()
+    older = tmp_path / "older.h5"
+    shutil.copy(path, older)
+    with h5py.File(older, "r+") as f:
+        del f[schema.GLOBAL_WEIGHTS]
+    assert main(["advise", str(older)]) == 0
+    out = capsys.readouterr().out
+    assert "'aggregate less often' (FedLAMA's low-discrepancy layers) cannot be assessed" in out
+    with open_run(older) as run:
+        assert np.isnan(advise(run).table["angular_divergence"]).all()
+
+    bare = make_run("norecord", record__enabled=False)
+    with open_run(bare) as run, pytest.raises(RunFileError, match="no per-layer records"):
+        advise(run)
+    text = tmp_path / "x.h5"
+    text.write_text("not a run")
+    for args in (
+        [str(bare)],
+        [str(text)],
+        [str(path), "--from-round", "99"],
+        [str(path), "--from-round", "-1"],
+    ):
+        assert main(["advise", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("driftscope: error:") and "\n" not in err, args
