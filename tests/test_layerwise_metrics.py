@@ -198,3 +198,35 @@ def test_a_file_written_before_the_global_norms_resumes_without_them(tmp_path, d
     with open_run(path) as run:
         assert run.status == "complete" and list(run.rounds) == [0, 1, 2]
         assert not run.has_global_weights
+
+
+def test_global_weights_from_client_events_and_a_failed_first_client():
+    """||w||^2 and <w, d_k> per parameter from (y_k, d_k) pairs; a failed client (NaN update,
+    parameters = the global model, as every engine sends it) gives NaN dots and still ||w||^2."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from driftscope.engine.global_weights import GlobalWeights
+
+    rng = np.random.default_rng(5)
+    w = torch.tensor(rng.normal(size=12), dtype=torch.float32)
+    d = torch.tensor(rng.normal(size=12) * 1e-3, dtype=torch.float32)
+    y = w + d
+    params = [
+        SimpleNamespace(name="a", offset=0, numel=5),
+        SimpleNamespace(name="b", offset=5, numel=7),
+    ]
+    with h5py.File("mem.h5", "w", driver="core", backing_store=False) as f:
+        rec = GlobalWeights(f, SimpleNamespace(params=params), 2)
+        rec.start_round()
+        rec.client(0, w, torch.full((12,), float("nan")))  # failed: carries the global model
+        rec.client(1, y, y - w)
+    w64 = w.double().numpy()
+    d64 = (y - w).double().numpy()
+    for j, p in enumerate(params):
+        part = slice(p.offset, p.offset + p.numel)
+        assert rec.sq_norm[j] == pytest.approx(float(w64[part] @ w64[part]), rel=EXACT)
+        assert np.isnan(rec.dot[0, j])
+        # w rebuilt as y - d: off by <= 2^-24 |d| per entry
+        assert rec.dot[1, j] == pytest.approx(float(w64[part] @ d64[part]), abs=1e-12)

@@ -19,7 +19,11 @@ def _names(labels: list[str]) -> str:
 def format_advice(run: Run, advice: Advice) -> str:
     t = advice.table
     r = advice.rounds
-    algorithm = config_value(run, "train", "algorithm", "unknown")
+    algorithm = (
+        run.app_strategy.get("class", "unknown")  # a recorded Flower app: its strategy
+        if run.app is not None
+        else config_value(run, "train", "algorithm", "unknown")
+    )
     lines = [
         f"{run.path.name}: {algorithm}, {len(run.layers)} layers; drift pooled over "
         f"{len(r)} recorded rounds ({int(r[0])}-{int(r[-1])})",

@@ -11,11 +11,13 @@ values are the sums of its parameters' (as its Gram is).
 
 ``w_g`` is the global model the round's clients started from. Every engine's
 :class:`~driftscope.engine.events.ClientTrained` carries ``params = y_k`` and ``update = d_k =
-y_k - w_g`` in float32, so ``w_g`` is rebuilt per client as ``y_k - d_k`` in float64: ``d_k`` is the
-float32 rounding of ``y_k - w_g``, so the rebuilt ``w_g`` is off by at most ``2^-24 |d_k|`` per
-entry, a relative error of the update's size, not of the weights'. A failed client (NaN update)
-carries ``params = w_g`` itself: its ``<w_g, d_k>`` is NaN, like its Gram row. ``||w_g||^2`` comes
-from the round's first client.
+y_k - w_g`` in float32, so ``w_g`` is taken per client as ``y_k - d_k`` in float64: ``d_k`` is the
+float32 rounding of ``y_k - w_g``, so that ``w_g`` is off by at most ``2^-24 |d_k|`` per entry, an
+error of the update's size, not of the weights'. Its products come from float64 sums of
+``<y, y>``, ``<y, d>``, ``<d, d>`` (``<w, d> = <y, d> - <d, d>``, ``||w||^2 = <y, y> - 2 <y, d> +
+<d, d>``), one pass over the two float32 vectors. A failed client (NaN update) carries ``params =
+w_g`` itself: its ``<w_g, d_k>`` is NaN, like its Gram row. ``||w_g||^2`` comes from the round's
+first client.
 
 Datasets (paths in :mod:`driftscope.runfile.schema`): ``records/global/sq_norm/<param>`` (rec,)
 and ``records/global/dot/<param>`` (rec, S), float64, appended with the round's other records. A
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from driftscope.metrics.gram import CHUNK_VALUES
 from driftscope.runfile import schema
 from driftscope.runfile.writer import append, growable
 
@@ -84,20 +87,28 @@ class GlobalWeights:
         """Client row ``slot``: ``<w_g, d_k>`` per parameter (and ``||w_g||^2`` from slot 0)."""
         y = params.detach()
         d = update.detach()
-        dots, sqs = [], []
-        for p in self.layout.params:
-            ys = y[p.offset : p.offset + p.numel].to(torch.float64)
-            ds = d[p.offset : p.offset + p.numel].to(torch.float64)
-            w = torch.where(torch.isfinite(ds), ys - ds, ys)  # a failed client carries w_g
-            dots.append(torch.dot(w, ds))
-            if slot == 0:
-                sqs.append(torch.dot(w, w))
-        self.dot[slot] = torch.stack(dots).cpu().numpy()
+        sums = torch.stack([_products(y, d, p.offset, p.numel) for p in self.layout.params])
+        yy, yd, dd = sums.cpu().numpy().T  # float64 <y, y>, <y, d>, <d, d> per parameter
+        self.dot[slot] = yd - dd  # <y - d, d>
         if slot == 0:
-            self.sq_norm[:] = torch.stack(sqs).cpu().numpy()
+            # a failed client (NaN update) carries w_g itself as its parameters
+            self.sq_norm[:] = np.where(np.isfinite(dd), yy - 2 * yd + dd, yy)  # ||y - d||^2
 
     def append(self, dataset: Callable[[str], h5py.Dataset]) -> None:
         """Append the round's rows (``dataset(path)``: the recorder's cached handles)."""
         for j, p in enumerate(self.layout.params):
             append(dataset(schema.global_sq_norm_path(p.name)), self.sq_norm[j])
             append(dataset(schema.global_dot_path(p.name)), self.dot[:, j])
+
+
+def _products(y: torch.Tensor, d: torch.Tensor, offset: int, numel: int) -> torch.Tensor:
+    """``[<y, y>, <y, d>, <d, d>]`` over ``[offset, offset + numel)`` in float64, converting
+    :data:`~driftscope.metrics.gram.CHUNK_VALUES` values at a time (no float64 copy of a layer;
+    products of float32 numbers are exact in float64, the sums round in float64)."""
+    gram = torch.zeros(2, 2, dtype=torch.float64, device=y.device)
+    step = CHUNK_VALUES // 2
+    for start in range(offset, offset + numel, step):
+        end = min(start + step, offset + numel)
+        rows = torch.stack([y[start:end], d[start:end]]).to(torch.float64)
+        gram.addmm_(rows, rows.T)
+    return torch.stack([gram[0, 0], gram[0, 1], gram[1, 1]])
