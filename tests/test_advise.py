@@ -160,3 +160,30 @@ def test_what_cannot_be_advised_is_said_in_one_line(make_run, tmp_path, capsys):
         assert main(["advise", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("driftscope: error:") and "\n" not in err, args
+
+
+def test_advise_runs_on_an_mnist1d_run(tmp_path, capsys):
+    """Any model's layers: the 1-D CNN on MNIST-1D (3 clients, 2 rounds)."""
+    from driftscope import RunConfig, train
+
+    cfg = RunConfig().replace(
+        {
+            "data.dataset": "mnist1d",
+            "data.data_dir": str(tmp_path / "cache"),
+            "model.name": "cnn1d",
+            "train.clients": 3,
+            "train.rounds": 2,
+            "train.local_steps": 3,
+            "record.probe_size": 0,
+        }
+    )
+    path = train(cfg, tmp_path / "m1d.h5")
+    assert main(["advise", str(path)]) == 0
+    out = capsys.readouterr().out
+    with open_run(path) as run:
+        table = advise(run).table
+        assert sorted(table["layer"]) == sorted(ly.name for ly in run.layers)
+        for layer in run.layers:
+            assert f" {layer.label} " in out
+    assert set(table["recommendation"]) <= {AS_IS, VARIANCE_REDUCE, KEEP_LOCAL}
+    assert np.isfinite(table["angular_divergence"]).all()
