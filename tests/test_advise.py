@@ -187,3 +187,25 @@ def test_advise_runs_on_an_mnist1d_run(tmp_path, capsys):
             assert f" {layer.label} " in out
     assert set(table["recommendation"]) <= {AS_IS, VARIANCE_REDUCE, KEEP_LOCAL}
     assert np.isfinite(table["angular_divergence"]).all()
+
+
+def test_client_size_weights_enter_every_pooled_number(make_run):
+    path = make_run("samples", train__weighting="samples", record__probe_size=0)
+    with open_run(path) as run:
+        advice = advise(run).table.set_index("layer")
+        sizes = np.asarray(run.client_sizes, dtype=np.float64)
+        drift = drift_table(run)
+        for layer in run.layers:
+            aligned = orthogonal = variance = 0.0
+            for g, clients in zip(run.gram(layer.name), run.participants):
+                p = sizes[clients] / sizes[clients].sum()
+                m_sq = sum(p[i] * p[j] * g[i, j] for i in range(len(p)) for j in range(len(p)))
+                aligned += m_sq
+                orthogonal += sum(p[i] ** 2 * g[i, i] for i in range(len(p)))
+                variance += sum(p[i] * g[i, i] for i in range(len(p))) - m_sq
+            row = advice.loc[layer.name]
+            assert row["alignment"] == pytest.approx(aligned / orthogonal, rel=SAME_SUMS)
+            d = variance / (len(run.rounds) * layer.numel)
+            assert row["discrepancy"] == pytest.approx(d, rel=SAME_SUMS)
+            mine = drift[(drift["layer"] == layer.name) & (drift["metric"] == "layer_discrepancy")]
+            assert d == pytest.approx(mine["value"].mean(), rel=SAME_SUMS)
