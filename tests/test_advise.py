@@ -20,6 +20,7 @@ from driftscope.analysis.advise import (
     VARIANCE_SHARE,
     advise,
     fedlama_relaxed,
+    fedlama_shares,
     variance_reduced,
 )
 from driftscope.cli import main
@@ -41,6 +42,11 @@ def test_fedlama_relaxes_the_low_discrepancy_layers_before_the_cross_point():
     # layer 0: 1% of the variance, half the parameters: delta 0.01 < 1 - lambda 0.5, relaxed;
     # layer 1 is the cross point (delta 1 > 0) and stays: a two-layer model is never wholly relaxed
     assert fedlama_relaxed(np.array([0.01, 1.0]), np.array([100, 100])).tolist() == [True, False]
+    delta, rest = fedlama_shares(
+        np.array([1.0, 0.01]), np.array([100, 100])
+    )  # order: layer 1 first
+    np.testing.assert_allclose(delta, [1.0, 1 / 101])
+    np.testing.assert_allclose(rest, [0.0, 0.5])
     # a big layer with much of the discrepancy is not relaxed (delta 0.77 > 1 - lambda 0.1)
     got = fedlama_relaxed(np.array([1.0, 2.0, 10.0]), np.array([1000, 100, 10]))
     assert got.tolist() == [False, False, False]
@@ -107,7 +113,7 @@ def test_advice_rests_on_the_runs_numbers(make_run):
         assert table.loc[names, "fedpvr_auto"].tolist() == advice.fedpvr.chosen.tolist()
 
 
-def test_a_fedpvr_auto_run_is_compared_with_its_recorded_choice(make_run):
+def test_a_fedpvr_auto_run_is_compared_with_its_recorded_choice(make_run, tmp_path):
     path = make_run(
         "fedpvr_auto",
         train__algorithm="fedpvr_auto",
@@ -119,6 +125,15 @@ def test_a_fedpvr_auto_run_is_compared_with_its_recorded_choice(make_run):
         recorded = run.algorithm_record("chosen_layers").to_numpy().astype(bool)[-1]
     assert advice.fedpvr.source == "recorded"
     np.testing.assert_array_equal(advice.fedpvr.chosen, recorded)
+    # a fedpvr_auto file without its recorded choice: the rule stands in, and the advice says so
+    older = tmp_path / "auto-older.h5"
+    shutil.copy(path, older)
+    with h5py.File(older, "r+") as f:
+        del f[schema.algorithm_record_path("chosen_layers")]
+    with open_run(older) as run:
+        advice = advise(run)
+    assert advice.fedpvr.source == "rule"
+    assert any("no recorded choice" in note for note in advice.notes)
 
 
 def test_cli_prints_the_ranking_the_rules_and_the_comparison(make_run, tmp_path, capsys):

@@ -58,6 +58,7 @@ __all__ = [
     "FedPVRChoice",
     "advise",
     "fedlama_relaxed",
+    "fedlama_shares",
     "variance_reduced",
 ]
 
@@ -107,25 +108,29 @@ def variance_reduced(discrepancy: np.ndarray, variance: np.ndarray, share: float
     return out
 
 
-def fedlama_relaxed(discrepancy: np.ndarray, numel: np.ndarray) -> np.ndarray:
-    """Bool (L,): FedLAMA's layers to aggregate less often. Layers by discrepancy ascending; with
-    ``delta_k`` the cumulative share of ``discrepancy * numel`` (variance) and ``lambda_k`` the
-    cumulative share of parameters, the layers with ``delta_k < 1 - lambda_k`` (before the cross
-    point; the authors' code also takes the layer at the cross point, which relaxes every layer
-    of a model whose layers are alike)."""
+def fedlama_shares(discrepancy: np.ndarray, numel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """FedLAMA's running shares per layer (L,), layers taken by discrepancy ascending: ``delta``,
+    the cumulative share of the variance ``discrepancy * numel`` up to and including the layer,
+    and ``1 - lambda``, one minus the cumulative share of parameters (NaN without variance)."""
     d = np.asarray(discrepancy, dtype=np.float64)
     n = np.asarray(numel, dtype=np.float64)
     v = d * n
-    out = np.zeros(len(d), dtype=bool)
-    if not v.sum() > 0:
-        return out
-    order = np.argsort(d, kind="stable")
-    delta = np.cumsum(v[order]) / v.sum()
-    lam = np.cumsum(n[order]) / n.sum()
-    below = delta < 1 - lam
-    stop = int(np.argmin(below)) if not below.all() else len(below)
-    out[order[:stop]] = True
-    return out
+    delta = np.full(len(d), np.nan)
+    rest = np.full(len(d), np.nan)
+    if v.sum() > 0:
+        order = np.argsort(d, kind="stable")
+        delta[order] = np.cumsum(v[order]) / v.sum()
+        rest[order] = 1.0 - np.cumsum(n[order]) / n.sum()
+    return delta, rest
+
+
+def fedlama_relaxed(discrepancy: np.ndarray, numel: np.ndarray) -> np.ndarray:
+    """Bool (L,): FedLAMA's layers to aggregate less often: ``delta < 1 - lambda``
+    (:func:`fedlama_shares`). Along the ascending order ``delta`` grows and ``1 - lambda`` falls,
+    so these are the layers before the cross point; the authors' code also takes the layer at the
+    cross point, which relaxes every layer of a model whose layers are alike."""
+    delta, rest = fedlama_shares(discrepancy, numel)
+    return np.asarray(delta < rest)  # False where NaN (no variance)
 
 
 def _pooled(run: Run, from_round: int) -> tuple[np.ndarray, dict[str, np.ndarray], Any]:
@@ -239,6 +244,7 @@ def advise(run: Run, from_round: int = 0) -> Advice:
     )
     conflict = (alignment <= 1) & (alignment < model_alignment)
     reduce = variance_reduced(discrepancy, v, VARIANCE_SHARE) & ~conflict
+    delta, rest = fedlama_shares(discrepancy, numel)
     fedlama = fedlama_relaxed(discrepancy, numel)
     calm = angle <= model_angle  # False where not recorded (nan)
     relax = fedlama & calm & ~conflict & ~reduce
@@ -261,27 +267,33 @@ def advise(run: Run, from_round: int = 0) -> Advice:
             rec.append(VARIANCE_REDUCE)
             action.append(VARIANCE_REDUCE)
             why.append(
-                f"{a}; in the top layers by discrepancy that hold {VARIANCE_SHARE:.0%} "
-                f"of the variance (cumulative {top_share[j]:.0%})"
+                f"{a}; the layers by discrepancy down to it hold {top_share[j]:.0%} of the "
+                f"variance (the set ends at the first to reach {VARIANCE_SHARE:.0%})"
             )
         elif relax[j]:
             rec.append(AGGREGATE_LESS)
             action.append("aggregate less often")
             why.append(
-                f"aggregate less often: FedLAMA relaxes it; angle {angle[j]:.3g} <= model "
-                f"{model_angle:.3g}"
+                f"aggregate less often: FedLAMA delta {delta[j]:.2f} < 1 - lambda "
+                f"{rest[j]:.2f}; angle {angle[j]:.3g} <= model {model_angle:.3g}"
             )
         else:
             rec.append(AS_IS)
             action.append(AS_IS)
+            lama = f"FedLAMA delta {delta[j]:.2f} {'<' if fedlama[j] else '>='} 1 - lambda {rest[j]:.2f}"
             if fedlama[j] and np.isnan(angle[j]):
-                tail = "FedLAMA would relax it, angle not recorded"
+                tail = f"{lama}, but the angle is not recorded"
             elif fedlama[j]:
-                tail = f"FedLAMA would relax it, but angle {angle[j]:.3g} > model {model_angle:.3g}"
+                tail = f"{lama}, but angle {angle[j]:.3g} > model {model_angle:.3g}"
             else:
-                tail = f"below the {VARIANCE_SHARE:.0%} variance set, not relaxed by FedLAMA"
+                tail = f"outside the {VARIANCE_SHARE:.0%} variance set; {lama}"
             why.append(f"{a}; {tail}")
     fedpvr = _fedpvr(run, rounds, grams)
+    if fedpvr.source == "rule" and config_value(run, "train", "algorithm") == "fedpvr_auto":
+        notes.append(
+            "this fedpvr_auto run has no recorded choice (algorithm/chosen_layers, written by "
+            "newer versions): its rule is applied to the run's numbers instead"
+        )
     table = pd.DataFrame(
         {
             "layer": [ly.name for ly in layers],
@@ -296,6 +308,8 @@ def advise(run: Run, from_round: int = 0) -> Advice:
             "recommendation": rec,
             "action": action,
             "reason": why,
+            "fedlama_delta": delta,
+            "fedlama_one_minus_lambda": rest,
             "fedlama_relaxes": fedlama,
             "fedpvr_auto": fedpvr.chosen.astype(bool),
         }
