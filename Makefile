@@ -19,10 +19,10 @@ $(CORE): pyproject.toml Makefile
 	touch $(CORE)
 
 # plus the extras the tests and benchmarks use: dev tools, Flower (pulls Ray), torch-cka, and
-# the export backends (TensorBoard, MLflow, W&B)
+# the export backends (TensorBoard, MLflow, W&B), and PEFT for the LoRA scenario
 $(FULL): $(CORE)
-	@echo "setup: installing the test extras (dev tools, benchmarks, Flower with Ray, TensorBoard, MLflow, W&B)"
-	$(PIP) -e '.[dev,bench,flower,tensorboard,mlflow,wandb]'
+	@echo "setup: installing the test extras (dev tools, benchmarks, Flower with Ray, TensorBoard, MLflow, W&B, PEFT)"
+	$(PIP) -e '.[dev,bench,flower,tensorboard,mlflow,wandb,lora]'
 	touch $(FULL)
 
 setup-core: $(CORE)

@@ -3,7 +3,8 @@
 ``drift_table(run)`` has one row per (round, layer, metric): columns ``round, layer, label, group,
 metric, value``, for every metric of :data:`driftscope.metrics.METRICS` the run supports (``"gram"``
 metrics on recorded rounds, ``"cka"`` metrics on rounds with probe CKA, ``"global"`` metrics on
-recorded rounds of runs that recorded the global model's norms).
+recorded rounds of runs that recorded the global model's norms, ``"lora"`` metrics on the rounds
+that store updates, for each LoRA-adapted module, on the rows of both its factors' layers).
 
 ``layer_summary(run)`` aggregates over rounds, one row per layer in model order, one column per
 metric, by :func:`pool_rounds`: ratio measures (relative variance, drift diversity) as ratios of
@@ -29,6 +30,7 @@ from driftscope.analysis.labels import config_value, run_labels
 from driftscope.errors import RunFileError
 from driftscope.metrics import METRICS, Metric
 from driftscope.metrics.drift import as_gram
+from driftscope.metrics.lora import lora_pairs
 from driftscope.models.layout import LayerInfo
 from driftscope.runfile.reader import Run
 from driftscope.runfile.schema import CKA_KINDS
@@ -90,7 +92,7 @@ def drift_table(run: Run, parts: bool = False, rounds: Sequence[int] | None = No
     # rows beyond the rounds read above belong to rounds committed since (a live run's writer
     # in another thread): every record is cut to the same rounds
     n, n_cka = len(all_rounds), len(all_cka)
-    weights = aggregation_weights(run)
+    weights = weights_all = aggregation_weights(run)
     if weights is not None:
         weights = weights[:n][keep]
     gram_metrics = _metrics("gram")
@@ -120,12 +122,45 @@ def drift_table(run: Run, parts: bool = False, rounds: Sequence[int] | None = No
                 except KeyError:  # needs a CKA kind this run did not record
                     continue
                 frames.append(_frame(all_cka[keep_cka], layer, m.name, value, None, None, parts))
+    frames += _lora_frames(run, weights_all, rounds, parts)
     columns = COLUMNS + (PARTS if parts else [])
     if not frames:
         return pd.DataFrame(columns=columns)
     # one DataFrame from the concatenated columns (a DataFrame per (layer, metric) and a concat
     # cost ~2 ms each, most of the table's time)
     return pd.DataFrame({c: np.concatenate([f[c] for f in frames]) for c in columns})
+
+
+def _lora_frames(
+    run: Run, weights: np.ndarray | None, rounds: Sequence[int] | None, parts: bool
+) -> list[dict[str, np.ndarray]]:
+    """Rows of the ``"lora"`` metrics: per LoRA pair whose updates and global factors are stored,
+    on the rounds that store updates (``rounds``: only these), on both factors' layers."""
+    metrics = _metrics("lora")
+    if not metrics or not len(run.update_rounds):
+        return []
+    pairs = [
+        pair
+        for pair in lora_pairs(p.name for p in run.params)
+        if all(run.has_global_params(n) for n in (pair.a, pair.b))
+    ]
+    if not pairs:
+        return []
+    upd = run.update_rounds
+    keep = np.ones(len(upd), dtype=bool) if rounds is None else np.isin(upd, list(rounds))
+    w = None
+    if weights is not None:  # the recorded rounds' rows of the update rounds
+        w = weights[np.searchsorted(run.rounds, upd)][keep]
+    frames = []
+    for pair in pairs:
+        da, db = run.updates(pair.a)[keep], run.updates(pair.b)[keep]
+        a, b = run.global_params(pair.a)[keep], run.global_params(pair.b)[keep]
+        for m in metrics:
+            value = m.function(da, db, a, b, w)
+            for name in (pair.a, pair.b):
+                layer = run.layer(run.param(name).layer)
+                frames.append(_frame(upd[keep], layer, m.name, value, None, None, parts))
+    return frames
 
 
 def _frame(

@@ -272,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads(p)
     p.add_argument("--dataset", default="digits", help="dataset [digits]; e.g. mnist1d")
     p.add_argument("--model", default=None, help="model [cnn1d for mnist1d, else small_cnn]")
+    p.add_argument(
+        "--scenario",
+        choices=("default", "lora"),
+        default="default",
+        help="lora: federated fine-tuning of a pretrained tiny ViT with PEFT LoRA adapters "
+        "(3 seeds, Dirichlet 0.1 and 1.0, IID; docs/lora.md; needs the lora extra)",
+    )
+    p.add_argument("--quick", action="store_true", help="--scenario lora at test size")
     return parser
 
 

@@ -243,7 +243,37 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce_lora(args: argparse.Namespace) -> int:
+    from driftscope.experiments.lora import LoraSettings, format_lora, run_lora
+
+    if args.dataset != "digits" or args.model is not None or args.rounds is not None:
+        raise ConfigError(
+            "--scenario lora fixes its dataset, model and rounds: drop --dataset, --model, --rounds"
+        )
+    settings = LoraSettings.quick() if args.quick else LoraSettings()
+    out = args.out or ("runs/reproduce-lora-quick" if args.quick else "runs/reproduce-lora")
+    result = run_lora(
+        out,
+        settings=settings,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        threads=args.threads,
+        log=lambda line: print(line, flush=True),
+    )
+    print(format_lora(result))
+    if not args.no_figures:
+        from driftscope.figures.lora import write_lora_figures
+
+        for path in write_lora_figures(result.paths, out):
+            print(f"wrote {path}")
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    if args.scenario == "lora":
+        return cmd_reproduce_lora(args)
+    if args.quick:
+        raise ConfigError("--quick is for --scenario lora")
     from driftscope.data import DATASETS
     from driftscope.runfile.outputs import check_folder
 

@@ -27,12 +27,13 @@ then reads as not recorded).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from driftscope.engine.global_adapters import GlobalAdapters
 from driftscope.metrics.gram import CHUNK_VALUES
 from driftscope.runfile import schema
 from driftscope.runfile.writer import append, growable
@@ -40,15 +41,25 @@ from driftscope.runfile.writer import append, growable
 if TYPE_CHECKING:
     import h5py
 
-    from driftscope.models.layout import ModelLayout
+    from driftscope.models.layout import ModelLayout, ParamInfo
 
 
 class GlobalWeights:
     """Accumulates one round's ``||w_g||^2`` and ``<w_g, d_k>`` per parameter; the recorder calls
-    :meth:`declare` with its other datasets, :meth:`client` per client, :meth:`append` per round."""
+    :meth:`declare` with its other datasets, :meth:`client` per client, :meth:`append` per round.
+    It also keeps the global LoRA factors among the ``stored`` parameters
+    (:class:`~driftscope.engine.global_adapters.GlobalAdapters`), appended by
+    :meth:`append_adapters` on the rounds that store updates."""
 
-    def __init__(self, file: h5py.File, layout: ModelLayout, clients_per_round: int) -> None:
+    def __init__(
+        self,
+        file: h5py.File,
+        layout: ModelLayout,
+        clients_per_round: int,
+        stored: Sequence[ParamInfo] = (),
+    ) -> None:
         self.file = file
+        self.adapters = GlobalAdapters(file, stored)
         self.layout = layout
         self.s = clients_per_round
         n = len(layout.params)
@@ -77,6 +88,7 @@ class GlobalWeights:
                 schema.GLOBAL_DTYPE,
                 schema.AX_GLOBAL_DOT,
             )
+        self.adapters.declare()
 
     def start_round(self) -> None:
         self.sq_norm[:] = np.nan
@@ -93,12 +105,18 @@ class GlobalWeights:
         if slot == 0:
             # a failed client (NaN update) carries w_g itself as its parameters
             self.sq_norm[:] = np.where(np.isfinite(dd), yy - 2 * yd + dd, yy)  # ||y - d||^2
+            self.adapters.client(y, d)
 
     def append(self, dataset: Callable[[str], h5py.Dataset]) -> None:
         """Append the round's rows (``dataset(path)``: the recorder's cached handles)."""
         for j, p in enumerate(self.layout.params):
             append(dataset(schema.global_sq_norm_path(p.name)), self.sq_norm[j])
             append(dataset(schema.global_dot_path(p.name)), self.dot[:, j])
+
+    def append_adapters(self, dataset: Callable[[str], h5py.Dataset]) -> None:
+        """Append the round's global LoRA factors (a round that stores updates), if recorded."""
+        if self.adapters.present:
+            self.adapters.append(dataset)
 
 
 def _products(y: torch.Tensor, d: torch.Tensor, offset: int, numel: int) -> torch.Tensor:

@@ -287,7 +287,7 @@ class Recorder(Hook):
                     SettingsWarning,
                     stacklevel=2,
                 )
-        self.global_weights = GlobalWeights(self.file, layout, s)
+        self.global_weights = GlobalWeights(self.file, layout, s, self.stored)
         if schema.RECORD_ROUND not in self.file:
             self._declare(num_clients, probe_rows)
         self._global = self.global_weights.present  # absent in a resumed older file
@@ -447,6 +447,8 @@ class Recorder(Hook):
         ]
         if self.stored and self._has(schema.UPDATE_CRC):  # absent in older resumed files
             append(self._dataset(schema.UPDATE_CRC), np.stack(sums))
+        if self._global:  # the LoRA factors' global values (engine/global_adapters.py)
+            self.global_weights.append_adapters(self._dataset)
         append(self._dataset(schema.UPDATE_ROUND), round)
 
     def _has(self, path: str) -> bool:

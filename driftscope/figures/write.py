@@ -17,6 +17,7 @@ from driftscope.figures.chosen_layers import chosen_layers_map, has_chosen_layer
 from driftscope.figures.cka import cka_by_layer
 from driftscope.figures.clustermap import cosine_clustermap
 from driftscope.figures.labels import run_labels
+from driftscope.figures.lora import has_lora, lora_factors
 from driftscope.figures.partition import partition_histogram
 from driftscope.figures.profile import layer_heatmap, layer_profile
 from driftscope.figures.style import DPI, paper_style
@@ -45,7 +46,8 @@ def write_figures(runs: Sequence[Run], out_dir: str | os.PathLike) -> list[Path]
     ``_<run label>`` added when there are several), ``cka_by_layer``,
     ``cosine_clustermap_<layer>`` (the head's last layer and the first layer of the first
     recorded run), ``label_alignment_profile`` and ``class_variance_heatmap`` (first recorded run;
-    :mod:`driftscope.figures.attribution`), ``accuracy_curves``, ``partition_histogram`` (first
+    :mod:`driftscope.figures.attribution`), ``lora_factors`` (the first recorded run, if it has
+    LoRA adapters: :mod:`driftscope.figures.lora`), ``accuracy_curves``, ``partition_histogram`` (first
     run) and ``chosen_layers`` (the first run whose algorithm chose its control-variate layers,
     fedpvr_auto). Figures a run
     cannot support (no records, no CKA) are skipped. Returns the written paths.
@@ -80,6 +82,8 @@ def write_figures(runs: Sequence[Run], out_dir: str | os.PathLike) -> list[Path]
                 grid = cosine_clustermap(first, ly.name)
                 written += _save(grid.figure, out, f"cosine_clustermap_{ly.label}")
             written += write_attribution_figures(first, out)
+            if has_lora(first):
+                written += _save(lora_factors(first), out, "lora_factors")
         runs_with_metrics = [r for r in runs if r.num_rounds]
         if runs_with_metrics:
             ax = accuracy_curves(runs_with_metrics)

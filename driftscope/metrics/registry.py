@@ -24,6 +24,11 @@ Three sources of data:
     global model ``w`` each round started from, ``sq_norm`` ``(...)`` = ``||w||^2`` and ``dot``
     ``(..., S)`` = ``<w, d_i>`` (``records/global``; runs recorded before it have none, and
     the metric is then left out). Returns ``(...)``.
+``"lora"``: ``function(dA, dB, A, B, weights)``: for one LoRA-adapted module (PEFT's ``lora_A`` and
+    ``lora_B`` factors, :func:`driftscope.metrics.lora.lora_pairs`), the clients' stored updates
+    ``dA`` ``(..., S, r, k)`` and ``dB`` ``(..., S, m, r)``, the global factors ``A`` ``(..., r, k)``
+    and ``B`` ``(..., m, r)`` the round started from (``records/global_params``) and the weights;
+    on the rounds that store updates, shown on the rows of both factors' layers. Returns ``(...)``.
 
 Over rounds (:func:`~driftscope.analysis.layer_summary`, the layer-profile figure) a metric with
 ``ratio = (numerator, denominator)`` is pooled as ``sum(numerator) / sum(denominator)`` (a ratio of
@@ -39,13 +44,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from driftscope.metrics import drift, layerwise
+from driftscope.metrics import drift, layerwise, lora
 from driftscope.registry import Registry
 
 __all__ = ["METRICS", "Metric", "gram_metrics", "headline_metrics", "register_metric"]
 
 GramFunction = Callable[[np.ndarray, int, Any], np.ndarray]
-SOURCES = ("gram", "cka", "global")
+SOURCES = ("gram", "cka", "global", "lora")
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,8 @@ class Metric:
         name: the ``metric`` value in tables (snake_case).
         label: axis / legend label (matplotlib mathtext allowed).
         scale: ``"linear"`` or ``"log"`` (figures use a log axis for positive values).
-        source: ``"gram"``, ``"cka"`` or ``"global"``: what ``function`` takes (see the module
-            docstring).
+        source: ``"gram"``, ``"cka"``, ``"global"`` or ``"lora"``: what ``function`` takes (see
+            the module docstring).
         function: the measure.
         description: one line for help texts and reports.
         ratio: for a ratio measure, ``(numerator, denominator)`` with the ``"gram"`` signature;
@@ -72,7 +77,7 @@ class Metric:
     name: str
     label: str
     scale: Literal["linear", "log"]
-    source: Literal["gram", "cka", "global"]
+    source: Literal["gram", "cka", "global", "lora"]
     function: Callable[..., Any]
     description: str
     ratio: tuple[GramFunction, GramFunction] | None = None
@@ -241,6 +246,15 @@ for _metric in (
         lambda g, numel, weights, sq_norm, dot: layerwise.angular_divergence(g, sq_norm, dot),
         "1 - cos(w_g, w_k) of the global model's and each client's layer weights, mean over "
         "clients (L-DAWA weights client k by the cosine)",
+    ),
+    Metric(
+        "lora_residual",
+        "LoRA aggregation residual",
+        "log",
+        "lora",
+        lora.aggregation_residual,
+        "FedEx-LoRA's ||mean(B_i A_i) - mean(B_i) mean(A_i)||_F / ||mean(B_i A_i)||_F of the "
+        "adapted module (on both factors' rows): what averaging A and B separately misses",
     ),
     Metric(
         "cka",

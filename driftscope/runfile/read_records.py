@@ -175,6 +175,23 @@ class RecordsMixin:
         dot = sum(self._rows(schema.global_dot_path(p), n, "recorded rounds") for p in names)
         return np.asarray(sq, dtype=np.float64), np.asarray(dot, dtype=np.float64)
 
+    def has_global_params(self, name: str) -> bool:
+        """Whether the global value of parameter ``name`` is stored (LoRA factors only)."""
+        return self._has(schema.global_params_path(name))
+
+    @_guarded
+    def global_params(self, name: str) -> np.ndarray:
+        """The global value of a stored LoRA factor (a parameter) that each stored-update round
+        started from, shaped (update rounds, *param shape), rows as in :meth:`updates`."""
+        path = schema.global_params_path(name)
+        if not self._has(path):
+            raise RunFileError(
+                f"{self.path.name} has no global value of '{name}' (records/global_params): only "
+                "LoRA factors whose updates are stored have one, in runs recorded since"
+            )
+        block = self._rows(path, len(self.update_rounds), "update rounds")
+        return block.reshape(block.shape[0], *self.param(name).shape)
+
     @_guarded
     def updates(self, name: str, round: int | None = None) -> np.ndarray:
         """Stored client updates of a parameter, shaped (rounds, S, *param shape), or of a layer,

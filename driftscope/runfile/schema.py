@@ -33,6 +33,9 @@ round, N = clients, n = probe size)::
                                                     (fedpvr_auto: chosen_layers u8, layer_variance)
     /records/update_round       (upd,)              rounds whose full updates are stored
     /records/updates/<param>    (upd, S, numel)     client updates, float32 or float16
+    /records/global_params/<param> (upd, numel) f64 the global value the round started from, of
+                                                    each stored LoRA factor (metrics/lora.py;
+                                                    absent in older files and runs without LoRA)
     /records/update_crc         (upd, stored, S) u32 CRC-32 of each client's stored update of each
                                                     stored parameter (attr params: their names, in
                                                     order; v2, absent in older files: "Checksums")
@@ -213,6 +216,9 @@ CKA = "records/cka"
 # with ||d_i||^2 from the Gram diagonal they give cos(w, w + d_i) exactly (L-DAWA's angle)
 GLOBAL_WEIGHTS = "records/global"
 GLOBAL_DTYPE = "float64"
+# the global values of the LoRA factors (metrics/lora.py) the round started from, on rounds that
+# store updates: records/global_params/<param> (upd, numel) f64 (FedEx-LoRA's residual needs them)
+GLOBAL_PARAMS = "records/global_params"
 CKA_KINDS = ("linear", "rbf", "debiased")
 RECORD_POLICY_ATTRS = ("every", "updates_every", "cka_every", "probe_size")
 # attr of RECORDS: "float32" or "float64", the probe Grams' arithmetic (record.cka_precision);
@@ -237,6 +243,7 @@ AX_CKA_ROUND = ("cka",)
 AX_CKA = ("cka", "model", "model")
 AX_GLOBAL_SQ_NORM = ("record",)
 AX_GLOBAL_DOT = ("record", "client")
+AX_GLOBAL_PARAMS = ("update", "value")
 AX_ROUND_CLIENT = ("round", "client")
 
 
@@ -275,6 +282,10 @@ def global_dot_path(param: str) -> str:
     return f"{GLOBAL_WEIGHTS}/dot/{param}"
 
 
+def global_params_path(param: str) -> str:
+    return f"{GLOBAL_PARAMS}/{param}"
+
+
 def control_norm_path(param: str) -> str:
     return f"{CONTROL_NORM}/{param}"
 
@@ -301,7 +312,7 @@ ROUND_GROUPS = (METRICS, CLIENTS, ALGORITHM)  # ALGORITHM only where an algorith
 # datasets and groups listed with it
 RECORD_INDEXES = {
     RECORD_ROUND: (RECORD_CLIENTS, GRAM, CONTROL_NORM, GLOBAL_WEIGHTS),
-    UPDATE_ROUND: (UPDATES, UPDATE_CRC),
+    UPDATE_ROUND: (UPDATES, UPDATE_CRC, GLOBAL_PARAMS),
     CKA_ROUND: (CKA,),
 }
 
@@ -350,7 +361,7 @@ def expected(path: str) -> tuple[str, int | None]:
         return ("num" if numeric else "str"), 1
     two_axes = (LABEL_HISTOGRAM, RECORD_CLIENTS)
     if path in two_axes or path.startswith(
-        (f"{CLIENTS}/", f"{CONTROL_NORM}/", f"{GLOBAL_WEIGHTS}/dot/")
+        (f"{CLIENTS}/", f"{CONTROL_NORM}/", f"{GLOBAL_WEIGHTS}/dot/", f"{GLOBAL_PARAMS}/")
     ):
         return "num", 2
     if path.startswith(f"{ALGORITHM}/"):
