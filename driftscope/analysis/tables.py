@@ -20,7 +20,7 @@ FedAvg units.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,11 +37,16 @@ from driftscope.runfile.schema import CKA_KINDS
 
 __all__ = [
     "BYTES_PER_VALUE",
+    "aggregation_sizes",
     "aggregation_weights",
+    "cka_kinds",
+    "cka_values",
     "communication_factor",
     "drift_table",
+    "gram_values",
     "layer_summary",
     "name_ratio_parts",
+    "participant_weights",
     "pool_rounds",
     "tidy",
 ]
@@ -53,10 +58,21 @@ BYTES_PER_VALUE = 4  # float32 on the wire, as the simulator counts
 
 def aggregation_weights(run: Run) -> np.ndarray | None:
     """(recorded rounds, S) weights of the mean update, or None for uniform averaging."""
+    sizes = aggregation_sizes(run)
+    return None if sizes is None else participant_weights(sizes, run.participants)
+
+
+def aggregation_sizes(run: Run) -> np.ndarray | None:
+    """(clients,) the sizes the run weights its clients by, or None for uniform averaging."""
     if config_value(run, "train", "weighting", "uniform") == "uniform":
         return None
-    sizes = np.asarray(run.client_sizes, dtype=np.float64)
-    w = sizes[run.participants]
+    return np.asarray(run.client_sizes, dtype=np.float64)
+
+
+def participant_weights(sizes: np.ndarray, participants: np.ndarray) -> np.ndarray:
+    """(rounds, S) aggregation weights of the clients ``participants`` (rounds, S) from their
+    ``sizes`` (:func:`aggregation_sizes`): each row sums to 1."""
+    w = sizes[participants]
     return w / w.sum(axis=1, keepdims=True)
 
 
@@ -64,7 +80,8 @@ def _metrics(source: str) -> list[Metric]:
     return [m for m in map(METRICS.get, METRICS) if m.source == source]
 
 
-def _cka_kinds(run: Run, layer: str) -> dict[str, np.ndarray]:
+def cka_kinds(run: Run, layer: str) -> dict[str, np.ndarray]:
+    """Each CKA kind ``layer`` has in ``run`` -> its (CKA rounds, S + 1, S + 1) matrices."""
     kinds = {}
     for kind in CKA_KINDS:
         try:
@@ -95,33 +112,20 @@ def drift_table(run: Run, parts: bool = False, rounds: Sequence[int] | None = No
     weights = weights_all = aggregation_weights(run)
     if weights is not None:
         weights = weights[:n][keep]
-    gram_metrics = _metrics("gram")
-    cka_metrics = _metrics("cka")
-    global_metrics = _metrics("global") if run.has_global_weights else []
+    has_global = run.has_global_weights
     for layer in run.layers:
-        if len(recorded) and gram_metrics:
+        if len(recorded):
             g = as_gram(run.gram(layer.name)[:n][keep])
-            for m in gram_metrics:
-                value = m.function(g, layer.numel, weights)
-                num = den = None
-                if parts and m.ratio is not None:
-                    num = m.ratio[0](g, layer.numel, weights)
-                    den = m.ratio[1](g, layer.numel, weights)
-                frames.append(_frame(recorded, layer, m.name, value, num, den, parts))
-            if global_metrics:
+            sq_dot = None
+            if has_global:
                 sq, dot = run.global_weights(layer.name)
-                sq, dot = sq[:n][keep], dot[:n][keep]
-                for m in global_metrics:
-                    value = m.function(g, layer.numel, weights, sq, dot)
-                    frames.append(_frame(recorded, layer, m.name, value, None, None, parts))
-        if keep_cka.any() and cka_metrics:
-            kinds = {k: v[:n_cka][keep_cka] for k, v in _cka_kinds(run, layer.name).items()}
-            for m in cka_metrics:
-                try:
-                    value = m.function(kinds)
-                except KeyError:  # needs a CKA kind this run did not record
-                    continue
-                frames.append(_frame(all_cka[keep_cka], layer, m.name, value, None, None, parts))
+                sq_dot = (sq[:n][keep], dot[:n][keep])
+            for name, value, num, den in gram_values(g, layer.numel, weights, sq_dot, parts):
+                frames.append(_frame(recorded, layer, name, value, num, den, parts))
+        if keep_cka.any():
+            kinds = {k: v[:n_cka][keep_cka] for k, v in cka_kinds(run, layer.name).items()}
+            for name, value in cka_values(kinds):
+                frames.append(_frame(all_cka[keep_cka], layer, name, value, None, None, parts))
     frames += _lora_frames(run, weights_all, rounds, parts)
     columns = COLUMNS + (PARTS if parts else [])
     if not frames:
@@ -161,6 +165,38 @@ def _lora_frames(
                 layer = run.layer(run.param(name).layer)
                 frames.append(_frame(upd[keep], layer, m.name, value, None, None, parts))
     return frames
+
+
+def gram_values(
+    g: np.ndarray,
+    numel: int,
+    weights: np.ndarray | None,
+    sq_dot: tuple[np.ndarray, np.ndarray] | None = None,
+    parts: bool = False,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """(metric, values, numerator, denominator) of every ``"gram"`` metric of one layer's Gram
+    matrices ``g`` (rounds, S, S), then every ``"global"`` one when ``sq_dot`` (the global
+    model's ``||w||^2`` and ``<w, d_i>`` of the same rounds) is given; the ratio parts only with
+    ``parts``. What :func:`drift_table` and the live logger compute, in registry order."""
+    for m in _metrics("gram"):
+        num = den = None
+        if parts and m.ratio is not None:
+            num = m.ratio[0](g, numel, weights)
+            den = m.ratio[1](g, numel, weights)
+        yield m.name, m.function(g, numel, weights), num, den
+    if sq_dot is not None:
+        for m in _metrics("global"):
+            yield m.name, m.function(g, numel, weights, *sq_dot), None, None
+
+
+def cka_values(kinds: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
+    """(metric, values) of every ``"cka"`` metric whose CKA kinds ``kinds`` (kind -> (rounds,
+    S + 1, S + 1)) holds, in registry order."""
+    for m in _metrics("cka"):
+        try:
+            yield m.name, m.function(kinds)
+        except KeyError:  # needs a CKA kind this run did not record
+            continue
 
 
 def _frame(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from driftscope.engine.events import Hook, RoundEnded, RunEnded, RunStarted
+from driftscope.engine.events import Hook, RoundEnded, RoundStarted, RunEnded, RunStarted
 from driftscope.errors import DriftscopeError
+from driftscope.export.live_rounds import CommittedRounds
 from driftscope.export.rounds import hyperparameters, metric_labels, round_exports
 from driftscope.export.sinks import Sink, figure_pngs, open_sink, parse_target
 
@@ -62,12 +62,14 @@ class LiveLogger(Hook):
     """Writes each committed round of the run file ``run_path`` to a backend while it trains.
 
     ``spec``: ``"tensorboard=DIR"``, ``"mlflow=URI"`` or ``"wandb"`` / ``"wandb=DIR"`` (the CLI's
-    ``--log``). A round is committed after every hook has seen its end, so round r is written when
-    round r + 1 ends (the last at the run's end), read back from the file: the values are those of
-    ``analyze --csv``. The reading and writing run in a background thread, woken at each round's
-    end, so training does not wait for them; the run's end waits for the last round to be
-    written. A backend that fails (disk full, service down) warns once (:class:`LoggerWarning`)
-    and is dropped: it never stops the run nor touches its file.
+    ``--log``). A round is committed after every hook has seen its end, so round r is written at
+    the start of round r + 1 (the last at the run's end), read back from the file: the values
+    are those of ``analyze --csv``. The work runs on the training thread: the file stays open and
+    only the newly committed round's rows are read (:class:`~driftscope.export.live_rounds.
+    CommittedRounds`), a few milliseconds a round (a background thread would hold the GIL for
+    the same work and slow training more; benchmarks/README.md). A backend that fails (disk
+    full, service down) warns once (:class:`LoggerWarning`) and is dropped: it never stops the
+    run nor touches its file.
     """
 
     def __init__(self, spec: str, run_path: str | os.PathLike) -> None:
@@ -75,10 +77,9 @@ class LiveLogger(Hook):
         self.path = Path(run_path)
         self.sink: Sink | None = open_sink(self.kind, self.target, self.path.stem)
         self.run: Run | None = None
+        self.rounds: CommittedRounds | None = None
         self.done = -1  # the last round written
-        self._wake = threading.Event()
-        self._stop = False
-        self._thread: threading.Thread | None = None
+        self.ended = 0  # rounds that ended in this run (none: nothing of it is committed)
 
     def on_run_start(self, event: RunStarted) -> None:
         import json
@@ -89,48 +90,29 @@ class LiveLogger(Hook):
                 metric_labels(event.layout.layers),
             )
         )
-        if self.sink is not None and self._thread is None:
-            self._thread = threading.Thread(
-                target=self._work, name=f"driftscope-{self.kind}-logger", daemon=True
-            )
-            self._thread.start()
+
+    def on_round_start(self, event: RoundStarted) -> None:
+        if event.round > self.done + 1:  # the rounds before it are committed
+            self._guard(self._write_committed)
 
     def on_round_end(self, event: RoundEnded) -> None:
-        self._wake.set()
+        self.ended += 1
 
     def on_run_end(self, event: RunEnded) -> None:
-        self._stop = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        else:  # never started: write what is committed here
+        if self.ended:
             self._guard(self._write_committed)
         self._close()
 
     # ------------------------------------------------------------------ internals
-    def _work(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            stop = self._stop
-            self._guard(self._write_committed)
-            if stop or self.sink is None:
-                return
-
     def _write_committed(self, sink: Sink) -> None:
-        from driftscope.runfile.reader import open_run
+        if self.rounds is None:
+            from driftscope.runfile.reader import open_run
 
-        if self.run is None:
-            if not self.path.exists():
+            if not self.path.exists():  # no round committed yet
                 return
             self.run = open_run(self.path)
-        else:
-            self.run.refresh()
-        rounds = [int(r) for r in self.run.metrics["round"] if int(r) > self.done]
-        if not rounds:
-            return
-        for rec in round_exports(self.run, rounds):
+            self.rounds = CommittedRounds(self.run)
+        for rec in self.rounds.new():
             sink.round(rec)
             self.done = rec.round
 
@@ -151,7 +133,7 @@ class LiveLogger(Hook):
 
     def _close(self) -> None:
         sink, self.sink = self.sink, None
-        run, self.run = self.run, None
+        run, self.run, self.rounds = self.run, None, None
         for closing in (sink, run):
             if closing is None:
                 continue

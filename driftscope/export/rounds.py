@@ -34,7 +34,15 @@ from driftscope.metrics import METRICS
 from driftscope.models.layout import LayerInfo
 from driftscope.runfile.reader import Run
 
-__all__ = ["RoundExport", "hyperparameters", "metric_labels", "round_exports", "scalar_name"]
+__all__ = [
+    "RoundExport",
+    "add_groups_and_norms",
+    "hyperparameters",
+    "metric_labels",
+    "round_exports",
+    "round_metric_name",
+    "scalar_name",
+]
 
 
 @dataclass
@@ -53,7 +61,7 @@ def scalar_name(metric: str, layer: str) -> str:
     return f"{'cka' if source == 'cka' else 'drift'}/{metric}/{layer}"
 
 
-def _round_metric_name(column: str) -> str:
+def round_metric_name(column: str) -> str:
     prefix, _, rest = column.partition("_")
     if prefix in ("test", "train") and rest:
         return f"{prefix}/{rest}"
@@ -82,7 +90,7 @@ def round_exports(
         rec = out[int(row["round"])]
         for col, value in row.items():
             if col != "round" and np.isfinite(value):
-                rec.scalars[_round_metric_name(str(col))] = float(value)
+                rec.scalars[round_metric_name(str(col))] = float(value)
     cm = run.client_metrics
     for r, client, loss in cm[cm["round"].isin(chosen)][["round", "client", "train_loss"]].values:
         out[int(r)].scalars[f"client_train_loss/{int(client)}"] = float(loss)
@@ -99,19 +107,32 @@ def round_exports(
     for r, layer, metric, value in table[["round", "layer", "metric", "value"]].values:
         if np.isfinite(value):
             out[int(r)].scalars[scalar_name(str(metric), str(layer))] = float(value)
-    # head and body: a metric of the concatenated update is the metric of the summed Grams
     all_rounds = run.rounds
     n = len(all_rounds)  # rows past n: rounds committed since (a live run), cut
     keep = np.isin(all_rounds, chosen)
-    recorded = all_rounds[keep]
     weights = aggregation_weights(run)
     if weights is not None:
         weights = weights[:n][keep]
     grams = {ly.name: run.gram(ly.name)[:n][keep] for ly in run.layers}
-    for group in dict.fromkeys(ly.group for ly in run.layers):
-        layers = [ly for ly in run.layers if ly.group == group]
-        g = np.sum([grams[ly.name] for ly in layers], axis=0)
-        numel = sum(ly.numel for ly in layers)
+    add_groups_and_norms(out, run.layers, all_rounds[keep], grams, weights)
+    return [out[r] for r in chosen]
+
+
+def add_groups_and_norms(
+    out: dict[int, RoundExport],
+    layers: Sequence[LayerInfo],
+    recorded: np.ndarray,
+    grams: dict[str, np.ndarray],
+    weights: np.ndarray | None,
+) -> None:
+    """Add to each recorded round of ``out`` the head and body summaries (``drift_<group>/...``)
+    and the update-norm histograms, from each layer's Gram matrices ``grams`` (recorded rounds,
+    S, S) and the aggregation ``weights`` (None: uniform) of the rounds ``recorded``."""
+    # head and body: a metric of the concatenated update is the metric of the summed Grams
+    for group in dict.fromkeys(ly.group for ly in layers):
+        members = [ly for ly in layers if ly.group == group]
+        g = np.sum([grams[ly.name] for ly in members], axis=0)
+        numel = sum(ly.numel for ly in members)
         for name in METRICS:
             m = METRICS.get(name)
             if m.source != "gram":
@@ -120,11 +141,10 @@ def round_exports(
             for r, v in zip(recorded, values):
                 if np.isfinite(v):
                     out[int(r)].scalars[f"drift_{group}/{name}"] = float(v)
-    for ly in run.layers:
+    for ly in layers:
         norms = np.sqrt(np.clip(np.diagonal(grams[ly.name], axis1=-2, axis2=-1), 0, None))
         for r, n in zip(recorded, norms):
             out[int(r)].histograms[f"update_norm/{ly.name}"] = np.asarray(n, dtype=np.float64)
-    return [out[r] for r in chosen]
 
 
 def metric_labels(layers: Sequence[LayerInfo]) -> dict[str, Any]:

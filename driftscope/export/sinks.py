@@ -83,6 +83,8 @@ class TensorBoardSink(Sink):
             raise _missing("tensorboard", "tensorboard") from None
         self.logdir = Path(logdir) / run_name
         self.writer = SummaryWriter(log_dir=str(self.logdir))
+        # add_histogram's default bucket limits, as an array once (a list is converted per call)
+        self.bins = np.asarray(self.writer.default_bins, dtype=np.float64)
 
     def hyperparameters(self, params: dict[str, Any], labels: dict[str, Any]) -> None:
         from torch.utils.tensorboard.summary import hparams
@@ -97,11 +99,17 @@ class TensorBoardSink(Sink):
         self.writer.add_text("driftscope/labels", _code(json.dumps(labels, indent=1)))
 
     def round(self, rec: RoundExport) -> None:
-        for name, value in rec.scalars.items():
-            self.writer.add_scalar(name, value, rec.round)
-        for name, values in rec.histograms.items():
-            if len(values):
-                self.writer.add_histogram(name, values, rec.round)
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from torch.utils.tensorboard.summary import histogram
+
+        # one event per round for all its scalars (the same values and tags as add_scalar's, one
+        # record to frame and checksum instead of one per scalar) and one for its histograms
+        values = [Summary.Value(tag=k, simple_value=v) for k, v in rec.scalars.items()]
+        for name, norms in rec.histograms.items():
+            if len(norms):
+                values.extend(histogram(name, norms, self.bins).value)
+        if values:
+            self.writer._get_file_writer().add_summary(Summary(value=values), rec.round)
 
     def figure(self, name: str, png: Path) -> None:
         from PIL import Image
