@@ -66,8 +66,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="live_logging-") as tmpdir:
         tmp = Path(tmpdir)
         counter = {"n": 0}
-        # CPU seconds: the logger's (its thread's time in _write_committed) and the whole
-        # process's per run, a figure that load from other processes does not move much
+        # CPU seconds: the logger's (the training thread's time in _write_committed: reading
+        # the new rounds and handing them to the backend) and the whole process's per run
+        # (the backend's own writer threads included), figures that load from other processes
+        # moves less than wall time
         cpu: dict[str, list[float]] = {}
         logger_cpu = {"s": 0.0}
         write = LiveLogger._write_committed
@@ -112,10 +114,19 @@ def main() -> None:
         for b in args.backends
     ]
     for b in args.backends:
+        rows.append(
+            row(
+                f"  CPU time of the run with the {b} logger / without it (same repeat)",
+                ratios(cpu[b], cpu["off"]),
+                ("<=", 1.05),
+                note=f"off {summarise(cpu['off'])['median']:.2f} CPU s, with {b} "
+                f"{summarise(cpu[b])['median']:.2f} CPU s a run",
+            )
+        )
         share = [lg / total for lg, total in zip(cpu[f"{b}_logger"], cpu[b], strict=True)]
         rows.append(
             row(
-                f"  CPU time of the {b} logger's thread / CPU time of the run with it",
+                f"  CPU time of the {b} logger's work / CPU time of the run with it",
                 share,
                 None,
                 unit="",

@@ -15,7 +15,6 @@ import numpy as np
 
 from driftscope.analysis.tables import (
     aggregation_sizes,
-    cka_kinds,
     cka_values,
     gram_values,
     participant_weights,
@@ -50,9 +49,19 @@ class CommittedRounds:
         self.recorded = run.recorded
         self.has_global = run.has_global_weights
         self.sizes = aggregation_sizes(run) if self.recorded else None
-        self.kinds = {}
-        if self.recorded and self.rows.has(schema.CKA_ROUND):
-            self.kinds = {ly.name: list(cka_kinds(run, ly.name)) for ly in self.layers}
+        # the CKA kinds Run.cka reads for each layer (drift_table's cka_kinds), found without
+        # reading them: recorded, and the layer not skipped by probe CKA
+        self.kinds: dict[str, list[str]] = {}
+        if self.recorded and self.rows.has(schema.CKA) and self.rows.has(schema.CKA_ROUND):
+            skipped = run.cka_skipped
+            self.kinds = {
+                ly.name: [
+                    k
+                    for k in schema.CKA_KINDS
+                    if ly.name not in skipped and self.rows.has(schema.cka_path(k, ly.name))
+                ]
+                for ly in self.layers
+            }
 
     def new(self) -> list[RoundExport]:
         n = self.rows.length(schema.METRICS_ROUND)
