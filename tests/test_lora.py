@@ -264,3 +264,21 @@ def test_reproduce_lora_quick_prints_the_tables(tmp_path, capsys, monkeypatch):
     # a second call does not replace the runs silently
     assert main(["reproduce", "--scenario", "lora", "--quick", "-q", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_the_live_reader_exports_the_lora_measures(lora_run):
+    """The live logger's reader (CommittedRounds) on a LoRA run: the same rows as the export after
+    the run (drift_table's), the LoRA residual included."""
+    from driftscope.export.live_rounds import CommittedRounds
+    from driftscope.export.rounds import round_exports
+
+    with open_run(lora_run[0]) as run:
+        live = CommittedRounds(run).new()
+        want = round_exports(run)
+    assert [r.round for r in live] == [r.round for r in want]
+    assert any(k.startswith("drift/lora_residual/") for r in want for k in r.scalars)
+    for got, ref in zip(live, want):
+        assert got.scalars.keys() == ref.scalars.keys(), got.round
+        for name, value in ref.scalars.items():
+            # one round's Grams against the whole run's stack: last-bit differences (test_export)
+            assert got.scalars[name] == pytest.approx(value, rel=1e-13, abs=0), (got.round, name)

@@ -45,6 +45,7 @@ __all__ = [
     "drift_table",
     "gram_values",
     "layer_summary",
+    "lora_frames",
     "name_ratio_parts",
     "participant_weights",
     "pool_rounds",
@@ -126,7 +127,7 @@ def drift_table(run: Run, parts: bool = False, rounds: Sequence[int] | None = No
             kinds = {k: v[:n_cka][keep_cka] for k, v in cka_kinds(run, layer.name).items()}
             for name, value in cka_values(kinds):
                 frames.append(_frame(all_cka[keep_cka], layer, name, value, None, None, parts))
-    frames += _lora_frames(run, weights_all, rounds, parts)
+    frames += lora_frames(run, weights_all, rounds, parts)
     columns = COLUMNS + (PARTS if parts else [])
     if not frames:
         return pd.DataFrame(columns=columns)
@@ -135,7 +136,7 @@ def drift_table(run: Run, parts: bool = False, rounds: Sequence[int] | None = No
     return pd.DataFrame({c: np.concatenate([f[c] for f in frames]) for c in columns})
 
 
-def _lora_frames(
+def lora_frames(
     run: Run, weights: np.ndarray | None, rounds: Sequence[int] | None, parts: bool
 ) -> list[dict[str, np.ndarray]]:
     """Rows of the ``"lora"`` metrics: per LoRA pair whose updates and global factors are stored,

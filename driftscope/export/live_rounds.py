@@ -15,8 +15,10 @@ import numpy as np
 
 from driftscope.analysis.tables import (
     aggregation_sizes,
+    aggregation_weights,
     cka_values,
     gram_values,
+    lora_frames,
     participant_weights,
 )
 from driftscope.export.rounds import (
@@ -25,7 +27,9 @@ from driftscope.export.rounds import (
     round_metric_name,
     scalar_name,
 )
+from driftscope.metrics import METRICS
 from driftscope.metrics.drift import as_gram
+from driftscope.metrics.lora import lora_pairs
 from driftscope.runfile import schema
 from driftscope.runfile.read_rows import Rows
 from driftscope.runfile.reader import Run
@@ -49,6 +53,10 @@ class CommittedRounds:
         self.recorded = run.recorded
         self.has_global = run.has_global_weights
         self.sizes = aggregation_sizes(run) if self.recorded else None
+        # "lora" metrics (from stored updates and global factors) need LoRA factor pairs
+        self.lora = any(METRICS.get(m).source == "lora" for m in METRICS) and bool(
+            lora_pairs(p.name for p in run.params)
+        )
         # the CKA kinds Run.cka reads for each layer (drift_table's cka_kinds), found without
         # reading them: recorded, and the layer not skipped by probe CKA
         self.kinds: dict[str, list[str]] = {}
@@ -82,6 +90,8 @@ class CommittedRounds:
             self._records(out, last=rounds[-1])
             if self.kinds:
                 self._cka(out, last=rounds[-1])
+            if self.lora:
+                self._lora(out, rounds)
         self.committed = n
         return [out[r] for r in rounds]
 
@@ -132,6 +142,15 @@ class CommittedRounds:
                     if np.isfinite(v):
                         out[int(r)].scalars[name] = float(v)
         self.cka_rows = span.stop
+
+    def _lora(self, out: dict[int, RoundExport], rounds: list[int]) -> None:
+        # a LoRA run stores full updates: drift_table's own rows of the new rounds, read through
+        # the Run (the whole file refreshed first), not row by row
+        self.run.refresh()
+        for f in lora_frames(self.run, aggregation_weights(self.run), rounds, parts=False):
+            for r, layer, metric, v in zip(f["round"], f["layer"], f["metric"], f["value"]):
+                if np.isfinite(v):
+                    out[int(r)].scalars[scalar_name(str(metric), str(layer))] = float(v)
 
 
 def _per_round(values: object, rounds: np.ndarray) -> np.ndarray:
