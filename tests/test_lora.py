@@ -14,7 +14,7 @@ from driftscope.analysis import drift_table
 from driftscope.metrics import METRICS
 from driftscope.metrics.drift import relative_variance
 from driftscope.metrics.gram import update_gram
-from driftscope.metrics.lora import aggregation_residual, is_lora_factor, lora_pairs
+from driftscope.metrics.lora import aggregation_residual, factor_label, is_lora_factor, lora_pairs
 
 pytestmark = pytest.mark.kernels  # float results of two code paths (the recorder's, the test's)
 
@@ -92,6 +92,8 @@ def test_lora_pairs_match_peft_names():
         ("blocks.0.attn.q", "default", names[0], names[1])
     ]
     assert is_lora_factor(names[2]) and not is_lora_factor(names[3])
+    assert factor_label("blocks.0.attn.q.lora_B.default") == "blocks.0.attn.q.B"
+    assert factor_label("fc.lora_A.other") == "fc.A.other" and factor_label("head") is None
     assert METRICS.get("lora_residual").source == "lora"
 
 
@@ -137,6 +139,8 @@ def test_the_frozen_base_is_unchanged_and_only_adapters_and_head_train(lora_run)
         names = [p.name for p in run.params]
         assert names and all(".lora_" in n or n.startswith("head.") for n in names)
         assert len(lora_pairs(names)) == 6 * pre.depth  # q, k, v, proj, fc1, fc2 per block
+        labels = [layer.label for layer in run.layers]
+        assert labels[:2] == ["blocks.0.attn.q.A", "blocks.0.attn.q.B"] and labels[-1] == "head"
         full = sum(v.numel() for v in base.values())
         assert run.numel < full
         # FedAvg traffic: the trainable values down and up, float32, per client

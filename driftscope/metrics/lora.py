@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from driftscope.metrics.gram import as_float64
 
-__all__ = ["LoraPair", "aggregation_residual", "is_lora_factor", "lora_pairs"]
+__all__ = ["LoraPair", "aggregation_residual", "factor_label", "is_lora_factor", "lora_pairs"]
 
 FloatArray = NDArray[np.float64]
 _FACTOR = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.(?P<adapter>[^.]+)(?P<rest>\..+)?$")
@@ -54,6 +54,16 @@ class LoraPair:
 def is_lora_factor(name: str) -> bool:
     """Whether ``name`` is a PEFT LoRA factor (``....lora_A.<adapter>[.weight]`` or ``lora_B``)."""
     return _FACTOR.match(name) is not None
+
+
+def factor_label(name: str) -> str | None:
+    """A LoRA factor's short label, ``<module>.A`` or ``<module>.B`` (``.<adapter>`` added unless
+    the adapter is PEFT's ``default``); None for any other name."""
+    m = _FACTOR.match(name)
+    if m is None:
+        return None
+    adapter = "" if m["adapter"] == "default" else f".{m['adapter']}"
+    return f"{m['module']}.{m['factor']}{adapter}{m['rest'] or ''}"
 
 
 def lora_pairs(names: Iterable[str]) -> list[LoraPair]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from driftscope.errors import ConfigError
+from driftscope.metrics.lora import factor_label
 from driftscope.models.layout import LayerInfo, ModelLayout, ParamInfo
 from driftscope.registry import Registry
 
@@ -177,7 +178,8 @@ def model_layout(
     its module name; a parameter owned by the root module (``self.pos = nn.Parameter(...)``) is a
     layer of its own, named by the parameter (kind ``"Parameter"``). Labels are short
     (``conv1``, ``fc3``, counted per kind) when every layer is a Conv or Linear layer and no short
-    label names another layer; otherwise every label is the layer's name (``layer1.0.bn1``).
+    label names another layer; LoRA factors (PEFT's ``<module>.lora_A.default``) as ``<module>.A``
+    and ``<module>.B``; otherwise every label is the layer's name (``layer1.0.bn1``).
 
     ``head``: fnmatch patterns over parameter names (``"classifier.*"``); ``head_last_k``: the last
     k parameterised layers; neither: the model's own ``head_prefixes`` (empty head if it has none).
@@ -238,15 +240,21 @@ def model_layout(
 
 def _short_labels(layers: list[LayerInfo]) -> tuple[LayerInfo, ...]:
     """``conv1``, ``fc3``, ... (counted per kind) when every layer is a Conv or Linear layer and
-    no short label is another layer's name; else the layers as they are (label = name)."""
-    if not layers or not all(layer.kind in _KIND_LABEL for layer in layers):
+    no short label is another layer's name; a model with LoRA factors (PEFT's names): the factors
+    as ``<module>.A`` / ``<module>.B``, every other layer by its name; else the layers as they
+    are (label = name)."""
+    lora = [factor_label(layer.name) for layer in layers]
+    if any(lora):
+        labels = [short or layer.name for short, layer in zip(lora, layers, strict=True)]
+    elif not layers or not all(layer.kind in _KIND_LABEL for layer in layers):
         return tuple(layers)
-    counters: dict[str, int] = {}
-    labels = []
-    for layer in layers:
-        short = _KIND_LABEL[layer.kind]
-        counters[short] = counters.get(short, 0) + 1
-        labels.append(f"{short}{counters[short]}")
+    else:
+        counters: dict[str, int] = {}
+        labels = []
+        for layer in layers:
+            short = _KIND_LABEL[layer.kind]
+            counters[short] = counters.get(short, 0) + 1
+            labels.append(f"{short}{counters[short]}")
     names = {layer.name: k for k, layer in enumerate(layers)}
     if any(names.get(label, k) != k for k, label in enumerate(labels)):
         return tuple(layers)  # a short label would name another layer
