@@ -286,3 +286,11 @@ def test_the_live_reader_exports_the_lora_measures(lora_run):
         for name, value in ref.scalars.items():
             # one round's Grams against the whole run's stack: last-bit differences (test_export)
             assert got.scalars[name] == pytest.approx(value, rel=1e-13, abs=0), (got.round, name)
+
+
+@pytest.mark.slow  # draws every figure the run supports
+def test_driftscope_figures_draws_the_lora_figure(lora_run, tmp_path):
+    from driftscope.figures import write_figures
+
+    with open_run(lora_run[0]) as run:
+        assert "lora_factors.png" in {p.name for p in write_figures([run], tmp_path)}
