@@ -294,3 +294,19 @@ def test_driftscope_figures_draws_the_lora_figure(lora_run, tmp_path):
 
     with open_run(lora_run[0]) as run:
         assert "lora_factors.png" in {p.name for p in write_figures([run], tmp_path)}
+
+
+def test_a_damaged_cached_base_is_a_one_line_error(tmp_path):
+    from driftscope.errors import ConfigError
+    from driftscope.models.lora import PretrainConfig, pretrained_base
+
+    pre = PretrainConfig(epochs=1, dim=8, heads=2, hidden=16, depth=1)
+    path = tmp_path / "lora" / f"tinyvit_digits_{pre.key()}.pt"
+    path.parent.mkdir()
+    path.write_bytes(b"not a tensor file")
+    x, y = torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ConfigError, match="delete it to pretrain again"):
+        pretrained_base(x, y, pre, tmp_path)
+    torch.save({"other": torch.zeros(2)}, path)
+    with pytest.raises(ConfigError, match="not the base model's state dict"):
+        pretrained_base(x, y, pre, tmp_path)

@@ -250,8 +250,11 @@ def cmd_reproduce_lora(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--scenario lora fixes its dataset, model and rounds: drop --dataset, --model, --rounds"
         )
+    from driftscope.runfile.outputs import check_folder
+
     settings = LoraSettings.quick() if args.quick else LoraSettings()
-    out = args.out or ("runs/reproduce-lora-quick" if args.quick else "runs/reproduce-lora")
+    default = "runs/reproduce-lora-quick" if args.quick else "runs/reproduce-lora"
+    out = check_folder(default if args.out is None else args.out)  # an empty --out: an error
     result = run_lora(
         out,
         settings=settings,

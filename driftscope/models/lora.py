@@ -101,11 +101,19 @@ def pretrained_base(
     ``x`` are the pool's (normalised) images, ``y`` their labels."""
     path = Path(cache_dir) / "lora" / f"tinyvit_digits_{cfg.key()}.pt"
     if path.exists():
-        state = torch.load(path, weights_only=True, map_location="cpu")
-        if not isinstance(state, dict) or not all(
-            isinstance(v, torch.Tensor) for v in state.values()
-        ):
-            raise ConfigError(f"{path} is not a state dict of tensors: delete it to pretrain again")
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as err:  # damaged, truncated, or not a tensor file
+            raise ConfigError(
+                f"{path} cannot be read ({type(err).__name__}): delete it to pretrain again"
+            ) from None
+        expected = cfg.build().state_dict()
+        if not isinstance(state, dict) or {k: tuple(v.shape) for k, v in state.items()} != {
+            k: tuple(v.shape) for k, v in expected.items()
+        }:
+            raise ConfigError(
+                f"{path} is not the base model's state dict: delete it to pretrain again"
+            )
         return state
     keep = y < cfg.classes
     x, y = x[keep], y[keep]
