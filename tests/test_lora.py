@@ -209,6 +209,38 @@ def test_an_interrupted_lora_run_resumes_with_its_global_adapters(lora_run, tmp_
                 np.testing.assert_array_equal(run.global_params(name), ref.global_params(name))
 
 
+def test_the_residual_of_a_sample_weighted_run_uses_the_client_sizes(lora_run, tmp_path, digits):
+    from conftest import small_config
+
+    from driftscope.data import TensorData
+    from driftscope.models.lora import lora_factory
+
+    _, base, _, pre = lora_run
+    x = (digits.train_x - 0.3) / 0.4
+    data = TensorData(x[200:600], digits.train_y[200:600], x[:100], digits.train_y[:100])
+    cfg = small_config(
+        train__clients=4,
+        train__rounds=2,
+        train__weighting="samples",
+        data__alpha=0.1,
+        record__probe_size=0,
+    )
+    path = train(cfg, tmp_path / "weighted.h5", model=lora_factory(base, pre, rank=2), dataset=data)
+    with open_run(path) as run:
+        sizes = np.asarray(run.client_sizes, dtype=np.float64)
+        assert len(set(sizes)) > 1  # unequal clients: the weights matter
+        table = drift_table(run)
+        pair = lora_pairs(p.name for p in run.params)[0]
+        dA, dB = run.updates(pair.a), run.updates(pair.b)
+        A, B = run.global_params(pair.a), run.global_params(pair.b)
+        rows = table[(table.layer == run.param(pair.b).layer) & (table.metric == "lora_residual")]
+        slow = [
+            _residual_slow(dA[i], dB[i], A[i], B[i], sizes[run.participants[i]])
+            for i in range(len(dA))
+        ]
+        np.testing.assert_allclose(rows.value, slow, rtol=1e-9)
+
+
 def test_lora_tables_csv_and_figure(lora_run, tmp_path, capsys):
     from driftscope.analysis import layer_summary
     from driftscope.analysis.lora import lora_module_summary, lora_table
