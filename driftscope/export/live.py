@@ -92,7 +92,7 @@ class LiveLogger(Hook):
         )
 
     def on_round_start(self, event: RoundStarted) -> None:
-        if event.round > self.done + 1:  # the rounds before it are committed
+        if self.ended:  # the round before it is committed (a file at the path before: not yet)
             self._guard(self._write_committed)
 
     def on_round_end(self, event: RoundEnded) -> None:
