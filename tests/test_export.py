@@ -25,6 +25,7 @@ from driftscope.config import RunConfig
 from driftscope.data import load_dataset
 from driftscope.engine.events import Hook
 from driftscope.engine.training import train
+from driftscope.errors import RunFileError
 from driftscope.export import LiveLogger, export_run
 from driftscope.export.live import LoggerWarning
 from driftscope.export.live_rounds import CommittedRounds
@@ -379,6 +380,17 @@ def test_committed_rounds_read_live_equal_round_exports_of_the_whole_file(
         "drift/angular_divergence/" + run.layers[0].name,
         "drift_head/relative_variance",
     } <= names
+
+
+def test_rows_reads_slices_and_names_a_short_or_missing_dataset(finished) -> None:
+    with open_run(finished[0]) as run:
+        rows = Rows(run)
+        assert rows.length("metrics/round") == 3
+        assert list(rows.read("metrics/round", slice(1, 3))) == [1, 2]
+        with pytest.raises(RunFileError, match=r"metrics/round ends before row 4 \(1 of rows 2-4"):
+            rows.read("metrics/round", slice(2, 5))
+        with pytest.raises(RunFileError, match="records/nope is missing"):
+            rows.read("records/nope", slice(0, 1))
 
 
 def free_port() -> int:

@@ -67,7 +67,8 @@ class Rows:
         want = rows.stop - rows.start
         if data.shape[0] != want:
             raise RunFileError(
-                f"{self.run.path.name}: {name} has {data.shape[0]} of rows {rows.start}-"
-                f"{rows.stop - 1}: it is damaged; copy the file again or re-run"
+                f"{self.run.path.name}: {name} ends before row {rows.stop - 1} ({data.shape[0]} "
+                f"of rows {rows.start}-{rows.stop - 1} read): it is damaged; copy the file again "
+                "or re-run"
             )
         return data
