@@ -92,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-config", default="", help="flwr run --run-config overrides")
     p.add_argument("--app", default=str(ROOT / "driftscope" / "flower" / "app"))
     p.add_argument("--workdir", help="Flower home and daemon logs [a temporary folder]")
+    p.add_argument(
+        "--isolation",
+        choices=("executor", "subprocess"),
+        default="executor",
+        help="executor: one long-lived ClientApp process per SuperNode "
+        "(driftscope.flower.executor); subprocess: Flower's default, a fresh process per message",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds for the whole run")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
@@ -128,10 +135,16 @@ def main(argv: list[str] | None = None) -> int:
                "--database", ":flwr-in-memory:"], "superlink.log")  # fmt: skip
         wait_for(lambda: listening(link), 120, "the SuperLink's port", daemons)
         for i in range(args.nodes):
-            start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
-                   "--host", "127.0.0.1", "--port", str(free_port()),
-                   "--node-config", f"partition-id={i} num-partitions={args.nodes}"],
-                  f"supernode{i}.log")  # fmt: skip
+            runtime = free_port()  # the SuperNode's Runtime API, where ClientApps get tasks
+            node = start([str(BIN / "flower-supernode"), "--insecure", "--superlink",
+                          f"127.0.0.1:{link}", "--host", "127.0.0.1", "--port", str(runtime),
+                          "--node-config", f"partition-id={i} num-partitions={args.nodes}",
+                          "--isolation", "process" if args.isolation == "executor" else "subprocess"],
+                         f"supernode{i}.log")  # fmt: skip
+            if args.isolation == "executor":
+                start([sys.executable, "-m", "driftscope.flower.executor", "--runtime-api-address",
+                       f"127.0.0.1:{runtime}", "--parent-pid", str(node.pid)],
+                      f"executor{i}.log")  # fmt: skip
         log = work / "superlink.log"
         wait_for(
             lambda: log.read_text(errors="replace").count("Activated node_id") >= args.nodes,

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from driftscope.analysis.tables import drift_table, pool_rounds
+from driftscope.errors import ConfigError
 from driftscope.runfile.reader import Run
 
 __all__ = ["EVIDENCE_MEASURES", "default_warmup", "depth_trend", "group_comparison", "head_vs_body"]
@@ -71,11 +72,28 @@ def _beyond(values: np.ndarray, how: str) -> np.ndarray:
     return values > 1 if how == "ratio" else values > 0
 
 
+def has_head_and_body(run: Run) -> bool:
+    """Whether the run's layers are in both groups (a head/body comparison has two sides)."""
+    return {"head", "body"} <= {layer.group for layer in run.layers}
+
+
+def check_head_and_body(run: Run) -> None:
+    """A one-line error unless the run has head and body layers."""
+    if has_head_and_body(run):
+        return
+    empty = "head" if all(layer.group != "head" for layer in run.layers) else "body"
+    raise ConfigError(
+        f"{run.path.name} has an empty {empty}: no head/body comparison (declare the head with "
+        "the model's head_prefixes, or recording(..., head=[...]) for a Flower app)"
+    )
+
+
 def head_vs_body(
     run: Run, warmup: int | None = None, table: pd.DataFrame | None = None
 ) -> pd.DataFrame:
-    """One row per measure of :data:`EVIDENCE_MEASURES` the run has (a run without head or body
-    layers, or without records: no rows).
+    """One row per measure of :data:`EVIDENCE_MEASURES` the run has (a run without records: no
+    rows). A run whose layers are all in one group (an empty head, or no body) has nothing to
+    compare: :class:`~driftscope.errors.ConfigError`, naming how to declare a head.
 
     Columns: ``metric``, ``comparison`` (``"head/body"`` or ``"body - head"``), ``pooled`` (the
     comparison of the group means of the per-layer values pooled over all recorded rounds),
@@ -85,6 +103,7 @@ def head_vs_body(
     counted) and ``warmup`` (default :func:`default_warmup`). ``table``: the run's
     ``drift_table(run, parts=True)`` when the caller already has it.
     """
+    check_head_and_body(run)
     warmup = default_warmup(run) if warmup is None else warmup
     t = drift_table(run, parts=True) if table is None else table
     t = t[t["metric"].isin(list(EVIDENCE_MEASURES))]

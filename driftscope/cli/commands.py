@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from driftscope.analysis.evidence import head_vs_body
+    from driftscope.analysis.evidence import has_head_and_body, head_vs_body
     from driftscope.analysis.tables import drift_table, layer_summary, name_ratio_parts
     from driftscope.experiments.report import format_summary
     from driftscope.runfile.reader import open_run
@@ -110,7 +110,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         try:
             table = drift_table(run, parts=True)
             summary = layer_summary(run)
-            evidence = head_vs_body(run, args.warmup, table)
+            # an empty head: the table alone, and a note saying why there is no comparison
+            evidence = head_vs_body(run, args.warmup, table) if has_head_and_body(run) else None
         except DriftscopeError as err:  # damaged records: say which, show what is readable
             print(format_summary(run, None))
             print(f"driftscope: drift metrics unreadable: {err}", file=sys.stderr)

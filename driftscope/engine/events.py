@@ -42,6 +42,9 @@ class RunStarted:
     label_histogram: np.ndarray  # (clients, classes)
     engine: str  # "inprocess", "flower"
     start_round: int = 0
+    # a recorded Flower app: {"app": its description, "strategy": its strategy's settings}, what
+    # views show instead of the config's data, model and training fields (None: driftscope's run)
+    app: dict | None = None
 
 
 @dataclass(frozen=True)

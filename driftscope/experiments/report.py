@@ -73,6 +73,8 @@ def format_summary(
                 "no head/body comparison: no layer of this run is in the head (declare one: "
                 "the model's head_prefixes, or recording(..., head=[...]) for a Flower app)",
             ]
+        elif len(table) and "body" not in set(summary["group"]):
+            lines += ["", "no head/body comparison: every layer of this run is in the head"]
     try:
         m = run.metrics
     except DriftscopeError as err:

@@ -39,9 +39,8 @@ def export_run(
         # a recorded Flower app may not report its labels; its own description, not the config
         recs = round_exports(run, label_alignment=run.recorded and run.has_label_histogram)
         sink = open_sink(kind, target, Path(path).stem)
-        config = json.loads(run.config.to_json())
-        if run.app is not None:
-            config = {"app": run.app, "strategy": run.app_strategy, "record": config["record"]}
+        app = None if run.app is None else {"app": run.app, "strategy": run.app_strategy}
+        config = shown_config(json.loads(run.config.to_json()), app)
         try:
             sink.hyperparameters(hyperparameters(config), metric_labels(run.layers))
             for rec in recs:
@@ -56,6 +55,15 @@ def export_run(
                 f"cannot write the {kind} export to {target or '.'}: {err.strerror or err}"
             ) from None
     return len(recs)
+
+
+def shown_config(config: dict, app: dict | None) -> dict:
+    """The hyper-parameters a backend shows: the run's config, or for a recorded Flower app
+    (``app``: ``{"app": ..., "strategy": ...}``) what the app declared and the recording schedule
+    (its config's data, model and training fields are driftscope's defaults, not the app's)."""
+    if app is None:
+        return config
+    return {"app": app["app"], "strategy": app["strategy"], "record": config["record"]}
 
 
 class LiveLogger(Hook):
@@ -86,7 +94,7 @@ class LiveLogger(Hook):
 
         self._guard(
             lambda sink: sink.hyperparameters(
-                hyperparameters(json.loads(event.config.to_json())),
+                hyperparameters(shown_config(json.loads(event.config.to_json()), event.app)),
                 metric_labels(event.layout.layers),
             )
         )

@@ -20,6 +20,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from driftscope.config import RunConfig
+from driftscope.flower.polling import PollingGrid
 from driftscope.flower.strategy import DriftscopeStrategy
 
 APP_KEYS = ("out", "overwrite", "config-file", "round-timeout")
@@ -73,4 +74,6 @@ def main(grid: Grid, context: Context) -> None:
         str(run_config.get("out", "runs/flower.h5")),
         overwrite=bool(run_config.get("overwrite", False)),
     )
+    # the deployment Grid waits 3 s between pulls for replies; poll at 0.1 s instead
+    grid = PollingGrid(grid)
     strategy.start(grid, timeout=float(run_config.get("round-timeout", 3600.0)))

@@ -309,6 +309,7 @@ class RecordingStrategy(Strategy):
                 clients_per_round=s,
                 label_histogram=histogram,
                 engine=ENGINE,
+                app={"app": json.loads(self.app_json), "strategy": self.settings},
             )
         )
 

@@ -1,0 +1,68 @@
+"""A Grid that waits for replies with a short poll.
+
+Flower 1.42's deployment Grid (``flwr.serverapp.grid.grid.Grid.send_and_receive``, used by
+``flwr.superlink.grid.http_grid``) pulls the replies and then sleeps 3 s before pulling again, so
+every round of a deployment ends on a multiple of 3 s after its messages were sent.
+:class:`PollingGrid` delegates everything to the ServerApp's grid and waits for replies with the
+same push-then-pull loop at ``poll_s`` intervals. driftscope's own ServerApp uses it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+DEFAULT_POLL_S = 0.25
+
+
+class PollingGrid(Grid):
+    """``grid`` with ``send_and_receive`` polling every ``poll_s`` seconds."""
+
+    def __init__(self, grid: Grid, poll_s: float = DEFAULT_POLL_S) -> None:
+        self._grid = grid
+        self.poll_s = poll_s
+
+    def set_run(self, run: Any) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self._grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def get_nodes(self) -> Iterable[Any]:
+        return self._grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push ``messages``, then pull replies until all are in or ``timeout`` seconds pass."""
+        pending = set(self.push_messages(messages))
+        end = time.time() + (timeout if timeout is not None else 0.0)
+        replies: list[Message] = []
+        while timeout is None or time.time() < end:
+            got = list(self.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if not pending:
+                break
+            time.sleep(self.poll_s)
+        return replies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
