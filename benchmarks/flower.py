@@ -13,9 +13,9 @@ on) three ways, one after another in this invocation:
   model, partition and hyperparameters; no driftscope recording), evaluated centrally each round;
 - ``loopback-deployment``: ``scripts/flower_loopback.py`` (a SuperLink and one SuperNode per
   client on 127.0.0.1, ``flwr run`` of driftscope's app, one torch thread per process) for
-  ``--loopback-rounds`` rounds of the same config (its rounds cost tens of seconds: Flower 1.42
-  starts a ClientApp process per message). Its per-round seconds are the server's, from the run
-  file; its wall time includes the daemons' start-up.
+  ``--loopback-rounds`` rounds of the same config (each SuperNode with one long-lived ClientApp
+  executor; Flower's polling makes a round cost seconds). Its per-round seconds are the
+  server's, from the run file; its wall time includes the daemons' start-up.
 
 Reported: wall time end to end, the first round (engine start-up included), and the median of the
 later rounds; the per-round overhead is ``median(later rounds) - median(in-process rounds)``.
