@@ -332,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # turn the one-line message into a traceback
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        from driftscope.engine.signals import exit_unless_threads_end
+
+        exit_unless_threads_end(code)  # Flower's engine threads may never end
     return code
 
 

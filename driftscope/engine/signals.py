@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -43,6 +45,25 @@ def _handler(signum: int, frame: Any) -> None:
         os._exit(128 + signum)
 
 
+def handled_elsewhere() -> None:
+    """Count a signal that reached another handler (one a library installed in place of
+    :func:`_handler`), so that the next one is treated as the second: it does not interrupt
+    the closing of the run file."""
+    global _received
+    if _depth > 0:
+        _received = max(_received, 1)
+
+
+def stopping() -> bool:
+    """Whether a signal has stopped the run inside :func:`sigterm_as_interrupt`."""
+    return _received > 0
+
+
+def is_ours(handler: Any) -> bool:
+    """Whether ``handler`` is the one :func:`sigterm_as_interrupt` installs."""
+    return handler is _handler
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` in the main thread, and a signal
@@ -69,3 +90,22 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
         if own_int:
             signal.signal(signal.SIGINT, previous_int)
+
+
+def exit_unless_threads_end(code: int, grace_s: float = 2.0) -> None:
+    """For a process stopped by a signal, after its run file is closed: the threads Python waits
+    for at exit get ``grace_s`` seconds to end; if one is still running (Flower's engine threads
+    wait forever on a Ray that was shut down under them), exit with ``code`` at once, stdout and
+    stderr flushed, instead of hanging."""
+    deadline = time.monotonic() + grace_s
+    me = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not me and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if any(t is not me and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)

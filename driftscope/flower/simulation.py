@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from driftscope.config import RunConfig
 from driftscope.data import Dataset
@@ -123,27 +124,68 @@ def simulate(
     from flwr.serverapp import Grid, ServerApp
 
     from driftscope.flower.client import app as client_app
+    from driftscope.flower.stopping import (
+        STOP_WAIT_S,
+        QuietAfterStop,
+        Stop,
+        StoppableGrid,
+        shutdown_ray,
+        sigterm_kept,
+    )
 
     server_app = ServerApp()
+    stop = Stop()  # Ctrl-C or SIGTERM in this thread, passed on to the ServerApp's thread
+    server_ended = threading.Event()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        for strategy in strategies:
-            strategy.start(grid, timeout=round_timeout)
+        try:
+            stoppable = StoppableGrid(grid, stop)
+            for strategy in strategies:
+                stop.check()
+                strategy.start(cast("Grid", stoppable), timeout=round_timeout)
+        except KeyboardInterrupt:
+            if not stop.is_set():
+                raise
+            # stopped from the main thread, which reports it: the run file is closed
+        finally:
+            server_ended.set()
 
+    interrupted: KeyboardInterrupt | None = None
+    flwr_log = logging.getLogger("flwr")
+    quiet_after_stop = QuietAfterStop(stop)
+    flwr_log.addFilter(quiet_after_stop)
     try:
-        simulate_app(
-            server_app,
-            client_app,
-            nodes.pop(),
-            client_cpus=client_cpus,
-            client_gpus=client_gpus,
-            quiet=quiet,
+        with sigterm_kept():
+            simulate_app(
+                server_app,
+                client_app,
+                nodes.pop(),
+                client_cpus=client_cpus,
+                client_gpus=client_gpus,
+                quiet=quiet,
+            )
+    except (KeyboardInterrupt, SystemExit) as err:
+        # the ServerApp thread ends its run "interrupted" at its grid's next call (a round being
+        # committed first); Flower's engine stopped with this thread, Ray too unless it was
+        # still starting
+        interrupted = (
+            err if isinstance(err, KeyboardInterrupt) else KeyboardInterrupt(f"exit {err.code}")
         )
+        stop.set(interrupted)
+        server_ended.wait(STOP_WAIT_S)
+        shutdown_ray()
+        raise
     finally:
+        flwr_log.removeFilter(quiet_after_stop)
         for strategy in strategies:
-            if strategy.writer is not None:  # still open: it never ran
-                strategy.writer.close("failed", "Flower's simulation engine stopped before it ran")
+            if strategy.life.ended is None and strategy.writer is not None:  # it never ran
+                if interrupted is not None:
+                    strategy.life.end(interrupted)
+                else:
+                    strategy.writer.close(
+                        "failed", "Flower's simulation engine stopped before it ran"
+                    )
     # Flower's engine logs an exception of the ServerApp and returns: a run that failed (every
     # client of a round failed, ...) is an error of this call
     for strategy in strategies:
@@ -172,6 +214,7 @@ def simulate_app(
     # Flower logs each round and its set-up at INFO: only its warnings unless asked (--verbose)
     logging.getLogger("flwr").setLevel(logging.WARNING if quiet else logging.INFO)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
+    keep_signal_handlers()
     # the ClientApps in Ray's workers import the same plugins (driftscope.plugins): the workers
     # inherit this process's environment (DRIFTSCOPE_PLUGINS, set by the command line) and Flower
     # passes them its sys.path (where a plugin next to the user was found)
@@ -191,3 +234,16 @@ def simulate_app(
         backend_name="ray",
         backend_config=backend_config,
     )
+
+
+def keep_signal_handlers() -> None:
+    """Keep Ray from replacing this process's SIGTERM handler: its failure handler (installed
+    when Ray starts in this process) catches SIGTERM and aborts (exit -6) instead of letting
+    driftscope close the run file and exit 143. Read by Ray when it starts, from the environment
+    (which Ray's own processes inherit) or, once Ray is imported, from its constants."""
+    import sys
+
+    os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True  # type: ignore[attr-defined]
