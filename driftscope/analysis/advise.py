@@ -133,6 +133,15 @@ def fedlama_relaxed(discrepancy: np.ndarray, numel: np.ndarray) -> np.ndarray:
     return np.asarray(delta < rest)  # False where NaN (no variance)
 
 
+def _finite_mean(values: np.ndarray) -> float:
+    """Mean over the defined values: L-DAWA's cosine is undefined for a layer whose global weights
+    are zero (a LoRA B factor at its first round), and those rounds are left out, as
+    ``layer_summary`` leaves them out; nan if no value is defined."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
 def _pooled(run: Run, from_round: int) -> tuple[np.ndarray, dict[str, np.ndarray], Any]:
     """(rounds used, {layer: Grams (R, S, S)}, weights (R, S) | None)."""
     rounds = run.rounds
@@ -229,9 +238,9 @@ def advise(run: Run, from_round: int = 0) -> Advice:
             sq, dot = run.global_weights(ly.name)
             sq, dot = sq[: len(keep)][keep], dot[: len(keep)][keep]
             c = np.diagonal(grams[ly.name], axis1=-2, axis2=-1)
-            angle[j] = float(np.mean(one_minus_cosine(sq[:, None], dot, c)))
+            angle[j] = _finite_mean(one_minus_cosine(sq[:, None], dot, c))
             total_a, total_b, total_c = total_a + sq, total_b + dot, total_c + c
-        model_angle = float(np.mean(one_minus_cosine(total_a[:, None], total_b, total_c)))
+        model_angle = _finite_mean(one_minus_cosine(total_a[:, None], total_b, total_c))
     else:
         notes.append(
             "'aggregate less often' (FedLAMA's low-discrepancy layers) cannot be assessed: it "
