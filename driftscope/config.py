@@ -84,9 +84,19 @@ class DataConfig:
     augment: bool | None = option(  # None: the dataset's default (on for CIFAR)
         None, "crop+flip augmentation [dataset default: on for CIFAR]"
     )
+    client_test_fraction: float = option(  # engine/client_eval.py; docs/your-own-model.md
+        0.0,
+        "hold out this fraction of each client's data and evaluate the global model on it; 0 = off",
+        metavar="F",
+    )
 
     def __post_init__(self) -> None:
         _check_finite(self, "data.")
+        _check(
+            0 <= self.client_test_fraction < 1,
+            f"client_test_fraction must be in [0, 1) (got {self.client_test_fraction}): "
+            "e.g. 0.2 holds out a fifth of each client's data, 0 turns it off",
+        )
         check_choices(self)
         DATASETS.check(self.dataset)
         _check(
@@ -253,6 +263,11 @@ class RecordConfig:
         "float32",
         "probe Grams: float32 products summed and centred in float64 (bounded error), or float64",
     )
+    global_every: int = option(  # engine/global_model.py; Run.global_model
+        0,
+        "keep the global parameters and buffers every K rounds (and the last); 0 = off",
+        metavar="K",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "update_layers", tuple(self.update_layers))
@@ -269,6 +284,10 @@ class RecordConfig:
             f"probe_size must be 0 (off) or >= 4 (got {self.probe_size}): debiased CKA needs 4",
         )
         _check(self.cka_every >= 1, f"record.cka_every must be >= 1 (got {self.cka_every})")
+        _check(
+            self.global_every >= 0,
+            f"record.global_every must be >= 0 (got {self.global_every}); 0 keeps no global model",
+        )
 
 
 @dataclass(frozen=True)

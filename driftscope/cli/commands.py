@@ -117,6 +117,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(f"driftscope: drift metrics unreadable: {err}", file=sys.stderr)
             return 2
         print(format_summary(run, summary, evidence))
+        if run.has_client_eval:
+            from driftscope.analysis.client_eval import format_client_spread
+
+            print()
+            print(format_client_spread(run))
         if args.csv is not None:
             import pandas as pd
 

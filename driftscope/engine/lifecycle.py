@@ -281,11 +281,36 @@ def _declare(
     resume: bool,
     failures: bool,
     state: Mapping[str, Any] | None,
-) -> Recorder | None:
+) -> Hook | None:
     """Declare what ``setup``'s run writes into ``writer``'s file before SWMR (a resumed file
     holds it already): the recorder's datasets, the resume state (``state``: name -> tensor) and
-    the algorithm record, ``/clients/failed``. Returns the recorder (None: recording off)."""
+    the algorithm record, ``/clients/failed``, the per-client evaluation and the kept global
+    models. Returns the hook that writes the records (None: none): the recorder (recording on),
+    then the per-client evaluation (``data.client_test_fraction``), then the kept global models
+    (``record.global_every``)."""
+    from driftscope.engine.client_eval import ClientEval
+    from driftscope.engine.global_model import GlobalModel
+
     recorder = None
+    hooks: list[Hook] = []
+    cfg = setup.cfg
+    if cfg.data.client_test_fraction > 0:
+        evaluation = ClientEval(writer, setup)
+        if not resume:
+            evaluation.declare()
+        hooks.append(evaluation)
+    if cfg.record.global_every > 0:
+        kept = GlobalModel(
+            writer,
+            setup.layout,
+            every=cfg.record.global_every,
+            rounds=cfg.train.rounds,
+            buffers=setup.initial_buffers,
+            frozen=setup.frozen,
+        )
+        if not resume:
+            kept.declare()
+        hooks.append(kept)
     if setup.cfg.record.enabled:
         recorder = recorder_for(
             writer,
@@ -302,7 +327,9 @@ def _declare(
             writer.declare_algorithm_record(setup.algorithm.round_record())
         if failures:
             writer.declare_failed_clients()
-    return recorder
+    if recorder is not None:
+        hooks.insert(0, recorder)
+    return Hooks(hooks) if len(hooks) > 1 else (hooks[0] if hooks else None)
 
 
 def _check_layout(out: str | os.PathLike, setup: RunSetup, state: Mapping[str, Any] | None) -> None:

@@ -22,6 +22,7 @@ from driftscope.config import RunConfig
 from driftscope.data import Dataset, TensorData, as_dataset, load_dataset, normalisation
 from driftscope.data.partition import Split, client_split, label_histogram
 from driftscope.device import data_fits, device_name, resolve_device
+from driftscope.engine.client_eval import hold_out
 from driftscope.engine.local import Augmentation, FlatParams
 from driftscope.errors import ConfigError
 from driftscope.models.buffers import buffer_names, clone_buffers, load_buffers, read_buffers
@@ -64,7 +65,10 @@ class RunSetup:
         # data -> partition (a split of the user's own, or one of driftscope's from the seed)
         labels = ds.train_y.numpy()
         rng = numpy_rng(cfg.seed, "partition")
-        self.parts = client_split(cfg.data, labels, t.clients, rng, split)
+        parts = client_split(cfg.data, labels, t.clients, rng, split)
+        # each client's held-out rows (data.client_test_fraction; engine/client_eval.py): the
+        # client trains on the rest, which its size and label histogram describe
+        self.parts, self.held_out = hold_out(parts, cfg.data.client_test_fraction, cfg.seed)
         self.label_histogram = label_histogram(labels, self.parts, ds.num_classes)
         self.augment = ds.augment if cfg.data.augment is None else cfg.data.augment
         mean, std = normalisation(ds, self.augment)  # (1, C, 1, ...) or None: as given
@@ -91,6 +95,14 @@ class RunSetup:
             self.client_y = [t.pin_memory() for t in self.client_y]
         test_x = normalised(ds.test_x)
         test_home = device if data_fits(test_x.element_size() * test_x.nelement(), device) else home
+        # the held-out rows, normalised as the test set (none when nothing is held out)
+        self.client_test_x: list[torch.Tensor] = []
+        self.client_test_y: list[torch.Tensor] = []
+        if any(len(h) for h in self.held_out):
+            held_x, held_y = normalised(ds.train_x).to(test_home), ds.train_y.to(test_home)
+            index = [torch.from_numpy(h).to(test_home) for h in self.held_out]
+            self.client_test_x = [held_x[i] for i in index]
+            self.client_test_y = [held_y[i] for i in index]
         self.test_x = test_x.to(test_home)
         self.test_y = ds.test_y.to(test_home)
 
@@ -162,10 +174,19 @@ class RunSetup:
 
     @torch.no_grad()
     def evaluate(
-        self, params: torch.Tensor, buffers: Mapping[str, torch.Tensor]
+        self,
+        params: torch.Tensor,
+        buffers: Mapping[str, torch.Tensor],
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
     ) -> tuple[float, float]:
         """(mean cross-entropy, accuracy) of ``params`` with the global ``buffers`` (by name;
-        empty when the model has none) on the test set."""
+        empty when the model has none) on the test set, or on the normalised inputs ``x`` with
+        labels ``y`` (a client's held-out rows); NaN for no rows."""
+        x = self.test_x if x is None else x
+        y = self.test_y if y is None else y
+        if not len(y):
+            return float("nan"), float("nan")
         self.flat.params.copy_(params)
         load_buffers(self.model, buffers)
         self.model.eval()
@@ -174,11 +195,11 @@ class RunSetup:
         dtype = torch.float32 if device.type == "mps" else torch.float64
         total = torch.zeros((), dtype=dtype, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
-        for start in range(0, len(self.test_y), EVAL_BATCH):
-            xb = self.test_x[start : start + EVAL_BATCH].to(device, non_blocking=True)
-            yb = self.test_y[start : start + EVAL_BATCH].to(device, non_blocking=True)
+        for start in range(0, len(y), EVAL_BATCH):
+            xb = x[start : start + EVAL_BATCH].to(device, non_blocking=True)
+            yb = y[start : start + EVAL_BATCH].to(device, non_blocking=True)
             logits = self.model(xb)
             total += F.cross_entropy(logits, yb, reduction="sum")
             correct += (logits.argmax(1) == yb).sum()
-        n = len(self.test_y)
+        n = len(y)
         return float(total) / n, int(correct) / n

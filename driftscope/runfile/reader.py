@@ -29,6 +29,7 @@ from driftscope.runfile import schema
 from driftscope.runfile.h5open import SWMR_READ_ATTEMPTS, open_file, writer_alive
 from driftscope.runfile.h5open import one_line as _one_line
 from driftscope.runfile.read_app import AppMixin
+from driftscope.runfile.read_global import GlobalMixin
 from driftscope.runfile.read_layout import LayoutMixin
 from driftscope.runfile.read_records import RecordsMixin
 from driftscope.runfile.read_tables import TablesMixin
@@ -91,7 +92,7 @@ def open_run(path: str | os.PathLike) -> Run:
         ) from None
 
 
-class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin):
+class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin, GlobalMixin):
     """A recorded run. Use as a context manager or call :meth:`close`.
 
     ``config`` (RunConfig), ``environment`` (dict), ``layout`` (:class:`ModelLayout`: ``params``
@@ -101,7 +102,8 @@ class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin):
     Its accessors come by job: here opening, the one checked place for raw reads, lifecycle, file
     facts, config and status; the model layout from :class:`~driftscope.runfile.read_layout.LayoutMixin`,
     per-round tables from :class:`~driftscope.runfile.read_tables.TablesMixin`, per-layer records from
-    :class:`~driftscope.runfile.read_records.RecordsMixin`.
+    :class:`~driftscope.runfile.read_records.RecordsMixin`, per-client evaluation and the kept
+    global models from :class:`~driftscope.runfile.read_global.GlobalMixin`.
     """
 
     def __init__(self, file: h5py.File, path: Path) -> None:

@@ -21,6 +21,10 @@ round, N = clients, n = probe size)::
     /clients/train_loss         (round, client) NaN where a client did not take part
     /clients/train_accuracy     (round, client)
     /clients/failed             (round, client) int8, Flower runs only: 1 = reply failed
+    /clients/test_loss          (round, client) f64 the global model's loss and accuracy on each
+    /clients/test_accuracy      (round, client) f64 client's held-out data, NaN on rounds not
+                                                    evaluated (data.client_test_fraction > 0 only;
+                                                    attr held_out_size: (client,) rows held out)
     /records/round              (rec,)              recorded rounds; written last among records
     /records/clients            (rec, S)            which clients took part, in row order
     /records/gram/<param>       (rec, S, S) f64     G_ij = <d_i, d_j> of the parameter's updates
@@ -39,6 +43,13 @@ round, N = clients, n = probe size)::
     /records/update_crc         (upd, stored, S) u32 CRC-32 of each client's stored update of each
                                                     stored parameter (attr params: their names, in
                                                     order; v2, absent in older files: "Checksums")
+    /records/global_model/round (kept,)             rounds whose global model is kept
+                                                    (record.global_every > 0 only); written last
+    /records/global_model/params (kept, P) f32      the global (trained) parameters after the round,
+                                                    flat in model/param_* order
+    /records/global_model/buffers/<name> (kept, ...) the global module buffers after the round,
+                                                    in their own dtype
+    /records/global_model/frozen/<name> (...)       the frozen parameters (never trained), once
     /records/probe_index        (n,)                test-set rows of the probe set
     /records/cka_round          (cka,)              rounds with probe CKA
     /records/cka/<kind>/<layer> (cka, S+1, S+1) f64 pairwise CKA of the S client models and the new
@@ -165,6 +176,10 @@ METRIC_NAMES = (
 )
 CLIENTS = "clients"
 CLIENT_METRICS = ("train_loss", "train_accuracy")
+# the global model on each client's held-out data (data.client_test_fraction > 0; absent otherwise
+# and in older files): (round, client) float64, NaN on rounds the model is not evaluated
+CLIENT_TEST_METRICS = ("test_loss", "test_accuracy")
+CLIENT_HELD_OUT_ATTR = "held_out_size"  # attr of clients/test_*: (client,) rows held out
 # Flower engine: 1 where a sampled client's reply was an error or never came (round, client) int8
 CLIENT_FAILED = "clients/failed"
 ENGINE_ATTR = "engine"  # root attr written by the Flower engine ("flower"); absent: in-process
@@ -219,6 +234,15 @@ GLOBAL_DTYPE = "float64"
 # the global values of the LoRA factors (metrics/lora.py) the round started from, on rounds that
 # store updates: records/global_params/<param> (upd, numel) f64 (FedEx-LoRA's residual needs them)
 GLOBAL_PARAMS = "records/global_params"
+# the global model kept every record.global_every rounds and at the last (absent when 0 and in
+# older files): its flat trained parameters (kept, P) float32, its buffers, the frozen parameters
+GLOBAL_MODEL = "records/global_model"
+GLOBAL_MODEL_ROUND = "records/global_model/round"
+GLOBAL_MODEL_PARAMS = "records/global_model/params"
+GLOBAL_MODEL_BUFFERS = "records/global_model/buffers"
+GLOBAL_MODEL_FROZEN = "records/global_model/frozen"
+AX_GLOBAL_MODEL_ROUND = ("kept",)
+AX_GLOBAL_MODEL_PARAMS = ("kept", "value")
 CKA_KINDS = ("linear", "rbf", "debiased")
 RECORD_POLICY_ATTRS = ("every", "updates_every", "cka_every", "probe_size")
 # attr of RECORDS: "float32" or "float64", the probe Grams' arithmetic (record.cka_precision);
@@ -286,6 +310,14 @@ def global_params_path(param: str) -> str:
     return f"{GLOBAL_PARAMS}/{param}"
 
 
+def global_model_buffer_path(name: str) -> str:
+    return f"{GLOBAL_MODEL_BUFFERS}/{name}"
+
+
+def global_model_frozen_path(name: str) -> str:
+    return f"{GLOBAL_MODEL_FROZEN}/{name}"
+
+
 def control_norm_path(param: str) -> str:
     return f"{CONTROL_NORM}/{param}"
 
@@ -314,6 +346,7 @@ RECORD_INDEXES = {
     RECORD_ROUND: (RECORD_CLIENTS, GRAM, CONTROL_NORM, GLOBAL_WEIGHTS),
     UPDATE_ROUND: (UPDATES, UPDATE_CRC, GLOBAL_PARAMS),
     CKA_ROUND: (CKA,),
+    GLOBAL_MODEL_ROUND: (GLOBAL_MODEL_PARAMS, GLOBAL_MODEL_BUFFERS),
 }
 
 # ---------------------------------------------------------------------------------- resume state
@@ -343,6 +376,12 @@ def stores_updates(round: int, every: int, updates_every: int) -> bool:
     return updates_every > 0 and round % (every * updates_every) == 0
 
 
+def keeps_global(round: int, global_every: int, rounds: int) -> bool:
+    """Whether the global model after ``round`` is kept: every ``global_every`` rounds (after
+    rounds k - 1, 2k - 1, ..., as evaluation) and after the last; never when 0."""
+    return global_every > 0 and ((round + 1) % global_every == 0 or round + 1 == rounds)
+
+
 def does_cka(round: int, every: int, cka_every: int, probe_size: int) -> bool:
     """Whether ``round`` computes probe CKA (every ``cka_every`` recorded rounds)."""
     return probe_size > 0 and round % (every * cka_every) == 0
@@ -369,5 +408,9 @@ def expected(path: str) -> tuple[str, int | None]:
     if path == UPDATE_CRC or path.startswith((f"{GRAM}/", f"{UPDATES}/", f"{CKA}/")):
         return "num", 3
     if path.startswith(f"{STATE}/") and path != STATE_ROUND:
+        return "num", None
+    if path == GLOBAL_MODEL_PARAMS:
+        return "num", 2
+    if path.startswith((f"{GLOBAL_MODEL_BUFFERS}/", f"{GLOBAL_MODEL_FROZEN}/")):
         return "num", None
     return "num", 1  # metrics/*, partition/client_size, record indices, probe_index, state/round
