@@ -100,6 +100,7 @@ def test_wrong_types_name_the_key_and_the_type(key, value, expected):
 FLOAT_KEYS = [
     "data.alpha",
     "data.min_share",
+    "data.client_test_fraction",
     "train.client_fraction",
     "train.lr",
     "train.momentum",

@@ -42,8 +42,7 @@ def format_client_spread(run: Run, last: int = 5) -> str:
     lines = [
         f"held-out accuracy per client (the global model on each client's held-out "
         f"{run.config.data.client_test_fraction:g} of its data), round {int(final['round'])}, "
-        f"{int(final['clients'])} clients: "
-        + ", ".join(f"{k} {final[k]:.3f}" for k in SPREAD),
+        f"{int(final['clients'])} clients: " + ", ".join(f"{k} {final[k]:.3f}" for k in SPREAD),
         "over the evaluated rounds:",
     ]
     shown = spread.tail(last).set_index("round")[["clients", *SPREAD, "mean"]]

@@ -59,7 +59,7 @@ class GlobalModel(Hook):
         buffers = group.require_group("buffers")
         for name, value in self.buffers.items():
             array = _array(value)
-            labels = ("kept",) + tuple(f"dim{i}" for i in range(array.ndim))
+            labels = ("kept", *(f"dim{i}" for i in range(array.ndim)))
             growable(buffers, name, array.shape, array.dtype, labels)
         frozen = group.require_group("frozen")
         for name, value in self.frozen.items():
