@@ -1,7 +1,8 @@
 """The package's shape: no import cycle between modules, and no module too large to read.
 
-Imports are read from the source (module level only: imports inside functions and under
-``TYPE_CHECKING`` are the deliberate way to load heavy or upper modules late, so they do not count).
+Imports are read from the source at module level (imports inside functions are the deliberate way
+to load heavy or upper modules late, so they do not count). Imports under ``TYPE_CHECKING`` count for
+the cycle test: a type-only import still ties the two modules together for a reader and for mypy.
 """
 
 from __future__ import annotations
@@ -33,15 +34,16 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def _top_level_imports(path: Path, name: str, known: set[str]) -> set[str]:
-    """driftscope modules imported at module level by ``path`` (module ``name``)."""
+def _top_level_imports(path: Path, name: str, known: set[str], type_only: bool = True) -> set[str]:
+    """driftscope modules imported at module level by ``path`` (module ``name``), with those
+    under ``if TYPE_CHECKING:`` when ``type_only``."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
 
     def visit(body: list[ast.stmt]) -> None:
         for node in body:
-            if isinstance(node, ast.If) and not _is_type_checking(node):
+            if isinstance(node, ast.If) and (type_only or not _is_type_checking(node)):
                 visit(node.body)
                 visit(node.orelse)
             elif isinstance(node, ast.Try):
@@ -60,10 +62,12 @@ def _top_level_imports(path: Path, name: str, known: set[str]) -> set[str]:
     return {m for m in found if m in known and m != name}
 
 
-def _graph() -> dict[str, set[str]]:
+def _graph(type_only: bool = True) -> dict[str, set[str]]:
     modules = _modules()
     known = set(modules)
-    return {name: _top_level_imports(path, name, known) for name, path in modules.items()}
+    return {
+        name: _top_level_imports(path, name, known, type_only) for name, path in modules.items()
+    }
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -102,7 +106,13 @@ def test_the_import_graph_reader_sees_real_edges():
     assert "driftscope.engine.events" in graph["driftscope.engine.recorder"]
 
 
-def test_no_import_cycle_between_modules():
+def test_the_import_graph_reader_sees_type_only_edges():
+    graph = _graph()
+    assert "driftscope.models.layout" in graph["driftscope.algorithms.base"]
+    assert "driftscope.models.layout" not in _graph(type_only=False)["driftscope.algorithms.base"]
+
+
+def test_no_import_cycle_between_modules_type_only_imports_included():
     assert _cycle(_graph()) is None
 
 

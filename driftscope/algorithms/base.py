@@ -26,7 +26,7 @@ import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from driftscope.errors import SettingsWarning
 from driftscope.registry import Registry
@@ -35,10 +35,30 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from driftscope.config import TrainConfig
     from driftscope.models.layout import ModelLayout
 
 BYTES_PER_VALUE = 4  # float32 on the wire
+
+
+class TrainSettings(Protocol):
+    """The training numbers an algorithm reads (:class:`~driftscope.config.TrainConfig` has
+    them). Algorithms name this protocol, not the config, so the config may import the
+    algorithm registry without an import cycle."""
+
+    @property
+    def algorithm(self) -> str: ...
+    @property
+    def params(self) -> Any: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def momentum(self) -> float: ...
+    @property
+    def server_lr(self) -> float: ...
+    @property
+    def state_budget_mb(self) -> float: ...
+    @property
+    def clients_per_round(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -63,7 +83,7 @@ class Algorithm:
     momentum_version: int = 0
 
     def __init__(
-        self, train: TrainConfig, params: Any, layout: ModelLayout, num_clients: int
+        self, train: TrainSettings, params: Any, layout: ModelLayout, num_clients: int
     ) -> None:
         self.train = train
         self.params = params
@@ -73,7 +93,7 @@ class Algorithm:
         self.device: torch.device | str = "cpu"  # set by to()
 
     @classmethod
-    def warnings(cls, train: TrainConfig) -> tuple[str, ...]:
+    def warnings(cls, train: TrainSettings) -> tuple[str, ...]:
         """One-line warnings about a legal but questionable combination of settings."""
         return ()
 
@@ -177,7 +197,7 @@ def register_algorithm(cls: A) -> A:
     return cls
 
 
-def warn_settings(train: TrainConfig, stacklevel: int = 1) -> tuple[str, ...]:
+def warn_settings(train: TrainSettings, stacklevel: int = 1) -> tuple[str, ...]:
     """Warn (:class:`~driftscope.errors.SettingsWarning`) with each of the chosen algorithm's
     :meth:`Algorithm.warnings` about ``train``; returns them. ``stacklevel`` 1 points the warning
     at the caller of this function, 2 at its caller's caller (the user's ``train(...)`` line)."""
@@ -187,7 +207,7 @@ def warn_settings(train: TrainConfig, stacklevel: int = 1) -> tuple[str, ...]:
     return lines
 
 
-def build_algorithm(train: TrainConfig, layout: ModelLayout, num_clients: int) -> Algorithm:
+def build_algorithm(train: TrainSettings, layout: ModelLayout, num_clients: int) -> Algorithm:
     """The algorithm ``train.algorithm`` with its ``train.params``, over ``layout``."""
     return ALGORITHMS.get(train.algorithm)(train, train.params, layout, num_clients)
 

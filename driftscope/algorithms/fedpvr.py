@@ -20,7 +20,7 @@ from driftscope.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-    from driftscope.config import TrainConfig
+    from driftscope.algorithms.base import TrainSettings
     from driftscope.models.layout import ModelLayout
 
 
@@ -44,7 +44,7 @@ class FedPVR(ControlVariates):
     Params = FedPVRParams
 
     @classmethod
-    def warnings(cls, train: TrainConfig) -> tuple[str, ...]:
+    def warnings(cls, train: TrainSettings) -> tuple[str, ...]:
         if train.momentum > 0:
             return (
                 f"momentum {train.momentum:g} also applies to FedPVR's head, where control variates "

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from driftscope.config import TrainConfig
+    from driftscope.algorithms.base import TrainSettings
     from driftscope.models.layout import ModelLayout
 
 ORDERS = ("top", "variance")
@@ -151,7 +151,7 @@ class FedPVRAuto(ControlVariates):
     full_width = True
 
     def __init__(
-        self, train: TrainConfig, params: Any, layout: ModelLayout, num_clients: int
+        self, train: TrainSettings, params: Any, layout: ModelLayout, num_clients: int
     ) -> None:
         import numpy as np
         import torch
@@ -187,7 +187,7 @@ class FedPVRAuto(ControlVariates):
         return self
 
     @classmethod
-    def warnings(cls, train: TrainConfig) -> tuple[str, ...]:
+    def warnings(cls, train: TrainSettings) -> tuple[str, ...]:
         if train.momentum > 0:
             return (
                 f"momentum {train.momentum:g} also applies to the chosen layers, where control "

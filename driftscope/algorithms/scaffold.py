@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from driftscope.config import TrainConfig
+    from driftscope.algorithms.base import TrainSettings
     from driftscope.models.layout import ModelLayout
 
 
@@ -52,7 +52,7 @@ class ControlVariates(Algorithm):
     full_width: ClassVar[bool] = False
 
     def __init__(
-        self, train: TrainConfig, params: Any, layout: ModelLayout, num_clients: int
+        self, train: TrainSettings, params: Any, layout: ModelLayout, num_clients: int
     ) -> None:
         import numpy as np
         import torch
@@ -330,7 +330,7 @@ class Scaffold(ControlVariates):
     Params = ScaffoldParams
 
     @classmethod
-    def warnings(cls, train: TrainConfig) -> tuple[str, ...]:
+    def warnings(cls, train: TrainSettings) -> tuple[str, ...]:
         if train.momentum > 0:
             return (
                 f"momentum {train.momentum:g} with SCAFFOLD: control variates correct every "
