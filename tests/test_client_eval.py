@@ -182,13 +182,26 @@ def test_analyze_shows_the_spread_and_older_files_have_neither(tmp_path, digits,
             run.client_eval_table()
 
 
-def test_the_flower_engine_refuses_client_test_fraction(tmp_path, digits):
+def test_the_flower_engine_records_the_same_held_out_numbers(tmp_path, digits):
     pytest.importorskip("flwr")
+    from flowergrid import LocalGrid
+
+    from driftscope.flower.client import app as client_app
     from driftscope.flower.strategy import DriftscopeStrategy
 
-    with pytest.raises(ConfigError, match="client_test_fraction is not available on the Flower"):
-        DriftscopeStrategy(small_config(**RUN), tmp_path / "r.h5", dataset=digits)
-    assert not list(tmp_path.iterdir())  # refused before any file exists
+    cfg = small_config(**dict(RUN, train__clients=3, train__rounds=2))
+    train(cfg, tmp_path / "inprocess.h5", dataset=digits)
+    strategy = DriftscopeStrategy(cfg, tmp_path / "flower.h5", dataset=digits)
+    strategy.start(LocalGrid(client_app, 3, seed=7))
+    # the ClientApps train on the same rest (their RunSetup holds out the same rows), so the
+    # global models and every held-out number are equal bit for bit (as the Flower tests)
+    with open_run(tmp_path / "inprocess.h5") as a, open_run(tmp_path / "flower.h5") as b:
+        assert np.array_equal(a.client_sizes, b.client_sizes)
+        ta, tb = a.client_eval_table(), b.client_eval_table()
+        assert len(ta) == 6
+        assert ta.equals(tb)
+        cols = ["test_accuracy", "test_loss", "train_loss"]
+        assert np.array_equal(a.metrics[cols].to_numpy(), b.metrics[cols].to_numpy())
 
 
 def _kept(path) -> dict[int, dict[str, np.ndarray]]:

@@ -81,11 +81,6 @@ class DriftscopeStrategy(Strategy):
                 "model.buffers 'local' is not available on the Flower engine (the nodes would "
                 "have to keep their buffers between rounds): use --engine inprocess"
             )
-        if cfg.data.client_test_fraction > 0:
-            raise ConfigError(
-                "data.client_test_fraction is not available on the Flower engine (the server "
-                "evaluates no client's data): use --engine inprocess or --client-test-fraction 0"
-            )
         warn_settings(cfg.train, stacklevel=2)  # as driftscope.train does
         self.cfg = cfg
         # The server's copy of the run: layout, algorithm state, test set, the initial model.
