@@ -15,7 +15,7 @@ from conftest import small_config
 from torch import nn
 
 from driftscope import open_run, train
-from driftscope.engine.client_eval import hold_out
+from driftscope.data.partition import hold_out
 from driftscope.engine.setup import RunSetup
 from driftscope.errors import ConfigError, RunFileError
 

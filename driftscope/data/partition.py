@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from driftscope.errors import ConfigError, DataError
+from driftscope.seeding import numpy_rng
 
 if TYPE_CHECKING:
     from driftscope.config import DataConfig
@@ -202,3 +203,24 @@ def _check_size(n_samples: int, n_clients: int, what: str = "clients") -> None:
         raise DataError(
             f"{n_clients} {what} but only {n_samples} training samples: use fewer clients"
         )
+
+
+def hold_out(
+    parts: Sequence[np.ndarray], fraction: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(training rows, held-out rows) of each client's ``parts``: ``floor(fraction * n)`` rows
+    held out at random from the (seed, "client_test", client) stream; the training rows keep
+    their order. ``fraction = 0`` returns the parts as they are and nothing held out."""
+    train: list[np.ndarray] = []
+    held: list[np.ndarray] = []
+    for client, part in enumerate(parts):
+        part = np.asarray(part)
+        k = int(np.floor(fraction * len(part)))
+        if k == 0:
+            train.append(part)
+            held.append(part[:0])
+            continue
+        order = numpy_rng(seed, "client_test", client).permutation(len(part))
+        held.append(part[np.sort(order[:k])])
+        train.append(part[np.sort(order[k:])])
+    return train, held

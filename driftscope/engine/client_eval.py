@@ -13,7 +13,6 @@ NaN on rounds that are not evaluated and for a client with nothing held out
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,32 +20,10 @@ import numpy as np
 from driftscope.engine.events import Hook, RoundEnded
 from driftscope.runfile import schema
 from driftscope.runfile.h5write import append, growable
-from driftscope.seeding import numpy_rng
 
 if TYPE_CHECKING:
     from driftscope.engine.setup import RunSetup
     from driftscope.runfile.writer import RunWriter
-
-
-def hold_out(
-    parts: Sequence[np.ndarray], fraction: float, seed: int
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(training rows, held-out rows) of each client's ``parts``: ``floor(fraction * n)`` rows
-    held out at random from the (seed, "client_test", client) stream; the training rows keep
-    their order. ``fraction = 0`` returns the parts as they are and nothing held out."""
-    train: list[np.ndarray] = []
-    held: list[np.ndarray] = []
-    for client, part in enumerate(parts):
-        part = np.asarray(part)
-        k = int(np.floor(fraction * len(part)))
-        if k == 0:
-            train.append(part)
-            held.append(part[:0])
-            continue
-        order = numpy_rng(seed, "client_test", client).permutation(len(part))
-        held.append(part[np.sort(order[:k])])
-        train.append(part[np.sort(order[k:])])
-    return train, held
 
 
 class ClientEval(Hook):

@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from driftscope.algorithms import Algorithm, build_algorithm
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, TensorData, as_dataset, load_dataset, normalisation
-from driftscope.data.partition import Split, client_split, label_histogram
+from driftscope.data.partition import Split, client_split, hold_out, label_histogram
 from driftscope.device import data_fits, device_name, resolve_device
-from driftscope.engine.client_eval import hold_out
 from driftscope.engine.local import Augmentation, FlatParams
 from driftscope.errors import ConfigError
 from driftscope.models.buffers import buffer_names, clone_buffers, load_buffers, read_buffers
