@@ -9,7 +9,9 @@ app, then every daemon stopped by its PID.
 It picks free 127.0.0.1 ports, writes a Flower home (``--workdir``, default a temporary folder)
 whose ``config.toml`` names the SuperLink connection ``loop``, starts the SuperLink and waits
 until its port accepts connections, starts SuperNode ``i`` with ``partition-id=i
-num-partitions=N`` and waits until the SuperLink has activated all of them, submits the run
+num-partitions=N`` (``--isolation process``) with its long-lived ClientApp executor
+(``python -m driftscope.flower.executor``: one process serves all of the node's messages) and
+waits until the SuperLink has activated all of them, submits the run
 (``--app``, default driftscope's own app; ``out`` is passed in its run config), waits until the
 run file's status is no longer ``running`` and stops the daemons (their process groups: SIGTERM,
 then SIGKILL). Every process gets one torch/OpenMP thread (``OMP_NUM_THREADS=1``), so the run is
@@ -99,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         help="executor: one long-lived ClientApp process per SuperNode "
         "(driftscope.flower.executor); subprocess: Flower's default, a fresh process per message",
     )
+    p.add_argument(
+        "--idle-poll",
+        type=float,
+        default=0.0,
+        help="seconds an idle SuperNode waits before asking the SuperLink again, capped by "
+        "driftscope.flower.supernode; 0 (default): Flower's own 3 s",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds for the whole run")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
@@ -136,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         wait_for(lambda: listening(link), 120, "the SuperLink's port", daemons)
         for i in range(args.nodes):
             runtime = free_port()  # the SuperNode's Runtime API, where ClientApps get tasks
-            node = start([str(BIN / "flower-supernode"), "--insecure", "--superlink",
+            supernode = (
+                [sys.executable, "-m", "driftscope.flower.supernode", "--idle-poll",
+                 str(args.idle_poll), "--"] if args.idle_poll > 0 else [str(BIN / "flower-supernode")]
+            )  # fmt: skip
+            node = start([*supernode, "--insecure", "--superlink",
                           f"127.0.0.1:{link}", "--host", "127.0.0.1", "--port", str(runtime),
                           "--node-config", f"partition-id={i} num-partitions={args.nodes}",
                           "--isolation", "process" if args.isolation == "executor" else "subprocess"],
