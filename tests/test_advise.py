@@ -9,6 +9,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from driftscope import open_run
 from driftscope.algorithms.fedpvr_auto import choose_layers
@@ -224,3 +225,32 @@ def test_client_size_weights_enter_every_pooled_number(make_run):
             assert row["discrepancy"] == pytest.approx(d, rel=SAME_SUMS)
             mine = drift[(drift["layer"] == layer.name) & (drift["metric"] == "layer_discrepancy")]
             assert d == pytest.approx(mine["value"].mean(), rel=SAME_SUMS)
+
+
+def test_a_layer_whose_global_weights_start_at_zero_has_an_angle_from_its_defined_rounds(
+    tmp_path, digits
+):
+    # like a LoRA B factor: a layer initialised at zero has no L-DAWA cosine in round 0
+    # (||w_g|| = 0); the advice's angle is the mean over the rounds where it is defined, the
+    # value drift_table's per-round rows give when their NaN is skipped
+    from driftscope import train
+    from driftscope.models.registry import build_model
+
+    def zero_last_layer():
+        model = build_model("mlp", (1, 8, 8), 10)
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+        return model
+
+    from conftest import small_config
+
+    path = train(small_config(), tmp_path / "zero.h5", model=zero_last_layer, dataset=digits)
+    with open_run(path) as run:
+        last = run.layers[-1].name
+        drift = drift_table(run)
+        rows = drift[(drift["layer"] == last) & (drift["metric"] == "angular_divergence")]
+        values = rows.sort_values("round")["value"].to_numpy()
+        assert np.isnan(values[0]) and np.isfinite(values[1:]).all()
+        got = advise(run).table.set_index("layer").loc[last, "angular_divergence"]
+        assert got == pytest.approx(values[1:].mean(), rel=SAME_SUMS)
