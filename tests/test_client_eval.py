@@ -84,7 +84,6 @@ def _slow_eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[floa
     return float(total) / len(y), int((logits.argmax(1) == y).sum()) / len(y)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("batched", ["off", "on"])
 def test_held_out_accuracy_and_kept_models_equal_a_model_rebuilt_from_the_file(
     tmp_path, digits, batched
@@ -138,7 +137,6 @@ def hold_out_parts(cfg, digits):
     return RunSetup(cfg.replace({"data.client_test_fraction": 0.0}), digits, model=BNNet).parts
 
 
-@pytest.mark.slow
 def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path, digits):
     from test_resume import StopAt, assert_same_run
 
@@ -157,7 +155,6 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path, digits):
         assert sorted(set(run.client_eval_table()["round"])) == [1, 3]
 
 
-@pytest.mark.slow
 def test_analyze_shows_the_spread_and_older_files_have_neither(tmp_path, digits, make_run):
     path = tmp_path / "r.h5"
     train(small_config(**RUN), path, dataset=digits)
