@@ -2,7 +2,8 @@
 
 With ``data.client_test_fraction = f > 0`` every client's part of the training set is split once,
 before training: ``floor(f * n)`` of its ``n`` rows, drawn from the (seed, "client_test", client)
-stream, are held out; the client trains on the rest (in their original order), so its size, label
+stream, are held out (:func:`driftscope.data.partition.hold_out`, called by ``RunSetup``); the
+client trains on the rest (in their original order), so its size, label
 histogram and aggregation weight are those of the rest. After every evaluated round
 (``RunSetup.evaluates``) :class:`ClientEval` runs the new global model (its parameters and
 buffers, as the test set's numbers) on every client's held-out rows, sampled or not, and appends
