@@ -50,8 +50,8 @@ from driftscope.engine.events import ClientTrained, Hook, RoundEnded, RoundStart
 from driftscope.engine.global_weights import GlobalWeights
 from driftscope.engine.heap import release_free_heap
 from driftscope.errors import DriftscopeError, SettingsWarning
-from driftscope.metrics.cka import pairwise_cka, rbf_from_linear_gram
 from driftscope.metrics.gram import centred_gram, update_gram
+from driftscope.metrics.probe import probe_cka, warn_not_finite
 from driftscope.runfile import schema
 from driftscope.runfile.h5write import ChunkWriter, update_chunks
 from driftscope.runfile.writer import append, growable
@@ -414,14 +414,11 @@ class Recorder(Hook):
             for k, name in enumerate(self.layer_names):
                 # (S+1, n, n) Grams of centred features, computed on the device; CKA on the host
                 grams = self._grams[k, : self._models].cpu().numpy()  # no copy on the cpu
-                for kind, values in (
-                    ("linear", pairwise_cka(grams, centred=True)),
-                    ("rbf", pairwise_cka(rbf_from_linear_gram(grams))),
-                    ("debiased", pairwise_cka(grams, debiased=True)),
-                ):
-                    values[failed, :] = np.nan
-                    values[:, failed] = np.nan
-                    append(ds(schema.cka_path(kind, name)), values)
+                values, not_finite = probe_cka(grams, failed)
+                for kind in CKA_KINDS:
+                    append(ds(schema.cka_path(kind, name)), values[kind])
+                if not_finite:
+                    warn_not_finite(name)
             append(ds(schema.CKA_ROUND), r)
             self._grams = None  # the S + 1 probe Grams per layer are not held past the round
             release_free_heap()
