@@ -139,7 +139,7 @@ def test_scratch_file_is_unmapped_after_each_round(digits):
     budget = (cfg.train.clients_per_round + 4) * numel * 4 / 2**20
     sim = Simulator(cfg.replace({"train.state_budget_mb": budget}), digits)
     assert not sim.algorithm.in_memory
-    path = str(sim.algorithm._memmap.filename)
+    path = str(sim.algorithm.table.memmap.filename)
     seen = []
 
     class During(Hook):

@@ -230,11 +230,11 @@ class FedPVRAuto(ControlVariates):
             c[new_pos.to(device)] = self.c[old_pos.to(device)]
         for i in np.flatnonzero(self.chosen & ~chosen):
             for s in self._layer_slices[i]:
-                self.c_clients[:, s] = 0  # in the scratch file: one strided pass over the rows
+                self.table.zero_columns(s)
         self.chosen = chosen.copy()
         self.selection = sel
         self.c = c
-        self._correction = torch.zeros(sel.size, device=device)
+        self.correction = torch.zeros(sel.size, device=device)
         self.corrects_gradient = sel.size > 0
         self._momentum_cache = None
         self.momentum_version += 1

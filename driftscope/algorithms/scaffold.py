@@ -8,13 +8,12 @@ exist only for the selected entries (M of P), so FedPVR's state and traffic scal
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from driftscope.algorithms.base import Algorithm, Selection, register_algorithm
+from driftscope.algorithms.client_state import MIB, ClientTable
 from driftscope.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,10 +22,6 @@ if TYPE_CHECKING:
 
     from driftscope.algorithms.base import TrainSettings
     from driftscope.models.layout import ModelLayout
-
-
-MIB = 1 << 20
-ALL_ROWS = None  # changed-rows marker: every row (after load_state_dict)
 
 
 class ControlVariates(Algorithm):
@@ -54,14 +49,13 @@ class ControlVariates(Algorithm):
     def __init__(
         self, train: TrainSettings, params: Any, layout: ModelLayout, num_clients: int
     ) -> None:
-        import numpy as np
         import torch
 
         super().__init__(train, params, layout, num_clients)
         self.selection = Selection(self.variance_reduced_mask())
         m = self.selection.size
         self.c = torch.zeros(m)  # server control variate, (M,)
-        self._correction = torch.zeros(m)
+        self.correction = torch.zeros(m)  # c - c_i of the client being trained
         self.corrects_gradient = m > 0
         budget = train.state_budget_mb * MIB
         most = self.largest_selection()
@@ -74,37 +68,33 @@ class ControlVariates(Algorithm):
                 f"least {per_round / MIB:.1f} or lower --client-fraction"
             )
         width = self.numel if self.full_width else m
-        self._scratch: tempfile.TemporaryDirectory | None = None
-        self._memmap: Any = None
-        if num_clients * width * 4 + per_round <= budget:
-            self.c_clients = torch.zeros(num_clients, width)  # client control variates, (N, M)
-        else:
-            self._scratch = tempfile.TemporaryDirectory(prefix="driftscope-state-")
-            mm = np.lib.format.open_memmap(
-                Path(self._scratch.name) / "c_clients.npy",
-                mode="w+",
-                dtype=np.float32,
-                shape=(num_clients, width),
-            )
-            self.c_clients = torch.from_numpy(mm)  # a view of the file's pages, zero-filled
-            self._memmap = mm
+        in_memory = num_clients * width * 4 + per_round <= budget
+        #: the client control variates c_i, one row per client
+        self.table = ClientTable(num_clients, width, in_memory)
         self._segments = self._norm_segments()
-        self._norms = torch.zeros(num_clients, len(self._segments))  # ||c_i|| per parameter
-        self._changed: list[set[int] | None] = [set(), set()]  # rows changed: last, this round
+        self.table.segments = self._table_segments
+        self.table.norms = torch.zeros(num_clients, len(self._segments))  # ||c_i|| per parameter
+
+    @property
+    def c_clients(self) -> torch.Tensor:
+        """The client control variates (N, M), or (N, P) with ``full_width``."""
+        return self.table.rows
+
+    @c_clients.setter
+    def c_clients(self, rows: torch.Tensor) -> None:
+        self.table.rows = rows
 
     @property
     def in_memory(self) -> bool:
         """Whether ``c_clients`` is held in memory (else in the scratch file)."""
-        return self._scratch is None
+        return self.table.in_memory
 
     def to(self, device: Any) -> ControlVariates:
         self.device = device
         self.c = self.c.to(device)
-        self._correction = self._correction.to(device)
+        self.correction = self.correction.to(device)
         self.selection.index = self.selection.index.to(device)
-        self._norms = self._norms.to(device)
-        if self.in_memory:
-            self.c_clients = self.c_clients.to(device)
+        self.table.to(device)
         return self
 
     def variance_reduced_mask(self) -> torch.Tensor:
@@ -142,10 +132,10 @@ class ControlVariates(Algorithm):
     def begin_client(self, client: int, x: torch.Tensor) -> None:
         import torch
 
-        torch.sub(self.c, self.client_row(client), out=self._correction)
+        torch.sub(self.c, self.client_row(client), out=self.correction)
 
     def correct_gradient(self, grads: torch.Tensor, params: torch.Tensor, x: torch.Tensor) -> None:
-        self.selection.add_(grads, self._correction)  # g[sel] += c - c_i
+        self.selection.add_(grads, self.correction)  # g[sel] += c - c_i
 
     def correct_gradients(
         self, clients: Sequence[int], grads: torch.Tensor, params: torch.Tensor, x: torch.Tensor
@@ -178,23 +168,14 @@ class ControlVariates(Algorithm):
         )
         delta = new - c_i
         self.set_client_row(client, new)
-        self._norms[client] = torch.stack([new[cols].norm() for cols in self._segments])
-        changed = self._changed[1]
-        if changed is not None:
-            changed.add(client)
+        self.table.wrote(client, torch.stack([new[cols].norm() for cols in self._segments]))
         return delta
 
     def reset_client_cache(self) -> None:
         """After ``selection`` or ``c_clients`` were replaced wholesale (fedpvr_auto switching
         layers, a load): recompute the kept norms and write every row at the next two commits."""
-        import torch
-
         self._segments = self._norm_segments()
-        norms = torch.zeros(self.num_clients, len(self._segments))
-        for k, cols in enumerate(self._table_segments):
-            norms[:, k] = self.c_clients[:, cols].float().norm(dim=1).cpu()
-        self._norms = norms.to(self.c.device)
-        self._changed = [None, None]
+        self.table.set_segments(self._table_segments, keep_changes=False)
 
     def refresh_norms(self, client: int) -> None:
         """Recompute client ``client``'s kept norms after its row of ``c_clients`` was changed
@@ -202,10 +183,7 @@ class ControlVariates(Algorithm):
         import torch
 
         row = self.client_row(client)
-        self._norms[client] = torch.stack([row[cols].norm() for cols in self._segments])
-        changed = self._changed[1]
-        if changed is not None:
-            changed.add(client)
+        self.table.wrote(client, torch.stack([row[cols].norm() for cols in self._segments]))
 
     def server_update(
         self, x: torch.Tensor, mean_update: torch.Tensor, extras: list[torch.Tensor | None]
@@ -224,29 +202,14 @@ class ControlVariates(Algorithm):
         return new_x
 
     def release_pages(self) -> None:
-        """Unmap the scratch file's pages from this process once a round is done (no-op in memory).
-
-        Every row a round touched stays mapped, so the process's file-backed RSS grew towards the
-        whole N x M file as more clients were sampled (264 MiB at 1,000 clients). After
-        ``madvise(MADV_DONTNEED)`` on the shared mapping the rows stay in the kernel's page cache
-        (dirty ones are written back, never lost) and the next access maps them again, so the
-        process maps only what the current round touches."""
-        import mmap
-
-        base = getattr(self._memmap, "base", None) if self._scratch is not None else None
-        if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-            base.madvise(mmap.MADV_DONTNEED)
+        """Unmap the scratch file's pages once a round is done (:meth:`ClientTable.release_pages`)."""
+        self.table.release_pages()
 
     def changed_rows(self) -> dict[str, np.ndarray]:
         """Rows of c_clients changed in the last two rounds (all after a load); then a new round
         begins (the writer's slot for the next round held the state of two rounds before)."""
-        import numpy as np
-
-        last, now = self._changed
-        self._changed = [now, set()]
-        if last is None or now is None:
-            return {}  # written whole
-        return {"c_clients": np.array(sorted(last | now), dtype=np.int64)}
+        rows = self.table.changed_rows()
+        return {} if rows is None else {"c_clients": rows}  # None: written whole
 
     def values_per_client(self) -> tuple[int, int]:
         # down: model + server control variate; up: model update + control-variate delta
@@ -279,7 +242,7 @@ class ControlVariates(Algorithm):
         (the client norms are kept per trained client, not recomputed over all N x M values)."""
         import torch
 
-        norms = self._norms.cpu()
+        norms = self.table.norms.cpu()
         return {
             name: torch.cat([self.c[cols].norm().reshape(1).cpu(), norms[:, k]])
             for k, (name, cols) in enumerate(zip(self._segment_names, self._segments, strict=True))
@@ -289,11 +252,9 @@ class ControlVariates(Algorithm):
         """Server control variate ``c`` (M,) and client control variates ``c_clients`` (N, M):
         copies when in memory; the live scratch-file tensor otherwise (copying it would need
         the memory the budget keeps free)."""
-        c_clients = self.c_clients.clone() if self.in_memory else self.c_clients
-        return {"c": self.c.clone(), "c_clients": c_clients}
+        return {"c": self.c.clone(), "c_clients": self.table.snapshot()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        import torch
 
         if set(state) != {"c", "c_clients"}:
             raise ValueError(f"{self.name} state needs c and c_clients, got {', '.join(state)}")
@@ -306,16 +267,7 @@ class ControlVariates(Algorithm):
                 f"{tuple(self.c.shape)}, {tuple(self.c_clients.shape)}"
             )
         self.c = c.detach().to(self.c.device, self.c.dtype).clone()
-        width = int(self.c_clients.shape[1])
-        rows = max(1, (64 * MIB) // max(1, 4 * width))  # copy in bounded blocks
-        for a in range(0, self.num_clients, rows):
-            block = torch.as_tensor(c_clients[a : a + rows]).detach()
-            self.c_clients[a : a + rows] = block.to(self.c_clients.device, self.c_clients.dtype)
-            dev_block = block.to(self._norms.device, torch.float32)
-            for k, cols in enumerate(self._table_segments):
-                self._norms[a : a + rows, k] = dev_block[:, cols].norm(dim=1)
-        self._changed = [None, set()]  # the next commit writes every row
-        self.release_pages()
+        self.table.load(c_clients)  # in bounded blocks; the next commit writes every row
 
 
 @dataclass(frozen=True)
