@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from driftscope import open_run
-from driftscope.analysis import drift
 from driftscope.analysis.tables import drift_table, layer_summary
 from driftscope.errors import RunFileError
+from driftscope.metrics import drift
 
 
 def test_reader_api(make_run):

@@ -29,7 +29,7 @@ Two questions, for one layer and one round with ``S`` participating clients:
    output layer (weight ``(K, F)``, bias ``(K,)``: one row and one bias entry per class), the
    cross-client update variance of each class's slice, ``V_k = sum_i w_i ||d_i[k] - m[k]||^2``
    with ``m = sum_i w_i d_i`` (uniform ``w_i = 1/S`` by default). ``sum_k V_k`` is the layer's
-   update variance (:func:`driftscope.analysis.drift.update_variance`).
+   update variance (:func:`driftscope.metrics.drift.update_variance`).
 
 Shapes are stated per function; everything is computed in float64. Undefined values (a zero
 update, fewer than 3 clients, a constant similarity) are ``nan``.
