@@ -245,8 +245,9 @@ def cka_round_components(base: RunConfig, ds: Dataset, tmp: Path, quick: bool) -
     from driftscope.engine.events import Hook
     from driftscope.engine.inprocess import Simulator
     from driftscope.engine.recorder import capture_activations, probe_index
-    from driftscope.metrics.cka import cka_error_bound, pairwise_cka, rbf_from_linear_gram
+    from driftscope.metrics.cka import cka_error_bound, pairwise_cka
     from driftscope.metrics.gram import centred_gram, gram32_error
+    from driftscope.metrics.rbf import rbf_from_linear_gram
     from driftscope.models.registry import build_model
 
     class Last(Hook):

@@ -19,9 +19,8 @@ from driftscope.metrics.cka import (
     hsic_unbiased,
     linear_gram,
     pairwise_cka,
-    rbf_from_linear_gram,
-    rbf_gram,
 )
+from driftscope.metrics.rbf import rbf_from_linear_gram, rbf_gram
 
 # ---------------------------------------------------------------- naive reference implementations
 
