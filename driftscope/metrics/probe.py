@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from driftscope.metrics.cka import pairwise_cka, rbf_from_linear_gram
+from driftscope.metrics.cka import pairwise_cka
+from driftscope.metrics.rbf import rbf_from_linear_gram
 
 __all__ = ["KINDS", "probe_cka", "warn_not_finite"]
 
