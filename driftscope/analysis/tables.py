@@ -27,7 +27,6 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from driftscope.analysis.labels import config_value, run_labels
-from driftscope.errors import RunFileError
 from driftscope.metrics import METRICS, Metric
 from driftscope.metrics.drift import as_gram
 from driftscope.metrics.lora import lora_pairs
@@ -82,14 +81,13 @@ def _metrics(source: str) -> list[Metric]:
 
 
 def cka_kinds(run: Run, layer: str) -> dict[str, np.ndarray]:
-    """Each CKA kind ``layer`` has in ``run`` -> its (CKA rounds, S + 1, S + 1) matrices."""
-    kinds = {}
-    for kind in CKA_KINDS:
-        try:
-            kinds[kind] = run.cka(layer, kind)
-        except RunFileError:  # a kind this run did not record
-            continue
-    return kinds
+    """Each CKA kind ``layer`` has in ``run`` -> its (CKA rounds, S + 1, S + 1) matrices. A kind
+    not recorded (no probe CKA, a layer CKA skipped) is left out; a recorded one that cannot be
+    read raises its RunFileError (damage is not "not recorded")."""
+    name = run.layer(layer).name
+    if name in run.cka_skipped:
+        return {}
+    return {kind: run.cka(layer, kind) for kind in CKA_KINDS if run.has_cka(name, kind)}
 
 
 def drift_table(run: Run, parts: bool = False, rounds: Sequence[int] | None = None) -> pd.DataFrame:

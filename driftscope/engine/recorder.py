@@ -316,7 +316,9 @@ class Recorder(Hook):
         if self.probe_size:
             rec.attrs[schema.CKA_SKIPPED_ATTR] = json.dumps(self.skipped)
         if self.probe_size:
-            index = f.create_dataset(schema.PROBE_INDEX, data=np.asarray(probe_rows))
+            rows = np.asarray(probe_rows)  # chunked for the checksum
+            checked = {"chunks": rows.shape, "fletcher32": schema.CHECKSUM} if rows.size else {}
+            index = f.create_dataset(schema.PROBE_INDEX, data=rows, **checked)
             index.attrs["description"] = "rows of the test set that form the CKA probe set"
         growable(f, schema.RECORD_ROUND, (), np.int64, schema.AX_RECORD)
         growable(f, schema.RECORD_CLIENTS, (s,), np.int64, schema.AX_RECORD_CLIENT)

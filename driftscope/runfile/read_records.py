@@ -254,6 +254,10 @@ class RecordsMixin:
                     f"client row {bad[0]}); copy the file again or re-run"
                 )
 
+    def has_cka(self, layer: str, kind: str = "linear") -> bool:
+        """Whether probe CKA of ``kind`` was recorded for the layer named ``layer``."""
+        return self._has(schema.CKA) and self._has(schema.cka_path(kind, layer))
+
     @_guarded
     def cka(self, layer: str, kind: str = "linear", round: int | None = None) -> np.ndarray:
         """Pairwise CKA of the S client models and the global model (last index) on the probe set:

@@ -192,18 +192,34 @@ class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin, GlobalMixin):
         return ds
 
     def _has(self, name: str) -> bool:
+        """Whether ``name`` exists. A group whose links cannot be read (HDF5's metadata checksum
+        failed) is damage, a one-line RunFileError: taken for "absent", it would make a
+        recorded part look never recorded."""
         self._check_open()
         try:
             return name in self._file
-        except (OSError, KeyError, ValueError, RuntimeError):
-            return False
+        except (OSError, KeyError, ValueError, RuntimeError) as err:
+            raise RunFileError(
+                f"{self.path.name}: cannot tell whether {name} exists, the group holding it is "
+                f"damaged ({_one_line(err)}); copy the file again or re-run"
+            ) from None
 
     def _attr(self, name: str, default: Any = None, obj: str = "/") -> Any:
+        """The attribute ``name`` of ``obj`` (``default`` when either is absent); one that
+        cannot be read is a one-line RunFileError, never the default."""
         self._check_open()
-        try:
-            value = self._file[obj].attrs.get(name, default)
-        except (OSError, KeyError, ValueError, RuntimeError, TypeError):
+        if not self._has(obj):
             return default
+        try:
+            attrs = self._file[obj].attrs
+            if name not in attrs:
+                return default
+            value = attrs[name]
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise RunFileError(
+                f"{self.path.name}: the attribute {name} of {obj} is damaged ({_one_line(err)}); "
+                "copy the file again or re-run"
+            ) from None
         return value.decode(errors="replace") if isinstance(value, bytes) else value
 
     def _length(self, name: str) -> int:
@@ -339,7 +355,13 @@ class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin, GlobalMixin):
             with contextlib.suppress(Exception):
                 ds.refresh()
         value = self._read(schema.STATUS)
-        return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        status = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        if status not in schema.STATUSES:  # a changed byte: no status is one byte from another
+            raise RunFileError(
+                f"{self.path.name}: {schema.STATUS} is damaged ({status!r} is none of "
+                f"{', '.join(schema.STATUSES)}); copy the file again or re-run"
+            )
+        return status
 
     @property
     def status_message(self) -> str:

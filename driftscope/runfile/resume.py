@@ -128,8 +128,9 @@ def resume_config(path: str | os.PathLike) -> str:
 
 def check_layout(path: str | os.PathLike, reference: h5py.File) -> None:
     """Every dataset a fresh writer of the same run creates (``reference``) must be in the file
-    with its dtype, its chunked (growable) layout and its shape (all but the rounds axis where it
-    grows): a resume writes into them. A one-line :func:`damaged` error names the first that is
+    with its dtype, its chunked layout if it grows (a fixed-size one may be contiguous, as files
+    written before its checksum have it) and its shape (all but the rounds axis where it grows):
+    a resume writes into them. A one-line :func:`damaged` error names the first that is
     missing or changed; the file is only read."""
     path = Path(path)
     f = _open_for_read(path)
@@ -154,7 +155,7 @@ def check_layout(path: str | os.PathLike, reference: h5py.File) -> None:
             if (
                 got.dtype != want.dtype
                 or got.maxshape != want.maxshape
-                or (got.chunks is None) != (want.chunks is None)
+                or (grows and (got.chunks is None) != (want.chunks is None))
                 or not shape_ok
             ):
                 raise damaged(

@@ -280,16 +280,24 @@ def updates_path(param: str) -> str:
 
 
 STATIC_CRC = "static_crc32"  # root attr, JSON {name: CRC-32}: the config attribute ("config")
-# and the small static datasets (partition, model fields) that have no chunk checksum; the reader
-# checks each when it reads it (absent in files written before it: unchecked)
+# and the small static datasets (partition, every model field, names included) that have no chunk
+# checksum; the reader checks each when it reads it (absent in files written before it: unchecked)
 
 
 def static_crc32(value: str | np.ndarray) -> int:
-    """The CRC-32 of a static part as :data:`STATIC_CRC` holds it: a string's UTF-8 bytes, a
-    numeric array's bytes as stored (little-endian int64)."""
-    if isinstance(value, str):
-        return int(crc32(value.encode()))
-    return int(crc32(np.ascontiguousarray(value, dtype="<i8").view(np.uint8)))
+    """The CRC-32 of a static part as :data:`STATIC_CRC` holds it: a string's UTF-8 bytes, an
+    array of strings' UTF-8 bytes each followed by a NUL byte, a numeric array's bytes as stored
+    (little-endian int64)."""
+    if isinstance(value, str):  # h5py gives undecodable bytes as surrogates: CRC their bytes
+        return int(crc32(value.encode(errors="surrogateescape")))
+    array = np.asarray(value)
+    if array.dtype.kind in "OSU":
+        items = (
+            v if isinstance(v, bytes) else str(v).encode(errors="surrogateescape")
+            for v in array.ravel()
+        )
+        return int(crc32(b"".join(v + b"\0" for v in items)))
+    return int(crc32(np.ascontiguousarray(array, dtype="<i8").view(np.uint8)))
 
 
 def row_crc32(rows: np.ndarray) -> np.ndarray:

@@ -195,9 +195,8 @@ class RunWriter:
         for name in (
             schema.LABEL_HISTOGRAM,
             schema.CLIENT_SIZE,
-            schema.layer_field("numel"),
-            schema.param_field("offset"),
-            schema.param_field("numel"),
+            *(schema.layer_field(field) for field in schema.LAYER_FIELDS),
+            *(schema.param_field(field) for field in schema.PARAM_FIELDS),
         ):
             sums[name] = schema.static_crc32(f[name][()])
         a[schema.STATIC_CRC] = json.dumps(sums, sort_keys=True)
@@ -221,8 +220,13 @@ class RunWriter:
         if self._swmr:
             raise RunFileError("declare_state must come before start_swmr")
         f = self.file
-        if schema.STATE_ROUND not in f:
-            f.create_dataset(schema.STATE_ROUND, data=np.full(schema.STATE_SLOTS, -1, np.int64))
+        if schema.STATE_ROUND not in f:  # chunked for the checksum: it says which slot is whole
+            f.create_dataset(
+                schema.STATE_ROUND,
+                data=np.full(schema.STATE_SLOTS, -1, np.int64),
+                chunks=(schema.STATE_SLOTS,),
+                fletcher32=schema.CHECKSUM,
+            )
         for name, spec in shapes.items():
             if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], tuple | list):
                 dtype: np.dtype[Any]
