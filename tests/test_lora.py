@@ -14,7 +14,8 @@ from driftscope.analysis import drift_table
 from driftscope.metrics import METRICS
 from driftscope.metrics.drift import relative_variance
 from driftscope.metrics.gram import update_gram
-from driftscope.metrics.lora import aggregation_residual, factor_label, is_lora_factor, lora_pairs
+from driftscope.metrics.lora import aggregation_residual, lora_pairs
+from driftscope.models.lora_names import factor_label, is_lora_factor
 
 pytestmark = pytest.mark.kernels  # float results of two code paths (the recorder's, the test's)
 

@@ -12,8 +12,7 @@ from driftscope.engine.events import Hook
 from driftscope.engine.inprocess import Simulator
 from driftscope.engine.lifecycle import Lifecycle
 from driftscope.engine.recorder import update_gram
-from driftscope.metrics import cka
-from driftscope.metrics.cka import cka_error_bound
+from driftscope.metrics.cka import cka, cka_error_bound
 from driftscope.metrics.gram import centred_gram, gram32_error
 from driftscope.runfile.h5write import chunk_columns
 

@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(args)
         check_fits(cfg)
-        from driftscope.runfile.writer import check_output
+        from driftscope.runfile.outputs import check_output
 
         # before any data is loaded or any file is touched; an empty --out is refused, not the default
         out = check_output(args.out if args.out is not None else default_out(cfg), args.overwrite)
@@ -99,8 +99,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from driftscope.analysis.evidence import has_head_and_body, head_vs_body
     from driftscope.analysis.tables import drift_table, layer_summary, name_ratio_parts
     from driftscope.experiments.report import format_summary
+    from driftscope.runfile.outputs import check_output
     from driftscope.runfile.reader import open_run
-    from driftscope.runfile.writer import check_output
 
     if args.warmup is not None and args.warmup < 0:
         raise ConfigError(f"--warmup must be a round >= 0 (got {args.warmup})")
@@ -142,8 +142,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_advise(args: argparse.Namespace) -> int:
     from driftscope.analysis.advise import advise
     from driftscope.analysis.advise_report import format_advice
+    from driftscope.runfile.outputs import check_output
     from driftscope.runfile.reader import open_run
-    from driftscope.runfile.writer import check_output
 
     if args.from_round < 0:
         raise ConfigError(f"--from-round must be a round >= 0 (got {args.from_round})")

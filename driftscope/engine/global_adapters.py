@@ -26,7 +26,7 @@ import torch
 
 from driftscope.metrics.lora import lora_pairs
 from driftscope.runfile import schema
-from driftscope.runfile.writer import append, growable
+from driftscope.runfile.h5write import append, growable
 
 if TYPE_CHECKING:
     import h5py

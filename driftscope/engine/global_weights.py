@@ -36,7 +36,7 @@ import torch
 from driftscope.engine.global_adapters import GlobalAdapters
 from driftscope.metrics.gram import CHUNK_VALUES
 from driftscope.runfile import schema
-from driftscope.runfile.writer import append, growable
+from driftscope.runfile.h5write import append, growable
 
 if TYPE_CHECKING:
     import h5py

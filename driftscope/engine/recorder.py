@@ -53,8 +53,7 @@ from driftscope.errors import DriftscopeError, SettingsWarning
 from driftscope.metrics.gram import centred_gram, update_gram
 from driftscope.metrics.probe import probe_cka, warn_not_finite
 from driftscope.runfile import schema
-from driftscope.runfile.h5write import ChunkWriter, update_chunks
-from driftscope.runfile.writer import append, growable
+from driftscope.runfile.h5write import ChunkWriter, append, growable, update_chunks
 from driftscope.seeding import torch_generator
 
 if TYPE_CHECKING:

@@ -24,7 +24,6 @@ numpy only; float64 results ``(...)`` over leading axes (rounds); ``nan`` where 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,11 +32,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from driftscope.metrics.gram import as_float64
+from driftscope.models.lora_names import FACTOR
 
-__all__ = ["LoraPair", "aggregation_residual", "factor_label", "is_lora_factor", "lora_pairs"]
+__all__ = ["LoraPair", "aggregation_residual", "lora_pairs"]
 
 FloatArray = NDArray[np.float64]
-_FACTOR = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.(?P<adapter>[^.]+)(?P<rest>\..+)?$")
 
 
 @dataclass(frozen=True)
@@ -51,27 +50,12 @@ class LoraPair:
     b: str
 
 
-def is_lora_factor(name: str) -> bool:
-    """Whether ``name`` is a PEFT LoRA factor (``....lora_A.<adapter>[.weight]`` or ``lora_B``)."""
-    return _FACTOR.match(name) is not None
-
-
-def factor_label(name: str) -> str | None:
-    """A LoRA factor's short label, ``<module>.A`` or ``<module>.B`` (``.<adapter>`` added unless
-    the adapter is PEFT's ``default``); None for any other name."""
-    m = _FACTOR.match(name)
-    if m is None:
-        return None
-    adapter = "" if m["adapter"] == "default" else f".{m['adapter']}"
-    return f"{m['module']}.{m['factor']}{adapter}{m['rest'] or ''}"
-
-
 def lora_pairs(names: Iterable[str]) -> list[LoraPair]:
     """The LoRA (A, B) pairs among ``names`` (parameter or layer names), in order of their A
     factor; a factor without its partner is left out."""
     found: dict[tuple[str, str, str], dict[str, str]] = {}
     for name in names:
-        m = _FACTOR.match(name)
+        m = FACTOR.match(name)
         if m is None:
             continue
         key = (m["module"], m["adapter"], m["rest"] or "")

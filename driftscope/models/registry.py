@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from driftscope.errors import ConfigError
-from driftscope.metrics.lora import factor_label
 from driftscope.models.layout import LayerInfo, ModelLayout, ParamInfo
+from driftscope.models.lora_names import factor_label
 from driftscope.registry import Registry
 
 if TYPE_CHECKING:

@@ -20,11 +20,8 @@ errors as one error): ``docs/file-format.md``, section "The writer's safety".
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import glob
-import json
 import os
-import platform
 import resource
 import time
 from collections.abc import Mapping
@@ -39,12 +36,11 @@ from driftscope.engine.events import RoundEnded, StateRows
 from driftscope.errors import RunFileError
 from driftscope.models.layout import ModelLayout
 from driftscope.runfile import schema
-from driftscope.runfile.h5write import CHUNK_CACHE, _labelled, append, environment, growable
+from driftscope.runfile.h5write import CHUNK_CACHE, append, growable
 from driftscope.runfile.outputs import Lock, RunWriteError, check_output, unwritable, write_error
+from driftscope.runfile.static import write_static
 
-__all__ = ["RunWriter", "append", "check_output", "environment", "growable"]
-
-STR = h5py.string_dtype()
+__all__ = ["RunWriter"]
 
 
 class RunWriter:
@@ -111,7 +107,7 @@ class RunWriter:
         hist = np.asarray(label_histogram, dtype=np.int64)
         writer = cls(f, path, int(hist.shape[0]), temp, lock)
         try:
-            writer._write_static(config, layout, hist, engine, device)
+            write_static(f, config, layout, hist, engine, device)
         except BaseException as err:
             writer.abandon()
             if isinstance(err, OSError):
@@ -138,78 +134,8 @@ class RunWriter:
         )
         hist = np.asarray(label_histogram, dtype=np.int64)
         writer = cls(f, Path(f.filename), int(hist.shape[0]))
-        writer._write_static(config, layout, hist, engine)
+        write_static(f, config, layout, hist, engine)
         return writer
-
-    def _write_static(
-        self,
-        config: RunConfig | Mapping[str, Any],
-        layout: ModelLayout,
-        hist: np.ndarray,
-        engine: str,
-        device: str | None = None,
-    ) -> None:
-        f = self.file
-        env = environment()
-        if device is not None:  # the training device, e.g. "cuda:0 (NVIDIA H100 80GB HBM3)"
-            env["device"] = device
-        config_json = config.to_json() if isinstance(config, RunConfig) else json.dumps(config)
-        a = f.attrs
-        a[schema.ATTR_FORMAT] = schema.FORMAT
-        a[schema.ATTR_SCHEMA_VERSION] = schema.SCHEMA_VERSION
-        a[schema.ATTR_DRIFTSCOPE_VERSION] = env["driftscope"]
-        a[schema.ATTR_CONFIG] = config_json
-        a[schema.ATTR_ENVIRONMENT] = json.dumps(env, sort_keys=True)
-        a[schema.ATTR_CREATED] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        a[schema.ATTR_ENGINE] = engine
-        a[schema.WRITER_HOST] = platform.node()
-        a[schema.WRITER_PID] = os.getpid()
-        a[schema.WRITER_STARTED] = time.time()
-        f.create_dataset(schema.STATUS, data=np.bytes_(schema.RUNNING), dtype=schema.STATUS_DTYPE)
-        f.create_dataset(schema.STATUS_MESSAGE, data=np.bytes_(""), dtype=schema.MESSAGE_DTYPE)
-
-        m = f.create_group(schema.MODEL)
-        lab = ("param",)
-        rows = layout.params
-        for field, values, dtype in (
-            ("name", [p.name for p in rows], STR),
-            ("layer", [p.layer for p in rows], STR),
-            ("group", [p.group for p in rows], STR),
-            ("shape", [json.dumps(list(p.shape)) for p in rows], STR),
-            ("offset", [p.offset for p in rows], np.int64),
-            ("numel", [p.numel for p in rows], np.int64),
-        ):
-            _labelled(f, schema.param_field(field), np.array(values, dtype=dtype), lab)
-        for field in ("name", "label", "kind", "group"):
-            values = [getattr(layer, field) for layer in layout.layers]
-            _labelled(f, schema.layer_field(field), np.array(values, dtype=STR), ("layer",))
-        numels = np.array([layer.numel for layer in layout.layers], dtype=np.int64)
-        _labelled(f, schema.layer_field("numel"), numels, ("layer",))
-        m.attrs[schema.MODEL_NUMEL] = layout.numel
-        m.attrs[schema.MODEL_HEAD_NUMEL] = layout.head_numel
-
-        f.create_group(schema.PARTITION)
-        _labelled(f, schema.LABEL_HISTOGRAM, hist, ("client", "class"))
-        _labelled(f, schema.CLIENT_SIZE, hist.sum(axis=1), ("client",))
-        sums = {schema.ATTR_CONFIG: schema.static_crc32(config_json)}
-        for name in (
-            schema.LABEL_HISTOGRAM,
-            schema.CLIENT_SIZE,
-            *(schema.layer_field(field) for field in schema.LAYER_FIELDS),
-            *(schema.param_field(field) for field in schema.PARAM_FIELDS),
-        ):
-            sums[name] = schema.static_crc32(f[name][()])
-        a[schema.STATIC_CRC] = json.dumps(sums, sort_keys=True)
-
-        g = f.create_group(schema.METRICS)
-        growable(g, "round", (), np.int64, schema.AX_ROUND)
-        for name in schema.METRIC_NAMES:
-            growable(g, name, (), schema.metric_dtype(name), schema.AX_ROUND)
-        c = f.create_group(schema.CLIENTS)
-        n = int(hist.shape[0])
-        for name in schema.CLIENT_METRICS:
-            growable(c, name, (n,), np.float64, schema.AX_ROUND_CLIENT, fill=np.nan)
-        f.create_group(schema.RECORDS)
 
     def declare_state(self, shapes: Mapping[str, Any]) -> None:
         """Create the resume-state slots ``state/<name>`` (2, *shape) and ``state/round`` (2,).
