@@ -197,13 +197,15 @@ PAPER = {"clients": 10, "epochs": 10, "images": 4500, "batch": 128}
 @contextmanager
 def instrumented(times: dict[str, float]) -> Iterator[None]:
     """Time the recorder's probe-CKA parts and local training inside a real run, by wrapping the
-    names ``driftscope.engine.recorder`` and ``driftscope.engine.inprocess`` call (restored afterwards):
+    names ``driftscope.engine.recorder``, ``driftscope.metrics.probe`` and ``driftscope.engine.inprocess``
+    call (restored afterwards):
     ``probe`` (``Recorder._probe_grams``: forward passes + Grams), ``gram`` (``centred_gram``),
     ``cka_math`` (``pairwise_cka``, ``rbf_from_linear_gram``), ``cka_write`` (appends under
     ``records/cka``), ``hooks`` (all of the recorder's hooks), ``client_hooks`` (its
     ``on_client_end``) and ``local`` (``local_train``)."""
     import driftscope.engine.inprocess as sim
     import driftscope.engine.recorder as rec
+    import driftscope.metrics.probe as probe
 
     saved: list[tuple[Any, str, Any]] = []
 
@@ -225,8 +227,8 @@ def instrumented(times: dict[str, float]) -> Iterator[None]:
         wrap(rec.Recorder, method, "hooks")
     wrap(rec.Recorder, "on_client_end", "client_hooks")
     wrap(rec, "centred_gram", "gram")
-    wrap(rec, "pairwise_cka", "cka_math")
-    wrap(rec, "rbf_from_linear_gram", "cka_math")
+    wrap(probe, "pairwise_cka", "cka_math")
+    wrap(probe, "rbf_from_linear_gram", "cka_math")
     wrap(rec, "append", "cka_write", only=lambda ds, *_: ds.name.startswith("/records/cka"))
     wrap(sim, "local_train", "local")
     try:
