@@ -26,12 +26,11 @@ function (module)              what it shows
 =============================  ================================================================
 
 Use :func:`paper_style` (a context manager) or :func:`set_style` for print-ready output.
-``tidy`` and ``communication_factor`` live in :mod:`driftscope.analysis` and are re-exported here.
+The tables they draw (``tidy``, ``communication_factor``) come from :mod:`driftscope.analysis.tables`.
 """
 
 from __future__ import annotations
 
-from driftscope.analysis.tables import communication_factor, tidy
 from driftscope.figures.accuracy import accuracy_curves
 from driftscope.figures.attribution import class_variance_heatmap, label_alignment_profile
 from driftscope.figures.chosen_layers import chosen_layers_map
@@ -49,7 +48,6 @@ __all__ = [
     "chosen_layers_map",
     "cka_by_layer",
     "class_variance_heatmap",
-    "communication_factor",
     "cosine_clustermap",
     "label_alignment_profile",
     "layer_heatmap",
@@ -60,6 +58,5 @@ __all__ = [
     "run_label",
     "run_labels",
     "set_style",
-    "tidy",
     "write_figures",
 ]
