@@ -19,14 +19,13 @@ import torch
 from conftest import small_config
 
 from driftscope import RunConfig, open_run, train
-from driftscope.analysis.tables import drift_table
+from driftscope.analysis.tables import communication_factor, drift_table, tidy
 from driftscope.data import Dataset
 from driftscope.engine.events import Hook
 from driftscope.errors import DivergenceError
 from driftscope.figures import (
     accuracy_curves,
     cka_by_layer,
-    communication_factor,
     cosine_clustermap,
     layer_heatmap,
     layer_profile,
@@ -34,7 +33,6 @@ from driftscope.figures import (
     partition_histogram,
     run_label,
     run_labels,
-    tidy,
     write_figures,
 )
 
