@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from driftscope.cli.flags import apply_threads, check_fits, default_out, resolve_config
 from driftscope.config import RunConfig
-from driftscope.engine.events import Hook
 from driftscope.errors import ConfigError, DriftscopeError
+
+if TYPE_CHECKING:
+    from driftscope.engine.events import Hook
 
 FLOWER_ONLY = ("supernodes", "client_cpus", "client_gpus")
 
