@@ -19,7 +19,7 @@ from driftscope.experiments.compare import (
     rounds_to,
     summarize,
 )
-from driftscope.experiments.report import format_compare
+from driftscope.experiments.compare_report import format_compare
 from driftscope.runfile.reader import open_run
 
 
@@ -92,7 +92,7 @@ def test_paired_differences_interval_and_test_against_scipy():
     from scipy import stats
 
     from driftscope.experiments.compare import Contrast, paired
-    from driftscope.experiments.report import format_paired
+    from driftscope.experiments.compare_report import format_paired
 
     a = [0.90, 0.95, 0.93, 0.97, np.nan]
     b = [0.88, 0.94, 0.94, 0.95, 0.90]

@@ -10,7 +10,7 @@ import pandas as pd
 from conftest import small_config
 
 from driftscope.engine.inprocess import Simulator
-from driftscope.experiments.report import format_reproduce
+from driftscope.experiments.compare_report import format_reproduce
 from driftscope.experiments.reproduce import ReproduceResult
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -216,7 +216,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"--target must be in (0, 1] (got {args.target}): a test accuracy")
     base = RunConfig.from_toml(args.config) if args.config else RunConfig()
     from driftscope.experiments.compare import compare, compare_arms, paired, summarize
-    from driftscope.experiments.report import format_compare, format_paired, markdown_table
+    from driftscope.experiments.compare_report import (
+        format_compare,
+        format_paired,
+        markdown_table,
+    )
 
     arms = compare_arms(args.arms)  # an unknown name fails before any training
     from driftscope.runfile.outputs import check_folder, check_output
@@ -293,7 +297,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = RunConfig().replace({"data.dataset": args.dataset, "model.name": model})
     check_fits(cfg)  # before any folder or file
     threads = apply_threads(cfg, args.threads)  # its line names the model reproduce trains
-    from driftscope.experiments.report import format_reproduce
+    from driftscope.experiments.compare_report import format_reproduce
     from driftscope.experiments.reproduce import check_reproduce_folder, reproduce, reproduce_folder
 
     out = check_folder(  # an empty --out is an error, not the current folder

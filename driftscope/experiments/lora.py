@@ -214,7 +214,7 @@ def _read_back(jobs: list, pretrained_acc: float, full_numel: int) -> LoraResult
 
 def format_lora(result: LoraResult) -> str:
     """The scenario's tables as markdown."""
-    from driftscope.experiments.report import markdown_table
+    from driftscope.experiments.compare_report import markdown_table
 
     runs = result.runs
     cols = [c for c in runs.columns if c not in ("seed", "modules")]
