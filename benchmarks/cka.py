@@ -21,9 +21,9 @@ from benchmarks.harness import (
 )
 from driftscope.config import RunConfig
 from driftscope.data import load_dataset
+from driftscope.engine.activations import capture_activations
 from driftscope.engine.events import Hook
 from driftscope.engine.inprocess import Simulator
-from driftscope.engine.recorder import capture_activations
 from driftscope.metrics.cka import pairwise_cka
 from driftscope.metrics.gram import centred_gram
 from driftscope.models.registry import build_model

@@ -244,9 +244,9 @@ def cka_round_components(base: RunConfig, ds: Dataset, tmp: Path, quick: bool) -
     step at the paper's batch size (128) for the extrapolation."""
     import torch
 
+    from driftscope.engine.activations import capture_activations, probe_index
     from driftscope.engine.events import Hook
     from driftscope.engine.inprocess import Simulator
-    from driftscope.engine.recorder import capture_activations, probe_index
     from driftscope.metrics.cka import cka_error_bound, pairwise_cka
     from driftscope.metrics.gram import centred_gram, gram32_error
     from driftscope.metrics.rbf import rbf_from_linear_gram

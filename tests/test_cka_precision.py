@@ -16,7 +16,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from driftscope.config import RunConfig
-from driftscope.engine.recorder import capture_activations
+from driftscope.engine.activations import capture_activations
 from driftscope.errors import ConfigError
 from driftscope.metrics import gram as gram_module
 from driftscope.metrics.cka import (

@@ -113,7 +113,8 @@ def test_chunk_columns_cover_the_parameter_with_little_waste(numel):
 
 
 def _recorder(writer, sim, cfg):
-    from driftscope.engine.recorder import Recorder, probe_index
+    from driftscope.engine.activations import probe_index
+    from driftscope.engine.recorder import Recorder
 
     rows = probe_index(cfg.seed, len(sim.test_y), cfg.record.probe_size)
     return Recorder(

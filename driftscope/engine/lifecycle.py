@@ -364,7 +364,8 @@ def recorder_for(
     normalised test inputs ``test_x`` drawn from the (seed, "probe") stream), the control-variate
     names of its algorithm, the training model's frozen parameters. What every engine of a
     driftscope config uses."""
-    from driftscope.engine.recorder import Recorder, probe_index
+    from driftscope.engine.activations import probe_index
+    from driftscope.engine.recorder import Recorder
 
     rc = cfg.record
     rows = probe_index(cfg.seed, len(test_x), rc.probe_size) if rc.probe_size else None
