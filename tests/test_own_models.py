@@ -17,7 +17,8 @@ from torch import nn
 
 from driftscope import open_run, train
 from driftscope.engine.events import Hook
-from driftscope.engine.inprocess import BUFFER_STATE, GLOBAL_PARAMS, Simulator
+from driftscope.engine.inprocess import Simulator
+from driftscope.engine.resume_state import BUFFER_STATE, GLOBAL_PARAMS
 from driftscope.errors import ConfigError
 from driftscope.models.registry import MODELS, ModelSpec, model_layout, register_model
 

@@ -19,7 +19,7 @@ from driftscope import open_run, train
 from driftscope.analysis.tables import drift_table, layer_summary
 from driftscope.data import TensorData
 from driftscope.engine.events import Hook
-from driftscope.engine.inprocess import BUFFER_STATE
+from driftscope.engine.resume_state import BUFFER_STATE
 from driftscope.errors import RunFileError
 
 torchvision = pytest.importorskip("torchvision")

@@ -22,7 +22,6 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
-from driftscope.algorithms import Algorithm
 from driftscope.algorithms.aggregate import client_weights
 from driftscope.config import RunConfig
 from driftscope.data import Dataset, TensorData
@@ -37,8 +36,16 @@ from driftscope.engine.events import (
     StateRows,
 )
 from driftscope.engine.lifecycle import INPROCESS, Lifecycle, round_ended
-from driftscope.engine.local import Augmentation, FlatParams, LocalResult, local_train
+from driftscope.engine.local import LocalResult, local_train
 from driftscope.engine.progress import Progress
+from driftscope.engine.resume_state import (
+    GLOBAL_PARAMS,
+    algorithm_state,
+    host_state,
+    named_state,
+    saved_buffers,
+    saved_client_buffers,
+)
 from driftscope.engine.setup import RunSetup
 from driftscope.errors import DivergenceError
 from driftscope.models.buffers import (
@@ -48,14 +55,8 @@ from driftscope.models.buffers import (
     load_buffers,
     read_buffers,
 )
-from driftscope.models.layout import ModelLayout
 
 ENGINE = INPROCESS
-GLOBAL_PARAMS = "global_params"  # state name of the global model; algorithm state: "algorithm/<k>"
-ALGORITHM_STATE = "algorithm/"
-BUFFER_STATE = "buffers/"  # the global buffers: "buffers/<name>"
-CLIENT_BUFFER_STATE = "client_buffers/"  # model.buffers "local": (N, ...) per buffer, and
-CLIENT_BUFFER_SET = "client_buffers_set"  # (N,) uint8: 1 where the client has buffers of its own
 
 
 class Simulator:
@@ -86,6 +87,26 @@ class Simulator:
     def _use(self, setup: RunSetup) -> None:
         self.setup = setup
         self.cfg = setup.cfg
+        # the setup's parts, readable here by their names (a RunSetup never replaces them)
+        self.layout = setup.layout
+        self.algorithm = setup.algorithm
+        self.model = setup.model
+        self.flat = setup.flat
+        self.device = setup.device
+        self.dataset = setup.dataset
+        self.parts = setup.parts
+        self.label_histogram = setup.label_histogram
+        self.client_x = setup.client_x
+        self.client_y = setup.client_y
+        self.test_x = setup.test_x
+        self.test_y = setup.test_y
+        self.augmentation = setup.augmentation
+        self.augment = setup.augment
+        self.data_on_device = setup.data_on_device
+        self.num_clients = setup.num_clients
+        self.frozen = setup.frozen
+        self.buffer_names = setup.buffer_names
+        self.local_buffers = setup.local_buffers
         self.global_params = setup.initial_params.clone()
         # buffers (driftscope.models.buffers): the global ones, and in "local" mode each client's own
         self.global_buffers = clone_buffers(setup.initial_buffers)
@@ -98,83 +119,7 @@ class Simulator:
             }
         self.round = 0  # the next round to train
 
-    # ------------------------------------------------------------------ the setup's parts
-    @property
-    def layout(self) -> ModelLayout:
-        return self.setup.layout
-
-    @property
-    def algorithm(self) -> Algorithm:
-        return self.setup.algorithm
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.setup.model
-
-    @property
-    def flat(self) -> FlatParams:
-        return self.setup.flat
-
-    @property
-    def device(self) -> torch.device:
-        return self.setup.device
-
-    @property
-    def dataset(self) -> Dataset:
-        return self.setup.dataset
-
-    @property
-    def parts(self) -> list[np.ndarray]:
-        return self.setup.parts
-
-    @property
-    def label_histogram(self) -> np.ndarray:
-        return self.setup.label_histogram
-
-    @property
-    def client_x(self) -> list[torch.Tensor]:
-        return self.setup.client_x
-
-    @property
-    def client_y(self) -> list[torch.Tensor]:
-        return self.setup.client_y
-
-    @property
-    def test_x(self) -> torch.Tensor:
-        return self.setup.test_x
-
-    @property
-    def test_y(self) -> torch.Tensor:
-        return self.setup.test_y
-
-    @property
-    def augmentation(self) -> Augmentation | None:
-        return self.setup.augmentation
-
-    @property
-    def augment(self) -> bool:
-        return self.setup.augment
-
-    @property
-    def data_on_device(self) -> bool:
-        return self.setup.data_on_device
-
-    @property
-    def num_clients(self) -> int:
-        return self.setup.num_clients
-
-    @property
-    def frozen(self) -> dict[str, torch.nn.Parameter]:
-        return self.setup.frozen
-
-    @property
-    def buffer_names(self) -> list[str]:
-        return self.setup.buffer_names
-
-    @property
-    def local_buffers(self) -> bool:
-        return self.setup.local_buffers
-
+    # ------------------------------------------------------------------ the setup's methods
     def build_model(self) -> torch.nn.Module:
         """A fresh model of this run's architecture (its parameters are not the run's)."""
         return self.setup.build_model()
@@ -334,62 +279,34 @@ class Simulator:
 
     # ------------------------------------------------------------------ state (resume)
     def state(self) -> dict[str, torch.Tensor]:
-        """What continuing the run needs besides the config: the global model and the algorithm's
-        state (control variates), by name. Tensors are the live ones: copy what you keep."""
-        out = {GLOBAL_PARAMS: self.global_params}
-        for name, tensor in self.algorithm.state_dict().items():
-            out[ALGORITHM_STATE + name] = tensor
-        for name, tensor in self.global_buffers.items():
-            out[BUFFER_STATE + name] = tensor
-        if self.local_buffers:
-            for name, tensor in self.client_buffers.items():
-                out[CLIENT_BUFFER_STATE + name] = tensor
-            out[CLIENT_BUFFER_SET] = self.client_buffers_set
-        return out
+        """What continuing the run needs besides the config: the global model, the algorithm's
+        state (control variates) and the buffers, by name (:mod:`driftscope.engine.resume_state`).
+        Tensors are the live ones: copy what you keep."""
+        local = (self.client_buffers, self.client_buffers_set) if self.local_buffers else None
+        return named_state(
+            self.global_params, self.algorithm.state_dict(), self.global_buffers, local
+        )
 
     def commit_state(self) -> dict[str, np.ndarray | StateRows]:
         """:meth:`state` as host arrays for the run file, once per round after the round: a
         per-client table (``c_clients``) as only the rows changed in the last two rounds
-        (:class:`~driftscope.engine.events.StateRows`; the writer's slot for this round held the state of
-        two rounds before), so committing costs O(sampled clients), not O(all clients)."""
-        rows = self.algorithm.changed_rows()
-        out: dict[str, np.ndarray | StateRows] = {}
-        for name, tensor in self.state().items():
-            key = name[len(ALGORITHM_STATE) :] if name.startswith(ALGORITHM_STATE) else None
-            if key is not None and key in rows:
-                index = rows[key]
-                values = tensor[torch.from_numpy(index).to(tensor.device)]
-                out[name] = StateRows(index, values.cpu().numpy())
-            else:
-                out[name] = tensor.detach().cpu().numpy()
-        return out
+        (:class:`~driftscope.engine.events.StateRows`; the writer's slot for this round held the
+        state of two rounds before), so committing costs O(sampled clients), not O(all clients)."""
+        return host_state(self.state(), self.algorithm.changed_rows())
 
     def load_state(self, state: Mapping[str, np.ndarray | torch.Tensor], next_round: int) -> None:
         """Continue at round ``next_round`` from a :meth:`state` saved after round next_round - 1."""
         self.global_params = torch.as_tensor(state[GLOBAL_PARAMS]).to(self.device).clone()
-        algo = {
-            k[len(ALGORITHM_STATE) :]: torch.as_tensor(v)
-            for k, v in state.items()
-            if k.startswith(ALGORITHM_STATE)
-        }
+        algo = algorithm_state(state)
         if algo:
             self.algorithm.load_state_dict(algo)
-        missing = [n for n in self.buffer_names if BUFFER_STATE + n not in state]
-        if missing:
-            from driftscope.errors import RunFileError
-
-            raise RunFileError(
-                f"the run file's resume state has no buffers ({missing[0]}, ...): it was written "
-                "before buffers were federated state; start the run again"
-            )
-        for name in self.buffer_names:
-            value = torch.as_tensor(state[BUFFER_STATE + name])
+        for name, value in saved_buffers(state, self.buffer_names).items():
             self.global_buffers[name] = value.to(self.device, self.global_buffers[name].dtype)
         if self.local_buffers:
-            for name in self.buffer_names:
-                value = torch.as_tensor(state[CLIENT_BUFFER_STATE + name])
+            per_client, which = saved_client_buffers(state, self.buffer_names)
+            for name, value in per_client.items():
                 self.client_buffers[name].copy_(value)
-            self.client_buffers_set.copy_(torch.as_tensor(state[CLIENT_BUFFER_SET]))
+            self.client_buffers_set.copy_(which)
         self.round = next_round
 
 
