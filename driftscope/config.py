@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from driftscope.algorithms import ALGORITHMS
+from driftscope.config_build import build_section, leaves, migrate_schema1, unknown_key
 from driftscope.data import DATASETS
 from driftscope.device import check_device_name
 from driftscope.errors import ConfigError
 from driftscope.models.registry import MODELS
-from driftscope.options import check_choices, check_number, coerce, field_types, option
-from driftscope.registry import checking_names, nearest
+from driftscope.options import check_choices, check_number, option
+from driftscope.registry import checking_names
 
 Partition = Literal["iid", "dirichlet", "shards", "custom"]  # custom: train(split=...)
 Buffers = Literal["average", "local"]
@@ -318,7 +319,7 @@ class RunConfig:
         to the chosen algorithm moves to ``train.params``, the other is dropped. Inside
         ``registry.names_unchecked()`` (a run file's config) names are kept as stored.
         """
-        return _build(cls, _migrate(raw), source, prefix="")
+        return build_section(cls, migrate_schema1(raw, TrainConfig.algorithm), source)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> RunConfig:
@@ -366,106 +367,10 @@ class RunConfig:
             for i, part in enumerate(parts[:-1]):
                 if part not in node or not isinstance(node[part], dict):
                     prefix = ".".join(parts[:i]) + "." if i else ""
-                    raise ConfigError(_unknown(".".join(parts[: i + 1]), node, prefix, True))
+                    raise ConfigError(unknown_key(".".join(parts[: i + 1]), node, prefix, True))
                 node = node[part]
             if parts[-1] not in node or isinstance(node[parts[-1]], dict):
                 prefix = ".".join(parts[:-1]) + "." if len(parts) > 1 else ""
-                raise ConfigError(_unknown(key, _leaves(node), prefix))
+                raise ConfigError(unknown_key(key, leaves(node), prefix))
             node[parts[-1]] = value
         return RunConfig.from_dict(raw, source="")
-
-
-# keys of schema-1 configs that moved to train.params
-_LEGACY_TRAIN_KEYS = ("mu", "body_momentum")
-
-
-def _migrate(raw: Any) -> Any:
-    """Schema-1 config -> current: train.mu / train.body_momentum move to train.params."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("train"), dict):
-        return raw
-    train = raw["train"]
-    legacy = {k: train[k] for k in _LEGACY_TRAIN_KEYS if k in train}
-    if not legacy:
-        return raw
-    train = {k: v for k, v in train.items() if k not in legacy}
-    algorithm = train.get("algorithm", TrainConfig.algorithm)
-    if algorithm in ALGORITHMS and "params" not in train:
-        own = {f.name for f in fields(ALGORITHMS.get(algorithm).Params)}
-        train["params"] = {k: v for k, v in legacy.items() if k in own}
-    return {**raw, "train": train}
-
-
-def _at(source: str) -> str:
-    """Message prefix naming where a value came from (a file), or nothing (overrides, flags)."""
-    return f"{source}: " if source else ""
-
-
-def _leaves(node: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in node.items() if not isinstance(v, dict)}
-
-
-def _unknown(key: str, valid: Any, prefix: str, section: bool = False) -> str:
-    """ "unknown key 'train.lrr': did you mean 'train.lr'? valid keys here: ..."."""
-    what = "section" if section else "key"
-    name = key[len(prefix) :]
-    names = list(valid)
-    guess = nearest(name, names)
-    hint = f" did you mean '{prefix}{guess}'?" if guess else ""
-    listing = ", ".join(prefix + k for k in names) if names else "none"
-    return f"unknown {what} '{key}':{hint} valid keys here: {listing}"
-
-
-def _params_owner(name: str, current: str) -> str | None:
-    """The first other algorithm whose Params has a field ``name``."""
-    for other, algo in ALGORITHMS.items():
-        if other != current and name in {f.name for f in fields(algo.Params)}:
-            return other
-    return None
-
-
-def _build(cls: type, raw: dict[str, Any], source: str, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{_at(source)}'{prefix.rstrip('.')}' must be a table")
-    known = {f.name: f for f in fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kinds = field_types(cls)
-    for name in raw:
-        if name not in known:
-            section = isinstance(raw[name], dict)
-            raise ConfigError(f"{_at(source)}" + _unknown(prefix + name, known, prefix, section))
-    kwargs: dict[str, Any] = {}
-    for name, value in raw.items():
-        if cls is TrainConfig and name == "params":
-            kwargs[name] = _build_params(raw, value, source)
-            continue
-        if dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = _build(hints[name], value, source, prefix=f"{prefix}{name}.")
-        else:
-            kwargs[name] = coerce(value, kinds[name], f"{prefix}{name}", _at(source))
-    return cls(**kwargs)
-
-
-def _build_params(train: dict[str, Any], value: Any, source: str) -> Any:
-    """``[train.params]`` against the Params of the algorithm chosen in the same table."""
-    algorithm = train.get("algorithm", TrainConfig.algorithm)
-    if not isinstance(algorithm, str):
-        raise ConfigError(f"{_at(source)}'train.algorithm' must be a string (got {algorithm!r})")
-    if algorithm not in ALGORITHMS and not checking_names():
-        return dict(value) if isinstance(value, dict) else {}  # as stored
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"{_at(source)}{ALGORITHMS.unknown_message(algorithm)}")
-    params_cls = ALGORITHMS.get(algorithm).Params
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{_at(source)}'train.params' must be a table")
-    own = {f.name for f in fields(params_cls)}
-    for name in value:
-        if name not in own:
-            owner = _params_owner(name, algorithm)
-            if owner is not None:
-                raise ConfigError(
-                    f"{_at(source)}'train.params.{name}' is a parameter of {owner}, not of "
-                    f"{algorithm}: remove it or choose algorithm {owner}"
-                )
-    return _build(params_cls, value, source, prefix="train.params.")
