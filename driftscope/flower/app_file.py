@@ -7,18 +7,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from logging import WARNING
+from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
-from flwr.app import ArrayRecord
+import torch
+from flwr.app import ArrayRecord, Message
 from flwr.supercore import log
 from torch import nn
 
 from driftscope.config import RecordConfig, RunConfig
-from driftscope.flower.replies import layout_from_arrays
+from driftscope.engine.events import Hook, RunStarted
+from driftscope.engine.lifecycle import Lifecycle
+from driftscope.flower import ENGINE
+from driftscope.flower.replies import (
+    LABEL_COUNTS_KEY,
+    ClientIds,
+    layout_from_arrays,
+    reply_metrics,
+)
+from driftscope.models.buffers import load_frozen
 from driftscope.models.layout import ModelLayout
 from driftscope.models.registry import model_layout
 from driftscope.runfile import schema
@@ -130,3 +142,105 @@ class AppSeries:
                 )
             for name in names:
                 append(f[f"{group}/{name}"], series.get(name, math.nan))
+
+
+@dataclasses.dataclass
+class AppRecording:
+    """A recorded app's run, opened at the first round's replies."""
+
+    life: Lifecycle  # the writer and the hooks (the caller's, then the recorder)
+    ids: ClientIds  # node id -> client
+    layout: ModelLayout
+    rule: str  # the head rule
+    num_clients: int
+    clients_per_round: int
+    series: AppSeries
+    buffer_like: dict[str, torch.Tensor]  # the probe model's buffers: names, shapes, dtypes
+
+
+def open_app_recording(
+    out: Path,
+    *,
+    overwrite: bool,
+    strategy: object,
+    arrays: ArrayRecord,
+    replies: Sequence[Message],
+    nodes: Sequence[int],
+    sent: Sequence[int],
+    num_rounds: int,
+    record: RecordConfig,
+    model_factory: Callable[[], nn.Module] | None,
+    probe_inputs: torch.Tensor | None,
+    head: Sequence[str],
+    app: dict[str, Any],
+    central: bool,
+    hooks: Sequence[Hook],
+) -> AppRecording:
+    """The run file of a recorded app, created at the first round's replies (``sent``: the nodes
+    the round was sent to; ``nodes``: the grid's): the head rule (printed), client identities,
+    clients = max(sent, identities' span), the label classes the replies report; the writer with
+    the app's attrs (``app``: its description and the strategy's settings), the recorder (its
+    probe model built by ``model_factory``, the app's frozen parameters loaded from ``arrays``),
+    the failed-clients table and the app's series; the run started. A failure closes the file as
+    failed."""
+    from driftscope.engine.recorder import Recorder
+    from driftscope.runfile.writer import RunWriter
+
+    layout, rule = head_layout(arrays, model_factory, head)
+    heads = ", ".join(p.name for p in layout.params if p.group == "head")
+    print(f"driftscope: head = {rule}: {heads}", file=sys.stderr)
+    ids = ClientIds(replies, nodes)
+    s = max(len(sent), 1)
+    n = max(s, ids.span)
+    counts = [reply_metrics(m).get(LABEL_COUNTS_KEY) for m in replies if not m.has_error()]
+    k = max((len(c) for c in counts if isinstance(c, list)), default=0)
+    weighted = isinstance(getattr(strategy, "weighted_by_key", None), str)
+    cfg = server_config(n, s, num_rounds, weighted, record)
+    histogram = np.zeros((n, k), dtype=np.int64)  # rows filled as the clients report
+    writer = RunWriter.create(
+        out,
+        config=cfg,
+        layout=layout,
+        label_histogram=histogram,
+        overwrite=overwrite,
+        engine=ENGINE,
+    )
+    try:
+        a = writer.file.attrs
+        a["flower_strategy"] = type(strategy).__name__
+        a[schema.APP_ATTR] = json.dumps(app["app"], sort_keys=False)
+        a[schema.APP_STRATEGY_ATTR] = json.dumps(app["strategy"])
+        a[schema.APP_HEAD_RULE_ATTR] = rule
+        a[schema.APP_CLIENT_IDENTITY_ATTR] = ids.rule
+        a[schema.APP_TEST_METRICS_ATTR] = (
+            "central evaluate_fn" if central else "none (no evaluate_fn)"
+        )
+        recorder = Recorder(
+            writer,
+            cfg.record,
+            layout,
+            clients_per_round=s,
+            num_clients=n,
+            model_factory=model_factory or nn.Module,
+            probe_inputs=probe_inputs,
+            probe_rows=np.arange(len(probe_inputs)) if probe_inputs is not None else None,
+        )
+        load_frozen(recorder.model, arrays, {p.name for p in layout.params})  # the app's
+        writer.declare_failed_clients()
+        series = AppSeries(writer.file, n)
+    except BaseException:
+        writer.close("failed", "could not set up the recording")
+        raise
+    life = Lifecycle([*hooks, recorder], writer=writer)
+    life.start(
+        RunStarted(
+            config=cfg,
+            layout=layout,
+            num_clients=n,
+            clients_per_round=s,
+            label_histogram=histogram,
+            engine=ENGINE,
+            app=app,
+        )
+    )
+    return AppRecording(life, ids, layout, rule, n, s, series, dict(recorder.fixed))

@@ -8,15 +8,19 @@ strategy's settings, and the layout of a model known only by its arrays. Used by
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from logging import WARNING
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
 
 from driftscope.errors import RunFileError
 from driftscope.models.layout import LayerInfo, ModelLayout, ParamInfo
@@ -47,6 +51,23 @@ def client_metrics(
         k = int(num_classes) if num_classes is not None else int(values.max(initial=-1)) + 1
         out[LABEL_COUNTS_KEY] = [int(c) for c in np.bincount(values, minlength=k)[:k]]
     return out
+
+
+def describe_app(
+    describe: Mapping[str, Any] | None, **named: str | None
+) -> tuple[dict[str, Any], str]:
+    """The app's description and its JSON: ``describe``'s settings, then the ``named`` ones
+    given (dataset, model, partition); each of :data:`DESCRIBED` not given is "unknown"."""
+    app: dict[str, Any] = {k: UNKNOWN for k in DESCRIBED}
+    for key, value in (describe or {}).items():
+        app[str(key)] = value
+    for key, value in named.items():
+        if value is not None:
+            app[key] = value
+    try:
+        return app, json.dumps(app, sort_keys=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"describe= must hold JSON values (numbers, strings): {err}") from None
 
 
 def check_out(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -123,7 +144,7 @@ def layout_from_arrays(arrays: ArrayRecord, head: Sequence[str] = ()) -> ModelLa
     return ModelLayout(tuple(params), tuple(layers))
 
 
-def _pick(metrics: Mapping[str, Any] | None, keys: Sequence[str]) -> float:
+def pick(metrics: Mapping[str, Any] | None, keys: Sequence[str]) -> float:
     if metrics is None:
         return math.nan
     for key in keys:
@@ -133,7 +154,7 @@ def _pick(metrics: Mapping[str, Any] | None, keys: Sequence[str]) -> float:
     return math.nan
 
 
-def _scalars(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+def scalars(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     """The numeric (not list) entries of a MetricRecord, by name ('/' made '_' for HDF5)."""
     if metrics is None:
         return {}
@@ -144,7 +165,7 @@ def _scalars(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     }
 
 
-def _weighted_mean(values: Mapping[int, float], weights: Mapping[int, int]) -> float:
+def weighted_mean(values: Mapping[int, float], weights: Mapping[int, int]) -> float:
     pairs = [(v, weights.get(c, 0)) for c, v in values.items() if math.isfinite(v)]
     total = sum(w for _, w in pairs)
     if not pairs:
@@ -167,7 +188,7 @@ class ClientIds:
     keeps its client); otherwise clients are numbered by ascending node id (random per run)."""
 
     def __init__(self, first_replies: Sequence[Message], nodes: Sequence[int]) -> None:
-        pids = [_pick(reply_metrics(m), (PARTITION_ID_KEY,)) for m in first_replies]
+        pids = [pick(reply_metrics(m), (PARTITION_ID_KEY,)) for m in first_replies]
         pids = [p for p, m in zip(pids, first_replies, strict=True) if not m.has_error()]
         self.by_partition = bool(pids) and all(math.isfinite(p) for p in pids)
         self.client_of: dict[int, int] = {}  # node id -> client
@@ -185,10 +206,73 @@ class ClientIds:
     def client(self, node: int, reply: Message | None, num_clients: int) -> int | None:
         """The client ``node`` answers for (None: not known, or outside the file's clients)."""
         if self.by_partition and reply is not None:
-            pid = _pick(reply_metrics(reply), (PARTITION_ID_KEY,))
+            pid = pick(reply_metrics(reply), (PARTITION_ID_KEY,))
             if math.isfinite(pid):
                 self.client_of[node] = int(pid)
         elif not self.by_partition and node not in self.client_of:
             self.client_of[node] = len(self.client_of)
         client = self.client_of.get(node)
         return client if client is not None and 0 <= client < num_clients else None
+
+
+def flat_arrays(arrays: ArrayRecord, layout: ModelLayout) -> torch.Tensor:
+    """The parameters of ``layout`` in ``arrays`` as one float32 vector, in layout order."""
+    out = torch.empty(layout.numel)
+    for p in layout.params:
+        values = np.asarray(arrays[p.name].numpy(), dtype=np.float32).reshape(-1)
+        out[p.offset : p.offset + p.numel] = torch.from_numpy(values)
+    return out
+
+
+def reply_arrays(reply: Message | None, key: object = None) -> tuple[ArrayRecord | None, str]:
+    """A train reply's arrays (the record named ``key``, the strategy's ``arrayrecord_key``, else
+    the first), or None and why the client counts as failed."""
+    if reply is None:
+        return None, "no reply within the round's timeout"
+    if reply.has_error():
+        return None, str(reply.error.reason)  # flwr: str | None
+    records = reply.content.array_records
+    if isinstance(key, str) and key in records:
+        return records[key], ""
+    record = next(iter(records.values()), None)
+    return record, "" if record is not None else "the reply holds no ArrayRecord"
+
+
+def round_rows(
+    sent: Sequence[int],
+    replies: Sequence[Message],
+    ids: ClientIds,
+    num_clients: int,
+    clients_per_round: int,
+    server_round: int,
+) -> tuple[list[int], dict[int, tuple[int, Message | None]]]:
+    """The round's recorded clients (ascending, at most ``clients_per_round``: the run file was
+    sized at round 1) and, per client, its node and reply (None: no reply). A node without a
+    client id, or a second node for one client, is left out with a warning."""
+    by_node = {m.metadata.src_node_id: m for m in replies}
+    rows: dict[int, tuple[int, Message | None]] = {}
+    for node in sent:
+        client = ids.client(node, by_node.get(node), num_clients)
+        if client is None or client in rows:
+            log(
+                WARNING,
+                "driftscope: round %d: node %d is left out of the recording (%s)",
+                server_round,
+                node,
+                "no partition-id reported"
+                if client is None
+                else f"a second node for client {client}",
+            )
+            continue
+        rows[client] = (node, by_node.get(node))
+    clients = sorted(rows)[:clients_per_round]
+    if len(clients) < len(rows):
+        log(
+            WARNING,
+            "driftscope records %d of the %d clients of round %d (the run file was sized at "
+            "round 1)",
+            len(clients),
+            len(rows),
+            server_round,
+        )
+    return clients, rows

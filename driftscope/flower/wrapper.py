@@ -22,13 +22,9 @@ writes the Gram matrices (and updates, and with ``model_factory`` + ``probe_inpu
 the client models) into a driftscope run file. The strategy itself receives exactly the calls and
 the replies it would without the wrapper, and its results are returned unchanged.
 
-What the run file holds besides the drift records (docs/flower.md has the whole list): the app
-as the caller described it (what it did not name is "unknown"), the strategy's class and public
-settings, the app's central ``evaluate_fn`` metrics as ``test_loss``/``test_accuracy`` (NaN
-without one) and every metric by name in ``app/central``, the strategy's federated evaluation in
-``app/federated``, client i = the node whose train replies carry ``partition-id`` = i (else
-ascending node id), client sizes from ``num-examples``, label counts from ``label-counts``, the
-head rule (patterns, else the model's ``head_prefixes``, else the last layer).
+The run file also holds the app as the caller described it, the strategy's settings, the app's
+own metric series, the clients' sizes and label counts as they report them and the head rule
+(:mod:`driftscope.flower.app_file`; docs/flower.md has the whole list).
 """
 
 from __future__ import annotations
@@ -40,7 +36,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from logging import WARNING
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -51,33 +46,33 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.result import Result
-from flwr.supercore import log
 from torch import nn
 
 from driftscope.config import RecordConfig
-from driftscope.engine.events import ClientTrained, Hook, RoundStarted, RunStarted
+from driftscope.engine.events import ClientTrained, Hook, RoundStarted
 from driftscope.engine.lifecycle import Lifecycle, round_ended
-from driftscope.flower import ENGINE
-from driftscope.flower.app_file import AppSeries, head_layout, server_config, write_partition
+from driftscope.flower.app_file import AppSeries, open_app_recording, write_partition
 from driftscope.flower.replies import (
     ACCURACY_KEYS,
-    DESCRIBED,
     LABEL_COUNTS_KEY,
     LOSS_KEYS,
     NUM_EXAMPLES_KEYS,
     PARTITION_ID_KEY,
     TRAIN_ACCURACY_KEYS,
     TRAIN_LOSS_KEYS,
-    UNKNOWN,
     ClientIds,
-    _pick,
-    _scalars,
-    _weighted_mean,
     check_out,
+    describe_app,
+    flat_arrays,
+    pick,
+    reply_arrays,
     reply_metrics,
+    round_rows,
+    scalars,
     strategy_settings,
+    weighted_mean,
 )
-from driftscope.models.buffers import arrays_buffers, load_frozen
+from driftscope.models.buffers import arrays_buffers
 from driftscope.models.layout import ModelLayout
 from driftscope.runfile import schema
 
@@ -157,17 +152,9 @@ class RecordingStrategy(Strategy):
         self.out = check_out(out, overwrite)
         if not Path(out).expanduser().is_absolute():
             print(f"driftscope: recording into {self.out}", file=sys.stderr)
-        app: dict[str, Any] = {k: UNKNOWN for k in DESCRIBED}
-        for key, value in (describe or {}).items():
-            app[str(key)] = value
-        for key, value in (("dataset", dataset), ("model", model), ("partition", partition)):
-            if value is not None:
-                app[key] = value
-        try:
-            self.app_json = json.dumps(app, sort_keys=False)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"describe= must hold JSON values (numbers, strings): {err}") from None
-        self.app = app
+        self.app, self.app_json = describe_app(
+            describe, dataset=dataset, model=model, partition=partition
+        )
         self.settings = strategy_settings(strategy)
         self.model_factory = model_factory
         self.probe_inputs = probe_inputs
@@ -244,82 +231,27 @@ class RecordingStrategy(Strategy):
 
     # ------------------------------------------------------------------ set-up (first round)
     def _open(self, arrays: ArrayRecord, replies: Sequence[Message]) -> None:
-        from driftscope.engine.recorder import Recorder
-        from driftscope.runfile.writer import RunWriter
-
-        layout, self.head_rule = head_layout(arrays, self.model_factory, self.head)
-        print(
-            f"driftscope: head = {self.head_rule}: "
-            + ", ".join(p.name for p in layout.params if p.group == "head"),
-            file=sys.stderr,
-        )
         assert self._grid is not None  # set by configure_train
-        nodes = list(self._grid.get_node_ids())
-        self.ids = ids = ClientIds(replies, nodes)
-        s = max(len(self._sent), 1)
-        n = max(s, ids.span)
-        counts = [reply_metrics(m).get(LABEL_COUNTS_KEY) for m in replies if not m.has_error()]
-        k = max((len(c) for c in counts if isinstance(c, list)), default=0)
-        self.layout, self.num_clients, self.clients_per_round = layout, n, s
-        weighted = isinstance(getattr(self.strategy, "weighted_by_key", None), str)
-        cfg = server_config(n, s, self.num_rounds, weighted, self.record)
-        histogram = np.zeros((n, k), dtype=np.int64)  # rows filled as the clients report
-        writer = RunWriter.create(
+        rec = open_app_recording(
             self.out,
-            config=cfg,
-            layout=layout,
-            label_histogram=histogram,
             overwrite=self.overwrite,
-            engine=ENGINE,
+            strategy=self.strategy,
+            arrays=arrays,
+            replies=replies,
+            nodes=list(self._grid.get_node_ids()),
+            sent=self._sent,
+            num_rounds=self.num_rounds,
+            record=self.record,
+            model_factory=self.model_factory,
+            probe_inputs=self.probe_inputs,
+            head=self.head,
+            app={"app": json.loads(self.app_json), "strategy": self.settings},
+            central=self.central,
+            hooks=self.user_hooks,
         )
-        try:
-            a = writer.file.attrs
-            a["flower_strategy"] = type(self.strategy).__name__
-            a[schema.APP_ATTR] = self.app_json
-            a[schema.APP_STRATEGY_ATTR] = json.dumps(self.settings)
-            a[schema.APP_HEAD_RULE_ATTR] = self.head_rule
-            a[schema.APP_CLIENT_IDENTITY_ATTR] = ids.rule
-            a[schema.APP_TEST_METRICS_ATTR] = (
-                "central evaluate_fn" if self.central else "none (no evaluate_fn)"
-            )
-            probe = self.probe_inputs
-            recorder = Recorder(
-                writer,
-                cfg.record,
-                layout,
-                clients_per_round=s,
-                num_clients=n,
-                model_factory=self.model_factory or nn.Module,
-                probe_inputs=probe,
-                probe_rows=np.arange(len(probe)) if probe is not None else None,
-            )
-            load_frozen(recorder.model, arrays, {p.name for p in layout.params})  # the app's
-            self._buffer_like = dict(recorder.fixed)  # the buffers' names, shapes and dtypes
-            writer.declare_failed_clients()
-            self.series = AppSeries(writer.file, n)
-        except BaseException:
-            writer.close("failed", "could not set up the recording")
-            raise
-        self.life = Lifecycle([*self.user_hooks, recorder], writer=writer)
-        self.life.start(
-            RunStarted(
-                config=cfg,
-                layout=layout,
-                num_clients=n,
-                clients_per_round=s,
-                label_histogram=histogram,
-                engine=ENGINE,
-                app={"app": json.loads(self.app_json), "strategy": self.settings},
-            )
-        )
-
-    def _flat(self, arrays: ArrayRecord) -> torch.Tensor:
-        assert self.layout is not None
-        out = torch.empty(self.layout.numel)
-        for p in self.layout.params:
-            values = np.asarray(arrays[p.name].numpy(), dtype=np.float32).reshape(-1)
-            out[p.offset : p.offset + p.numel] = torch.from_numpy(values)
-        return out
+        self.life, self.ids, self.layout, self.head_rule = rec.life, rec.ids, rec.layout, rec.rule
+        self.num_clients, self.clients_per_round = rec.num_clients, rec.clients_per_round
+        self.series, self._buffer_like = rec.series, rec.buffer_like
 
     # ------------------------------------------------------------------ training round
     def configure_train(
@@ -346,33 +278,10 @@ class RecordingStrategy(Strategy):
             return result
         assert life.writer is not None
         r = server_round - 1
-        x = self._x = self._flat(self._arrays)
-        by_node = {m.metadata.src_node_id: m for m in replies}
-        rows: dict[int, tuple[int, Message | None]] = {}
-        for node in self._sent:
-            client = self.ids.client(node, by_node.get(node), self.num_clients)
-            if client is None or client in rows:
-                log(
-                    WARNING,
-                    "driftscope: round %d: node %d is left out of the recording (%s)",
-                    server_round,
-                    node,
-                    "no partition-id reported"
-                    if client is None
-                    else f"a second node for client {client}",
-                )
-                continue
-            rows[client] = (node, by_node.get(node))
-        clients = sorted(rows)[: self.clients_per_round]
-        if len(clients) < len(rows):
-            log(
-                WARNING,
-                "driftscope records %d of the %d clients of round %d (the run file was sized at "
-                "round 1)",
-                len(clients),
-                len(rows),
-                server_round,
-            )
+        x = self._x = flat_arrays(self._arrays, self.layout)
+        clients, rows = round_rows(
+            self._sent, replies, self.ids, self.num_clients, self.clients_per_round, server_round
+        )
         self._round_clients = clients
         life.round_start(RoundStarted(r, tuple(clients)))
         update = torch.empty_like(x)
@@ -384,18 +293,14 @@ class RecordingStrategy(Strategy):
         for client in clients:
             node, reply = rows[client]
             node_ids[client] = node
-            y, buffers = None, {}  # a failed client's CKA rows are NaN (RoundEnded.failed)
-            if reply is None:
-                failed[client] = "no reply within the round's timeout"
-            elif reply.has_error():
-                failed[client] = str(reply.error.reason)  # flwr: str | None
+            # a failed client's CKA rows are NaN (RoundEnded.failed)
+            record, why = reply_arrays(reply, getattr(self.strategy, "arrayrecord_key", None))
+            y, buffers = None, {}
+            if record is None:
+                failed[client] = why
             else:
-                record = self._reply_arrays(reply)
-                if record is None:
-                    failed[client] = "the reply holds no ArrayRecord"
-                else:
-                    y = self._flat(record)
-                    buffers = arrays_buffers(record, self._buffer_like)
+                y = flat_arrays(record, self.layout)
+                buffers = arrays_buffers(record, self._buffer_like)
             if y is None:  # NaN Gram rows; probed as the global model, its CKA rows NaN
                 y = x
                 update.fill_(math.nan)
@@ -404,23 +309,23 @@ class RecordingStrategy(Strategy):
                 assert reply is not None  # y came from it
                 torch.sub(y, x, out=update)
                 metrics = reply_metrics(reply)
-                picked = _pick(metrics, NUM_EXAMPLES_KEYS)
+                picked = pick(metrics, NUM_EXAMPLES_KEYS)
                 num = 0 if math.isnan(picked) else int(picked)
-                loss, acc = _pick(metrics, TRAIN_LOSS_KEYS), _pick(metrics, TRAIN_ACCURACY_KEYS)
+                loss, acc = pick(metrics, TRAIN_LOSS_KEYS), pick(metrics, TRAIN_ACCURACY_KEYS)
                 losses[client], accs[client], sizes[client] = loss, acc, num
                 write_partition(life.writer.file, client, num, metrics.get(LABEL_COUNTS_KEY))
             life.client_end(
                 ClientTrained(r, client, num, 0, loss, acc, update, y, self.layout, buffers)
             )
         agg_arrays, agg_metrics = result
-        new_x = self._flat(agg_arrays) if agg_arrays is not None else x.clone()
+        new_x = flat_arrays(agg_arrays, self.layout) if agg_arrays is not None else x.clone()
         train = {  # a weighted mean of partition ids or sizes means nothing
             k: v
-            for k, v in _scalars(agg_metrics).items()
+            for k, v in scalars(agg_metrics).items()
             if k not in (PARTITION_ID_KEY, *NUM_EXAMPLES_KEYS)
         }
-        train_loss = _pick(agg_metrics, TRAIN_LOSS_KEYS)
-        train_acc = _pick(agg_metrics, TRAIN_ACCURACY_KEYS)
+        train_loss = pick(agg_metrics, TRAIN_LOSS_KEYS)
+        train_acc = pick(agg_metrics, TRAIN_ACCURACY_KEYS)
         self._pending = {
             "round": r,
             "new_x": new_x,
@@ -429,8 +334,8 @@ class RecordingStrategy(Strategy):
             "losses": losses,
             "accs": accs,
             "train": train,
-            "train_loss": train_loss if agg_metrics else _weighted_mean(losses, sizes),
-            "train_accuracy": train_acc if agg_metrics else _weighted_mean(accs, sizes),
+            "train_loss": train_loss if agg_metrics else weighted_mean(losses, sizes),
+            "train_accuracy": train_acc if agg_metrics else weighted_mean(accs, sizes),
             "federated": {},
             "node_ids": node_ids,
             "answered": len(clients) - len(failed),
@@ -447,17 +352,10 @@ class RecordingStrategy(Strategy):
     ) -> MetricRecord | None:
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
         if self._pending is not None:
-            self._pending["federated"] = _scalars(metrics)
+            self._pending["federated"] = scalars(metrics)
             if not self.central:
                 self._commit()
         return metrics
-
-    def _reply_arrays(self, reply: Message) -> ArrayRecord | None:
-        records = reply.content.array_records
-        key = getattr(self.strategy, "arrayrecord_key", None)
-        if isinstance(key, str) and key in records:
-            return records[key]
-        return next(iter(records.values()), None)
 
     def _commit(self, central: MetricRecord | None = None) -> None:
         """The round's end: the recorder's Grams (and CKA), the metrics, the commit marker."""
@@ -465,7 +363,7 @@ class RecordingStrategy(Strategy):
         life = self.life
         assert p is not None and life is not None and life.writer is not None  # _train
         assert self.layout is not None
-        central_values = _scalars(central)
+        central_values = scalars(central)
         assert self.series is not None
         self.series.append(
             p["node_ids"],
@@ -481,7 +379,7 @@ class RecordingStrategy(Strategy):
             round_ended(
                 round=p["round"],
                 clients=self._round_clients,
-                test=(_pick(central_values, LOSS_KEYS), _pick(central_values, ACCURACY_KEYS)),
+                test=(pick(central_values, LOSS_KEYS), pick(central_values, ACCURACY_KEYS)),
                 losses=p["losses"],
                 accuracies=p["accs"],
                 train=(p["train_loss"], p["train_accuracy"]),
