@@ -195,7 +195,7 @@ class Recorder(Hook):
         f.require_group(schema.UPDATES)
         dtype = np.dtype(cfg.update_dtype)
         for p in self.stored:
-            # whole chunks without a filter, checked by a CRC-32 per client (schema.py: Checksums)
+            # whole chunks without a filter, checked by a CRC-32 per client (docs/file-format.md)
             ds = growable(
                 f,
                 schema.updates_path(p.name),

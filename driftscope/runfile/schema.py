@@ -4,84 +4,12 @@ This is the only module that spells a run-file path. The writer (:mod:`driftscop
 recorder (:mod:`driftscope.engine.recorder`), the reader (:mod:`driftscope.runfile.reader`) and the benchmarks
 build paths with the names and functions below. Torch-free.
 
-Layout (schema version 2; every array's axes are labelled with ``dims[i].label``; S = clients per
-round, N = clients, n = probe size)::
-
-    /                           attrs: format="driftscope-run", schema_version, driftscope_version,
-                                       config (JSON), environment (JSON), created (ISO 8601),
-                                       engine, writer_host, writer_pid, writer_started (v2)
-    /status                     scalar string: running | complete | diverged | interrupted | failed
-    /status_message             scalar string: why it stopped, if it did not complete
-    /model/param_*              name, layer, group, shape (JSON), offset, numel  (param,)
-    /model/layer_*              name, label, kind, group, numel                 (layer,)
-    /partition/label_histogram  (client, class) int64
-    /partition/client_size      (client,)
-    /metrics/<name>             (round,)  see METRIC_NAMES
-    /metrics/round              (round,)  written last in a round: the commit marker
-    /clients/train_loss         (round, client) NaN where a client did not take part
-    /clients/train_accuracy     (round, client)
-    /clients/failed             (round, client) int8, Flower runs only: 1 = reply failed
-    /clients/test_loss          (round, client) f64 the global model's loss and accuracy on each
-    /clients/test_accuracy      (round, client) f64 client's held-out data, NaN on rounds not
-                                                    evaluated (data.client_test_fraction > 0 only;
-                                                    attr held_out_size: (client,) rows held out)
-    /records/round              (rec,)              recorded rounds; written last among records
-    /records/clients            (rec, S)            which clients took part, in row order
-    /records/gram/<param>       (rec, S, S) f64     G_ij = <d_i, d_j> of the parameter's updates
-    /records/control_norm/<param> (rec, 1 + N) f32  ||c|| then ||c_i|| (SCAFFOLD, FedPVR)
-    /records/global/sq_norm/<param> (rec,) f64      ||w||^2 of the global model the round started
-                                                    from (absent in older files: not recorded)
-    /records/global/dot/<param> (rec, S) f64        <w, d_i> of that global model and each
-                                                    client's update (L-DAWA's angle; same)
-    /algorithm/<key>            (round, layer)      per-layer values an algorithm reports each round
-                                                    (fedpvr_auto: chosen_layers u8, layer_variance)
-    /records/update_round       (upd,)              rounds whose full updates are stored
-    /records/updates/<param>    (upd, S, numel)     client updates, float32 or float16
-    /records/global_params/<param> (upd, numel) f64 the global value the round started from, of
-                                                    each stored LoRA factor (metrics/lora.py;
-                                                    absent in older files and runs without LoRA)
-    /records/update_crc         (upd, stored, S) u32 CRC-32 of each client's stored update of each
-                                                    stored parameter (attr params: their names, in
-                                                    order; v2, absent in older files: "Checksums")
-    /records/global_model/round (kept,)             rounds whose global model is kept
-                                                    (record.global_every > 0 only); written last
-    /records/global_model/params (kept, P) f32      the global (trained) parameters after the round,
-                                                    flat in model/param_* order
-    /records/global_model/buffers/<name> (kept, ...) the global module buffers after the round,
-                                                    in their own dtype
-    /records/global_model/frozen/<name> (...)       the frozen parameters (never trained), once
-    /records/probe_index        (n,)                test-set rows of the probe set
-    /records/cka_round          (cka,)              rounds with probe CKA
-    /records/cka/<kind>/<layer> (cka, S+1, S+1) f64 pairwise CKA of the S client models and the new
-                                                    global model (last index)
-                                                    (/records attr cka_precision: float32 or
-                                                    float64 probe Grams; absent: float64)
-    /state/round                (2,) int64          the round whose end state each slot holds (-1:
-                                                    none); written after the slot, before the
-                                                    round's commit marker (v2)
-    /state/<name>               (2, ...)            resume state by name (global_params,
-                                                    algorithm/c, ...), slot round % 2 (v2)
-    attrs resumed_from          int64 array: the first round trained after each resume (v2)
-
-Schema 2 adds the writer's identity (so a reader can tell a live writer from a killed one), the
-engine, the resume-state slots and checksums; everything else is schema 1, and the reader reads
-both (:data:`READABLE_VERSIONS`).
-
-Checksums (schema 2): every chunked dataset carries HDF5's fletcher32 filter, which HDF5 checks on
-every read, except the stored client updates, the bulk of a run file. Those are written as whole
-chunks without a filter, and the CRC-32 (zlib's polynomial) of each client's update of each
-parameter, over its bytes as stored, goes to ``records/update_crc`` (:func:`row_crc32`, one row
-per stored round, one append);
-the updates dataset then has the attribute ``checksum = "crc32"`` and the reader checks every row
-it reads. Files written before this change keep fletcher32 on the updates (no ``update_crc``) and
-read as before; a schema-2 reader that does not know ``update_crc`` reads the new files too (it
-ignores the extra datasets and reads the updates unchecked). Why not fletcher32 there: computing
-it costs about as much as writing the bytes (HDF5's filter: 2.1-2.4x the write time; in numpy:
-~8 GB/s), a CRC-32 from ISA-L ~50 GB/s (``benchmarks/checksum_cost.py``). The version stays 2:
-nothing a schema-2 reader reads changed meaning.
-
-Next to the run file ``run.h5`` a writer holds the lock file ``run.h5.lock`` (:func:`lock_path`),
-and writes a new run to :func:`temp_path` before moving it into place.
+The layout drawn as a tree, what schema 2 adds to schema 1 (both readable:
+:data:`READABLE_VERSIONS`) and the checksums (fletcher32 on every chunked dataset, a CRC-32 per
+stored client update, :func:`row_crc32`; :func:`static_crc32` for the static parts):
+``docs/file-format.md``. Next to the run file ``run.h5`` a writer holds the lock file
+``run.h5.lock`` (:func:`lock_path`) and writes a new run to :func:`temp_path` before moving it
+into place.
 """
 
 from __future__ import annotations
