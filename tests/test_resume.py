@@ -145,6 +145,7 @@ import torch
 torch.set_num_threads(1)
 from driftscope import RunConfig, train
 from driftscope.engine.events import Hook
+from driftscope.runfile.state_slots import StateSlots
 from driftscope.runfile.writer import RunWriter
 
 cfg = RunConfig.from_dict(json.loads(sys.argv[1]))
@@ -158,7 +159,7 @@ class MidRound(Hook):  # after the round's first client
         if event.round == at:
             die()
 
-write_state, mark = RunWriter._write_state, RunWriter._mark
+write_state, mark = StateSlots.write, RunWriter._mark
 
 def half_state(self, round, state):  # the first array of the round's state slot, then death
     if round == at:
@@ -175,7 +176,7 @@ def before_marker(self, round):  # records, metrics and state written, commit ma
     mark(self, round)
 
 if where == "state":
-    RunWriter._write_state = half_state
+    StateSlots.write = half_state
 if where == "marker":
     RunWriter._mark = before_marker
 train(cfg, sys.argv[2], hooks=[MidRound()] if where == "client" else [])

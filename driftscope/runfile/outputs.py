@@ -4,8 +4,10 @@
 one ending in a separator, a name too long for the run's side files or a path whose folder cannot
 be created; ``check_folder`` creates an output folder (figures, compare, reproduce) or refuses it
 in one line; :class:`Lock` is the writer's ``flock`` on ``<run file>.lock`` (host and
-PID inside, released by the kernel if the process dies); :func:`write_error` names what a failed
-write ran into. Used by :mod:`driftscope.runfile.writer` and the CLI.
+PID inside, released by the kernel if the process dies), under which :func:`remove_stale_temps`
+deletes the temporary files of killed writers; :func:`room_shortfall` says when the disk leaves no
+room for another round; :func:`write_error` names what a failed write ran into. Used by
+:mod:`driftscope.runfile.writer` and the CLI.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import os
 import platform
+import resource
 from pathlib import Path
 
 from driftscope.errors import RunFileError
@@ -64,6 +68,38 @@ class Lock:
         with contextlib.suppress(OSError):
             os.close(self.fd)
         self.fd = None
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete the temporary files (:func:`schema.temp_path`) of earlier writers on ``path`` that
+    were killed before their first commit. Call it under ``path``'s :class:`Lock`: every writer
+    holds it for its whole life, so no living writer owns one."""
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        if stale.name[len(prefix) : -len(".tmp")].isdigit():
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def room_shortfall(size: int, most: int, folder: Path) -> str | None:
+    """Why the next round of a run file of ``size`` bytes in ``folder`` may not fit: the free disk
+    (or the file-size limit) leaves less than ``most``, the most one round has added so far, plus a
+    margin. None when it fits or the room cannot be told.
+
+    HDF5 cannot recover from a write that fails half-way (its metadata may then point past the end
+    of the file), so the writer stops before such a round rather than during it."""
+    try:
+        vfs = os.statvfs(folder)
+    except (OSError, ValueError):
+        return None
+    room = vfs.f_bavail * vfs.f_frsize
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        room = min(room, limit - size)
+    if most <= 0 or room >= most + most // 4 + (1 << 16):
+        return None
+    what = "file size limit" if limit != resource.RLIM_INFINITY and room == limit - size else "disk"
+    return f"the {what} leaves {room:,} bytes, too few for another round ({most:,} bytes)"
 
 
 def unwritable(path: Path, err: OSError) -> str:

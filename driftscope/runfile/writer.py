@@ -20,11 +20,9 @@ errors as one error): ``docs/file-format.md``, section "The writer's safety".
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
-import resource
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +30,21 @@ import h5py
 import numpy as np
 
 from driftscope.config import RunConfig
-from driftscope.engine.events import RoundEnded, StateRows
+from driftscope.engine.events import RoundEnded
 from driftscope.errors import RunFileError
 from driftscope.models.layout import ModelLayout
 from driftscope.runfile import schema
 from driftscope.runfile.h5write import CHUNK_CACHE, append, growable
-from driftscope.runfile.outputs import Lock, RunWriteError, check_output, unwritable, write_error
+from driftscope.runfile.outputs import (
+    Lock,
+    RunWriteError,
+    check_output,
+    remove_stale_temps,
+    room_shortfall,
+    unwritable,
+    write_error,
+)
+from driftscope.runfile.state_slots import StateSlots
 from driftscope.runfile.static import write_static
 
 __all__ = ["RunWriter"]
@@ -65,7 +72,7 @@ class RunWriter:
         self._lock = lock
         self._swmr = False
         self._closed = False
-        self._state: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self._slots = StateSlots(file)  # the resume state, two slots
         self._handles: dict[str, h5py.Dataset] = {}
         self._size = 0  # file size after the last commit
         self._most = 0  # the most one round has added
@@ -95,7 +102,7 @@ class RunWriter:
         try:
             # checked again under the lock: another writer may have finished in between
             check_output(path, overwrite)
-            _remove_stale_temps(path)
+            remove_stale_temps(path)
             temp = schema.temp_path(path, os.getpid())
             try:
                 f = h5py.File(temp, "w", libver="latest", **CHUNK_CACHE)
@@ -145,31 +152,7 @@ class RunWriter:
         committed round's state whole. Call before :meth:`start_swmr`."""
         if self._swmr:
             raise RunFileError("declare_state must come before start_swmr")
-        f = self.file
-        if schema.STATE_ROUND not in f:  # chunked for the checksum: it says which slot is whole
-            f.create_dataset(
-                schema.STATE_ROUND,
-                data=np.full(schema.STATE_SLOTS, -1, np.int64),
-                chunks=(schema.STATE_SLOTS,),
-                fletcher32=schema.CHECKSUM,
-            )
-        for name, spec in shapes.items():
-            if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], tuple | list):
-                dtype: np.dtype[Any]
-                shape, dtype = tuple(int(s) for s in spec[0]), np.dtype(spec[1])
-            else:
-                shape, dtype = tuple(int(s) for s in spec), np.dtype(np.float32)
-            full = (schema.STATE_SLOTS, *shape)
-            kwargs: dict[str, Any] = {}
-            if int(np.prod(full)) > 0:
-                chunks = (1, *shape) if shape else True
-                if len(shape) >= 2:  # per-client rows (c_clients): chunks of whole rows, <= 1 MiB,
-                    # so writing the rows changed in a round touches only their chunks
-                    row = int(np.prod(shape[1:])) * dtype.itemsize
-                    chunks = (1, max(1, min(shape[0], (1 << 20) // max(1, row))), *shape[1:])
-                kwargs = {"chunks": chunks, "fletcher32": schema.CHECKSUM}
-            f.create_dataset(schema.state_path(name), shape=full, dtype=dtype, **kwargs)
-            self._state[name] = (shape, dtype)
+        self._slots.declare(shapes)
 
     def declare_algorithm_record(self, record: Mapping[str, Any]) -> None:
         """Create ``algorithm/<key>`` (round, layer) for each per-layer array the algorithm reports
@@ -259,66 +242,36 @@ class RunWriter:
             append(self._ds(schema.CLIENT_FAILED), row)
         rnd = int(event.round)
         if state:
-            self._write_state(rnd, state)
+            self._slots.write(rnd, state)
         for key, value in (algorithm_record or {}).items():
             append(self._ds(schema.algorithm_record_path(key)), np.asarray(value))
         self._mark(rnd)
         self._move_into_place()
         self._check_room(rnd)
 
-    def _write_state(self, round: int, state: Mapping[str, Any]) -> None:
-        """Overwrite slot ``round % 2``, then say which round it holds; the other slot keeps the
-        previous committed round's state until this round's commit marker is written."""
-        slot = schema.state_slot(round)
-        for name, value in state.items():
-            if schema.state_path(name) not in self.file:
-                raise RunFileError(f"resume state '{name}' was not declared (declare_state)")
-            if isinstance(value, StateRows):  # only the rows changed since this slot's round
-                if len(value.rows):
-                    self._ds(schema.state_path(name))[slot, value.rows] = value.values
-                continue
-            arr = value.detach().cpu().numpy() if hasattr(value, "detach") else value
-            self._ds(schema.state_path(name))[slot] = np.asarray(arr)
-        self._ds(schema.STATE_ROUND)[slot] = round
-
     def _mark(self, round: int) -> None:
         append(self._ds(schema.METRICS_ROUND), round)  # commit marker: written last
         self.file.flush()
 
     def _check_room(self, rnd: int) -> None:
-        """Stop cleanly before a round that would not fit: HDF5 cannot recover from a write that
-        fails half-way (its metadata may then point past the end of the file), so the writer
-        refuses to start a round when the space left (free disk, or the file-size limit) is less
-        than the most any round took so far, plus a margin."""
+        """Stop cleanly before a round that would not fit (:func:`room_shortfall`): status
+        "failed", the file closed with every committed round."""
         try:
             size = os.fstat(int(self.file.id.get_vfd_handle())).st_size
-            vfs = os.statvfs(self.path.parent)
         except (OSError, ValueError, RuntimeError, TypeError):
             return
-        grown = size - self._size
+        self._most = max(self._most, size - self._size)  # rounds differ (updates every few rounds)
         self._size = size
-        self._most = max(self._most, grown)  # rounds differ (updates every few rounds)
-        grown = self._most
-        room = vfs.f_bavail * vfs.f_frsize
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        if limit != resource.RLIM_INFINITY:
-            room = min(room, limit - size)
-        if grown > 0 and room < grown + grown // 4 + (1 << 16):
-            what = (
-                "file size limit"
-                if limit != resource.RLIM_INFINITY and room == limit - size
-                else "disk"
-            )
-            reason = (
-                f"the {what} leaves {room:,} bytes, too few for another round ({grown:,} bytes); "
-                f"stopped after round {rnd}, the file keeps every committed round"
-            )
-            self._set_status("failed", reason)
-            self._closed = True
-            self.file.close()
-            if self._lock is not None:
-                self._lock.release()
-            raise RunFileError(f"cannot write {self.path}: {reason}")
+        short = room_shortfall(size, self._most, self.path.parent)
+        if short is None:
+            return
+        reason = f"{short}; stopped after round {rnd}, the file keeps every committed round"
+        self._set_status("failed", reason)
+        self._closed = True
+        self.file.close()
+        if self._lock is not None:
+            self._lock.release()
+        raise RunFileError(f"cannot write {self.path}: {reason}")
 
     # ------------------------------------------------------------------ status, close
     def set_status(self, status: str, message: str = "") -> None:
@@ -365,13 +318,13 @@ class RunWriter:
         if self._lock is not None:
             self._lock.release()
 
-    def guarded(self, fn: Any, *args: Any) -> None:
+    def guarded(self, fn: Callable[..., object], *args: Any) -> None:
         """Run ``fn(*args)``, a write into this file by another part, as :meth:`commit` runs its
         own: an OSError marks the run failed once, closes the file and becomes one RunFileError.
         The recorder's whole-chunk writes need it: they reach the disk at once, not at a flush."""
         self._guard(fn, *args)
 
-    def _guard(self, fn: Any, *args: Any) -> None:
+    def _guard(self, fn: Callable[..., object], *args: Any) -> None:
         """Run a write; an OSError (disk full, size limit) marks the run failed once, closes the
         file and becomes one RunFileError."""
         if self._closed:
@@ -417,14 +370,3 @@ class RunWriter:
             null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, fd)
             os.close(null)
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """Delete temporary files of earlier writers on ``path`` that were killed before their first
-    commit. Called under ``path``'s lock, which every writer holds for its whole life, so no
-    living writer owns one."""
-    prefix = f".{path.name}."
-    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        if stale.name[len(prefix) : -len(".tmp")].isdigit():
-            with contextlib.suppress(OSError):
-                stale.unlink()
