@@ -6,13 +6,11 @@ import sys
 import pytest
 
 from driftscope import open_run
-from driftscope.cli import (
-    COMMANDS,
-    FLAG_KEYS,
+from driftscope.cli import COMMANDS, build_parser, main
+from driftscope.cli.flags import (
     Flag,
-    build_parser,
     choose_threads,
-    main,
+    flag_keys,
     param_owners,
     resolve_config,
     run_flags,
@@ -89,7 +87,7 @@ def test_every_run_flag_sets_its_config_key():
     defaults = RunConfig().to_dict()
     owners = param_owners()
     flags = run_flags()
-    assert {f.dest for f in flags} == set(FLAG_KEYS)
+    assert {f.dest for f in flags} == set(flag_keys())
     assert {f.key for f in flags if f.key.startswith("train.params.")} == {
         f"train.params.{n}" for n in owners
     }

@@ -19,20 +19,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from driftscope.cli.commands import COMMANDS
-from driftscope.cli.flags import (
-    FLAG_KEYS,
-    SMALL_MODEL_PARAMS,
-    Flag,
-    _add_run_flags,
-    _add_threads,
-    apply_threads,
-    choose_threads,
-    default_out,
-    flag_keys,
-    param_owners,
-    resolve_config,
-    run_flags,
-)
+from driftscope.cli.flags import add_run_flags, add_threads
 from driftscope.errors import DriftscopeError, SettingsWarning
 
 #: ``compare --arms`` names, as registered in ``experiments.ARMS`` (kept here so parsing stays
@@ -47,24 +34,12 @@ COMPARE_ARM_NAMES = (
     "fedpvr_auto",
 )
 
-__all__ = [
-    "COMMANDS",
-    "FLAG_KEYS",
-    "SMALL_MODEL_PARAMS",
-    "Flag",
-    "apply_threads",
-    "build_parser",
-    "choose_threads",
-    "default_out",
-    "flag_keys",
-    "main",
-    "param_owners",
-    "resolve_config",
-    "run_flags",
-]
+__all__ = ["COMMANDS", "COMPARE_ARM_NAMES", "build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands_only: bool = False) -> argparse.ArgumentParser:
+    """The ``driftscope`` parser; ``commands_only``: without ``run``'s config flags (enough for the
+    top-level help, which lists the commands)."""
     parser = argparse.ArgumentParser(
         prog="driftscope",
         description="See where in a neural network federated learning drifts.",
@@ -117,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sqlite:///mlflow.db) or wandb[=DIR] (offline unless an API key is set); repeatable; "
         "extras driftscope[tensorboard], [mlflow], [wandb]",
     )
-    _add_threads(p)
+    add_threads(p)
     g = p.add_argument_group("engine")
     g.add_argument(
         "--engine",
@@ -139,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--engine flower: show Flower's own INFO log (default: its warnings only)",
     )
-    _add_run_flags(p)
+    if not commands_only:  # the top-level help lists the commands, not their flags
+        add_run_flags(p)
 
     p = add_command(
         "analyze",
@@ -245,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--csv", metavar="PATH", help="also write the per-seed results")
     p.add_argument("--quiet", "-q", action="store_true")
-    _add_threads(p)
+    add_threads(p)
 
     p = add_command(
         "reproduce",
@@ -269,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--no-figures", action="store_true", help="skip writing figures")
-    _add_threads(p)
+    add_threads(p)
     p.add_argument("--dataset", default="digits", help="dataset [digits]; e.g. mnist1d")
     p.add_argument("--model", default=None, help="model [cnn1d for mnist1d, else small_cnn]")
     p.add_argument(
@@ -350,7 +326,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except DriftscopeError as err:
         print(f"driftscope: error: {err}", file=sys.stderr)
         return err.exit_code
-    parser = build_parser()
+    parser = build_parser(commands_only=help_only)
     args = parser.parse_args(argv)
     from driftscope.engine.signals import sigterm_as_interrupt
 

@@ -165,10 +165,7 @@ def flag_keys() -> dict[str, str]:
     return {f.dest: f.key for f in run_flags()}
 
 
-FLAG_KEYS = flag_keys()  # as registered at import; build_parser() re-reads the registries
-
-
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
+def add_run_flags(p: argparse.ArgumentParser) -> None:
     flags = run_flags()
     groups: dict[str, Any] = {}
     for name in (*GROUPS, *(f.group for f in flags)):
@@ -186,7 +183,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
             g.add_argument(f.flag, type=f.type, choices=f.choices, metavar=metavar, **common)
 
 
-def _add_threads(p: argparse.ArgumentParser) -> None:
+def add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",
         type=int,
