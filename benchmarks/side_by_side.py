@@ -126,7 +126,9 @@ def summary(values: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--before", required=True, help="git revision to compare the working tree with")
-    p.add_argument("--repeats", type=int, default=8, help="worker processes per version")
+    p.add_argument(
+        "--repeats", type=int, default=8, help="worker processes per version (0: --help only)"
+    )
     p.add_argument("--rounds", type=int, default=10, help="rounds of each timed train() run")
     p.add_argument("--sim-rounds", type=int, default=5, help="timed Simulator.run_round() calls")
     p.add_argument("--help-repeats", type=int, default=15, help="--help processes per version")
@@ -166,14 +168,14 @@ def main(argv: list[str] | None = None) -> None:
         return {k: [r[key] for r in raw[k]] for k in raw}
 
     overhead = {k: [r["on"] / r["off"] for r in raw[k]] for k in raw}
-    rows: dict[str, Any] = {}
-    for name, values in [
+    measured = [
         ("recording overhead (on/off)", overhead),
         ("train(), recording off, s", per_version("off")),
         ("train(), default recording, s", per_version("on")),
         ("Simulator.run_round(), s", per_version("round")),
-        ("driftscope --help, s", helps),
-    ]:
+    ]
+    rows: dict[str, Any] = {}
+    for name, values in [*(measured if args.repeats else []), ("driftscope --help, s", helps)]:
         b, a = summary(values["before"]), summary(values["after"])
         # pairs in the order they ran: repeat i of each version ran next to each other
         ratios = [x / y for x, y in zip(values["after"], values["before"], strict=True)]

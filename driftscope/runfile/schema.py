@@ -1,8 +1,9 @@
 """The run-file layout: every HDF5 path, axis label and dtype, and the recording schedule.
 
-This is the only module that spells a run-file path. The writer (:mod:`driftscope.runfile.writer`), the
-recorder (:mod:`driftscope.engine.recorder`), the reader (:mod:`driftscope.runfile.reader`) and the benchmarks
-build paths with the names and functions below. Torch-free.
+This is the only module that spells a run-file path. The writer
+(:mod:`driftscope.runfile.writer`), the recorder (:mod:`driftscope.engine.recorder`), the reader
+(:mod:`driftscope.runfile.reader`) and the benchmarks build paths with the names and functions
+below. Torch-free.
 
 The layout drawn as a tree, what schema 2 adds to schema 1 (both readable:
 :data:`READABLE_VERSIONS`) and the checksums (fletcher32 on every chunked dataset, a CRC-32 per
