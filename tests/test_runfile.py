@@ -195,3 +195,34 @@ def test_sigkill_mid_training_leaves_every_completed_round(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "fc3" in out.stdout
+
+
+def test_a_live_reader_refreshes_the_commit_marker_first(tmp_path, monkeypatch):
+    """Run.refresh() on a running file refreshes metrics/round before every other dataset, so
+    what a round wrote before its marker is at least as long as the marker says (in name order,
+    metrics/downlink_bytes came before metrics/round and a live read could see it a round short)."""
+    from driftscope import RunConfig, train
+    from driftscope.engine.events import Hook
+    from driftscope.runfile import schema
+
+    out = tmp_path / "live.h5"
+    order: list[str] = []
+    refresh = h5py.Dataset.refresh
+
+    def recording_refresh(ds):
+        order.append(ds.name.lstrip("/"))
+        return refresh(ds)
+
+    class Reader(Hook):
+        def on_round_start(self, event):
+            if event.round == 1:  # round 0 committed, SWMR started
+                with open_run(out) as run, monkeypatch.context() as m:
+                    m.setattr(h5py.Dataset, "refresh", recording_refresh)
+                    run.refresh()
+
+    cfg = RunConfig().replace(
+        {"train.rounds": 2, "train.clients": 3, "train.local_steps": 1, "record.probe_size": 0}
+    )
+    train(cfg, out, hooks=[Reader()])
+    assert len(order) > 5 and order[0] == schema.METRICS_ROUND
+    assert schema.metric_path("downlink_bytes") in order[1:]

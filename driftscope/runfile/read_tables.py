@@ -28,6 +28,7 @@ class TablesMixin:
         config: Any
 
         def _read(self, name: str, sel: Any = ()) -> Any: ...
+        def _read_rows(self, name: str, n: int) -> Any: ...
 
         @property
         def layers(self) -> tuple[LayerInfo, ...]: ...
@@ -74,7 +75,7 @@ class TablesMixin:
             if not self._has(path):  # a metric this file's writer did not have
                 data[name] = np.full(n, np.nan)
                 continue
-            col = self._read(path, slice(0, n))
+            col = self._read_rows(path, n)
             if len(col) != n:
                 raise RunFileError(
                     f"{self.path.name}: {path} has {len(col)} rows for {n} committed rounds: "

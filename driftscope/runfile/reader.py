@@ -244,8 +244,22 @@ class Run(LayoutMixin, TablesMixin, RecordsMixin, AppMixin, GlobalMixin):
         self._file.visititems(
             lambda _, obj: out.append(obj) if isinstance(obj, h5py.Dataset) else None
         )
+        # the commit marker first: what a round wrote before its marker is then at least as long
+        # when refreshed after it (refreshed in name order, metrics/downlink_bytes could show a
+        # round fewer than metrics/round)
+        out.sort(key=lambda ds: ds.name.lstrip("/") != schema.METRICS_ROUND)
         for ds in out:
             ds.refresh()
+
+    def _read_rows(self, name: str, n: int) -> np.ndarray:
+        """The first ``n`` rows of ``name``; in a live file (SWMR) a dataset seen shorter than the
+        commit marker is refreshed once more before the caller calls it damaged."""
+        data = self._read(name, slice(0, n))
+        if len(data) < n and self._file.swmr_mode:
+            with contextlib.suppress(Exception):
+                self._dataset(name).refresh()
+            data = self._read(name, slice(0, n))
+        return data
 
     def __repr__(self) -> str:
         if not self._file.id.valid:
