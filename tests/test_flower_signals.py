@@ -133,3 +133,23 @@ def test_flower_run_stops_at_start_up(tmp_path):
     if path.exists():  # a round committed before the signal arrived (a fast machine)
         with open_run(path) as run:
             assert run.status == "interrupted"
+
+
+def test_flower_actor_exit_is_not_shown():
+    """Flower's engine ends each ClientApp actor with a WARNING that Ray forwards to the user's
+    terminal (a stop gives it time to): the ClientApp's module drops that record, only that."""
+    import logging
+
+    import driftscope.flower.client  # noqa: F401 (installs the filter, as in a Ray actor)
+
+    logger = logging.getLogger("flwr")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        logger.log(logging.WARNING, "Manually terminating %s", "ClientAppActor")
+        logger.log(logging.WARNING, "something else %s", "ClientAppActor")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["something else ClientAppActor"]

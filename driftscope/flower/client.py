@@ -23,6 +23,9 @@ from flwr.clientapp import ClientApp
 from driftscope.config import RunConfig
 from driftscope.errors import DriftscopeError
 from driftscope.flower import wire
+from driftscope.flower.stopping import quiet_actor_exit
+
+quiet_actor_exit()  # a Ray actor process imports this module to run the ClientApp
 
 
 @dataclass

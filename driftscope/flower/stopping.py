@@ -152,6 +152,25 @@ class QuietAfterStop(logging.Filter):
         return not (self._stop.is_set() or signals.stopping())
 
 
+class RoutineActorExit(logging.Filter):
+    """Drops Flower's WARNING "Manually terminating ClientAppActor": its engine logs it in each
+    ClientApp actor that it ends, routinely, and Ray forwards it to the terminal of the run (a
+    stop, which keeps the driver alive while the run file closes, gives Ray time to)."""
+
+    MESSAGE = "Manually terminating %s"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != self.MESSAGE
+
+
+def quiet_actor_exit() -> None:
+    """Install :class:`RoutineActorExit` on Flower's logger once; run in each process that
+    imports driftscope's ClientApp (Ray's actor processes among them)."""
+    logger = logging.getLogger("flwr")
+    if not any(isinstance(f, RoutineActorExit) for f in logger.filters):
+        logger.addFilter(RoutineActorExit())
+
+
 def shutdown_ray() -> None:
     """Stop this process's Ray (a no-op when it is not running): Flower shuts it down only once
     its engine has started, and a stop may come before."""
