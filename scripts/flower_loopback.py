@@ -9,7 +9,9 @@ app, then every daemon stopped by its PID.
 It picks free 127.0.0.1 ports, writes a Flower home (``--workdir``, default a temporary folder)
 whose ``config.toml`` names the SuperLink connection ``loop``, starts the SuperLink and waits
 until its port accepts connections, starts SuperNode ``i`` with ``partition-id=i
-num-partitions=N`` (``--isolation process``) with its long-lived ClientApp executor
+num-partitions=N`` (``--isolation process``; through ``python -m driftscope.flower.supernode``,
+Flower's SuperNode with its polls shortened, unless ``--idle-poll 0``) with its long-lived
+ClientApp executor
 (``python -m driftscope.flower.executor``: one process serves all of the node's messages) and
 waits until the SuperLink has activated all of them, submits the run
 (``--app``, default driftscope's own app; ``out`` is passed in its run config), waits until the
@@ -104,12 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--idle-poll",
         type=float,
-        default=0.0,
+        default=0.25,
         help="seconds an idle SuperNode waits before asking the SuperLink again, capped by "
-        "driftscope.flower.supernode; 0 (default): Flower's own 3 s",
+        "driftscope.flower.supernode (its waits for the ClientApp's reply at 0.02 s) "
+        "[0.25]; 0: Flower's own flower-supernode (3 s, and 0.5 s steps)",
     )
     p.add_argument("--timeout", type=float, default=1800, help="seconds for the whole run")
     args = p.parse_args(argv)
+    if not 0 <= args.idle_poll < float("inf"):
+        p.error(f"--idle-poll must be >= 0 seconds (got {args.idle_poll}); 0: Flower's own polls")
     out = Path(args.out).resolve()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="flower-loopback-")).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -50,15 +50,76 @@ def test_polling_grid_stops_at_the_timeout_with_what_came():
 def test_the_capped_supernode_sleep(monkeypatch):
     import flwr.supernode.start_client_internal as loop
 
-    # the premise (flwr pinned to 1.42): the SuperNode loop sleeps through its module's `time`
-    source = inspect.getsource(loop.start_client_internal)
-    assert "time.sleep(3)" in source
+    # the premise (flwr pinned to 1.42): the SuperNode sleeps through its module's `time`, 3 s
+    # when idle and 0.5 s steps while waiting for its ClientApp's reply
+    assert "time.sleep(3)" in inspect.getsource(loop.start_client_internal)
+    assert "time.sleep(0.5)" in inspect.getsource(loop._push_messages)
     slept: list[float] = []
     monkeypatch.setattr("driftscope.flower.supernode.time.sleep", slept.append)
-    capped = CappedSleep(0.5)
-    capped.sleep(3)
-    capped.sleep(0.1)
-    assert slept == [0.5, 0.1] and capped.monotonic is not None  # other names: the real module
+    capped = CappedSleep(0.25, 0.02)
+    for seconds in (3, 1, 0.5, 0.01):
+        capped.sleep(seconds)
+    assert slept == [0.25, 0.25, 0.02, 0.01] and capped.monotonic is not None  # other names: time's
     monkeypatch.setattr(loop, "time", loop.time)  # restored after the test
-    cap_idle_poll(0.25)
-    assert isinstance(loop.time, CappedSleep) and loop.time.seconds == 0.25
+    cap_idle_poll(0.1, 0.01)
+    assert isinstance(loop.time, CappedSleep) and (loop.time.seconds, loop.time.local) == (
+        0.1,
+        0.01,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--idle-poll", "0"], "--idle-poll must be a finite number of seconds > 0 (got 0)"),
+        (["--local-poll", "soon"], "--local-poll must be a number of seconds (got 'soon')"),
+        (["--idle-poll"], "--idle-poll must be a number of seconds (got '--')"),
+    ],
+)
+def test_the_capped_supernode_refuses_a_bad_poll(argv, says):
+    from driftscope.flower.supernode import main
+
+    with pytest.raises(SystemExit) as err:
+        main([*argv, "--", "--insecure"])
+    assert str(err.value).startswith(says)
+
+
+def test_the_executor_polls_soon_after_a_task_then_less_often(monkeypatch):
+    from driftscope.flower import executor as ex
+
+    waits: list[float] = []
+    monkeypatch.setattr(ex.time, "sleep", waits.append)
+    tokens = iter(["t1", None, None, None, None, None, None, None, None, "t2", None])
+    ran: list[str] = []
+    e = ex.Executor.__new__(ex.Executor)
+    e.poll_s = 0.1
+    e.acquire = lambda: next(tokens)  # type: ignore[method-assign]
+    e.run_task = ran.append  # type: ignore[method-assign]
+    alive = iter([True] * 11 + [False])
+    monkeypatch.setattr(ex, "_alive", lambda pid: next(alive))
+    e.serve(parent_pid=1)
+    assert ran == ["t1", "t2"]
+    expected = [0.02 * 1.5**k for k in range(4)] + [0.1] * 4  # grows by 1.5 up to the poll
+    assert waits[:8] == pytest.approx(expected) and waits[8] == pytest.approx(0.02)
+
+
+def test_quick_object_retries_in_the_grid_and_the_supernode(monkeypatch):
+    import functools
+
+    import flwr.superlink.grid.http_grid as grid_module
+    import flwr.supernode.start_client_internal as node_module
+    from flwr.supercore.inflatable.inflatable_utils import pull_objects
+
+    from driftscope.flower.polling import OBJECT_RETRY_S, quick_object_retries
+
+    # the premise (flwr pinned to 1.42): both pull a message's objects through their module's
+    # `pull_objects` name with Flower's default backoff
+    assert "pull_objects(" in inspect.getsource(grid_module.HttpGrid.pull_messages)
+    assert "pull_objects(" in inspect.getsource(node_module._pull_and_store_message)
+    for module in (grid_module, node_module):
+        monkeypatch.setattr(module, "pull_objects", pull_objects)  # restored after the test
+        quick_object_retries(module)
+        quick_object_retries(module)  # idempotent: not a partial of a partial
+        quick = module.pull_objects
+        assert isinstance(quick, functools.partial) and quick.func is pull_objects
+        assert quick.keywords["initial_backoff"] == OBJECT_RETRY_S

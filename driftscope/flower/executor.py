@@ -33,6 +33,9 @@ from logging import ERROR
 from typing import Any
 
 DEFAULT_POLL_S = 0.5
+#: the first wait after a task; each empty poll waits :data:`BACKOFF` times longer, up to the poll
+FIRST_POLL_S = 0.02
+BACKOFF = 1.5
 
 
 def _task_client(address: str, token: str | None) -> Any:
@@ -131,19 +134,28 @@ class Executor:
         self.tasks += 1
 
     def serve(self, parent_pid: int | None = None) -> None:
-        """Run tasks until the SuperNode (``parent_pid``) goes away or a signal ends it."""
+        """Run tasks until the SuperNode (``parent_pid``) goes away or a signal ends it.
+
+        After a task the next is asked for soon (the next round's comes within seconds) and then
+        less and less often: :data:`FIRST_POLL_S`, growing by :data:`BACKOFF` per empty poll up
+        to ``poll_s``. A task arriving ``t`` seconds after the last waits at most about ``t / 3``
+        (and ``poll_s``), with a few dozen polls per round instead of one every 0.02 s."""
+        wait = self.poll_s
         while parent_pid is None or _alive(parent_pid):
             token = self.acquire()
             if token is None:
-                time.sleep(self.poll_s)
+                time.sleep(wait)
+                wait = min(wait * BACKOFF, self.poll_s)
             else:
                 self.run_task(token)
+                wait = min(FIRST_POLL_S, self.poll_s)
 
 
 def pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:
     """``flwr.supernode.runtime.run_clientapp.pull_task_input`` with a short retry: an object
-    the SuperNode is still storing is asked for again after 0.05 s (doubling up to 1 s), not 1 s
-    (doubling up to 10 s), Flower's default backoff for pulling objects."""
+    the SuperNode is still storing is asked for again after 0.02 s (doubling up to 0.1 s), not 1 s
+    (doubling up to 10 s), Flower's default backoff for pulling objects. The asking is a request
+    to the SuperNode on this machine."""
     from flwr.app import Message
     from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
     from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
@@ -178,8 +190,8 @@ def pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:
         ),
         return_type=Message,
         max_tries_per_object=10_000,
-        initial_backoff=0.05,
-        backoff_cap=1.0,
+        initial_backoff=0.02,
+        backoff_cap=0.1,
     )
     message.metadata.__dict__["_message_id"] = tree.object_id  # as run_clientapp sets it
     return message, context, run, fab

@@ -17,6 +17,37 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 DEFAULT_POLL_S = 0.25
+#: a reply's object that the SuperLink is still receiving is asked for again after this many
+#: seconds, doubling up to :data:`OBJECT_RETRY_CAP_S` (Flower's default: 1 s, doubling up to 10 s)
+OBJECT_RETRY_S = 0.02
+OBJECT_RETRY_CAP_S = 0.1
+#: retries per object: about as long in all as Flower's 500 retries at up to 10 s
+OBJECT_RETRIES = 50_000
+
+
+def quick_object_retries(module: Any) -> None:
+    """Make ``module`` (one of Flower's that pulls a message's objects with
+    ``pull_objects``) retry an object that is not there yet soon.
+
+    A message is seen before its objects (the arrays) have all arrived, and Flower's default
+    backoff then waits a whole second: in the deployment grid
+    (``flwr.superlink.grid.http_grid``, a ServerApp pulling a reply that its SuperNode is still
+    pushing) and in the SuperNode (``flwr.supernode.start_client_internal``, pulling a message
+    that the ServerApp is still pushing). Replaced, in ``module`` only, by the same function with
+    :data:`OBJECT_RETRY_S`; idempotent.
+    """
+    import functools
+
+    from flwr.supercore.inflatable.inflatable_utils import pull_objects
+
+    if isinstance(module.pull_objects, functools.partial):
+        return
+    module.pull_objects = functools.partial(
+        pull_objects,
+        initial_backoff=OBJECT_RETRY_S,
+        backoff_cap=OBJECT_RETRY_CAP_S,
+        max_tries_per_object=OBJECT_RETRIES,
+    )
 
 
 class PollingGrid(Grid):
@@ -25,6 +56,9 @@ class PollingGrid(Grid):
     def __init__(self, grid: Grid, poll_s: float = DEFAULT_POLL_S) -> None:
         self._grid = grid
         self.poll_s = poll_s
+        from flwr.superlink.grid import http_grid
+
+        quick_object_retries(http_grid)
 
     def set_run(self, run: Any) -> None:
         self._grid.set_run(run)

@@ -1,17 +1,22 @@
-"""Flower's SuperNode with a shorter idle poll, for a loopback deployment.
+"""Flower's SuperNode with shorter polls, for a loopback deployment.
 
 ::
 
-    python -m driftscope.flower.supernode --idle-poll 0.5 -- [flower-supernode arguments]
+    python -m driftscope.flower.supernode --idle-poll 0.25 -- [flower-supernode arguments]
 
-An idle flwr 1.42 SuperNode asks the SuperLink for a message, and when there is none sleeps 3 s
-before asking again (``flwr.supernode.start_client_internal.start_client_internal``:
-``time.sleep(3)``); it waits for its ClientApp's reply in 0.5 s steps (``_push_messages``). After
-a node replies, the next round's message comes while it sleeps, so every round waits up to 3 s.
-This runs Flower's own ``flower-supernode`` entry point with the sleeps of that module capped at
-``--idle-poll`` seconds; nothing else changes. The cap only shortens waits: a message or reply is
-picked up sooner, never skipped. flwr is pinned to 1.42 (a test checks the module still sleeps
-through ``time.sleep`` there).
+A flwr 1.42 SuperNode (``flwr.supernode.start_client_internal``) sleeps through its module's
+``time.sleep`` in three places:
+
+- ``time.sleep(3)`` when the SuperLink had no message for it (``start_client_internal``): after a
+  node replies, the next round's message comes while it sleeps, so every round waits up to 3 s;
+- ``time.sleep(0.5)`` steps while it waits for its ClientApp's reply (``_push_messages``) and for
+  an object of that reply to be stored. Both look at this process's own state, not the network.
+
+This runs Flower's own ``flower-supernode`` entry point with the first capped at ``--idle-poll``
+seconds (each poll is a request to the SuperLink) and the others at ``--local-poll`` seconds (a
+look at memory); nothing else changes. Which is which is told by the length Flower asks for
+(1 s or more: the idle poll). A cap only shortens waits: a message or reply is picked up sooner,
+never skipped. flwr is pinned to 1.42 (a test checks the module still sleeps this way).
 """
 
 from __future__ import annotations
@@ -20,42 +25,63 @@ import sys
 import time
 from typing import Any
 
-DEFAULT_IDLE_POLL_S = 0.5
+DEFAULT_IDLE_POLL_S = 0.25
+DEFAULT_LOCAL_POLL_S = 0.02
+#: a sleep Flower asks for of at least this many seconds is its idle poll of the SuperLink
+IDLE_SLEEP_S = 1.0
 
 
 class CappedSleep:
-    """The ``time`` module with ``sleep`` capped at ``seconds``."""
+    """The ``time`` module with ``sleep`` capped: at ``seconds`` for Flower's idle poll (a sleep
+    of :data:`IDLE_SLEEP_S` or more), at ``local`` for its shorter waits."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, local: float = DEFAULT_LOCAL_POLL_S) -> None:
         self.seconds = seconds
+        self.local = local
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.seconds))
+        time.sleep(min(seconds, self.seconds if seconds >= IDLE_SLEEP_S else self.local))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
 
-def cap_idle_poll(seconds: float) -> None:
-    """Cap the sleeps of Flower's SuperNode loop in this process at ``seconds``."""
+def cap_idle_poll(seconds: float, local: float = DEFAULT_LOCAL_POLL_S) -> None:
+    """Cap the sleeps of Flower's SuperNode loop in this process (see :class:`CappedSleep`)."""
     import flwr.supernode.start_client_internal as loop
 
-    loop.time = CappedSleep(seconds)  # type: ignore[assignment]
+    from driftscope.flower.polling import quick_object_retries
+
+    loop.time = CappedSleep(seconds, local)  # type: ignore[assignment]
+    quick_object_retries(loop)
+
+
+def _take(args: list[str], flag: str, default: float) -> float:
+    if args[:1] != [flag]:
+        return default
+    if len(args) < 2:
+        raise SystemExit(f"{flag} needs a number of seconds, e.g. {flag} {default}")
+    try:
+        value = float(args[1])
+    except ValueError:
+        raise SystemExit(f"{flag} must be a number of seconds (got {args[1]!r})") from None
+    if not 0 < value < float("inf"):
+        raise SystemExit(f"{flag} must be a finite number of seconds > 0 (got {args[1]})")
+    del args[:2]
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    seconds = DEFAULT_IDLE_POLL_S
-    if args[:1] == ["--idle-poll"]:
-        seconds = float(args[1])
-        args = args[2:]
+    idle, local = DEFAULT_IDLE_POLL_S, DEFAULT_LOCAL_POLL_S
+    for _ in range(2):
+        idle = _take(args, "--idle-poll", idle)
+        local = _take(args, "--local-poll", local)
     if args[:1] == ["--"]:
         args = args[1:]
-    if not seconds > 0:
-        raise SystemExit(f"--idle-poll must be > 0 seconds (got {seconds})")
     from flwr.supernode.cli import flower_supernode
 
-    cap_idle_poll(seconds)
+    cap_idle_poll(idle, local)
     sys.argv = ["flower-supernode", *args]
     flower_supernode()
 
