@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """driftscope on Flower vs in-process, and Flower's own FedAvg as the peer (not part of the tests).
 
-    python benchmarks/flower.py [--rounds 40] [--loopback-rounds 3] [--out benchmarks/results/flower.json]
+    python benchmarks/flower.py [--rounds 40] [--loopback-rounds 3] [--clients 10]
+        [--out benchmarks/results/flower.json]
 
 The default workload (digits, small CNN, 10 clients, Dirichlet 0.1, 2 local epochs, recording
 on) three ways, one after another in this invocation:
@@ -72,9 +73,10 @@ def loopback(cfg, out: Path, rounds: int) -> dict:
     from driftscope import open_run
 
     t = time.perf_counter()
+    n = cfg.train.clients
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "flower_loopback.py"), "--nodes",
-         str(cfg.train.clients), "--out", str(out), "--run-config", f"train.rounds={rounds}"],
+        [sys.executable, str(ROOT / "scripts" / "flower_loopback.py"), "--nodes", str(n),
+         "--out", str(out), "--run-config", f"train.rounds={rounds} train.clients={n}"],
         check=True,
     )  # fmt: skip
     wall = time.perf_counter() - t
@@ -174,10 +176,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--loopback-rounds", type=int, default=3, help="0: skip that arm")
+    parser.add_argument("--clients", type=int, default=10, help="clients (and SuperNodes)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "flower.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = RunConfig().replace({"train.rounds": args.rounds})
+    cfg = RunConfig().replace({"train.rounds": args.rounds, "train.clients": args.clients})
     with tempfile.TemporaryDirectory() as tmp:
         a = inprocess(cfg, Path(tmp) / "inprocess.h5")
         b = driftscope_flower(cfg, Path(tmp) / "flower.h5")

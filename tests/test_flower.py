@@ -373,3 +373,31 @@ def test_a_head_that_matches_nothing_is_an_error_naming_the_arrays():
     with pytest.raises(ValueError, match=r"head=\['fc\*'\] matches no array; the arrays are 0\."):
         layout_from_arrays(arrays, ["fc*"])
     assert [p.group for p in layout_from_arrays(arrays, ["2.*"]).params][-2:] == ["head"] * 2
+
+
+def test_the_model_travels_as_one_array(digits, tmp_path):
+    """driftscope's messages carry the model as one flat array: bit-exact, checked against the
+    layout, and a fixed number of Flower objects however many parameters the model has (a
+    deployment sends each object in a request of its own)."""
+    from flwr.app import ConfigRecord
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    from driftscope.flower import wire
+
+    strategy = DriftscopeStrategy(small_config(), tmp_path / "w.h5", dataset=digits)
+    x, layout = strategy.x, strategy.layout
+    record = wire.model_record(x)
+    assert list(record.keys()) == [wire.MODEL]
+    back = wire.record_model(record, layout)
+    assert back.dtype == torch.float32 and torch.equal(back, x)  # bit for bit
+
+    def objects(arrays: ArrayRecord) -> int:
+        content = RecordDict({wire.ARRAYS: arrays, wire.CONFIG: ConfigRecord({"round": 0})})
+        return len(get_all_nested_objects(content))  # the message's content, without the message
+
+    per_parameter = objects(wire.flat_to_arrays(x, layout))
+    assert len(layout.params) >= 4 and objects(record) < per_parameter - len(layout.params)
+    with pytest.raises(KeyError, match="'x' is missing"):
+        wire.record_model(ArrayRecord(), layout)
+    with pytest.raises(ValueError, match=f"expected {layout.numel}"):
+        wire.record_model(wire.model_record(x[:-1]), layout)

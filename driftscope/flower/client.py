@@ -166,7 +166,7 @@ def train(msg: Message, context: Context) -> Message:
         )
     rt = runtime_for(str(config[wire.RUN_CONFIG]))
     round = int(config[wire.ROUND])
-    x = wire.arrays_to_flat(msg.content[wire.ARRAYS], rt.layout)
+    x = wire.record_model(msg.content[wire.ARRAYS], rt.layout)
     c = c_i = None
     if rt.has_control:
         c = wire.record_vector(msg.content[wire.CONTROL], wire.SERVER_CONTROL)
@@ -186,7 +186,7 @@ def train(msg: Message, context: Context) -> Message:
     result = rt.train(round, client, x, c, c_i, buffers)
     content = RecordDict(
         {
-            wire.ARRAYS: wire.flat_to_arrays(result.params, rt.layout),
+            wire.ARRAYS: wire.model_record(result.params),
             wire.METRICS: MetricRecord(
                 {
                     wire.PARTITION_ID: client,

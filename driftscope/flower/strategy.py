@@ -183,7 +183,7 @@ class DriftscopeStrategy(Strategy):
         clients = self.setup.sample_clients(r)
         self._clients = clients
         self.life.round_start(RoundStarted(r, tuple(clients)))
-        global_arrays = wire.flat_to_arrays(self.x, self.layout)
+        global_arrays = wire.model_record(self.x)
         control = None
         if hasattr(self.algorithm, "c") and self.algorithm.selection.size > 0:
             control = wire.vector_record(wire.SERVER_CONTROL, self.algorithm.c)
@@ -236,7 +236,7 @@ class DriftscopeStrategy(Strategy):
         for client in clients:  # in the simulator's order, so the sums round the same way
             if client in answers:
                 content = answers[client].content
-                y = wire.arrays_to_flat(content[wire.ARRAYS], self.layout)
+                y = wire.record_model(content[wire.ARRAYS], self.layout)
                 torch.sub(y, x, out=update)
                 mean_update.add_(update, alpha=weight_of[client])
                 delta = None

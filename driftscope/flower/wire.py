@@ -2,7 +2,7 @@
 
 A training message (server -> client ``i``), one per sampled client::
 
-    "arrays"   ArrayRecord   the global model x, one array per parameter (layout order, float32)
+    "arrays"   ArrayRecord   "x": the global model as one flat float32 array (layout order)
     "control"  ArrayRecord   "c": the server control variate (SCAFFOLD: every entry; FedPVR: the
                              head entries only); absent for FedAvg and FedProx
     "buffers"  ArrayRecord   the global module buffers (BatchNorm statistics), one array per
@@ -11,7 +11,7 @@ A training message (server -> client ``i``), one per sampled client::
 
 The reply (client -> server)::
 
-    "arrays"   ArrayRecord   the client's model y after local training
+    "arrays"   ArrayRecord   "x": the client's model y after local training, one flat array
     "buffers"  ArrayRecord   the client's buffers after local training (when the model has any)
     "control"  ArrayRecord   "delta": c_i+ - c_i (control-variate algorithms only)
     "metrics"  MetricRecord  "partition-id" (echoed: the stable client id), "round",
@@ -21,7 +21,11 @@ A query message ("query" type, sent once before the first round) asks each node 
 ``partition-id`` so the server can address client ``i`` from then on: Flower's node ids are
 random and change every run, the partition id is what the operator gave the node.
 
-float32 arrays cross the wire bit-exactly (Flower serialises them with ``numpy.save``).
+float32 arrays cross the wire bit-exactly (Flower serialises them with ``numpy.save``). The model
+travels as one array, not one per parameter: a deployment sends each array of a message as its
+own objects, one request each, so a model of many small arrays costs many round trips per hop
+(benchmarks/README.md, Flower). The arrays a :class:`~driftscope.flower.strategy.DriftscopeStrategy`
+hands to Flower (its initial arrays, the result) stay one per parameter, named as the model's.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ CONTROL = "control"
 BUFFERS = "buffers"
 CONFIG = "config"
 METRICS = "metrics"
+MODEL = "x"
 SERVER_CONTROL = "c"
 CONTROL_DELTA = "delta"
 RUN_CONFIG = "run-config"
@@ -78,6 +83,21 @@ def arrays_to_flat(record: ArrayRecord, layout: ModelLayout) -> torch.Tensor:
             raise ValueError(f"parameter {p.name!r} has {values.size} values, expected {p.numel}")
         out[p.offset : p.offset + p.numel] = torch.from_numpy(values)
     return out
+
+
+def model_record(flat: torch.Tensor) -> ArrayRecord:
+    """A training message's model: the flat (P,) vector as the one array :data:`MODEL`."""
+    return vector_record(MODEL, flat)
+
+
+def record_model(record: ArrayRecord, layout: ModelLayout) -> torch.Tensor:
+    """The inverse of :func:`model_record`, checked against ``layout``: a float32 (P,) vector."""
+    if MODEL not in record:
+        raise KeyError(f"the model array {MODEL!r} is missing from the ArrayRecord")
+    flat = record_vector(record, MODEL)
+    if flat.numel() != layout.numel:
+        raise ValueError(f"the model has {flat.numel()} values, expected {layout.numel}")
+    return flat
 
 
 def buffers_record(buffers: Mapping[str, torch.Tensor]) -> ArrayRecord:
