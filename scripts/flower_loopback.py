@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -39,10 +40,40 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports that are free on 127.0.0.1, below the ephemeral range.
+
+    A port the system hands out (``bind(0)``) comes from the ephemeral range, where every
+    outgoing connection also takes its port: with a dozen daemons connecting to each other, one
+    of them may take a picked port before the daemon meant to listen there binds it ("address
+    already in use"). Ports are tried in random order from 20000 up to the range's start, each
+    held until all are found, so no two are the same.
+    """
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = list(range(20000, low)) if low > 20000 + 10 * n else []
+    random.shuffle(candidates)
+    held: list[socket.socket] = []
+    try:
+        for port in candidates:
+            if len(held) == n:
+                break
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            held.append(s)
+        while len(held) < n:  # no room below the ephemeral range: the system's choice
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 def listening(port: int) -> bool:
@@ -118,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="flower-loopback-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    link = free_port()
+    link, *runtimes = free_ports(1 + args.nodes)
     (work / "config.toml").write_text(
         f'[superlink]\ndefault = "loop"\n\n[superlink.loop]\n'
         f'address = "127.0.0.1:{link}"\ninsecure = true\n'
@@ -149,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                "--database", ":flwr-in-memory:"], "superlink.log")  # fmt: skip
         wait_for(lambda: listening(link), 120, "the SuperLink's port", daemons)
         for i in range(args.nodes):
-            runtime = free_port()  # the SuperNode's Runtime API, where ClientApps get tasks
+            runtime = runtimes[i]  # the SuperNode's Runtime API, where ClientApps get tasks
             supernode = (
                 [sys.executable, "-m", "driftscope.flower.supernode", "--idle-poll",
                  str(args.idle_poll), "--"] if args.idle_poll > 0 else [str(BIN / "flower-supernode")]

@@ -123,3 +123,26 @@ def test_quick_object_retries_in_the_grid_and_the_supernode(monkeypatch):
         quick = module.pull_objects
         assert isinstance(quick, functools.partial) and quick.func is pull_objects
         assert quick.keywords["initial_backoff"] == OBJECT_RETRY_S
+
+
+def test_the_loopback_ports_are_distinct_and_outside_the_ephemeral_range():
+    import importlib.util
+    import socket
+    from pathlib import Path
+
+    import driftscope
+
+    script = Path(driftscope.__file__).resolve().parent.parent / "scripts" / "flower_loopback.py"
+    spec = importlib.util.spec_from_file_location("flower_loopback", script)
+    assert spec is not None and spec.loader is not None
+    loopback = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loopback)
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
+    ports = loopback.free_ports(11)
+    assert len(set(ports)) == 11
+    if low > 20000 + 110:  # where the outgoing connections' ports start (Linux: 32768)
+        assert all(20000 <= p < low for p in ports)
+    for port in ports:  # each can still be bound once handed out
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
