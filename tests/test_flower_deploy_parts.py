@@ -57,9 +57,12 @@ def test_the_capped_supernode_sleep(monkeypatch):
     slept: list[float] = []
     monkeypatch.setattr("driftscope.flower.supernode.time.sleep", slept.append)
     capped = CappedSleep(0.25, 0.02)
-    for seconds in (3, 1, 0.5, 0.01):
+    for seconds in (3, 1, 0.5, 0.01, 3, 3, 3, 3, 3, 3):
         capped.sleep(seconds)
-    assert slept == [0.25, 0.25, 0.02, 0.01] and capped.monotonic is not None  # other names: time's
+    # idle: up to the cap; short waits: capped at 0.02 s, and the idle poll starts short after them
+    assert slept[:4] == [0.25, 0.25, 0.02, 0.01]
+    assert slept[4:] == pytest.approx([0.02, 0.03, 0.045, 0.0675, 0.10125, 0.151875])
+    assert capped.monotonic is not None  # other names: the real module's
     monkeypatch.setattr(loop, "time", loop.time)  # restored after the test
     cap_idle_poll(0.1, 0.01)
     assert isinstance(loop.time, CappedSleep) and (loop.time.seconds, loop.time.local) == (

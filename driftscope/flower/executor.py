@@ -33,9 +33,6 @@ from logging import ERROR
 from typing import Any
 
 DEFAULT_POLL_S = 0.5
-#: the first wait after a task; each empty poll waits :data:`BACKOFF` times longer, up to the poll
-FIRST_POLL_S = 0.02
-BACKOFF = 1.5
 
 
 def _task_client(address: str, token: str | None) -> Any:
@@ -136,19 +133,19 @@ class Executor:
     def serve(self, parent_pid: int | None = None) -> None:
         """Run tasks until the SuperNode (``parent_pid``) goes away or a signal ends it.
 
-        After a task the next is asked for soon (the next round's comes within seconds) and then
-        less and less often: :data:`FIRST_POLL_S`, growing by :data:`BACKOFF` per empty poll up
-        to ``poll_s``. A task arriving ``t`` seconds after the last waits at most about ``t / 3``
-        (and ``poll_s``), with a few dozen polls per round instead of one every 0.02 s."""
-        wait = self.poll_s
+        After a task the next is asked for soon (the next round's comes within seconds), then
+        less and less often, up to every ``poll_s`` seconds
+        (:class:`~driftscope.flower.polling.Backoff`)."""
+        from driftscope.flower.polling import Backoff
+
+        backoff = Backoff(self.poll_s)
         while parent_pid is None or _alive(parent_pid):
             token = self.acquire()
             if token is None:
-                time.sleep(wait)
-                wait = min(wait * BACKOFF, self.poll_s)
+                time.sleep(backoff.wait())
             else:
                 self.run_task(token)
-                wait = min(FIRST_POLL_S, self.poll_s)
+                backoff.reset()
 
 
 def pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:

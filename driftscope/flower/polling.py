@@ -4,7 +4,8 @@ Flower 1.42's deployment Grid (``flwr.serverapp.grid.grid.Grid.send_and_receive`
 ``flwr.superlink.grid.http_grid``) pulls the replies and then sleeps 3 s before pulling again, so
 every round of a deployment ends on a multiple of 3 s after its messages were sent.
 :class:`PollingGrid` delegates everything to the ServerApp's grid and waits for replies with the
-same push-then-pull loop at ``poll_s`` intervals. driftscope's own ServerApp uses it.
+same push-then-pull loop, polling soon after the push and then less often, up to every
+``poll_s`` seconds. driftscope's own ServerApp uses it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,32 @@ OBJECT_RETRY_S = 0.02
 OBJECT_RETRY_CAP_S = 0.1
 #: retries per object: about as long in all as Flower's 500 retries at up to 10 s
 OBJECT_RETRIES = 50_000
+
+
+#: the first wait of a :class:`Backoff`; each further wait is :data:`BACKOFF` times longer
+FIRST_POLL_S = 0.02
+BACKOFF = 1.5
+
+
+class Backoff:
+    """Waits between polls that start short after something happened and grow by
+    :data:`BACKOFF` up to ``cap``: what was just asked for (a reply, the next round's task)
+    usually comes soon, and a wait that ends ``t`` seconds after the start is at most about
+    ``t / 3`` late (and ``cap``), for a few polls per second of waiting."""
+
+    def __init__(self, cap: float, first: float = FIRST_POLL_S) -> None:
+        self.cap = cap
+        self.first = first
+        self.next = cap
+
+    def reset(self) -> None:
+        self.next = min(self.first, self.cap)
+
+    def wait(self) -> float:
+        """The next wait, in seconds."""
+        wait = self.next
+        self.next = min(wait * BACKOFF, self.cap)
+        return wait
 
 
 def quick_object_retries(module: Any) -> None:
@@ -51,7 +78,8 @@ def quick_object_retries(module: Any) -> None:
 
 
 class PollingGrid(Grid):
-    """``grid`` with ``send_and_receive`` polling every ``poll_s`` seconds."""
+    """``grid`` with ``send_and_receive`` polling for replies soon after sending, then less
+    often, up to every ``poll_s`` seconds (:class:`Backoff`)."""
 
     def __init__(self, grid: Grid, poll_s: float = DEFAULT_POLL_S) -> None:
         self._grid = grid
@@ -89,13 +117,15 @@ class PollingGrid(Grid):
         pending = set(self.push_messages(messages))
         end = time.time() + (timeout if timeout is not None else 0.0)
         replies: list[Message] = []
+        backoff = Backoff(self.poll_s)
+        backoff.reset()
         while timeout is None or time.time() < end:
             got = list(self.pull_messages(pending))
             replies.extend(got)
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
             if not pending:
                 break
-            time.sleep(self.poll_s)
+            time.sleep(backoff.wait())
         return replies
 
     def __getattr__(self, name: str) -> Any:

@@ -12,9 +12,12 @@ A flwr 1.42 SuperNode (``flwr.supernode.start_client_internal``) sleeps through 
 - ``time.sleep(0.5)`` steps while it waits for its ClientApp's reply (``_push_messages``) and for
   an object of that reply to be stored. Both look at this process's own state, not the network.
 
-This runs Flower's own ``flower-supernode`` entry point with the first capped at ``--idle-poll``
-seconds (each poll is a request to the SuperLink) and the others at ``--local-poll`` seconds (a
-look at memory); nothing else changes. Which is which is told by the length Flower asks for
+This runs Flower's own ``flower-supernode`` entry point with the others capped at
+``--local-poll`` seconds (a look at memory) and the first (each poll a request to the SuperLink)
+short after the node replied, growing up to ``--idle-poll`` seconds
+(:class:`~driftscope.flower.polling.Backoff`). A message that the ServerApp is still pushing is
+asked for again after 0.02 s instead of 1 s
+(:func:`~driftscope.flower.polling.quick_object_retries`); nothing else changes. Which is which is told by the length Flower asks for
 (1 s or more: the idle poll). A cap only shortens waits: a message or reply is picked up sooner,
 never skipped. flwr is pinned to 1.42 (a test checks the module still sleeps this way).
 """
@@ -32,15 +35,24 @@ IDLE_SLEEP_S = 1.0
 
 
 class CappedSleep:
-    """The ``time`` module with ``sleep`` capped: at ``seconds`` for Flower's idle poll (a sleep
-    of :data:`IDLE_SLEEP_S` or more), at ``local`` for its shorter waits."""
+    """The ``time`` module with ``sleep`` capped: at ``local`` for Flower's short waits, and for
+    its idle poll (a sleep of :data:`IDLE_SLEEP_S` or more) a
+    :class:`~driftscope.flower.polling.Backoff` up to ``seconds``, restarted by a short wait
+    (the node was waiting for its ClientApp's reply: the next round's message comes soon)."""
 
     def __init__(self, seconds: float, local: float = DEFAULT_LOCAL_POLL_S) -> None:
+        from driftscope.flower.polling import Backoff
+
         self.seconds = seconds
         self.local = local
+        self.idle = Backoff(seconds)
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.seconds if seconds >= IDLE_SLEEP_S else self.local))
+        if seconds >= IDLE_SLEEP_S:
+            time.sleep(min(seconds, self.idle.wait()))
+        else:
+            self.idle.reset()
+            time.sleep(min(seconds, self.local))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
