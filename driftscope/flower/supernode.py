@@ -17,9 +17,10 @@ This runs Flower's own ``flower-supernode`` entry point with the others capped a
 short after the node replied, growing up to ``--idle-poll`` seconds
 (:class:`~driftscope.flower.polling.Backoff`). A message that the ServerApp is still pushing is
 asked for again after 0.02 s instead of 1 s
-(:func:`~driftscope.flower.polling.quick_object_retries`); nothing else changes. Which is which is told by the length Flower asks for
-(1 s or more: the idle poll). A cap only shortens waits: a message or reply is picked up sooner,
-never skipped. flwr is pinned to 1.42 (a test checks the module still sleeps this way).
+(:func:`~driftscope.flower.polling.quick_object_retries`); nothing else changes. Which sleep is
+which is told by the length Flower asks for (1 s or more: the idle poll). These only shorten
+waits: a message or reply is picked up sooner, never skipped. flwr is pinned to 1.42 (a test
+checks the module still sleeps this way).
 """
 
 from __future__ import annotations
