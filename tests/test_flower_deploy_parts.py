@@ -149,3 +149,30 @@ def test_the_loopback_ports_are_distinct_and_outside_the_ephemeral_range():
     for port in ports:  # each can still be bound once handed out
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+def test_a_deployment_grid_polls_faster_and_other_grids_stay():
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    from driftscope.flower.polling import faster_deployment_grid
+
+    deployment = HttpGrid.__new__(HttpGrid)  # the class flwr-serverapp gives a deployment
+    wrapped = faster_deployment_grid(deployment)
+    assert isinstance(wrapped, PollingGrid) and wrapped._grid is deployment
+    other = SlowReplies()
+    assert faster_deployment_grid(other) is other  # type: ignore[arg-type]
+
+
+def test_the_recording_wrapper_hands_the_strategy_loop_a_polling_deployment_grid(
+    monkeypatch, tmp_path
+):
+    from flwr.serverapp.strategy import FedAvg, Strategy
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    from driftscope.flower import recording
+
+    seen = []
+    monkeypatch.setattr(Strategy, "start", lambda self, grid, *a, **k: seen.append(grid))
+    wrapped = recording(FedAvg(), out=tmp_path / "r.h5")
+    wrapped.start(HttpGrid.__new__(HttpGrid), initial_arrays=None, num_rounds=1)  # type: ignore[arg-type]
+    assert len(seen) == 1 and isinstance(seen[0], PollingGrid)

@@ -74,6 +74,6 @@ def main(grid: Grid, context: Context) -> None:
         str(run_config.get("out", "runs/flower.h5")),
         overwrite=bool(run_config.get("overwrite", False)),
     )
-    # the deployment Grid waits 3 s between pulls for replies; poll at 0.25 s instead
+    # the deployment Grid waits 3 s between pulls for replies; poll with a backoff instead
     grid = PollingGrid(grid)
     strategy.start(grid, timeout=float(run_config.get("round-timeout", 3600.0)))

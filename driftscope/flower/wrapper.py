@@ -195,7 +195,11 @@ class RecordingStrategy(Strategy):
         """The base class's loop (it calls the wrapped methods); closes the run file at the end.
 
         ``evaluate_fn`` (the app's central evaluation) is wrapped: each round is committed after
-        it ran, with its metrics."""
+        it ran, with its metrics. A deployment's grid waits for replies with driftscope's
+        shorter polls (:func:`~driftscope.flower.polling.faster_deployment_grid`)."""
+        from driftscope.flower.polling import faster_deployment_grid
+
+        grid = faster_deployment_grid(grid)
         self.num_rounds = num_rounds
         evaluate_fn = kwargs.get("evaluate_fn")
         if evaluate_fn is not None:
