@@ -1,5 +1,6 @@
 """The run file: reader API, Gram matrices vs raw updates, crash safety, bad files."""
 
+import itertools
 import os
 import signal
 import subprocess
@@ -226,3 +227,40 @@ def test_a_live_reader_refreshes_the_commit_marker_first(tmp_path, monkeypatch):
     train(cfg, out, hooks=[Reader()])
     assert len(order) > 5 and order[0] == schema.METRICS_ROUND
     assert schema.metric_path("downlink_bytes") in order[1:]
+
+
+def test_the_commit_marker_grows_in_a_flush_of_its_own(tmp_path, monkeypatch):
+    """A kill during a flush may keep any part of it (HDF5 writes a flush's metadata in no set
+    order), so a round's columns must reach the file in an earlier flush than its marker: between
+    two flushes in which metrics/round grew, no other dataset grew. With one flush per round a
+    killed run once read records/global/sq_norm one row short of its marker, as damaged."""
+    from driftscope import RunConfig, train
+    from driftscope.runfile import schema
+
+    snapshots: list[dict[str, int]] = []
+    flush = h5py.File.flush
+
+    def recording_flush(f):
+        rows: dict[str, int] = {}
+        f.visititems(
+            lambda name, obj: (
+                rows.__setitem__(name, obj.shape[0])
+                if isinstance(obj, h5py.Dataset) and obj.maxshape and obj.maxshape[0] is None
+                else None
+            )
+        )
+        snapshots.append(rows)
+        return flush(f)
+
+    monkeypatch.setattr(h5py.File, "flush", recording_flush)
+    cfg = RunConfig().replace(
+        {"train.rounds": 3, "train.clients": 3, "train.local_steps": 1, "record.probe_size": 0}
+    )
+    train(cfg, tmp_path / "r.h5")
+    marker_grew = 0
+    for before, after in itertools.pairwise(snapshots):
+        grown = {k for k, n in after.items() if n > before.get(k, 0)}
+        if schema.METRICS_ROUND in grown:
+            marker_grew += 1
+            assert grown == {schema.METRICS_ROUND}, sorted(grown)
+    assert marker_grew == 3  # every round

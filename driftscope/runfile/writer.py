@@ -216,8 +216,8 @@ class RunWriter:
     ) -> None:
         """Write one round and commit it: client metrics, round metrics, failed clients (when
         declared), resume state (into slot ``round % 2``), the algorithm's per-layer record
-        (``algorithm/<key>``, see :meth:`declare_algorithm_record`), then the commit marker
-        ``metrics/round``, then flush."""
+        (``algorithm/<key>``, see :meth:`declare_algorithm_record`), flush, then the commit
+        marker ``metrics/round``, then flush again."""
         self._guard(self._commit, event, state, algorithm_record)
 
     def _commit(
@@ -245,6 +245,10 @@ class RunWriter:
             self._slots.write(rnd, state)
         for key, value in (algorithm_record or {}).items():
             append(self._ds(schema.algorithm_record_path(key)), np.asarray(value))
+        # A flush writes its metadata in no set order, and a kill during one can keep any part
+        # of it: the round's columns (the recorder's included) reach the file in a flush of
+        # their own before the marker is appended and flushed.
+        self.file.flush()
         self._mark(rnd)
         self._move_into_place()
         self._check_room(rnd)
