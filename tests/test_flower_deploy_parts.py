@@ -5,6 +5,7 @@ tests/test_flower_deployment.py, slow)."""
 from __future__ import annotations
 
 import inspect
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -74,17 +75,37 @@ def test_the_capped_supernode_sleep(monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["--idle-poll", "0"], "--idle-poll must be a finite number of seconds > 0 (got 0)"),
-        (["--local-poll", "soon"], "--local-poll must be a number of seconds (got 'soon')"),
-        (["--idle-poll"], "--idle-poll must be a number of seconds (got '--')"),
+        (["--idle-poll", "0"], "--idle-poll: must be a finite number of seconds > 0 (got 0)"),
+        (["--local-poll", "soon"], "--local-poll: not a number of seconds: 'soon'"),
+        (["--idle-poll", "inf"], "--idle-poll: must be a finite number of seconds > 0 (got inf)"),
     ],
 )
-def test_the_capped_supernode_refuses_a_bad_poll(argv, says):
+def test_the_capped_supernode_refuses_a_bad_poll(argv, says, capsys):
     from driftscope.flower.supernode import main
 
     with pytest.raises(SystemExit) as err:
         main([*argv, "--", "--insecure"])
-    assert str(err.value).startswith(says)
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].endswith(says) and "Traceback" not in "".join(lines)
+
+
+def test_the_capped_supernode_passes_flowers_arguments_on(monkeypatch):
+    import flwr.supernode.cli
+    import flwr.supernode.start_client_internal as loop
+
+    from driftscope.flower import supernode
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(flwr.supernode.cli, "flower_supernode", lambda: seen.append(sys.argv[:]))
+    monkeypatch.setattr(loop, "time", loop.time)  # restored after the test
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
+    monkeypatch.setattr(sys, "argv", sys.argv[:])
+    supernode.main(
+        ["--local-poll", "0.01", "--idle-poll", "0.5", "--", "--insecure", "--port", "7"]
+    )
+    assert seen == [["flower-supernode", "--insecure", "--port", "7"]]
+    assert (loop.time.seconds, loop.time.local) == (0.5, 0.01)
 
 
 def test_the_executor_polls_soon_after_a_task_then_less_often(monkeypatch):

@@ -150,9 +150,9 @@ class Executor:
 
 def pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:
     """``flwr.supernode.runtime.run_clientapp.pull_task_input`` with a short retry: an object
-    the SuperNode is still storing is asked for again after 0.02 s (doubling up to 0.1 s), not 1 s
-    (doubling up to 10 s), Flower's default backoff for pulling objects. The asking is a request
-    to the SuperNode on this machine."""
+    the SuperNode is still storing is asked for again soon, with the retries of
+    :func:`~driftscope.flower.polling.quick_object_retries` (0.02 s, doubling up to 0.1 s), not
+    Flower's default 1 s, doubling up to 10 s."""
     from flwr.app import Message
     from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
     from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
@@ -166,6 +166,8 @@ def pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:
     )
     from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
     from flwr.supercore.task_identity import TaskIdentity
+
+    from driftscope.flower.polling import OBJECT_RETRIES, OBJECT_RETRY_CAP_S, OBJECT_RETRY_S
 
     res = client.PullTaskInput(PullTaskInputRequest())
     TaskIdentity.task_id = res.task_id
@@ -186,9 +188,9 @@ def pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:
             client.ConfirmMessageReceived, node, context.run_id
         ),
         return_type=Message,
-        max_tries_per_object=10_000,
-        initial_backoff=0.02,
-        backoff_cap=0.1,
+        max_tries_per_object=OBJECT_RETRIES,
+        initial_backoff=OBJECT_RETRY_S,
+        backoff_cap=OBJECT_RETRY_CAP_S,
     )
     message.metadata.__dict__["_message_id"] = tree.object_id  # as run_clientapp sets it
     return message, context, run, fab

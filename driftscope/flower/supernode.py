@@ -25,6 +25,7 @@ checks the module still sleeps this way).
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from typing import Any
@@ -69,33 +70,40 @@ def cap_idle_poll(seconds: float, local: float = DEFAULT_LOCAL_POLL_S) -> None:
     quick_object_retries(loop)
 
 
-def _take(args: list[str], flag: str, default: float) -> float:
-    if args[:1] != [flag]:
-        return default
-    if len(args) < 2:
-        raise SystemExit(f"{flag} needs a number of seconds, e.g. {flag} {default}")
+def _seconds(text: str) -> float:
     try:
-        value = float(args[1])
+        value = float(text)
     except ValueError:
-        raise SystemExit(f"{flag} must be a number of seconds (got {args[1]!r})") from None
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not 0 < value < float("inf"):
-        raise SystemExit(f"{flag} must be a finite number of seconds > 0 (got {args[1]})")
-    del args[:2]
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0 (got {text})")
     return value
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    idle, local = DEFAULT_IDLE_POLL_S, DEFAULT_LOCAL_POLL_S
-    for _ in range(2):
-        idle = _take(args, "--idle-poll", idle)
-        local = _take(args, "--local-poll", local)
-    if args[:1] == ["--"]:
-        args = args[1:]
+    p = argparse.ArgumentParser(
+        prog="python -m driftscope.flower.supernode",
+        description="Flower's flower-supernode with shorter polls; its arguments follow '--'.",
+    )
+    p.add_argument(
+        "--idle-poll",
+        type=_seconds,
+        default=DEFAULT_IDLE_POLL_S,
+        help="longest wait between asking the SuperLink for messages [%(default)s]",
+    )
+    p.add_argument(
+        "--local-poll",
+        type=_seconds,
+        default=DEFAULT_LOCAL_POLL_S,
+        help="longest wait for the ClientApp's reply [%(default)s]",
+    )
+    p.add_argument("flower", nargs=argparse.REMAINDER, help="-- then flower-supernode's arguments")
+    args = p.parse_args(argv)
+    flower_args = args.flower[1:] if args.flower[:1] == ["--"] else args.flower
     from flwr.supernode.cli import flower_supernode
 
-    cap_idle_poll(idle, local)
-    sys.argv = ["flower-supernode", *args]
+    cap_idle_poll(args.idle_poll, args.local_poll)
+    sys.argv = ["flower-supernode", *flower_args]
     flower_supernode()
 
 
